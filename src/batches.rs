@@ -1,0 +1,166 @@
+//! Minibatches of (input, target) index sequences: the textbook's random and consecutive samplers.
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use tch::{Device, Kind, Tensor};
+
+/// How minibatches are cut from the corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// Non-overlapping subsequences in random order; each minibatch starts from a zero state.
+    #[default]
+    Random,
+    /// Row r of minibatch i+1 continues where row r of minibatch i ended; the state is carried across
+    /// minibatches and detached before each one (truncated backpropagation through time).
+    Consecutive,
+}
+
+impl Sampling {
+    /// The name used on the command line and in model files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampling::Random => "random",
+            Sampling::Consecutive => "consecutive",
+        }
+    }
+
+    /// Minibatches per epoch for a corpus of `len` indices (0 if none fits).
+    pub fn batches_per_epoch(self, len: usize, batch: usize, steps: usize) -> usize {
+        match self {
+            // (len - 1) / steps subsequences of `steps` inputs each, `batch` per minibatch.
+            Sampling::Random => len.saturating_sub(1) / steps / batch,
+            // `batch` rows of len / batch indices, each row cut into pieces of `steps` (+1 for targets).
+            Sampling::Consecutive => (len / batch).saturating_sub(1) / steps,
+        }
+    }
+
+    /// Checks that a corpus of `len` characters gives at least one minibatch, else says what would fit.
+    pub fn check_fits(self, len: usize, batch: usize, steps: usize) -> Result<()> {
+        if self.batches_per_epoch(len, batch, steps) > 0 {
+            return Ok(());
+        }
+        let fit = |b: usize, s: usize| self.batches_per_epoch(len, b, s) > 0;
+        let max_steps = (1..=steps).rev().find(|&s| fit(batch, s));
+        let max_batch = (1..=batch).rev().find(|&b| fit(b, steps));
+        let hint = match (max_batch, max_steps) {
+            (Some(b), Some(s)) => format!("try --batch {b} or --steps {s}"),
+            (Some(b), None) => format!("try --batch {b}"),
+            (None, Some(s)) => format!("try --steps {s}"),
+            (None, None) => "use a longer corpus or smaller --batch and --steps".to_string(),
+        };
+        Err(Error::CorpusTooShort { chars: len, batch, steps, sampling: self.name(), hint })
+    }
+
+    /// One epoch of minibatches.
+    ///
+    /// `corpus` holds character indices. Returns `(inputs, targets)`, each Int64 of shape
+    /// `[n_batches, batch, steps]` on `device`, where `targets` is `inputs` shifted one character on.
+    /// Random sampling draws its shuffle from `rng`; consecutive sampling uses no randomness.
+    pub fn epoch(self, corpus: &[i64], batch: usize, steps: usize, rng: &mut Rng, device: Device) -> Result<(Tensor, Tensor)> {
+        self.check_fits(corpus.len(), batch, steps)?;
+        let n = self.batches_per_epoch(corpus.len(), batch, steps);
+        // Start offset of every (batch, row) sequence, minibatch-major.
+        let mut starts = Vec::with_capacity(n * batch);
+        match self {
+            Sampling::Random => {
+                let mut examples: Vec<usize> = (0..(corpus.len() - 1) / steps).collect();
+                rng.shuffle(&mut examples);
+                starts.extend(examples[..n * batch].iter().map(|&e| e * steps));
+            }
+            Sampling::Consecutive => {
+                let row_len = corpus.len() / batch;
+                for i in 0..n {
+                    starts.extend((0..batch).map(|r| r * row_len + i * steps));
+                }
+            }
+        }
+        let gather = |shift: usize| -> Vec<i64> {
+            starts.iter().flat_map(|&s| corpus[s + shift..s + shift + steps].iter().copied()).collect()
+        };
+        let shape = [n as i64, batch as i64, steps as i64];
+        let to_tensor = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(device);
+        Ok((to_tensor(gather(0)), to_tensor(gather(1))))
+    }
+}
+
+impl std::str::FromStr for Sampling {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "random" => Ok(Sampling::Random),
+            "consecutive" => Ok(Sampling::Consecutive),
+            _ => Err(format!("unknown sampling {s:?} (expected random or consecutive)")),
+        }
+    }
+}
+
+/// The (batch, steps) layout of an Int64 tensor as rows of indices, for tests and inspection.
+pub fn rows(t: &Tensor) -> Vec<Vec<i64>> {
+    let t = t.to_kind(Kind::Int64).to_device(Device::Cpu);
+    let (b, s) = (t.size()[0], t.size()[1]);
+    let flat = Vec::<i64>::try_from(t.reshape([-1])).expect("Int64 tensor");
+    (0..b as usize).map(|r| flat[r * s as usize..(r + 1) * s as usize].to_vec()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn corpus(n: usize) -> Vec<i64> {
+        (0..n as i64).collect()
+    }
+
+    #[test]
+    fn random_sampler_draws_distinct_aligned_subsequences() {
+        let c = corpus(1000);
+        let (x, y) = Sampling::Random.epoch(&c, 4, 7, &mut Rng::new(0), Device::Cpu).unwrap();
+        // (1000 - 1) / 7 = 142 subsequences, 35 minibatches of 4.
+        assert_eq!(x.size(), vec![35, 4, 7]);
+        let mut seen = HashSet::new();
+        for i in 0..35 {
+            for (xr, yr) in rows(&x.get(i)).iter().zip(rows(&y.get(i))) {
+                assert_eq!(xr[0] % 7, 0, "subsequences start on multiples of steps");
+                assert_eq!(xr, &(xr[0]..xr[0] + 7).collect::<Vec<_>>());
+                assert_eq!(yr, &(xr[0] + 1..xr[0] + 8).collect::<Vec<_>>());
+                assert!(seen.insert(xr[0]), "subsequence drawn twice in one epoch");
+            }
+        }
+        assert_eq!(seen.len(), 140);
+    }
+
+    #[test]
+    fn random_sampler_shuffles_with_its_seed() {
+        let c = corpus(1000);
+        let a = Sampling::Random.epoch(&c, 4, 7, &mut Rng::new(1), Device::Cpu).unwrap().0;
+        let b = Sampling::Random.epoch(&c, 4, 7, &mut Rng::new(1), Device::Cpu).unwrap().0;
+        let d = Sampling::Random.epoch(&c, 4, 7, &mut Rng::new(2), Device::Cpu).unwrap().0;
+        assert!(a.equal(&b));
+        assert!(!a.equal(&d));
+    }
+
+    #[test]
+    fn consecutive_sampler_continues_each_row() {
+        let c = corpus(100);
+        let (x, y) = Sampling::Consecutive.epoch(&c, 3, 5, &mut Rng::new(0), Device::Cpu).unwrap();
+        // rows of 100 / 3 = 33 indices; (33 - 1) / 5 = 6 minibatches.
+        assert_eq!(x.size(), vec![6, 3, 5]);
+        for r in 0..3i64 {
+            let row: Vec<i64> = (0..6).flat_map(|i| rows(&x.get(i))[r as usize].clone()).collect();
+            assert_eq!(row, (r * 33..r * 33 + 30).collect::<Vec<_>>(), "row {r} runs on across minibatches");
+            let next: Vec<i64> = (0..6).flat_map(|i| rows(&y.get(i))[r as usize].clone()).collect();
+            assert_eq!(next, (r * 33 + 1..r * 33 + 31).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn too_short_corpus_says_what_fits() {
+        let err = Sampling::Random.check_fits(100, 32, 35).unwrap_err().to_string();
+        assert!(err.contains("100 characters"), "{err}");
+        assert!(err.contains("--batch 2") && err.contains("--steps 3"), "{err}");
+        let err = Sampling::Consecutive.check_fits(100, 32, 35).unwrap_err().to_string();
+        assert!(err.contains("--batch 2") && err.contains("--steps 2"), "{err}");
+        assert!(Sampling::Random.check_fits(32 * 35 + 1, 32, 35).is_ok());
+        assert!(Sampling::Random.check_fits(32 * 35, 32, 35).is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! Saving and loading models: a folder with `model.json` (vocabulary, hyperparameters, progress) and the
+//! weights as safetensors, written so that a crash at any moment leaves the previous model loadable.
+//!
+//! `model.json` names the weights file it belongs to. A save writes a new, uniquely named weights file,
+//! then replaces `model.json` by an atomic rename; that rename is the commit point. Only then is the old
+//! weights file removed.
+use crate::corpus::{CorpusOptions, Vocabulary};
+use crate::error::{Error, Result};
+use crate::model::{ModelConfig, RnnModel};
+use crate::train::TrainConfig;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// The model description file inside a model folder.
+pub const MODEL_JSON: &str = "model.json";
+/// Value of [`ModelFile::format`].
+pub const FORMAT: &str = "charrnn-model";
+/// Current [`ModelFile::version`].
+pub const VERSION: u32 = 1;
+/// Folder (relative to the working directory) where `train` records the last model it wrote.
+pub const RUNS_DIR: &str = "runs";
+/// File in [`RUNS_DIR`] holding the path of the last model `train` wrote.
+pub const LAST_MODEL: &str = "last-model";
+
+/// Where the training text came from and how it was read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CorpusInfo {
+    /// The corpus file (absolute when it could be resolved).
+    pub path: PathBuf,
+    /// How it was read.
+    pub options: CorpusOptions,
+    /// Characters used for training.
+    pub chars: usize,
+}
+
+/// Contents of `model.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelFile {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// File format version, [`VERSION`].
+    pub version: u32,
+    /// charrnn version that wrote it.
+    pub charrnn_version: String,
+    /// The vocabulary: every character once, in index order.
+    pub vocab: String,
+    /// Network shape.
+    pub model: ModelConfig,
+    /// Hyperparameters of the run.
+    pub train: TrainConfig,
+    /// The training corpus.
+    pub corpus: CorpusInfo,
+    /// Epochs trained.
+    pub epoch: usize,
+    /// Training perplexity of the last epoch (absent if it was not finite).
+    pub perplexity: Option<f64>,
+    /// Device it was trained on.
+    pub device: String,
+    /// Weights file name, in the same folder.
+    pub weights: String,
+    /// Size of the weights file in bytes, to detect truncation.
+    pub weights_bytes: u64,
+}
+
+/// A model read back from a folder, ready to use.
+pub struct LoadedModel {
+    /// The network with its trained weights.
+    pub model: RnnModel,
+    /// Its vocabulary.
+    pub vocab: Vocabulary,
+    /// Everything `model.json` says.
+    pub file: ModelFile,
+}
+
+/// Writes a file through `write` (given a temporary path in the same folder), fsyncs it and renames it
+/// to `path`, so `path` is either the old file or the whole new one. The temporary is removed on failure.
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = write(&tmp)
+        .and_then(|_| File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e)))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |tmp| {
+        let mut f = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(tmp, e))
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+/// A weights file name not used by any earlier save in this folder.
+fn fresh_weights_name(dir: &Path, epoch: usize) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut n = 0u32;
+    loop {
+        let name = format!("weights-e{epoch}-{:x}{}.safetensors", nanos ^ std::process::id() as u128, if n == 0 { String::new() } else { format!("-{n}") });
+        if !dir.join(&name).exists() {
+            return name;
+        }
+        n += 1;
+    }
+}
+
+/// Saves `model` to the folder `dir` (created if needed), describing it with `file` (whose `weights` and
+/// `weights_bytes` are filled in here). Crash-safe: see the module documentation.
+pub fn save(dir: &Path, model: &RnnModel, mut file: ModelFile) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let previous = read_model_file(dir).ok().map(|f| f.weights);
+    let weights = fresh_weights_name(dir, file.epoch);
+    let weights_path = dir.join(&weights);
+    let params: Vec<(&str, Tensor)> =
+        model.named_parameters().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
+    write_atomic(&weights_path, |tmp| Tensor::write_safetensors(&params, tmp).map_err(Error::from))?;
+    file.weights = weights.clone();
+    file.weights_bytes = std::fs::metadata(&weights_path).map_err(|e| Error::io(&weights_path, e))?.len();
+    let json = serde_json::to_vec_pretty(&file).expect("model file serialises");
+    let committed = write_bytes_atomic(&dir.join(MODEL_JSON), &json).and_then(|_| sync_dir(dir));
+    if let Err(e) = committed {
+        let _ = std::fs::remove_file(&weights_path);
+        return Err(e);
+    }
+    if let Some(old) = previous.filter(|old| *old != weights && is_plain_name(old)) {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    Ok(())
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && Path::new(name).file_name().map(|n| n == name).unwrap_or(false)
+}
+
+/// Reads and checks `model.json` of the folder `dir`.
+pub fn read_model_file(dir: &Path) -> Result<ModelFile> {
+    if !dir.is_dir() {
+        return Err(Error::bad_model(dir, "no such folder (train one with `charrnn train`, or pass --model DIR)"));
+    }
+    let path = dir.join(MODEL_JSON);
+    let bytes = std::fs::read(&path).map_err(|e| Error::bad_model(&path, format!("cannot read it ({e})")))?;
+    let file: ModelFile =
+        serde_json::from_slice(&bytes).map_err(|e| Error::bad_model(&path, format!("corrupted JSON ({e})")))?;
+    if file.format != FORMAT {
+        return Err(Error::bad_model(&path, format!("format is {:?}, expected {FORMAT:?}", file.format)));
+    }
+    if file.version > VERSION {
+        return Err(Error::bad_model(&path, format!("format version {} is newer than this charrnn understands ({VERSION}); upgrade charrnn", file.version)));
+    }
+    Ok(file)
+}
+
+/// Loads the model in folder `dir` onto `device`, checking that every file is whole and consistent.
+pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
+    let file = read_model_file(dir)?;
+    let json = dir.join(MODEL_JSON);
+    let vocab = Vocabulary::from_chars(file.vocab.chars().collect()).map_err(|r| Error::bad_model(&json, r))?;
+    if vocab.len() != file.model.vocab_size {
+        let msg = format!("vocabulary has {} characters but the model expects {}", vocab.len(), file.model.vocab_size);
+        return Err(Error::bad_model(&json, msg));
+    }
+    if file.model.hidden == 0 {
+        return Err(Error::bad_model(&json, "hidden size is 0"));
+    }
+    if !is_plain_name(&file.weights) {
+        return Err(Error::bad_model(&json, format!("weights file name {:?} is not a plain file name", file.weights)));
+    }
+    let weights = dir.join(&file.weights);
+    let size = std::fs::metadata(&weights).map_err(|e| Error::bad_model(&weights, format!("cannot read it ({e})")))?.len();
+    if size != file.weights_bytes {
+        return Err(Error::bad_model(&weights, format!("truncated or altered: {size} bytes, model.json says {}", file.weights_bytes)));
+    }
+    let zeros = RnnModel::param_shapes(file.model).map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu)));
+    let mut model = RnnModel::from_tensors(file.model, zeros, device)?;
+    model.load_weights(&weights)?;
+    Ok(LoadedModel { model, vocab, file })
+}
+
+/// The model folder to use: `given`, or the last one `train` wrote from this working directory.
+pub fn resolve_model_dir(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir.to_path_buf());
+    }
+    let pointer = Path::new(RUNS_DIR).join(LAST_MODEL);
+    match std::fs::read_to_string(&pointer) {
+        Ok(s) if !s.trim().is_empty() => Ok(PathBuf::from(s.trim_end_matches('\n'))),
+        _ => Err(Error::bad_model(&pointer, "no --model given and no model trained from this folder yet; run `charrnn train --corpus FILE` or pass --model DIR")),
+    }
+}
+
+/// Records `dir` as the last model trained from this working directory.
+pub fn record_last_model(dir: &Path) -> Result<()> {
+    let runs = Path::new(RUNS_DIR);
+    std::fs::create_dir_all(runs).map_err(|e| Error::io(runs, e))?;
+    let abs = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    write_bytes_atomic(&runs.join(LAST_MODEL), format!("{}\n", abs.display()).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batches::Sampling;
+
+    fn sample(epoch: usize) -> (RnnModel, ModelFile) {
+        let vocab = Vocabulary::from_text("分开了吗");
+        let config = ModelConfig { vocab_size: vocab.len(), hidden: 6 };
+        let model = RnnModel::new(config, epoch as u64, Device::Cpu).unwrap();
+        let file = ModelFile {
+            format: FORMAT.into(),
+            version: VERSION,
+            charrnn_version: "test".into(),
+            vocab: vocab.chars().iter().collect(),
+            model: config,
+            train: TrainConfig { hidden: 6, sampling: Sampling::Consecutive, ..Default::default() },
+            corpus: CorpusInfo { path: "x.txt".into(), options: CorpusOptions::default(), chars: 4 },
+            epoch,
+            perplexity: Some(3.5),
+            device: "cpu".into(),
+            weights: String::new(),
+            weights_bytes: 0,
+        };
+        (model, file)
+    }
+
+    #[test]
+    fn save_then_load_round_trips_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, file) = sample(1);
+        save(dir.path(), &model, file.clone()).unwrap();
+        let loaded = load(dir.path(), Device::Cpu).unwrap();
+        for (a, b) in loaded.model.parameters().iter().zip(model.parameters()) {
+            assert!(a.equal(b));
+        }
+        assert_eq!(loaded.vocab.chars(), &['了', '分', '吗', '开']);
+        assert_eq!(loaded.file.train, file.train);
+        assert_eq!(loaded.file.epoch, 1);
+    }
+
+    #[test]
+    fn a_second_save_replaces_the_first_and_leaves_no_litter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m1, f1) = sample(1);
+        save(dir.path(), &m1, f1).unwrap();
+        let (m2, f2) = sample(2);
+        save(dir.path(), &m2, f2).unwrap();
+        let loaded = load(dir.path(), Device::Cpu).unwrap();
+        assert_eq!(loaded.file.epoch, 2);
+        assert!(loaded.model.parameters()[0].equal(m2.parameters()[0]));
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, vec![MODEL_JSON.to_string(), loaded.file.weights.clone()]);
+    }
+
+    #[test]
+    fn damaged_models_are_refused_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, file) = sample(1);
+        save(dir.path(), &model, file).unwrap();
+        let f = read_model_file(dir.path()).unwrap();
+        let weights = dir.path().join(&f.weights);
+        let bytes = std::fs::read(&weights).unwrap();
+
+        std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+        let err = load(dir.path(), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("truncated"), "{err}");
+
+        // Same length, garbage header: safetensors itself must refuse it.
+        let mut garbage = bytes.clone();
+        garbage[..16].copy_from_slice(b"\xff\xff\xff\xff\xff\xff\xff\x7fjunkjunk");
+        std::fs::write(&weights, &garbage).unwrap();
+        let err = load(dir.path(), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("cannot read weights"), "{err}");
+
+        std::fs::write(dir.path().join(MODEL_JSON), b"{\"format\": \"charrnn-mo").unwrap();
+        let err = load(dir.path(), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("corrupted JSON"), "{err}");
+
+        let err = load(&dir.path().join("nope"), Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("no such folder"), "{err}");
+    }
+}

@@ -1,0 +1,180 @@
+//! Reading a text corpus and mapping its characters to indices (the vocabulary).
+use crate::error::{Error, Result};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// How a corpus file is read; saved with the model so `eval` can read it again the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct CorpusOptions {
+    /// Keep '\n' and '\r' as they are; by default (as in the textbook) each becomes a space.
+    pub keep_newlines: bool,
+    /// Keep only the first this many characters (after newline handling).
+    pub limit_chars: Option<usize>,
+}
+
+impl CorpusOptions {
+    /// Applies the options to decoded text.
+    pub fn apply(&self, text: &str) -> String {
+        let chars = text.chars().map(|c| match c {
+            '\n' | '\r' if !self.keep_newlines => ' ',
+            c => c,
+        });
+        match self.limit_chars {
+            Some(n) => chars.take(n).collect(),
+            None => chars.collect(),
+        }
+    }
+}
+
+/// Reads a UTF-8 corpus file and applies `options`.
+///
+/// Errors: the file cannot be read, is not UTF-8 (naming the byte offset), or is empty after the options.
+pub fn read_corpus(path: &Path, options: &CorpusOptions) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| Error::InvalidUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })?;
+    let text = options.apply(&text);
+    if text.is_empty() {
+        return Err(Error::EmptyCorpus { path: path.to_path_buf() });
+    }
+    Ok(text)
+}
+
+/// The characters a model knows, in a stable order (ascending Unicode scalar value), and their indices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vocabulary {
+    chars: Vec<char>,
+}
+
+impl Vocabulary {
+    /// The vocabulary of `text`: each distinct character once, sorted.
+    pub fn from_text(text: &str) -> Self {
+        let set: BTreeSet<char> = text.chars().collect();
+        Vocabulary { chars: set.into_iter().collect() }
+    }
+
+    /// A vocabulary from a saved list; fails on duplicates or an unsorted list.
+    pub fn from_chars(chars: Vec<char>) -> std::result::Result<Self, String> {
+        if chars.is_empty() {
+            return Err("the vocabulary is empty".into());
+        }
+        if let Some(w) = chars.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(format!("the vocabulary is not strictly sorted near {:?}", w[1]));
+        }
+        Ok(Vocabulary { chars })
+    }
+
+    /// Number of characters, V.
+    pub fn len(&self) -> usize {
+        self.chars.len()
+    }
+
+    /// Always false: a vocabulary has at least one character.
+    pub fn is_empty(&self) -> bool {
+        self.chars.is_empty()
+    }
+
+    /// The characters in index order.
+    pub fn chars(&self) -> &[char] {
+        &self.chars
+    }
+
+    /// Index of `c`, if known.
+    pub fn index(&self, c: char) -> Option<usize> {
+        self.chars.binary_search(&c).ok()
+    }
+
+    /// Character at index `i`.
+    ///
+    /// Panics if `i >= len()`; indices come from the model's own outputs.
+    pub fn char(&self, i: usize) -> char {
+        self.chars[i]
+    }
+
+    /// Encodes `text` as indices; `what` names the text in the error listing unknown characters.
+    pub fn encode(&self, text: &str, what: &'static str) -> Result<Vec<i64>> {
+        let mut unknown: Vec<char> = Vec::new();
+        let ids = text
+            .chars()
+            .map(|c| match self.index(c) {
+                Some(i) => i as i64,
+                None => {
+                    if !unknown.contains(&c) {
+                        unknown.push(c);
+                    }
+                    -1
+                }
+            })
+            .collect();
+        if unknown.is_empty() {
+            Ok(ids)
+        } else {
+            Err(Error::UnknownChars { what, chars: unknown })
+        }
+    }
+
+    /// Decodes indices back to text.
+    pub fn decode(&self, ids: &[i64]) -> String {
+        ids.iter().map(|&i| self.char(i as usize)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newlines_become_spaces_unless_kept() {
+        let text = "a\nb\r\nc";
+        assert_eq!(CorpusOptions::default().apply(text), "a b  c");
+        let keep = CorpusOptions { keep_newlines: true, limit_chars: None };
+        assert_eq!(keep.apply(text), text);
+    }
+
+    #[test]
+    fn limit_counts_characters_not_bytes() {
+        let opts = CorpusOptions { keep_newlines: false, limit_chars: Some(3) };
+        assert_eq!(opts.apply("分开不分开"), "分开不");
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.txt");
+        std::fs::write(&path, b"abc\xffdef").unwrap();
+        let err = read_corpus(&path, &CorpusOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::InvalidUtf8 { offset: 3, .. }), "{err}");
+        assert!(err.to_string().contains("byte offset 3"));
+    }
+
+    #[test]
+    fn empty_corpus_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.txt");
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(read_corpus(&path, &CorpusOptions::default()), Err(Error::EmptyCorpus { .. })));
+    }
+
+    #[test]
+    fn vocabulary_is_sorted_and_round_trips() {
+        let v = Vocabulary::from_text("分开 不分开");
+        assert_eq!(v.chars(), &[' ', '不', '分', '开']);
+        let ids = v.encode("不分开", "t").unwrap();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(v.decode(&ids), "不分开");
+        assert_eq!(Vocabulary::from_chars(v.chars().to_vec()).unwrap(), v);
+        assert!(Vocabulary::from_chars(vec!['b', 'a']).is_err());
+    }
+
+    #[test]
+    fn unknown_characters_are_named_once_each() {
+        let v = Vocabulary::from_text("abc");
+        match v.encode("axbxy", "the prefix").unwrap_err() {
+            Error::UnknownChars { chars, what } => {
+                assert_eq!(chars, vec!['x', 'y']);
+                assert_eq!(what, "the prefix");
+            }
+            e => panic!("unexpected {e}"),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Choosing the compute device, and what this build of libtorch can use.
+use crate::error::{Error, Result};
+use tch::{Cuda, Device};
+
+/// A device as the user asks for it: `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// The first CUDA device when there is one, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device N (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?} (expected auto, cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => write!(f, "auto"),
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The libtorch device, or [`Error::DeviceUnavailable`] saying why a CUDA device cannot be used.
+    pub fn resolve(self) -> Result<Device> {
+        let cuda = CudaStatus::probe();
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Auto if cuda.devices > 0 => Ok(Device::Cuda(0)),
+            DeviceSpec::Auto => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) if n < cuda.devices => Ok(Device::Cuda(n)),
+            DeviceSpec::Cuda(_) => {
+                let reason = match cuda.missing_reason() {
+                    Some(r) => format!("{r}; use --device cpu"),
+                    None => format!("this machine has {} CUDA device(s)", cuda.devices),
+                };
+                Err(Error::DeviceUnavailable { requested: self.to_string(), reason })
+            }
+        }
+    }
+}
+
+/// What libtorch can see of CUDA on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaStatus {
+    /// libtorch's CUDA backend (libtorch_cuda.so) is loaded into this process.
+    pub backend_loaded: bool,
+    /// An NVIDIA kernel driver is present.
+    pub driver_present: bool,
+    /// CUDA devices libtorch can use.
+    pub devices: usize,
+}
+
+impl CudaStatus {
+    /// Looks at this process and machine.
+    pub fn probe() -> Self {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        CudaStatus {
+            backend_loaded: maps.contains("libtorch_cuda.so"),
+            driver_present: std::path::Path::new("/proc/driver/nvidia/version").exists(),
+            devices: if Cuda::is_available() { Cuda::device_count().max(0) as usize } else { 0 },
+        }
+    }
+
+    /// Why no CUDA device is usable, or `None` when one is.
+    pub fn missing_reason(&self) -> Option<&'static str> {
+        if self.devices > 0 {
+            None
+        } else if !self.backend_loaded {
+            Some("this libtorch has no CUDA backend (libtorch_cuda.so is not loaded: a CPU-only build)")
+        } else if !self.driver_present {
+            Some("no NVIDIA driver on this machine (/proc/driver/nvidia/version is missing)")
+        } else {
+            Some("the NVIDIA driver reports no usable CUDA device (check CUDA_VISIBLE_DEVICES and nvidia-smi)")
+        }
+    }
+}
+
+/// A device's name as charrnn prints it: `cpu` or `cuda:N`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".to_string(),
+    }
+}
+
+/// Sets libtorch's intra-op CPU thread count; `None` keeps libtorch's default (one per core).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    match threads {
+        Some(0) => Err(Error::config("--threads", "must be at least 1")),
+        Some(n) => {
+            tch::set_num_threads(n as i32);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse_and_print() {
+        for (s, d) in [("auto", DeviceSpec::Auto), ("cpu", DeviceSpec::Cpu), ("cuda:0", DeviceSpec::Cuda(0)), ("cuda:3", DeviceSpec::Cuda(3))] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap(), d);
+            assert_eq!(d.to_string(), s);
+        }
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_always_resolves_and_missing_cuda_is_explained() {
+        assert_eq!(DeviceSpec::Cpu.resolve().unwrap(), Device::Cpu);
+        let status = CudaStatus::probe();
+        let beyond = DeviceSpec::Cuda(status.devices);
+        let err = beyond.resolve().unwrap_err().to_string();
+        assert!(err.starts_with(&format!("device cuda:{} is not available: ", status.devices)), "{err}");
+        if status.devices == 0 {
+            assert_eq!(DeviceSpec::Auto.resolve().unwrap(), Device::Cpu);
+            assert!(status.missing_reason().is_some());
+        }
+    }
+}

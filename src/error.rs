@@ -1,0 +1,103 @@
+//! The library's error type: every way user input or files can be wrong, said in one line.
+use std::path::PathBuf;
+
+/// Everything that can go wrong in charrnn's library, each variant saying what and where.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The corpus is not valid UTF-8.
+    #[error("{}: invalid UTF-8 at byte offset {offset}; convert the file to UTF-8 first", path.display())]
+    InvalidUtf8 {
+        /// The corpus file.
+        path: PathBuf,
+        /// Byte offset of the first invalid sequence.
+        offset: usize,
+    },
+    /// The corpus has no characters (after --limit-chars).
+    #[error("{}: the corpus is empty", path.display())]
+    EmptyCorpus {
+        /// The corpus file.
+        path: PathBuf,
+    },
+    /// The corpus cannot fill a single minibatch.
+    #[error("the corpus has {chars} characters, too few for one minibatch of --batch {batch} --steps {steps} with {sampling} sampling; {hint}")]
+    CorpusTooShort {
+        /// Characters in the corpus.
+        chars: usize,
+        /// Requested batch size.
+        batch: usize,
+        /// Requested steps per sequence.
+        steps: usize,
+        /// The sampler's name.
+        sampling: &'static str,
+        /// Which settings would fit.
+        hint: String,
+    },
+    /// A hyperparameter or option is out of its range.
+    #[error("invalid {name}: {reason}")]
+    InvalidConfig {
+        /// The option, as the command line spells it.
+        name: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// Text contains characters the model's vocabulary lacks.
+    #[error("{what} has characters not in the model's vocabulary: {}", quote_chars(chars))]
+    UnknownChars {
+        /// What was being encoded ("the prefix", "the corpus").
+        what: &'static str,
+        /// The unknown characters, each once, in order of appearance.
+        chars: Vec<char>,
+    },
+    /// The requested device does not exist here.
+    #[error("device {requested} is not available: {reason}")]
+    DeviceUnavailable {
+        /// The device as requested.
+        requested: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A model folder is missing, incomplete or corrupted.
+    #[error("{}: not a usable charrnn model: {reason}", path.display())]
+    BadModel {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Convenience alias for results of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    /// An [`Error::BadModel`] for `path`.
+    pub fn bad_model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::BadModel { path: path.into(), reason: reason.into() }
+    }
+
+    /// An [`Error::InvalidConfig`] for the option `name`.
+    pub fn config(name: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig { name, reason: reason.into() }
+    }
+}
+
+/// Characters shown one by one, escaped so that spaces and control characters are visible.
+fn quote_chars(chars: &[char]) -> String {
+    chars.iter().map(|c| format!("{:?}", c)).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,40 @@
+//! charrnn: a character-level RNN trainer and sampler on libtorch.
+//!
+//! The textbook char-RNN (Dive into Deep Learning, "RNN from scratch"): characters encoded one-hot with
+//! `scatter`, a tanh RNN step, mean cross-entropy, gradient clipping by global norm, SGD, truncated
+//! backpropagation through time with detached state, greedy prefix-conditioned prediction and perplexity.
+//!
+//! ```no_run
+//! use charrnn::{train, predict, ModelConfig, RnnModel, TrainConfig, Vocabulary};
+//! let text = "分开 不分开 我不能再想 我不 我不 我不要再想你";
+//! let vocab = Vocabulary::from_text(text);
+//! let ids = vocab.encode(text, "the corpus").unwrap();
+//! let config = TrainConfig { hidden: 32, steps: 4, batch: 2, epochs: 50, ..Default::default() };
+//! let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: 32 }, 0, tch::Device::Cpu).unwrap();
+//! train(&model, &vocab, &ids, &config, &mut ()).unwrap();
+//! println!("{}", predict(&model, &vocab, "分开", 10).unwrap());
+//! ```
+#![deny(missing_docs)]
+
+mod batches;
+pub mod checkpoint;
+mod commands;
+mod corpus;
+mod device;
+mod error;
+mod metrics;
+mod model;
+mod predict;
+mod rng;
+mod train;
+
+pub use batches::{rows, Sampling};
+pub use commands::{default_out, info, load_model, run_eval, run_predict, run_train, EvalJob, EvalReport, Info, TrainJob, TrainOutcome};
+pub use corpus::{read_corpus, CorpusOptions, Vocabulary};
+pub use device::{device_name, set_threads, CudaStatus, DeviceSpec};
+pub use error::{Error, Result};
+pub use metrics::{evaluate, perplexity, Evaluation};
+pub use model::{cross_entropy, one_hot, step_major, ModelConfig, RnnModel, PARAM_NAMES};
+pub use predict::predict;
+pub use rng::Rng;
+pub use train::{carry_state, clip_gradients, sgd, train, train_step, EpochReport, Progress, TrainConfig, TrainObserver, TrainSummary};

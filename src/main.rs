@@ -1,0 +1,325 @@
+//! The `charrnn` command: parses arguments, calls the library, renders progress and maps errors to exit codes.
+use anyhow::Context;
+use charrnn::{CorpusOptions, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const EXAMPLES: &str = "\
+Examples:
+  charrnn train --corpus data/yuanqu.txt --limit-chars 10000
+  charrnn predict --prefix 分开 --num-chars 10
+  charrnn eval --json
+  charrnn info";
+
+/// Character-level RNN trainer and sampler (the textbook char-RNN on libtorch).
+#[derive(Parser)]
+#[command(name = "charrnn", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on a text file and save it.
+    #[command(after_help = "Examples:
+  charrnn train --corpus data/yuanqu.txt --limit-chars 10000
+  charrnn train --corpus lyrics.txt --sampling consecutive --epochs 100 --prefix 分开 --prefix 不分开
+  charrnn train --corpus notes.txt --keep-newlines --hidden 128 --out runs/notes --device cpu --threads 2")]
+    Train(TrainArgs),
+    /// Generate text greedily after a prefix.
+    #[command(after_help = "Examples:
+  charrnn predict --prefix 分开 --num-chars 10
+  charrnn predict --model runs/yuanqu --prefix 不分开 --num-chars 50")]
+    Predict(PredictArgs),
+    /// Measure a model's perplexity on a text.
+    #[command(after_help = "Examples:
+  charrnn eval
+  charrnn eval --model runs/yuanqu --corpus other.txt --limit-chars 5000 --json")]
+    Eval(EvalArgs),
+    /// Show versions, CUDA availability, the device `auto` picks and CPU threads.
+    #[command(after_help = "Example:\n  charrnn info")]
+    Info,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SamplingArg {
+    Random,
+    Consecutive,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// UTF-8 text to train on.
+    #[arg(long, value_name = "FILE")]
+    corpus: PathBuf,
+    /// Model folder to write [default: runs/<corpus file stem>].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Hidden units.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// Time steps per sequence (BPTT length).
+    #[arg(long, default_value_t = 35)]
+    steps: usize,
+    /// Sequences per minibatch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 100.0, allow_negative_numbers = true)]
+    lr: f64,
+    /// Gradient clipping threshold on the global L2 norm.
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    clip: f64,
+    /// Passes over the corpus.
+    #[arg(long, default_value_t = 250)]
+    epochs: usize,
+    /// Minibatch sampler: random (fresh state per minibatch) or consecutive (state carried, detached).
+    #[arg(long, value_enum, default_value = "random")]
+    sampling: SamplingArg,
+    /// Seed for initialisation and shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N characters of the corpus.
+    #[arg(long, value_name = "N")]
+    limit_chars: Option<usize>,
+    /// Keep newlines (by default each newline and carriage return becomes a space).
+    #[arg(long)]
+    keep_newlines: bool,
+    /// Prefix to predict from at every report; repeat for several [default: 分开 and 不分开 when the corpus
+    /// has them, else its first character].
+    #[arg(long = "prefix", value_name = "P")]
+    prefixes: Vec<String>,
+    /// Epochs between reports.
+    #[arg(long, default_value_t = 50)]
+    pred_period: usize,
+    /// Characters predicted per prefix in reports.
+    #[arg(long, default_value_t = 50)]
+    pred_len: usize,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "D")]
+    device: DeviceSpec,
+    /// CPU threads for libtorch [default: one per core].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Model folder [default: the last model `train` wrote from this folder].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Text to continue.
+    #[arg(long, value_name = "P")]
+    prefix: String,
+    /// Characters to generate after the prefix.
+    #[arg(long, value_name = "N")]
+    num_chars: usize,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "D")]
+    device: DeviceSpec,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Model folder [default: the last model `train` wrote from this folder].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Text to evaluate on [default: the training corpus, read with the training settings].
+    #[arg(long, value_name = "FILE")]
+    corpus: Option<PathBuf>,
+    /// Use only the first N characters.
+    #[arg(long, value_name = "N")]
+    limit_chars: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "D")]
+    device: DeviceSpec,
+}
+
+impl TrainArgs {
+    fn into_job(self) -> TrainJob {
+        let sampling = match self.sampling {
+            SamplingArg::Random => Sampling::Random,
+            SamplingArg::Consecutive => Sampling::Consecutive,
+        };
+        TrainJob {
+            corpus: self.corpus,
+            corpus_options: CorpusOptions { keep_newlines: self.keep_newlines, limit_chars: self.limit_chars },
+            out: self.out,
+            device: self.device,
+            threads: self.threads,
+            config: TrainConfig {
+                hidden: self.hidden,
+                steps: self.steps,
+                batch: self.batch,
+                lr: self.lr,
+                clip: self.clip,
+                epochs: self.epochs,
+                sampling,
+                seed: self.seed,
+                prefixes: self.prefixes,
+                pred_period: self.pred_period,
+                pred_len: self.pred_len,
+            },
+        }
+    }
+}
+
+/// Prints the textbook's report lines to stdout and, on a terminal, a progress bar on stderr.
+struct Reporter {
+    bar: Option<ProgressBar>,
+    last_draw: Instant,
+    write_error: Option<std::io::Error>,
+}
+
+impl Reporter {
+    fn new() -> Self {
+        Reporter { bar: None, last_draw: Instant::now(), write_error: None }
+    }
+
+    fn print(&mut self, text: &str) {
+        let write = || -> std::io::Result<()> {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()
+        };
+        let result = match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        };
+        if let Err(e) = result {
+            self.write_error.get_or_insert(e);
+        }
+    }
+}
+
+impl TrainObserver for Reporter {
+    fn minibatch(&mut self, p: &Progress<'_>) {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new((p.epochs * p.batches) as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {msg} [{elapsed_precise} < {eta_precise}]").expect("valid template"),
+            );
+            bar
+        });
+        bar.set_position(((p.epoch - 1) * p.batches + p.batch) as u64);
+        // Reading the perplexity waits for the device; do it only as often as a person can read it.
+        if self.last_draw.elapsed() >= Duration::from_millis(200) || p.batch == p.batches {
+            self.last_draw = Instant::now();
+            bar.set_message(format!(
+                "epoch {}/{} minibatch {}/{} perplexity {:.3}",
+                p.epoch, p.epochs, p.batch, p.batches, p.running_perplexity()
+            ));
+        }
+    }
+
+    fn epoch(&mut self, r: &EpochReport) {
+        if let Some(samples) = &r.samples {
+            let mut text = format!("epoch {}, perplexity {:.6}, time {:.2} sec\n", r.epoch, r.perplexity, r.seconds);
+            for s in samples {
+                text.push_str(&format!(" - {s}\n"));
+            }
+            self.print(&text);
+        }
+    }
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let job = args.into_job();
+    let mut reporter = Reporter::new();
+    let outcome = charrnn::run_train(&job, &mut reporter);
+    if let Some(bar) = &reporter.bar {
+        bar.finish_and_clear();
+    }
+    let outcome = outcome.with_context(|| format!("training on {} failed", job.corpus.display()))?;
+    if let Some(e) = reporter.write_error {
+        return Err(e.into());
+    }
+    eprintln!(
+        "saved model to {} ({} epochs on {}, perplexity {:.6})",
+        outcome.out.display(),
+        outcome.epochs,
+        outcome.device,
+        outcome.perplexity
+    );
+    Ok(())
+}
+
+fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    let text = charrnn::run_predict(args.model.as_deref(), args.device, &args.prefix, args.num_chars)?;
+    writeln!(std::io::stdout(), "{text}")?;
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let job = EvalJob { model: args.model, corpus: args.corpus, limit_chars: args.limit_chars, device: args.device };
+    let r = charrnn::run_eval(&job)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+    } else {
+        writeln!(out, "corpus {} ({} characters)", r.corpus.display(), r.chars)?;
+        writeln!(out, "perplexity {:.6}", r.perplexity)?;
+        writeln!(out, "cross-entropy {:.6} nats/char", r.evaluation.cross_entropy)?;
+        writeln!(out, "bits per character {:.6}", r.bits_per_char)?;
+    }
+    Ok(())
+}
+
+fn info() -> anyhow::Result<()> {
+    let i = charrnn::info();
+    let cuda = match i.cuda.missing_reason() {
+        None => format!("available ({} device(s))", i.cuda.devices),
+        Some(why) => format!("not available: {why}"),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "charrnn {}", i.charrnn)?;
+    writeln!(out, "libtorch {}", i.libtorch)?;
+    writeln!(out, "cuda {cuda}")?;
+    writeln!(out, "auto device {}", i.auto_device)?;
+    writeln!(out, "cpu threads {}", i.cpu_threads)?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+fn main() -> ExitCode {
+    // libtorch failures that tch turns into panics still get one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        eprintln!("error: internal error: {}", msg.lines().next().unwrap_or(msg));
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train(a),
+        Command::Predict(a) => predict(a),
+        Command::Eval(a) => eval(a),
+        Command::Info => info(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

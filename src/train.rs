@@ -1,0 +1,335 @@
+//! Training: truncated BPTT over minibatches, gradient clipping and SGD, reported through an observer.
+use crate::batches::Sampling;
+use crate::corpus::Vocabulary;
+use crate::error::{Error, Result};
+use crate::metrics::perplexity;
+use crate::model::{cross_entropy, step_major, RnnModel};
+use crate::predict::predict;
+use crate::rng::Rng;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Training hyperparameters. `Default` is the textbook's setting (Dive into Deep Learning, 1st ed., §6.4).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// Hidden units H.
+    pub hidden: usize,
+    /// Time steps per sequence (BPTT length).
+    pub steps: usize,
+    /// Sequences per minibatch.
+    pub batch: usize,
+    /// SGD learning rate, applied to the gradient of the mean loss.
+    pub lr: f64,
+    /// Gradient clipping threshold theta on the global L2 norm.
+    pub clip: f64,
+    /// Passes over the corpus.
+    pub epochs: usize,
+    /// How minibatches are cut.
+    pub sampling: Sampling,
+    /// Seed of the parameter initialisation and the random sampler.
+    pub seed: u64,
+    /// Prefixes to predict from every `pred_period` epochs.
+    pub prefixes: Vec<String>,
+    /// Epochs between progress reports with predictions.
+    pub pred_period: usize,
+    /// Characters generated per prediction in those reports.
+    pub pred_len: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            hidden: 256,
+            steps: 35,
+            batch: 32,
+            lr: 100.0,
+            clip: 0.01,
+            epochs: 250,
+            sampling: Sampling::Random,
+            seed: 0,
+            prefixes: vec!["分开".into(), "不分开".into()],
+            pred_period: 50,
+            pred_len: 50,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every value is in range (positive sizes, finite positive rates).
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("--hidden", self.hidden),
+            ("--steps", self.steps),
+            ("--batch", self.batch),
+            ("--epochs", self.epochs),
+            ("--pred-period", self.pred_period),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::config(name, "must be at least 1"));
+            }
+        }
+        for (name, v) in [("--lr", self.lr), ("--clip", self.clip)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::config(name, format!("must be a positive number, got {v}")));
+            }
+        }
+        if self.prefixes.iter().any(|p| p.is_empty()) {
+            return Err(Error::config("--prefix", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Where training is inside an epoch; given to [`TrainObserver::minibatch`] after each minibatch.
+pub struct Progress<'a> {
+    /// Current epoch, from 1.
+    pub epoch: usize,
+    /// Total epochs.
+    pub epochs: usize,
+    /// Minibatches done in this epoch, from 1.
+    pub batch: usize,
+    /// Minibatches per epoch.
+    pub batches: usize,
+    loss_sum: &'a Tensor,
+}
+
+impl Progress<'_> {
+    /// Perplexity over this epoch's minibatches so far. Reads the value back from the device, so call it
+    /// only as often as it is shown.
+    pub fn running_perplexity(&self) -> f64 {
+        perplexity(self.loss_sum.double_value(&[]) / self.batch as f64)
+    }
+}
+
+/// What one epoch achieved.
+#[derive(Debug, Clone)]
+pub struct EpochReport {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// exp of the mean training loss over the epoch's minibatches (the textbook's "perplexity").
+    pub perplexity: f64,
+    /// Wall time of the epoch, in seconds.
+    pub seconds: f64,
+    /// Every `pred_period` epochs: one greedy prediction per configured prefix (prefix included).
+    pub samples: Option<Vec<String>>,
+}
+
+/// Receives training progress; the library never prints.
+pub trait TrainObserver {
+    /// Called after every minibatch.
+    fn minibatch(&mut self, _progress: &Progress<'_>) {}
+    /// Called after every epoch.
+    fn epoch(&mut self, _report: &EpochReport) {}
+}
+
+/// An observer that ignores everything.
+impl TrainObserver for () {}
+
+/// The state for the next minibatch: carried values, cut from the previous minibatch's graph so that
+/// backpropagation stops at the minibatch boundary (truncated BPTT).
+pub fn carry_state(h: &Tensor) -> Tensor {
+    h.detach()
+}
+
+/// Scales all gradients by `min(theta / ||g||, 1)`, `||g||` being the L2 norm over all of them together.
+///
+/// Stays on the device (no read-back). Returns the norm before clipping, a scalar Float tensor.
+pub fn clip_gradients(params: &[&Tensor], theta: f64) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let squares: Vec<Tensor> = params.iter().map(|p| p.grad().square().sum(Kind::Float)).collect();
+    let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt();
+    let scale = (theta / &norm).clamp_max(1.0);
+    for p in params {
+        let _ = p.grad().f_mul_(&scale);
+    }
+    norm
+}
+
+/// Plain SGD: `p <- p - lr * grad`.
+pub fn sgd(params: &[&Tensor], lr: f64) {
+    let _guard = tch::no_grad_guard();
+    for p in params {
+        let _ = p.shallow_clone().f_sub_(&(p.grad() * lr));
+    }
+}
+
+/// One training step on a minibatch: forward, mean cross-entropy, backward, clip, SGD.
+///
+/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: Float `[batch, H]`. Returns the loss before the
+/// update (scalar Float, detached) and the final hidden state (still attached to this step's graph; pass it
+/// through [`carry_state`] before using it again). The clipped gradients stay in the parameters' `grad()`.
+pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &Tensor, lr: f64, clip: f64) -> (Tensor, Tensor) {
+    let params = model.parameters();
+    for p in params {
+        p.shallow_clone().zero_grad();
+    }
+    let (logits, h) = model.forward(inputs, state);
+    let loss = cross_entropy(&logits, &step_major(targets));
+    loss.backward();
+    let _ = clip_gradients(&params, clip);
+    sgd(&params, lr);
+    (loss.detach(), h)
+}
+
+/// The outcome of a training run.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Epochs run.
+    pub epochs: usize,
+    /// Training perplexity of the last epoch.
+    pub perplexity: f64,
+}
+
+/// Trains `model` on `corpus` (character indices of `vocab`) as the textbook does.
+///
+/// Random sampling starts every minibatch from a zero state; consecutive sampling starts each epoch from a
+/// zero state and carries it across minibatches, detached. The loop reads nothing back from the device
+/// except once per epoch (the epoch's perplexity) and what the observer asks for.
+pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &TrainConfig, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
+    config.validate()?;
+    config.sampling.check_fits(corpus.len(), config.batch, config.steps)?;
+    for p in &config.prefixes {
+        vocab.encode(p, "the prefix")?;
+    }
+    let mut rng = Rng::new(config.seed);
+    let device = model.device();
+    let mut last = f64::NAN;
+    for epoch in 1..=config.epochs {
+        let start = Instant::now();
+        let (xs, ys) = config.sampling.epoch(corpus, config.batch, config.steps, &mut rng, device)?;
+        let batches = xs.size()[0] as usize;
+        let loss_sum = Tensor::zeros([], (Kind::Float, device));
+        let mut state = model.begin_state(config.batch);
+        for i in 0..batches {
+            let input_state = match config.sampling {
+                Sampling::Random => model.begin_state(config.batch),
+                Sampling::Consecutive => carry_state(&state),
+            };
+            let (loss, h) = train_step(model, &xs.get(i as i64), &ys.get(i as i64), &input_state, config.lr, config.clip);
+            state = h;
+            let _ = loss_sum.shallow_clone().f_add_(&loss)?;
+            observer.minibatch(&Progress { epoch, epochs: config.epochs, batch: i + 1, batches, loss_sum: &loss_sum });
+        }
+        last = perplexity(loss_sum.double_value(&[]) / batches as f64);
+        let samples = if epoch % config.pred_period == 0 {
+            let s: Result<Vec<String>> = config.prefixes.iter().map(|p| predict(model, vocab, p, config.pred_len)).collect();
+            Some(s?)
+        } else {
+            None
+        };
+        observer.epoch(&EpochReport { epoch, perplexity: last, seconds: start.elapsed().as_secs_f64(), samples });
+    }
+    Ok(TrainSummary { epochs: config.epochs, perplexity: last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use tch::Device;
+
+    fn grad_norm(params: &[&Tensor]) -> f64 {
+        params.iter().map(|p| p.grad().square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt()
+    }
+
+    fn model_with_grads() -> RnnModel {
+        let m = RnnModel::new(ModelConfig { vocab_size: 6, hidden: 4 }, 1, Device::Cpu).unwrap();
+        let x = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]).view([2, 3]);
+        let (logits, _) = m.forward(&x, &m.begin_state(2));
+        cross_entropy(&logits, &step_major(&((x + 1) % 6))).backward();
+        m
+    }
+
+    #[test]
+    fn clipping_caps_the_global_norm_and_keeps_direction() {
+        let m = model_with_grads();
+        let params = m.parameters();
+        let before: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
+        let norm = grad_norm(&params);
+        assert!(norm > 1e-3, "test needs a gradient larger than theta, got {norm}");
+        let reported = clip_gradients(&params, 1e-3).double_value(&[]);
+        assert!((reported - norm).abs() < 1e-6 * norm);
+        assert!(grad_norm(&params) <= 1e-3 * (1.0 + 1e-5));
+        for (p, b) in params.iter().zip(&before) {
+            assert!(p.grad().allclose(&(b * (1e-3 / norm)), 1e-5, 1e-10, false));
+        }
+    }
+
+    #[test]
+    fn clipping_leaves_small_gradients_alone() {
+        let m = model_with_grads();
+        let params = m.parameters();
+        let before: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
+        clip_gradients(&params, 1e6);
+        for (p, b) in params.iter().zip(&before) {
+            assert!(p.grad().equal(b));
+        }
+    }
+
+    #[test]
+    fn detached_state_cuts_the_gradient_to_the_previous_minibatch() {
+        let m = RnnModel::new(ModelConfig { vocab_size: 6, hidden: 4 }, 1, Device::Cpu).unwrap();
+        let x = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]).view([2, 3]);
+        let y = step_major(&((&x + 1) % 6));
+        for detach in [true, false] {
+            let h0 = m.begin_state(2).set_requires_grad(true);
+            let (_, h1) = m.forward(&x, &h0);
+            let h1 = if detach { carry_state(&h1) } else { h1 };
+            let (logits, _) = m.forward(&x, &h1);
+            cross_entropy(&logits, &y).backward();
+            let reached = h0.grad().defined() && h0.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
+            assert_eq!(reached, !detach, "detach={detach}");
+        }
+    }
+
+    #[test]
+    fn sgd_moves_against_the_gradient() {
+        let m = model_with_grads();
+        let params = m.parameters();
+        let before: Vec<Tensor> = params.iter().map(|p| p.detach().copy()).collect();
+        sgd(&params, 0.5);
+        for (p, b) in params.iter().zip(&before) {
+            assert!(p.detach().allclose(&(b - p.grad() * 0.5), 1e-6, 1e-7, false));
+        }
+    }
+
+    #[test]
+    fn invalid_hyperparameters_are_named() {
+        let bad = TrainConfig { lr: -1.0, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("--lr"));
+        let bad = TrainConfig { batch: 0, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("--batch"));
+        let bad = TrainConfig { clip: f64::NAN, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("--clip"));
+    }
+
+    #[test]
+    fn training_lowers_perplexity_and_reports_every_epoch() {
+        struct Record(Vec<EpochReport>, usize);
+        impl TrainObserver for Record {
+            fn minibatch(&mut self, _: &Progress<'_>) {
+                self.1 += 1;
+            }
+            fn epoch(&mut self, r: &EpochReport) {
+                self.0.push(r.clone());
+            }
+        }
+        let text = "abcabcabdabcabcabd".repeat(20);
+        let vocab = Vocabulary::from_text(&text);
+        let ids = vocab.encode(&text, "t").unwrap();
+        let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: 16 }, 0, Device::Cpu).unwrap();
+        let config = TrainConfig {
+            hidden: 16, steps: 6, batch: 4, lr: 1.0, clip: 1.0, epochs: 30,
+            prefixes: vec!["ab".into()], pred_period: 10, pred_len: 5, ..Default::default()
+        };
+        let mut rec = Record(Vec::new(), 0);
+        let summary = train(&model, &vocab, &ids, &config, &mut rec).unwrap();
+        assert_eq!(rec.0.len(), 30);
+        assert_eq!(rec.1, 30 * Sampling::Random.batches_per_epoch(ids.len(), 4, 6));
+        assert!(rec.0[0].perplexity > 3.0 && summary.perplexity < 2.0, "{} -> {}", rec.0[0].perplexity, summary.perplexity);
+        let with_samples: Vec<usize> = rec.0.iter().filter(|r| r.samples.is_some()).map(|r| r.epoch).collect();
+        assert_eq!(with_samples, vec![10, 20, 30]);
+        assert_eq!(rec.0[29].samples.as_ref().unwrap()[0].chars().count(), 7);
+    }
+}
