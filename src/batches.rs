@@ -122,7 +122,7 @@ mod tests {
             for (xr, yr) in rows(&x.get(i)).iter().zip(rows(&y.get(i))) {
                 assert_eq!(xr[0] % 7, 0, "subsequences start on multiples of steps");
                 assert_eq!(xr, &(xr[0]..xr[0] + 7).collect::<Vec<_>>());
-                assert_eq!(yr, &(xr[0] + 1..xr[0] + 8).collect::<Vec<_>>());
+                assert_eq!(yr, (xr[0] + 1..xr[0] + 8).collect::<Vec<_>>());
                 assert!(seen.insert(xr[0]), "subsequence drawn twice in one epoch");
             }
         }

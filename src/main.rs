@@ -17,7 +17,7 @@ Examples:
 
 /// Character-level RNN trainer and sampler (the textbook char-RNN on libtorch).
 #[derive(Parser)]
-#[command(name = "charrnn", version, after_help = EXAMPLES)]
+#[command(name = "charrnn", version, after_help = EXAMPLES, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

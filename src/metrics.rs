@@ -72,8 +72,9 @@ mod tests {
         let ids: Vec<i64> = (0..1500).map(|i| (i * 7 % 37) as i64).collect();
         let e = evaluate(&model, &ids).unwrap();
         assert_eq!(e.predictions, 1499);
-        assert!((e.perplexity() - 37.0).abs() < 1e-6, "{}", e.perplexity());
-        assert!((e.bits_per_char() - 37f64.log2()).abs() < 1e-9);
+        // Float32 logits: log-softmax of equal values is -ln 37 to about 1e-6 relative.
+        assert!((e.perplexity() / 37.0 - 1.0).abs() < 1e-5, "{}", e.perplexity());
+        assert!((e.bits_per_char() - 37f64.log2()).abs() < 1e-5);
     }
 
     #[test]

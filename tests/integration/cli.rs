@@ -1,0 +1,275 @@
+//! The `charrnn` binary end to end, each test in its own temporary folder.
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+
+/// A lyric-like corpus big enough for small minibatches.
+const LYRICS: &str = "分开 不分开 我不能再想 我不 我不 我不要再想你 不知不觉 你已经离开我 不知不觉 我跟了这节奏\n\
+后知后觉 又过了一个秋 后知后觉 我该好好生活 我该好好生活 不知不觉 你已经离开我\n";
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+/// Result of one run: exit code, stdout, stderr.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Env {
+    fn new() -> Self {
+        let env = Env { dir: tempfile::tempdir().unwrap() };
+        env.write("lyrics.txt", LYRICS.repeat(6).as_bytes());
+        env
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.path(name), bytes).unwrap();
+    }
+
+    /// Runs `charrnn args...` in the temporary folder.
+    fn run(&self, args: &[&str]) -> Run {
+        let out = Command::cargo_bin("charrnn").unwrap().current_dir(self.dir.path()).args(args).output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    }
+
+    /// A quick training run with small settings, plus `extra` flags (which may repeat and override them).
+    fn train(&self, extra: &[&str]) -> Run {
+        let mut args = env_train_args();
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// Asserts a run failed cleanly: non-zero exit, one `error:` line on stderr naming `needle`, no panic.
+    fn fails(&self, args: &[&str], needle: &str) -> Run {
+        let r = self.run(args);
+        assert_ne!(r.code, 0, "{args:?} should fail");
+        assert!(r.stderr.starts_with("error:"), "{args:?}: stderr {:?}", r.stderr);
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "{args:?}: stderr must be one line: {:?}", r.stderr);
+        assert!(r.stderr.contains(needle), "{args:?}: stderr {:?} lacks {needle:?}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
+        r
+    }
+}
+
+/// `train` with small settings that fit the test corpus.
+fn env_train_args() -> Vec<&'static str> {
+    vec![
+        "train", "--corpus", "lyrics.txt", "--hidden", "32", "--steps", "5", "--batch", "4", "--epochs", "20",
+        "--lr", "1", "--clip", "1", "--pred-period", "10", "--pred-len", "8", "--device", "cpu",
+    ]
+}
+
+fn model_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn train_predict_eval_round_trip() {
+    let env = Env::new();
+    let r = env.train(&["--prefix", "分开", "--prefix", "不知"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{}", r.stdout);
+    for (i, epoch) in [(0, 10), (3, 20)] {
+        let l = lines[i];
+        let rest = l.strip_prefix(&format!("epoch {epoch}, perplexity ")).unwrap_or_else(|| panic!("{l}"));
+        let (ppl, time) = rest.split_once(", time ").unwrap();
+        assert_eq!(ppl.split_once('.').unwrap().1.len(), 6, "{l}");
+        assert!(ppl.parse::<f64>().unwrap() > 1.0);
+        let secs = time.strip_suffix(" sec").unwrap();
+        assert_eq!(secs.split_once('.').unwrap().1.len(), 2, "{l}");
+        assert!(lines[i + 1].starts_with(" - 分开") && lines[i + 2].starts_with(" - 不知"), "{}", r.stdout);
+        assert_eq!(lines[i + 1].chars().count(), 3 + 2 + 8);
+    }
+    // Piped output: no progress bar, no control characters.
+    assert!(!r.stdout.contains('\u{1b}') && !r.stdout.contains('\r'));
+    assert!(!r.stderr.contains('\u{1b}') && !r.stderr.contains('\r'), "{:?}", r.stderr);
+    assert!(r.stderr.contains("saved model to runs/lyrics"), "{}", r.stderr);
+    let files = model_files(&env.path("runs/lyrics"));
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0] == "model.json" && files[1].ends_with(".safetensors"), "{files:?}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("runs/lyrics/model.json")).unwrap()).unwrap();
+    assert_eq!(json["epoch"], 20);
+    assert_eq!(json["train"]["hidden"], 32);
+    assert_eq!(json["model"]["vocab_size"].as_u64().unwrap() as usize, json["vocab"].as_str().unwrap().chars().count());
+
+    // predict without --model uses the last trained model; greedy output is deterministic.
+    let p = env.run(&["predict", "--prefix", "分开", "--num-chars", "10"]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let text = p.stdout.trim_end_matches('\n');
+    assert!(text.starts_with("分开") && text.chars().count() == 12, "{text:?}");
+    assert_eq!(p.stdout.lines().count(), 1);
+    let again = env.run(&["predict", "--model", "runs/lyrics", "--prefix", "分开", "--num-chars", "10"]);
+    assert_eq!(again.stdout, p.stdout);
+
+    // eval on the training corpus: text and JSON agree.
+    let e = env.run(&["eval"]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+    assert!(e.stdout.contains("perplexity ") && e.stdout.contains("nats/char") && e.stdout.contains("bits per character"), "{}", e.stdout);
+    let j = env.run(&["eval", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(j.stdout.trim()).unwrap();
+    let ppl = v["perplexity"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 40.0, "{ppl}");
+    assert!((v["bits_per_char"].as_f64().unwrap() - ppl.log2()).abs() < 1e-9);
+    assert_eq!(v["chars"].as_u64().unwrap() as usize, LYRICS.chars().count() * 6);
+    assert!(e.stdout.contains(&format!("perplexity {ppl:.6}")));
+    // --limit-chars on eval re-reads fewer characters.
+    let short = env.run(&["eval", "--limit-chars", "50", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(short.stdout.trim()).unwrap();
+    assert_eq!(v["chars"], 50);
+}
+
+#[test]
+fn consecutive_sampling_and_newlines_are_recorded_and_honoured() {
+    let env = Env::new();
+    let r = env.train(&["--sampling", "consecutive", "--keep-newlines", "--limit-chars", "300", "--out", "m"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("m/model.json")).unwrap()).unwrap();
+    assert_eq!(json["train"]["sampling"], "consecutive");
+    assert_eq!(json["corpus"]["options"]["keep_newlines"], true);
+    assert!(json["vocab"].as_str().unwrap().contains('\n'));
+    let v: serde_json::Value = serde_json::from_str(env.run(&["eval", "--model", "m", "--json"]).stdout.trim()).unwrap();
+    assert_eq!(v["chars"], 300);
+}
+
+#[test]
+fn same_seed_same_model_other_seed_other_model() {
+    let env = Env::new();
+    let weights = |out: &str, seed: &str| {
+        let r = env.train(&["--epochs", "3", "--out", out, "--seed", seed]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let files = model_files(&env.path(out));
+        std::fs::read(env.path(out).join(&files[1])).unwrap()
+    };
+    assert_eq!(weights("a", "1"), weights("b", "1"));
+    assert_ne!(weights("a", "1"), weights("c", "2"));
+}
+
+#[test]
+fn help_shows_examples_and_version_works() {
+    let env = Env::new();
+    for args in [&["--help"][..], &["train", "--help"], &["predict", "--help"], &["eval", "--help"]] {
+        let r = env.run(args);
+        assert_eq!(r.code, 0);
+        assert!(r.stdout.contains("Examples:") && r.stdout.contains("charrnn "), "{args:?}: {}", r.stdout);
+    }
+    let r = env.run(&["--version"]);
+    assert_eq!(r.stdout.trim(), format!("charrnn {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn info_reports_versions_cuda_and_device() {
+    let r = Env::new().run(&["info"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(&format!("charrnn {}", env!("CARGO_PKG_VERSION"))));
+    assert!(r.stdout.contains("libtorch 2.13.0"), "{}", r.stdout);
+    assert!(r.stdout.lines().any(|l| l.starts_with("cuda available") || l.starts_with("cuda not available: ")), "{}", r.stdout);
+    assert!(r.stdout.lines().any(|l| l == "auto device cpu" || l.starts_with("auto device cuda:")));
+    assert!(r.stdout.lines().any(|l| l.starts_with("cpu threads ")));
+}
+
+#[test]
+fn bad_corpora_fail_cleanly_and_write_nothing() {
+    let env = Env::new();
+    env.write("empty.txt", b"");
+    env.write("bad.txt", b"ok\xc3\x28rest");
+    env.write("short.txt", "分开不分开".as_bytes());
+    env.fails(&["train", "--corpus", "missing.txt"], "missing.txt");
+    env.fails(&["train", "--corpus", "empty.txt"], "empty");
+    env.fails(&["train", "--corpus", "bad.txt"], "byte offset 2");
+    let r = env.fails(&["train", "--corpus", "short.txt"], "too few for one minibatch");
+    assert!(r.stderr.contains("--batch") && r.stderr.contains("--steps"), "{}", r.stderr);
+    env.fails(&["train", "--corpus", "lyrics.txt", "--limit-chars", "0"], "empty");
+    assert!(!env.path("runs").exists(), "a failed train must not write a model");
+}
+
+#[test]
+fn bad_hyperparameters_fail_cleanly() {
+    let env = Env::new();
+    for (flag, value) in [("--hidden", "0"), ("--steps", "0"), ("--batch", "0"), ("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"), ("--clip", "-0.5"), ("--pred-period", "0"), ("--threads", "0")] {
+        env.fails(&["train", "--corpus", "lyrics.txt", flag, value], flag);
+    }
+    // clap rejects non-numbers and unknown choices itself (exit 2, usage on stderr).
+    for args in [&["train", "--corpus", "lyrics.txt", "--hidden", "-3"][..], &["train", "--corpus", "lyrics.txt", "--sampling", "shuffled"]] {
+        let r = env.run(args);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert!(r.stderr.starts_with("error:"), "{}", r.stderr);
+    }
+    assert!(!env.path("runs").exists());
+}
+
+#[test]
+fn unavailable_devices_are_refused() {
+    let env = Env::new();
+    let r = env.run(&["train", "--corpus", "lyrics.txt", "--device", "tpu"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("expected auto, cpu, cuda or cuda:N"), "{}", r.stderr);
+    env.fails(&["train", "--corpus", "lyrics.txt", "--device", "cuda:99"], "device cuda:99 is not available");
+    assert!(!env.path("runs").exists());
+}
+
+#[test]
+fn bad_prefixes_are_named() {
+    let env = Env::new();
+    let mut args = env_train_args();
+    args.extend(["--prefix", "分开xyz"]);
+    env.fails(&args, "'x', 'y', 'z'");
+    assert!(!env.path("runs").exists());
+    assert_eq!(env.train(&["--epochs", "1"]).code, 0);
+    env.fails(&["predict", "--prefix", "", "--num-chars", "3"], "--prefix");
+    env.fails(&["predict", "--prefix", "分开Q", "--num-chars", "3"], "'Q'");
+    env.write("other.txt", "完全不同的文字".as_bytes());
+    env.fails(&["eval", "--corpus", "other.txt"], "not in the model's vocabulary");
+}
+
+#[test]
+fn missing_and_damaged_models_are_refused() {
+    let env = Env::new();
+    env.fails(&["predict", "--prefix", "分开", "--num-chars", "3"], "no model trained from this folder yet");
+    env.fails(&["predict", "--model", "nowhere", "--prefix", "分开", "--num-chars", "3"], "no such folder");
+    env.fails(&["eval", "--model", "nowhere"], "no such folder");
+    assert_eq!(env.train(&["--epochs", "1", "--out", "m"]).code, 0);
+    let files = model_files(&env.path("m"));
+    let weights = env.path("m").join(&files[1]);
+    let bytes = std::fs::read(&weights).unwrap();
+
+    std::fs::write(&weights, &bytes[..bytes.len() - 100]).unwrap();
+    env.fails(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3"], "truncated");
+    let mut flipped = bytes.clone();
+    flipped[3] ^= 0x40; // the safetensors header length
+    std::fs::write(&weights, &flipped).unwrap();
+    env.fails(&["eval", "--model", "m"], "cannot read weights");
+    std::fs::remove_file(&weights).unwrap();
+    env.fails(&["eval", "--model", "m"], "cannot read it");
+    std::fs::write(env.path("m/model.json"), b"{ not json").unwrap();
+    env.fails(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3"], "corrupted JSON");
+    std::fs::remove_file(env.path("m/model.json")).unwrap();
+    env.fails(&["eval", "--model", "m"], "model.json");
+}
+
+#[test]
+fn retraining_replaces_the_model_whole() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "1", "--out", "m"]).code, 0);
+    assert_eq!(env.train(&["--epochs", "2", "--out", "m", "--hidden", "16"]).code, 0);
+    let files = model_files(&env.path("m"));
+    assert_eq!(files.len(), 2, "old weights must be gone: {files:?}");
+    let r = env.run(&["eval", "--model", "m", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A train that fails validation leaves the existing model untouched.
+    let before = std::fs::read(env.path("m/model.json")).unwrap();
+    env.fails(&["train", "--corpus", "lyrics.txt", "--out", "m", "--lr", "0"], "--lr");
+    assert_eq!(std::fs::read(env.path("m/model.json")).unwrap(), before);
+}

@@ -1,0 +1,3 @@
+//! Integration tests, in one binary (each test binary links libtorch, which is slow).
+mod cli;
+mod pytorch;
