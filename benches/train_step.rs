@@ -1,1 +1,33 @@
-fn main(){}
+//! Criterion benchmarks of the textbook workload: one training step (batch 32, steps 35, hidden 256) on the
+//! first 10,000 characters of the bundled corpus, greedy prediction of 50 characters, and evaluation.
+//!
+//! Run: `make bench` (or `cargo bench --bench train_step`). CPU only; libtorch's CPU ops are synchronous,
+//! so reading the clock after each call measures finished work.
+use charrnn::{evaluate, predict, read_corpus, train_step, CorpusOptions, ModelConfig, RnnModel, Rng, Sampling, Vocabulary};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::path::Path;
+use tch::Device;
+
+fn textbook_workload(c: &mut Criterion) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/yuanqu.txt");
+    let text = read_corpus(&path, &CorpusOptions { keep_newlines: false, limit_chars: Some(10_000) }).unwrap();
+    let vocab = Vocabulary::from_text(&text);
+    let ids = vocab.encode(&text, "the corpus").unwrap();
+    let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: 256 }, 0, Device::Cpu).unwrap();
+    let (xs, ys) = Sampling::Random.epoch(&ids, 32, 35, &mut Rng::new(0), Device::Cpu).unwrap();
+    let (x, y) = (xs.get(0), ys.get(0));
+    let state = model.begin_state(32);
+
+    let mut g = c.benchmark_group("textbook");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(32 * 35));
+    g.bench_function("train_step (chars)", |b| b.iter(|| train_step(&model, &x, &y, &state, 100.0, 0.01)));
+    g.throughput(Throughput::Elements(50));
+    g.bench_function("predict 50 (chars)", |b| b.iter(|| predict(&model, &vocab, "分开", 50).unwrap()));
+    g.throughput(Throughput::Elements(ids.len() as u64));
+    g.bench_function("eval 10k (chars)", |b| b.iter(|| evaluate(&model, &ids).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, textbook_workload);
+criterion_main!(benches);

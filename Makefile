@@ -1,0 +1,28 @@
+# Every target does its own set-up (scripts/setup.sh is idempotent), so each works on a fresh checkout.
+CHARRNN := ./target/release/charrnn
+
+.PHONY: setup build demo test bench curves
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	cargo build --release
+
+# Trains the textbook model (first 10,000 characters, textbook hyperparameters) on the bundled corpus,
+# then predicts and evaluates.
+demo: build
+	$(CHARRNN) info
+	$(CHARRNN) train --corpus data/yuanqu.txt --limit-chars 10000 --out runs/demo
+	$(CHARRNN) predict --model runs/demo --prefix 分开 --num-chars 20
+	$(CHARRNN) eval --model runs/demo
+
+test: setup
+	cargo test --release --all-targets
+	cargo test --release --doc
+
+bench: setup
+	cargo bench --bench train_step
+
+curves: setup
+	bash benches/compare_curves.sh

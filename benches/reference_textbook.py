@@ -1,0 +1,116 @@
+"""The textbook char-RNN (Dive into Deep Learning, 1st ed., "RNN from scratch") in plain PyTorch.
+
+The reference charrnn's training curve is compared with (benches/compare_curves.sh): same corpus handling
+(newlines -> spaces, first N characters), same samplers, initialisation N(0, 0.01), tanh RNN step, mean
+cross-entropy, clipping by the global gradient norm, SGD, greedy prediction, and the same report lines.
+
+Usage: python benches/reference_textbook.py --corpus FILE [--limit-chars 10000] [--sampling random|consecutive]
+       [--epochs 250] [--hidden 256] [--steps 35] [--batch 32] [--lr 100] [--clip 0.01] [--seed 0] [--threads N]
+"""
+import argparse
+import math
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def load(path, limit):
+    text = open(path, encoding="utf-8").read().replace("\n", " ").replace("\r", " ")
+    text = text[:limit] if limit else text
+    vocab = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocab)}
+    return [index[c] for c in text], vocab, index
+
+
+def random_batches(ids, batch, steps, rng):
+    examples = list(range((len(ids) - 1) // steps))
+    rng.shuffle(examples)
+    for i in range(len(examples) // batch):
+        starts = [e * steps for e in examples[i * batch:(i + 1) * batch]]
+        x = torch.tensor([ids[s:s + steps] for s in starts])
+        y = torch.tensor([ids[s + 1:s + steps + 1] for s in starts])
+        yield x, y
+
+
+def consecutive_batches(ids, batch, steps):
+    row = len(ids) // batch
+    data = torch.tensor(ids[:batch * row]).view(batch, row)
+    for i in range((row - 1) // steps):
+        yield data[:, i * steps:(i + 1) * steps], data[:, i * steps + 1:(i + 1) * steps + 1]
+
+
+def rnn(inputs, h, params):
+    w_xh, w_hh, b_h, w_hq, b_q = params
+    outputs = []
+    for x in inputs:  # inputs: [steps, batch, V] one-hot
+        h = torch.tanh(x @ w_xh + h @ w_hh + b_h)
+        outputs.append(h @ w_hq + b_q)
+    return torch.cat(outputs), h
+
+
+def predict(prefix, n, params, vocab, index, hidden):
+    h = torch.zeros(1, hidden)
+    out = [index[prefix[0]]]
+    with torch.no_grad():
+        for t in range(len(prefix) + n - 1):
+            x = F.one_hot(torch.tensor([out[-1]]), len(vocab)).float()
+            y, h = rnn([x], h, params)
+            out.append(index[prefix[t + 1]] if t < len(prefix) - 1 else int(y.argmax(1)))
+    return "".join(vocab[i] for i in out)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--limit-chars", type=int, default=10000)
+    p.add_argument("--sampling", choices=["random", "consecutive"], default="random")
+    p.add_argument("--epochs", type=int, default=250)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--steps", type=int, default=35)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=100.0)
+    p.add_argument("--clip", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pred-period", type=int, default=50)
+    p.add_argument("--prefix", action="append")
+    p.add_argument("--threads", type=int)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    rng = random.Random(a.seed)
+    ids, vocab, index = load(a.corpus, a.limit_chars)
+    v, h = len(vocab), a.hidden
+    params = [torch.randn(v, h) * 0.01, torch.randn(h, h) * 0.01, torch.zeros(h), torch.randn(h, v) * 0.01, torch.zeros(v)]
+    for t in params:
+        t.requires_grad_(True)
+    prefixes = [q for q in (a.prefix or ["分开", "不分开"]) if all(c in index for c in q)] or [vocab[ids[0]]]
+    for epoch in range(1, a.epochs + 1):
+        start, loss_sum, n = time.time(), 0.0, 0
+        state = torch.zeros(a.batch, h)
+        batches = random_batches(ids, a.batch, a.steps, rng) if a.sampling == "random" else consecutive_batches(ids, a.batch, a.steps)
+        for x, y in batches:
+            state = torch.zeros(a.batch, h) if a.sampling == "random" else state.detach()
+            logits, state = rnn(F.one_hot(x.T, v).float(), state, params)
+            loss = F.cross_entropy(logits, y.T.reshape(-1))
+            for t in params:
+                t.grad = None
+            loss.backward()
+            with torch.no_grad():
+                norm = torch.sqrt(sum((t.grad ** 2).sum() for t in params))
+                if norm > a.clip:
+                    for t in params:
+                        t.grad *= a.clip / norm
+                for t in params:
+                    t -= a.lr * t.grad
+            loss_sum, n = loss_sum + loss.item(), n + 1
+        if epoch % a.pred_period == 0:
+            print("epoch %d, perplexity %f, time %.2f sec" % (epoch, math.exp(loss_sum / n), time.time() - start), flush=True)
+            for q in prefixes:
+                print(" -", predict(q, 50, params, vocab, index, h), flush=True)
+
+
+if __name__ == "__main__":
+    main()
