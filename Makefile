@@ -6,7 +6,8 @@ CHARRNN := ./target/release/charrnn
 setup:
 	bash scripts/setup.sh
 
-build: setup
+build:
+	bash scripts/setup.sh --build-only
 	cargo build --release
 
 # Trains the textbook model (first 10,000 characters, textbook hyperparameters) on the bundled corpus,

@@ -13,6 +13,15 @@ have_torch() {
         .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null
 }
 
+# Usage: scripts/setup.sh [--build-only]
+# --build-only: only what building needs; with LIBTORCH already set, that is nothing (no .venv, no download).
+build_only=false
+[ "${1:-}" = "--build-only" ] && build_only=true
+if $build_only && [ -n "${LIBTORCH:-}" ]; then
+    echo "setup: using LIBTORCH=$LIBTORCH from the environment" >&2
+    exit 0
+fi
+
 if ! have_torch; then
     echo "setup: installing torch==$TORCH_VERSION into .venv (about 4.7 GB with its CUDA libraries)" >&2
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -60,8 +60,9 @@ fn default_prefixes(vocab: &Vocabulary, text: &str) -> Vec<String> {
     }
 }
 
-/// Runs `charrnn train`: checks everything, trains, then saves the model (atomically) and records it as
-/// the last model. Nothing is written to the model folder unless training completes.
+/// Runs `charrnn train`: checks everything ([`train`] checks the corpus length and prefixes before its
+/// first step), trains, then saves the model (atomically) and records it as the last model. Nothing is
+/// written to the model folder unless training completes.
 pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
     job.config.validate()?;
     set_threads(job.threads)?;
@@ -69,13 +70,9 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     let text = read_corpus(&job.corpus, &job.corpus_options)?;
     let vocab = Vocabulary::from_text(&text);
     let ids = vocab.encode(&text, "the corpus")?;
-    job.config.sampling.check_fits(ids.len(), job.config.batch, job.config.steps)?;
     let mut config = job.config.clone();
     if config.prefixes.is_empty() {
         config.prefixes = default_prefixes(&vocab, &text);
-    }
-    for p in &config.prefixes {
-        vocab.encode(p, "the prefix")?;
     }
     let out = job.out.clone().unwrap_or_else(|| default_out(&job.corpus));
     if out.exists() && !out.is_dir() {
@@ -114,9 +111,6 @@ pub fn load_model(model_dir: Option<&Path>, device: DeviceSpec) -> Result<Loaded
 
 /// Runs `charrnn predict`: the prefix followed by `num_chars` greedily generated characters.
 pub fn run_predict(model_dir: Option<&Path>, device: DeviceSpec, prefix: &str, num_chars: usize) -> Result<String> {
-    if prefix.is_empty() {
-        return Err(Error::config("--prefix", "must not be empty"));
-    }
     let loaded = load_model(model_dir, device)?;
     predict(&loaded.model, &loaded.vocab, prefix, num_chars)
 }

@@ -208,7 +208,7 @@ impl TrainObserver for Reporter {
         let bar = self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::new((p.epochs * p.batches) as u64);
             bar.set_style(
-                ProgressStyle::with_template("{bar:30} {msg} [{elapsed_precise} < {eta_precise}]").expect("valid template"),
+                ProgressStyle::with_template("{msg} [{elapsed_precise}<{eta_precise}] {wide_bar}").expect("valid template"),
             );
             bar
         });

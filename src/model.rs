@@ -49,9 +49,10 @@ impl RnnModel {
         }
         tch::manual_seed(seed as i64);
         let (v, h) = (config.vocab_size as i64, config.hidden as i64);
-        let normal = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.01;
-        let zeros = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, Device::Cpu));
-        let init = [normal(&[v, h]), normal(&[h, h]), zeros(&[h]), normal(&[h, v]), zeros(&[v])];
+        // Fallible constructors: --hidden decides the sizes, and an allocation failure must be an error.
+        let normal = |shape: &[i64]| Tensor::f_randn(shape, (Kind::Float, Device::Cpu)).map(|t| t * 0.01);
+        let zeros = |shape: &[i64]| Tensor::f_zeros(shape, (Kind::Float, Device::Cpu));
+        let init = [normal(&[v, h])?, normal(&[h, h])?, zeros(&[h])?, normal(&[h, v])?, zeros(&[v])?];
         Self::from_tensors(config, init, device)
     }
 

@@ -21,7 +21,7 @@ pub fn predict(model: &RnnModel, vocab: &Vocabulary, prefix: &str, num_chars: us
         h = model.step(&one_hot(&Tensor::from_slice(&[id]).to_device(device), v), &h).1;
     }
     let mut x = Tensor::from_slice(&ids[ids.len() - 1..]).to_device(device);
-    let mut generated = Vec::with_capacity(num_chars);
+    let mut generated = Vec::new();
     for _ in 0..num_chars {
         let (y, h_next) = model.step(&one_hot(&x, v), &h);
         h = h_next;
