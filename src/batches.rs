@@ -83,17 +83,6 @@ impl Sampling {
     }
 }
 
-impl std::str::FromStr for Sampling {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "random" => Ok(Sampling::Random),
-            "consecutive" => Ok(Sampling::Consecutive),
-            _ => Err(format!("unknown sampling {s:?} (expected random or consecutive)")),
-        }
-    }
-}
-
 /// The (batch, steps) layout of an Int64 tensor as rows of indices, for tests and inspection.
 pub fn rows(t: &Tensor) -> Vec<Vec<i64>> {
     let t = t.to_kind(Kind::Int64).to_device(Device::Cpu);

@@ -115,8 +115,18 @@ fn fresh_weights_name(dir: &Path, epoch: usize) -> String {
 
 /// Saves `model` to the folder `dir` (created if needed), describing it with `file` (whose `weights` and
 /// `weights_bytes` are filled in here). Crash-safe: see the module documentation.
-pub fn save(dir: &Path, model: &RnnModel, mut file: ModelFile) -> Result<()> {
+pub fn save(dir: &Path, model: &RnnModel, file: ModelFile) -> Result<()> {
+    let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let result = save_into(dir, model, file);
+    if result.is_err() && created {
+        // Nothing of ours is left in it; do not leave an empty model folder behind.
+        let _ = std::fs::remove_dir(dir);
+    }
+    result
+}
+
+fn save_into(dir: &Path, model: &RnnModel, mut file: ModelFile) -> Result<()> {
     let previous = read_model_file(dir).ok().map(|f| f.weights);
     let weights = fresh_weights_name(dir, file.epoch);
     let weights_path = dir.join(&weights);

@@ -38,6 +38,8 @@ pub struct TrainOutcome {
     pub perplexity: f64,
     /// Device used.
     pub device: String,
+    /// Problems that did not stop the run (the model is saved), for the user to see.
+    pub warnings: Vec<String>,
 }
 
 /// The default model folder for a corpus: `runs/<file stem>`.
@@ -99,8 +101,11 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
         weights_bytes: 0,
     };
     checkpoint::save(&out, &model, file)?;
-    checkpoint::record_last_model(&out)?;
-    Ok(TrainOutcome { out, epochs: summary.epochs, perplexity: summary.perplexity, device: device_name(device) })
+    let mut warnings = Vec::new();
+    if let Err(e) = checkpoint::record_last_model(&out) {
+        warnings.push(format!("could not record {} as the last model ({e}); pass --model to predict and eval", out.display()));
+    }
+    Ok(TrainOutcome { out, epochs: summary.epochs, perplexity: summary.perplexity, device: device_name(device), warnings })
 }
 
 /// Loads the model of `--model` (or the last one trained here) onto `device`.
@@ -158,7 +163,13 @@ pub fn run_eval(job: &EvalJob) -> Result<EvalReport> {
     if job.limit_chars.is_some() {
         options.limit_chars = job.limit_chars;
     }
-    let text = read_corpus(&path, &options)?;
+    let text = match read_corpus(&path, &options) {
+        Err(Error::Io { path, source }) if job.corpus.is_none() => {
+            let reason = format!("the training corpus {} cannot be read ({source}); pass --corpus FILE", path.display());
+            return Err(Error::config("--corpus", reason));
+        }
+        text => text?,
+    };
     let ids = loaded.vocab.encode(&text, "the corpus")?;
     let evaluation = evaluate(&loaded.model, &ids)?;
     Ok(EvalReport {

@@ -174,6 +174,8 @@ impl TrainArgs {
 
 /// Prints the textbook's report lines to stdout and, on a terminal, a progress bar on stderr.
 struct Reporter {
+    /// Whether stderr is a terminal (else no bar is drawn).
+    tty: bool,
     bar: Option<ProgressBar>,
     last_draw: Instant,
     write_error: Option<std::io::Error>,
@@ -181,7 +183,7 @@ struct Reporter {
 
 impl Reporter {
     fn new() -> Self {
-        Reporter { bar: None, last_draw: Instant::now(), write_error: None }
+        Reporter { tty: std::io::stderr().is_terminal(), bar: None, last_draw: Instant::now(), write_error: None }
     }
 
     fn print(&mut self, text: &str) {
@@ -202,7 +204,7 @@ impl Reporter {
 
 impl TrainObserver for Reporter {
     fn minibatch(&mut self, p: &Progress<'_>) {
-        if !std::io::stderr().is_terminal() {
+        if !self.tty {
             return;
         }
         let bar = self.bar.get_or_insert_with(|| {
@@ -244,6 +246,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let outcome = outcome.with_context(|| format!("training on {} failed", job.corpus.display()))?;
     if let Some(e) = reporter.write_error {
         return Err(e.into());
+    }
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
     }
     eprintln!(
         "saved model to {} ({} epochs on {}, perplexity {:.6})",

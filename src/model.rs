@@ -1,6 +1,7 @@
 //! The char-RNN: parameters, one-hot encoding and the tanh RNN step (Dive into Deep Learning, "RNN from
 //! scratch").
 use crate::error::{Error, Result};
+use crate::rng::Rng;
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
@@ -41,19 +42,27 @@ pub struct RnnModel {
 impl RnnModel {
     /// A model with the textbook's initialisation: weights N(0, 0.01), biases 0.
     ///
-    /// The weights are drawn on the CPU from libtorch's generator seeded with `seed`, then moved to
-    /// `device`, so that a seed gives the same model on every device.
+    /// The weights come from charrnn's own generator seeded with `seed` (not libtorch's global one, which
+    /// other threads share), so a seed gives the same model on every device and in every process.
     pub fn new(config: ModelConfig, seed: u64, device: Device) -> Result<Self> {
         if config.vocab_size == 0 || config.hidden == 0 {
             return Err(Error::config("model", "vocabulary size and --hidden must be positive"));
         }
-        tch::manual_seed(seed as i64);
-        let (v, h) = (config.vocab_size as i64, config.hidden as i64);
-        // Fallible constructors: --hidden decides the sizes, and an allocation failure must be an error.
-        let normal = |shape: &[i64]| Tensor::f_randn(shape, (Kind::Float, Device::Cpu)).map(|t| t * 0.01);
-        let zeros = |shape: &[i64]| Tensor::f_zeros(shape, (Kind::Float, Device::Cpu));
-        let init = [normal(&[v, h])?, normal(&[h, h])?, zeros(&[h])?, normal(&[h, v])?, zeros(&[v])?];
-        Self::from_tensors(config, init, device)
+        let mut rng = Rng::new(seed);
+        let [s_xh, s_hh, s_h, s_hq, s_q] = Self::param_shapes(config);
+        let mut normal = |shape: &[i64]| -> Result<Tensor> {
+            let n = shape.iter().product::<i64>() as usize;
+            let mut values: Vec<f32> = Vec::new();
+            // --hidden decides this size: running out of memory must be an error, not an abort.
+            values.try_reserve_exact(n).map_err(|_| {
+                Error::config("--hidden", format!("a {shape:?} weight matrix does not fit in memory; use a smaller --hidden"))
+            })?;
+            values.extend((0..n).map(|_| (rng.normal() * 0.01) as f32));
+            Ok(Tensor::from_slice(&values).view(shape))
+        };
+        let (w_xh, w_hh, w_hq) = (normal(&s_xh)?, normal(&s_hh)?, normal(&s_hq)?);
+        let zeros = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+        Self::from_tensors(config, [w_xh, w_hh, zeros(&s_h), w_hq, zeros(&s_q)], device)
     }
 
     /// A model whose parameters are copies of `params` (in [`PARAM_NAMES`] order), checked against `config`.

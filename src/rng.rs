@@ -1,6 +1,8 @@
-//! A small seeded random-number generator for the samplers' shuffles (SplitMix64).
+//! A small seeded random-number generator (SplitMix64) for parameter initialisation and the samplers'
+//! shuffles.
 //!
-//! Its whole state is one `u64`, so a run's shuffling is reproducible from the seed and can be saved.
+//! Its whole state is one `u64`, so a run is reproducible from the seed and its state can be saved. It is
+//! independent of libtorch's global generator, which other threads may reseed or draw from.
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): fast, statistically sound for shuffling, tiny state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,18 @@ impl Rng {
     /// A uniform integer in `0..n` (n > 0), by Lemire's multiply-shift (bias below 2^-32 for n < 2^32).
     pub fn below(&mut self, n: usize) -> usize {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+
+    /// A uniform float in [0, 1) with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A standard normal sample (Box-Muller; one of the pair is used, which keeps the state simple).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform(); // in (0, 1], so ln is finite
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
     /// Shuffles `items` uniformly (Fisher-Yates).
@@ -59,6 +73,17 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
         assert_ne!(v, sorted);
+    }
+
+    #[test]
+    fn normal_samples_have_zero_mean_and_unit_variance() {
+        let mut r = Rng::new(11);
+        let xs: Vec<f64> = (0..100_000).map(|_| r.normal()).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "variance {var}");
+        assert!(xs.iter().all(|x| x.is_finite()));
     }
 
     #[test]

@@ -273,3 +273,13 @@ fn retraining_replaces_the_model_whole() {
     env.fails(&["train", "--corpus", "lyrics.txt", "--out", "m", "--lr", "0"], "--lr");
     assert_eq!(std::fs::read(env.path("m/model.json")).unwrap(), before);
 }
+
+#[test]
+fn eval_explains_a_training_corpus_that_moved() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "1", "--out", "m"]).code, 0);
+    std::fs::rename(env.path("lyrics.txt"), env.path("moved.txt")).unwrap();
+    env.fails(&["eval", "--model", "m"], "pass --corpus FILE");
+    let r = env.run(&["eval", "--model", "m", "--corpus", "moved.txt", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
