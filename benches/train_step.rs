@@ -25,7 +25,8 @@ fn textbook_workload(c: &mut Criterion) {
     g.throughput(Throughput::Elements(50));
     g.bench_function("predict 50 (chars)", |b| b.iter(|| predict(&model, &vocab, "分开", 50).unwrap()));
     g.throughput(Throughput::Elements(ids.len() as u64));
-    g.bench_function("eval 10k (chars)", |b| b.iter(|| evaluate(&model, &ids).unwrap()));
+    g.bench_function("eval 10k in windows of 35 (chars)", |b| b.iter(|| evaluate(&model, &ids, 35).unwrap()));
+    g.bench_function("eval 10k as one stream (chars)", |b| b.iter(|| evaluate(&model, &ids, usize::MAX).unwrap()));
     g.finish();
 }
 

@@ -131,6 +131,8 @@ pub struct EvalJob {
     pub limit_chars: Option<usize>,
     /// Where to compute.
     pub device: DeviceSpec,
+    /// Read the text as one stream instead of in windows of the training context.
+    pub stream: bool,
 }
 
 /// The result of `charrnn eval`.
@@ -140,6 +142,8 @@ pub struct EvalReport {
     pub corpus: PathBuf,
     /// Characters in it.
     pub chars: usize,
+    /// Characters of context per window, each window read from a zero state (`chars - 1`: one stream).
+    pub context: usize,
     /// The scores.
     #[serde(flatten)]
     pub evaluation: Evaluation,
@@ -171,10 +175,12 @@ pub fn run_eval(job: &EvalJob) -> Result<EvalReport> {
         text => text?,
     };
     let ids = loaded.vocab.encode(&text, "the corpus")?;
-    let evaluation = evaluate(&loaded.model, &ids)?;
+    let context = if job.stream { ids.len() - 1 } else { loaded.file.train.eval_context(trained.chars).min(ids.len() - 1) };
+    let evaluation = evaluate(&loaded.model, &ids, context)?;
     Ok(EvalReport {
         corpus: path,
         chars: ids.len(),
+        context,
         perplexity: evaluation.perplexity(),
         bits_per_char: evaluation.bits_per_char(),
         evaluation,

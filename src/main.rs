@@ -39,7 +39,8 @@ enum Command {
     /// Measure a model's perplexity on a text.
     #[command(after_help = "Examples:
   charrnn eval
-  charrnn eval --model runs/yuanqu --corpus other.txt --limit-chars 5000 --json")]
+  charrnn eval --model runs/yuanqu --corpus other.txt --limit-chars 5000 --json
+  charrnn eval --stream")]
     Eval(EvalArgs),
     /// Show versions, CUDA availability, the device `auto` picks and CPU threads.
     #[command(after_help = "Example:\n  charrnn info")]
@@ -135,6 +136,10 @@ struct EvalArgs {
     /// Use only the first N characters.
     #[arg(long, value_name = "N")]
     limit_chars: Option<usize>,
+    /// Read the text as one stream; by default it is read in windows of the context the model was trained
+    /// with (--steps for random sampling, a whole row for consecutive), each from a zero state.
+    #[arg(long)]
+    stream: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -267,13 +272,19 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let job = EvalJob { model: args.model, corpus: args.corpus, limit_chars: args.limit_chars, device: args.device };
+    let job = EvalJob {
+        model: args.model,
+        corpus: args.corpus,
+        limit_chars: args.limit_chars,
+        device: args.device,
+        stream: args.stream,
+    };
     let r = charrnn::run_eval(&job)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&r)?)?;
     } else {
-        writeln!(out, "corpus {} ({} characters)", r.corpus.display(), r.chars)?;
+        writeln!(out, "corpus {} ({} characters, read in windows of {})", r.corpus.display(), r.chars, r.context)?;
         writeln!(out, "perplexity {:.6}", r.perplexity)?;
         writeln!(out, "cross-entropy {:.6} nats/char", r.evaluation.cross_entropy)?;
         writeln!(out, "bits per character {:.6}", r.bits_per_char)?;

@@ -29,31 +29,49 @@ impl Evaluation {
     }
 }
 
-/// Characters processed per forward call by [`evaluate`]; the state carries across chunks, so this only
-/// trades memory for speed.
-const EVAL_CHUNK: usize = 512;
+/// Positions (rows x steps) scored per forward call by [`evaluate`]; the state carries across calls, so
+/// this bounds memory (the logits are positions x V floats) without changing the result.
+const EVAL_POSITIONS: usize = 16_384;
 
-/// Evaluates `model` on `ids` (character indices, at least 2) as one stream from a zero state: the mean
-/// cross-entropy of predicting `ids[t + 1]` from `ids[..=t]`, for every t.
-pub fn evaluate(model: &RnnModel, ids: &[i64]) -> Result<Evaluation> {
+/// Evaluates `model` on `ids` (character indices, at least 2): the mean cross-entropy of predicting
+/// `ids[t + 1]` from the characters before it, for every t.
+///
+/// The text is cut into windows of `context` characters, each read from a zero state, the way the model
+/// saw text in training (see [`crate::TrainConfig::eval_context`]); `context >= ids.len() - 1` reads the
+/// whole text as one stream. Windows are scored side by side as a batch.
+pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluation> {
     if ids.len() < 2 {
         return Err(Error::config("--corpus", "needs at least 2 characters to evaluate"));
+    }
+    if context == 0 {
+        return Err(Error::config("context", "must be at least 1"));
     }
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let text = Tensor::from_slice(ids).to_device(device);
     let n = ids.len() - 1;
+    let w = context.min(n);
     let total = Tensor::zeros([], (Kind::Double, device));
-    let mut h = model.begin_state(1);
-    let mut start = 0;
-    while start < n {
-        let len = EVAL_CHUNK.min(n - start) as i64;
-        let x = text.narrow(0, start as i64, len).view([1, len]);
-        let y = text.narrow(0, start as i64 + 1, len).view([1, len]);
-        let (logits, h_next) = model.forward(&x, &h);
-        h = h_next;
-        let _ = total.shallow_clone().f_add_(&(cross_entropy(&logits, &step_major(&y)).to_kind(Kind::Double) * len as f64))?;
-        start += len as usize;
+    // Full windows, `rows` at a time, then the shorter last window on its own.
+    let full = n / w;
+    let rows_per_call = (EVAL_POSITIONS / w.min(EVAL_POSITIONS)).max(1);
+    let mut windows: Vec<(usize, usize, usize)> = (0..full).step_by(rows_per_call).map(|r| (r * w, (full - r).min(rows_per_call), w)).collect();
+    if n % w > 0 {
+        windows.push((full * w, 1, n % w));
+    }
+    for (start, rows, len) in windows {
+        let span = (rows * len) as i64;
+        let x = text.narrow(0, start as i64, span).view([rows as i64, len as i64]);
+        let y = text.narrow(0, start as i64 + 1, span).view([rows as i64, len as i64]);
+        let mut h = model.begin_state(rows);
+        let steps_per_call = (EVAL_POSITIONS / rows).max(1);
+        for t in (0..len).step_by(steps_per_call) {
+            let k = steps_per_call.min(len - t) as i64;
+            let (logits, h_next) = model.forward(&x.narrow(1, t as i64, k), &h);
+            h = h_next;
+            let ce = cross_entropy(&logits, &step_major(&y.narrow(1, t as i64, k))).to_kind(Kind::Double);
+            let _ = total.shallow_clone().f_add_(&(ce * (rows as i64 * k) as f64))?;
+        }
     }
     let sum = total.to_device(Device::Cpu).double_value(&[]);
     Ok(Evaluation { predictions: n, cross_entropy: sum / n as f64 })
@@ -70,31 +88,51 @@ mod tests {
         let zeros = RnnModel::param_shapes(config).map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu)));
         let model = RnnModel::from_tensors(config, zeros, Device::Cpu).unwrap();
         let ids: Vec<i64> = (0..1500).map(|i| (i * 7 % 37) as i64).collect();
-        let e = evaluate(&model, &ids).unwrap();
+        let e = evaluate(&model, &ids, 35).unwrap();
         assert_eq!(e.predictions, 1499);
         // Float32 logits: log-softmax of equal values is -ln 37 to about 1e-6 relative.
         assert!((e.perplexity() / 37.0 - 1.0).abs() < 1e-5, "{}", e.perplexity());
         assert!((e.bits_per_char() - 37f64.log2()).abs() < 1e-5);
     }
 
-    #[test]
-    fn chunking_does_not_change_the_result() {
-        let config = ModelConfig { vocab_size: 5, hidden: 6 };
-        let model = RnnModel::new(config, 9, Device::Cpu).unwrap();
-        let ids: Vec<i64> = (0..EVAL_CHUNK * 2 + 17).map(|i| (i * i % 5) as i64).collect();
-        let chunked = evaluate(&model, &ids).unwrap();
-        // The same text in one forward pass.
-        let _guard = tch::no_grad_guard();
+    /// Cross-entropy summed over `ids` read from a zero state in one forward pass: the reference.
+    fn one_pass_sum(model: &RnnModel, ids: &[i64]) -> f64 {
         let n = ids.len() as i64 - 1;
-        let t = Tensor::from_slice(&ids);
+        let t = Tensor::from_slice(ids);
         let (logits, _) = model.forward(&t.narrow(0, 0, n).view([1, n]), &model.begin_state(1));
-        let whole = cross_entropy(&logits, &t.narrow(0, 1, n)).double_value(&[]);
-        assert!((chunked.cross_entropy - whole).abs() < 1e-5, "{} vs {whole}", chunked.cross_entropy);
+        cross_entropy(&logits, &t.narrow(0, 1, n)).double_value(&[]) * n as f64
+    }
+
+    #[test]
+    fn one_stream_equals_a_single_pass_despite_chunking() {
+        let model = RnnModel::new(ModelConfig { vocab_size: 5, hidden: 6 }, 9, Device::Cpu).unwrap();
+        let ids: Vec<i64> = (0..EVAL_POSITIONS * 2 + 17).map(|i| (i * i % 5) as i64).collect();
+        let stream = evaluate(&model, &ids, usize::MAX).unwrap();
+        let _guard = tch::no_grad_guard();
+        let whole = one_pass_sum(&model, &ids) / (ids.len() - 1) as f64;
+        assert!((stream.cross_entropy - whole).abs() < 1e-5, "{} vs {whole}", stream.cross_entropy);
+    }
+
+    #[test]
+    fn windows_are_read_from_a_zero_state_each() {
+        // Weights 50x the textbook's, so that the state carries enough to tell windows from one stream.
+        let config = ModelConfig { vocab_size: 5, hidden: 6 };
+        let small = RnnModel::new(config, 9, Device::Cpu).unwrap();
+        let scaled = small.parameters().map(|p| p.detach() * 50.0);
+        let model = RnnModel::from_tensors(config, scaled, Device::Cpu).unwrap();
+        let ids: Vec<i64> = (0..103).map(|i| (i * 3 % 5) as i64).collect();
+        let windowed = evaluate(&model, &ids, 10).unwrap();
+        // Windows of 10 targets: ids[10k ..= 10k + 10], the last one with the 2 that remain.
+        let _guard = tch::no_grad_guard();
+        let sum: f64 = (0..11).map(|k| one_pass_sum(&model, &ids[10 * k..(10 * k + 11).min(103)])).sum();
+        assert!((windowed.cross_entropy - sum / 102.0).abs() < 1e-5, "{} vs {}", windowed.cross_entropy, sum / 102.0);
+        let stream = evaluate(&model, &ids, usize::MAX).unwrap();
+        assert!((windowed.cross_entropy - stream.cross_entropy).abs() > 1e-4, "windows must differ from one stream");
     }
 
     #[test]
     fn one_character_cannot_be_evaluated() {
         let model = RnnModel::new(ModelConfig { vocab_size: 3, hidden: 2 }, 0, Device::Cpu).unwrap();
-        assert!(evaluate(&model, &[1]).is_err());
+        assert!(evaluate(&model, &[1], 35).is_err());
     }
 }

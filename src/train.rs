@@ -81,6 +81,18 @@ impl TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// How many characters of context a model trained with this config saw from a zero state: `steps` for
+    /// random sampling, a whole row (`corpus_chars / batch`) for consecutive sampling. [`crate::evaluate`]
+    /// reads text in windows of this length, so that evaluation sees text the way training did.
+    pub fn eval_context(&self, corpus_chars: usize) -> usize {
+        match self.sampling {
+            Sampling::Random => self.steps,
+            Sampling::Consecutive => (corpus_chars / self.batch.max(1)).max(1),
+        }
+    }
+}
+
 /// Where training is inside an epoch; given to [`TrainObserver::minibatch`] after each minibatch.
 pub struct Progress<'a> {
     /// Current epoch, from 1.

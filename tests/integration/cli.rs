@@ -125,6 +125,13 @@ fn train_predict_eval_round_trip() {
     assert!((v["bits_per_char"].as_f64().unwrap() - ppl.log2()).abs() < 1e-9);
     assert_eq!(v["chars"].as_u64().unwrap() as usize, LYRICS.chars().count() * 6);
     assert!(e.stdout.contains(&format!("perplexity {ppl:.6}")));
+    // By default text is read in windows of the training context (--steps 5 here); --stream reads it whole.
+    assert_eq!(v["context"], 5);
+    assert!(e.stdout.contains("read in windows of 5"), "{}", e.stdout);
+    let s = env.run(&["eval", "--stream", "--json"]);
+    let sv: serde_json::Value = serde_json::from_str(s.stdout.trim()).unwrap();
+    assert_eq!(sv["context"].as_u64().unwrap(), v["chars"].as_u64().unwrap() - 1);
+    assert_ne!(sv["perplexity"], v["perplexity"]);
     // --limit-chars on eval re-reads fewer characters.
     let short = env.run(&["eval", "--limit-chars", "50", "--json"]);
     let v: serde_json::Value = serde_json::from_str(short.stdout.trim()).unwrap();
@@ -142,6 +149,8 @@ fn consecutive_sampling_and_newlines_are_recorded_and_honoured() {
     assert!(json["vocab"].as_str().unwrap().contains('\n'));
     let v: serde_json::Value = serde_json::from_str(env.run(&["eval", "--model", "m", "--json"]).stdout.trim()).unwrap();
     assert_eq!(v["chars"], 300);
+    // Consecutive sampling saw whole rows: 300 characters / --batch 4.
+    assert_eq!(v["context"], 75);
 }
 
 #[test]
