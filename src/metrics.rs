@@ -64,7 +64,8 @@ pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluat
         let x = text.narrow(0, start as i64, span).view([rows as i64, len as i64]);
         let y = text.narrow(0, start as i64 + 1, span).view([rows as i64, len as i64]);
         let mut h = model.begin_state(rows);
-        let steps_per_call = (EVAL_POSITIONS / rows).max(1);
+        // Long single streams run faster in moderate chunks (measured: 512 steps beat 10,000 in one call).
+        let steps_per_call = (EVAL_POSITIONS / rows).clamp(1, 512);
         for t in (0..len).step_by(steps_per_call) {
             let k = steps_per_call.min(len - t) as i64;
             let (logits, h_next) = model.forward(&x.narrow(1, t as i64, k), &h);
