@@ -36,5 +36,5 @@ pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
 pub use model::{cross_entropy, one_hot, step_major, ModelConfig, RnnModel, PARAM_NAMES};
 pub use predict::predict;
-pub use rng::Rng;
+pub use rng::{Rng, Stream};
 pub use train::{carry_state, clip_gradients, sgd, train, train_step, EpochReport, Progress, TrainConfig, TrainObserver, TrainSummary};

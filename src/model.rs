@@ -1,7 +1,7 @@
 //! The char-RNN: parameters, one-hot encoding and the tanh RNN step (Dive into Deep Learning, "RNN from
 //! scratch").
 use crate::error::{Error, Result};
-use crate::rng::Rng;
+use crate::rng::{Rng, Stream};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
@@ -48,7 +48,7 @@ impl RnnModel {
         if config.vocab_size == 0 || config.hidden == 0 {
             return Err(Error::config("model", "vocabulary size and --hidden must be positive"));
         }
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::for_stream(seed, Stream::Init);
         let [s_xh, s_hh, s_h, s_hq, s_q] = Self::param_shapes(config);
         let mut normal = |shape: &[i64]| -> Result<Tensor> {
             let n = shape.iter().product::<i64>() as usize;

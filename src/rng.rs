@@ -4,6 +4,15 @@
 //! Its whole state is one `u64`, so a run is reproducible from the seed and its state can be saved. It is
 //! independent of libtorch's global generator, which other threads may reseed or draw from.
 
+/// What a generator is used for; each use of a seed gets its own stream of numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Parameter initialisation.
+    Init = 1,
+    /// The random sampler's shuffles.
+    Shuffle = 2,
+}
+
 /// SplitMix64 (Steele, Lea and Flood, 2014): fast, statistically sound for shuffling, tiny state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rng {
@@ -14,6 +23,13 @@ impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Rng { state: seed }
+    }
+
+    /// An independent generator for one use (`stream`) of a run's `seed`, so that, say, initialisation and
+    /// shuffling draw different numbers from the same `--seed`.
+    pub fn for_stream(seed: u64, stream: Stream) -> Self {
+        let mut mix = Rng::new(seed ^ (stream as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        Rng::new(mix.next_u64())
     }
 
     /// The next 64 random bits.
@@ -62,6 +78,14 @@ mod tests {
         let c: Vec<u64> = (0..4).map({ let mut r = Rng::new(8); move |_| r.next_u64() }).collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn streams_of_one_seed_differ() {
+        let mut a = Rng::for_stream(0, Stream::Init);
+        let mut b = Rng::for_stream(0, Stream::Shuffle);
+        assert_ne!(a.next_u64(), b.next_u64());
+        assert_eq!(Rng::for_stream(5, Stream::Init), Rng::for_stream(5, Stream::Init));
     }
 
     #[test]

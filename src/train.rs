@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::metrics::perplexity;
 use crate::model::{cross_entropy, step_major, RnnModel};
 use crate::predict::predict;
-use crate::rng::Rng;
+use crate::rng::{Rng, Stream};
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -204,7 +204,7 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &Trai
     for p in &config.prefixes {
         vocab.encode(p, "the prefix")?;
     }
-    let mut rng = Rng::new(config.seed);
+    let mut rng = Rng::for_stream(config.seed, Stream::Shuffle);
     let device = model.device();
     let mut last = f64::NAN;
     for epoch in 1..=config.epochs {
