@@ -13,7 +13,7 @@ fn textbook_workload(c: &mut Criterion) {
     let text = read_corpus(&path, &CorpusOptions { keep_newlines: false, limit_chars: Some(10_000) }).unwrap();
     let vocab = Vocabulary::from_text(&text);
     let ids = vocab.encode(&text, "the corpus").unwrap();
-    let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: 256 }, 0, Device::Cpu).unwrap();
+    let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 256), 0, Device::Cpu).unwrap();
     let (xs, ys) = Sampling::Random.epoch(&ids, 32, 35, &mut Rng::new(0), Device::Cpu).unwrap();
     let (x, y) = (xs.get(0), ys.get(0));
     let state = model.begin_state(32);

@@ -30,7 +30,7 @@ fn main() -> charrnn::Result<()> {
         pred_len: 12,
         ..Default::default()
     };
-    let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: config.hidden }, 0, tch::Device::Cpu)?;
+    let model = RnnModel::new(ModelConfig::rnn(vocab.len(), config.hidden), 0, tch::Device::Cpu)?;
     let summary = train(&model, &vocab, &ids, &config, &mut PrintEvery)?;
     println!("final perplexity {:.3}", summary.perplexity);
     println!("{}", predict(&model, &vocab, "不知", 12)?);

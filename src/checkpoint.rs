@@ -11,7 +11,7 @@ use crate::train::TrainConfig;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// The model description file inside a model folder.
 pub const MODEL_JSON: &str = "model.json";
@@ -189,8 +189,7 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     if size != file.weights_bytes {
         return Err(Error::bad_model(&weights, format!("truncated or altered: {size} bytes, model.json says {}", file.weights_bytes)));
     }
-    let zeros = RnnModel::param_shapes(file.model).map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu)));
-    let mut model = RnnModel::from_tensors(file.model, zeros, device)?;
+    let mut model = RnnModel::zeros(file.model, device)?;
     model.load_weights(&weights)?;
     Ok(LoadedModel { model, vocab, file })
 }
@@ -222,7 +221,7 @@ mod tests {
 
     fn sample(epoch: usize) -> (RnnModel, ModelFile) {
         let vocab = Vocabulary::from_text("分开了吗");
-        let config = ModelConfig { vocab_size: vocab.len(), hidden: 6 };
+        let config = ModelConfig::rnn(vocab.len(), 6);
         let model = RnnModel::new(config, epoch as u64, Device::Cpu).unwrap();
         let file = ModelFile {
             format: FORMAT.into(),

@@ -80,7 +80,7 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     if out.exists() && !out.is_dir() {
         return Err(Error::config("--out", format!("{} exists and is not a folder", out.display())));
     }
-    let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: config.hidden }, config.seed, device)?;
+    let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: config.hidden, cell: config.cell }, config.seed, device)?;
     let summary = train(&model, &vocab, &ids, &config, observer)?;
     let file = ModelFile {
         format: checkpoint::FORMAT.into(),

@@ -10,7 +10,7 @@
 //! let vocab = Vocabulary::from_text(text);
 //! let ids = vocab.encode(text, "the corpus").unwrap();
 //! let config = TrainConfig { hidden: 32, steps: 4, batch: 2, epochs: 50, ..Default::default() };
-//! let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: 32 }, 0, tch::Device::Cpu).unwrap();
+//! let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 32), 0, tch::Device::Cpu).unwrap();
 //! train(&model, &vocab, &ids, &config, &mut ()).unwrap();
 //! println!("{}", predict(&model, &vocab, "分开", 10).unwrap());
 //! ```
@@ -34,7 +34,7 @@ pub use corpus::{read_corpus, CorpusOptions, Vocabulary};
 pub use device::{device_name, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
-pub use model::{cross_entropy, one_hot, step_major, ModelConfig, RnnModel, PARAM_NAMES};
+pub use model::{cross_entropy, one_hot, step_major, Cell, ModelConfig, RnnModel, State};
 pub use predict::predict;
 pub use rng::{Rng, Stream};
 pub use train::{carry_state, clip_gradients, sgd, train, train_step, EpochReport, Progress, TrainConfig, TrainObserver, TrainSummary};

@@ -1,6 +1,6 @@
 //! The `charrnn` command: parses arguments, calls the library, renders progress and maps errors to exit codes.
 use anyhow::Context;
-use charrnn::{CorpusOptions, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
+use charrnn::{Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -29,6 +29,7 @@ enum Command {
     #[command(after_help = "Examples:
   charrnn train --corpus data/yuanqu.txt --limit-chars 10000
   charrnn train --corpus lyrics.txt --sampling consecutive --epochs 100 --prefix 分开 --prefix 不分开
+  charrnn train --corpus lyrics.txt --cell lstm --hidden 128
   charrnn train --corpus notes.txt --keep-newlines --hidden 128 --out runs/notes --device cpu --threads 2")]
     Train(TrainArgs),
     /// Generate text greedily after a prefix.
@@ -48,6 +49,13 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum CellArg {
+    Rnn,
+    Gru,
+    Lstm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum SamplingArg {
     Random,
     Consecutive,
@@ -64,6 +72,9 @@ struct TrainArgs {
     /// Hidden units.
     #[arg(long, default_value_t = 256)]
     hidden: usize,
+    /// Recurrent cell: rnn (the textbook's tanh RNN), gru or lstm.
+    #[arg(long, value_enum, default_value = "rnn")]
+    cell: CellArg,
     /// Time steps per sequence (BPTT length).
     #[arg(long, default_value_t = 35)]
     steps: usize,
@@ -162,6 +173,11 @@ impl TrainArgs {
             threads: self.threads,
             config: TrainConfig {
                 hidden: self.hidden,
+                cell: match self.cell {
+                    CellArg::Rnn => Cell::Rnn,
+                    CellArg::Gru => Cell::Gru,
+                    CellArg::Lstm => Cell::Lstm,
+                },
                 steps: self.steps,
                 batch: self.batch,
                 lr: self.lr,

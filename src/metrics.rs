@@ -85,9 +85,8 @@ mod tests {
 
     #[test]
     fn a_uniform_model_has_perplexity_equal_to_the_vocabulary_size() {
-        let config = ModelConfig { vocab_size: 37, hidden: 8 };
-        let zeros = RnnModel::param_shapes(config).map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu)));
-        let model = RnnModel::from_tensors(config, zeros, Device::Cpu).unwrap();
+        let config = ModelConfig::rnn(37, 8);
+        let model = RnnModel::zeros(config, Device::Cpu).unwrap();
         let ids: Vec<i64> = (0..1500).map(|i| (i * 7 % 37) as i64).collect();
         let e = evaluate(&model, &ids, 35).unwrap();
         assert_eq!(e.predictions, 1499);
@@ -106,7 +105,7 @@ mod tests {
 
     #[test]
     fn one_stream_equals_a_single_pass_despite_chunking() {
-        let model = RnnModel::new(ModelConfig { vocab_size: 5, hidden: 6 }, 9, Device::Cpu).unwrap();
+        let model = RnnModel::new(ModelConfig::rnn(5, 6), 9, Device::Cpu).unwrap();
         let ids: Vec<i64> = (0..EVAL_POSITIONS * 2 + 17).map(|i| (i * i % 5) as i64).collect();
         let stream = evaluate(&model, &ids, usize::MAX).unwrap();
         let _guard = tch::no_grad_guard();
@@ -117,9 +116,9 @@ mod tests {
     #[test]
     fn windows_are_read_from_a_zero_state_each() {
         // Weights 50x the textbook's, so that the state carries enough to tell windows from one stream.
-        let config = ModelConfig { vocab_size: 5, hidden: 6 };
+        let config = ModelConfig::rnn(5, 6);
         let small = RnnModel::new(config, 9, Device::Cpu).unwrap();
-        let scaled = small.parameters().map(|p| p.detach() * 50.0);
+        let scaled = small.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
         let model = RnnModel::from_tensors(config, scaled, Device::Cpu).unwrap();
         let ids: Vec<i64> = (0..103).map(|i| (i * 3 % 5) as i64).collect();
         let windowed = evaluate(&model, &ids, 10).unwrap();
@@ -133,7 +132,7 @@ mod tests {
 
     #[test]
     fn one_character_cannot_be_evaluated() {
-        let model = RnnModel::new(ModelConfig { vocab_size: 3, hidden: 2 }, 0, Device::Cpu).unwrap();
+        let model = RnnModel::new(ModelConfig::rnn(3, 2), 0, Device::Cpu).unwrap();
         assert!(evaluate(&model, &[1], 35).is_err());
     }
 }

@@ -44,7 +44,7 @@ mod tests {
 
     fn setup() -> (RnnModel, Vocabulary) {
         let vocab = Vocabulary::from_text("abcdef");
-        let model = RnnModel::new(ModelConfig { vocab_size: 6, hidden: 8 }, 3, Device::Cpu).unwrap();
+        let model = RnnModel::new(ModelConfig::rnn(6, 8), 3, Device::Cpu).unwrap();
         (model, vocab)
     }
 

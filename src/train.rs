@@ -3,7 +3,7 @@ use crate::batches::Sampling;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::metrics::perplexity;
-use crate::model::{cross_entropy, step_major, RnnModel};
+use crate::model::{cross_entropy, step_major, Cell, RnnModel, State};
 use crate::predict::predict;
 use crate::rng::{Rng, Stream};
 use std::time::Instant;
@@ -14,6 +14,9 @@ use tch::{Kind, Tensor};
 pub struct TrainConfig {
     /// Hidden units H.
     pub hidden: usize,
+    /// The recurrent cell.
+    #[serde(default)]
+    pub cell: Cell,
     /// Time steps per sequence (BPTT length).
     pub steps: usize,
     /// Sequences per minibatch.
@@ -40,6 +43,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             hidden: 256,
+            cell: Cell::Rnn,
             steps: 35,
             batch: 32,
             lr: 100.0,
@@ -140,8 +144,8 @@ impl TrainObserver for () {}
 
 /// The state for the next minibatch: carried values, cut from the previous minibatch's graph so that
 /// backpropagation stops at the minibatch boundary (truncated BPTT).
-pub fn carry_state(h: &Tensor) -> Tensor {
-    h.detach()
+pub fn carry_state(state: &State) -> State {
+    state.detach()
 }
 
 /// Scales all gradients by `min(theta / ||g||, 1)`, `||g||` being the L2 norm over all of them together.
@@ -168,12 +172,12 @@ pub fn sgd(params: &[&Tensor], lr: f64) {
 
 /// One training step on a minibatch: forward, mean cross-entropy, backward, clip, SGD.
 ///
-/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: Float `[batch, H]`. Returns the loss before the
+/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: `[batch, H]` tensors. Returns the loss before the
 /// update (scalar Float, detached) and the final hidden state (still attached to this step's graph; pass it
 /// through [`carry_state`] before using it again). The clipped gradients stay in the parameters' `grad()`.
-pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &Tensor, lr: f64, clip: f64) -> (Tensor, Tensor) {
+pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, lr: f64, clip: f64) -> (Tensor, State) {
     let params = model.parameters();
-    for p in params {
+    for p in &params {
         p.shallow_clone().zero_grad();
     }
     let (logits, h) = model.forward(inputs, state);
@@ -248,7 +252,7 @@ mod tests {
     }
 
     fn model_with_grads() -> RnnModel {
-        let m = RnnModel::new(ModelConfig { vocab_size: 6, hidden: 4 }, 1, Device::Cpu).unwrap();
+        let m = RnnModel::new(ModelConfig::rnn(6, 4), 1, Device::Cpu).unwrap();
         let x = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]).view([2, 3]);
         let (logits, _) = m.forward(&x, &m.begin_state(2));
         cross_entropy(&logits, &step_major(&(x + 1).remainder(6))).backward();
@@ -283,17 +287,23 @@ mod tests {
 
     #[test]
     fn detached_state_cuts_the_gradient_to_the_previous_minibatch() {
-        let m = RnnModel::new(ModelConfig { vocab_size: 6, hidden: 4 }, 1, Device::Cpu).unwrap();
         let x = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]).view([2, 3]);
         let y = step_major(&(&x + 1).remainder(6));
-        for detach in [true, false] {
-            let h0 = m.begin_state(2).set_requires_grad(true);
-            let (_, h1) = m.forward(&x, &h0);
-            let h1 = if detach { carry_state(&h1) } else { h1 };
-            let (logits, _) = m.forward(&x, &h1);
-            cross_entropy(&logits, &y).backward();
-            let reached = h0.grad().defined() && h0.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
-            assert_eq!(reached, !detach, "detach={detach}");
+        let reached = |t: &Tensor| t.grad().defined() && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
+        for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+            let m = RnnModel::new(ModelConfig { vocab_size: 6, hidden: 4, cell }, 1, Device::Cpu).unwrap();
+            for detach in [true, false] {
+                let zeros = m.begin_state(2);
+                let s0 = State { h: zeros.h.set_requires_grad(true), c: zeros.c.map(|c| c.set_requires_grad(true)) };
+                let (_, s1) = m.forward(&x, &s0);
+                let s1 = if detach { carry_state(&s1) } else { s1 };
+                let (logits, _) = m.forward(&x, &s1);
+                cross_entropy(&logits, &y).backward();
+                assert_eq!(reached(&s0.h), !detach, "{cell:?} h, detach={detach}");
+                if let Some(c) = &s0.c {
+                    assert_eq!(reached(c), !detach, "{cell:?} c, detach={detach}");
+                }
+            }
         }
     }
 
@@ -332,7 +342,7 @@ mod tests {
         let text = "abcabcabdabcabcabd".repeat(20);
         let vocab = Vocabulary::from_text(&text);
         let ids = vocab.encode(&text, "t").unwrap();
-        let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: 16 }, 0, Device::Cpu).unwrap();
+        let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
         let config = TrainConfig {
             hidden: 16, steps: 6, batch: 4, lr: 1.0, clip: 1.0, epochs: 30,
             prefixes: vec!["ab".into()], pred_period: 10, pred_len: 5, ..Default::default()

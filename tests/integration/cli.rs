@@ -292,3 +292,32 @@ fn eval_explains_a_training_corpus_that_moved() {
     let r = env.run(&["eval", "--model", "m", "--corpus", "moved.txt", "--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+#[test]
+fn gated_cells_train_save_and_load() {
+    let env = Env::new();
+    for cell in ["gru", "lstm"] {
+        let r = env.train(&["--cell", cell, "--out", cell, "--epochs", "3"]);
+        assert_eq!(r.code, 0, "{cell}: {}", r.stderr);
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path(cell).join("model.json")).unwrap()).unwrap();
+        assert_eq!(json["model"]["cell"], cell);
+        let p = env.run(&["predict", "--model", cell, "--prefix", "分开", "--num-chars", "5"]);
+        assert_eq!(p.code, 0, "{cell}: {}", p.stderr);
+        assert_eq!(p.stdout.trim_end_matches('\n').chars().count(), 7);
+        let e = env.run(&["eval", "--model", cell, "--json"]);
+        assert_eq!(e.code, 0, "{cell}: {}", e.stderr);
+    }
+}
+
+#[test]
+fn models_from_before_cells_still_load() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "1", "--out", "m"]).code, 0);
+    let path = env.path("m/model.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["model"].as_object_mut().unwrap().remove("cell");
+    json["train"].as_object_mut().unwrap().remove("cell");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let p = env.run(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3"]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+}

@@ -1,5 +1,5 @@
 //! Cross-checks against PyTorch itself, run with the project's `.venv` interpreter.
-use charrnn::{train_step, ModelConfig, RnnModel, PARAM_NAMES};
+use charrnn::{cross_entropy, step_major, train_step, Cell, ModelConfig, RnnModel, State};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,6 +22,27 @@ fn from_json(v: &Value) -> Tensor {
     Tensor::from_slice(&data).reshape(shape).to_kind(Kind::Float)
 }
 
+/// Runs `tests/reference/SCRIPT IN.json OUT.json` with the `.venv` interpreter and returns OUT.
+fn run_reference(script: &str, input: &Value) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("in.json"), dir.path().join("out.json"));
+    std::fs::write(&src, input.to_string()).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference").join(script);
+    let status = Command::new(python()).arg(&script).arg(&src).arg(&dst).status().unwrap();
+    assert!(status.success(), "the PyTorch reference {} failed", script.display());
+    serde_json::from_slice(&std::fs::read(&dst).unwrap()).unwrap()
+}
+
+/// Multiplies every parameter by `factor`: larger than the textbook's 0.01 weights make gradients and
+/// gates non-trivial.
+fn scale(model: &RnnModel, factor: f64) {
+    tch::no_grad(|| {
+        for p in model.parameters() {
+            let _ = p.shallow_clone().f_mul_scalar_(factor).unwrap();
+        }
+    });
+}
+
 fn assert_close(name: &str, ours: &Tensor, theirs: &Tensor) {
     let diff = (ours - theirs).abs().max().double_value(&[]);
     assert!(diff <= 1e-5, "{name}: max |charrnn - PyTorch| = {diff:e}");
@@ -32,7 +53,7 @@ fn assert_close(name: &str, ours: &Tensor, theirs: &Tensor) {
 #[test]
 fn one_training_step_matches_pytorch() {
     let (v, h, batch, steps) = (23usize, 16usize, 4i64, 7i64);
-    let model = RnnModel::new(ModelConfig { vocab_size: v, hidden: h }, 11, Device::Cpu).unwrap();
+    let model = RnnModel::new(ModelConfig::rnn(v, h), 11, Device::Cpu).unwrap();
     // Larger weights than the textbook's 0.01 make the gradients and the clipping non-trivial.
     tch::no_grad(|| {
         for p in model.parameters() {
@@ -52,24 +73,65 @@ fn one_training_step_matches_pytorch() {
     for (name, p) in model.named_parameters() {
         input[name] = to_json(p);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (src, dst) = (dir.path().join("in.json"), dir.path().join("out.json"));
-    std::fs::write(&src, input.to_string()).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/train_step.py");
-    let status = Command::new(python()).arg(&script).arg(&src).arg(&dst).status().unwrap();
-    assert!(status.success(), "the PyTorch reference failed");
-    let reference: Value = serde_json::from_slice(&std::fs::read(&dst).unwrap()).unwrap();
+    let reference = run_reference("train_step.py", &input);
 
-    let (loss, _) = train_step(&model, &inputs, &targets, &state, lr, clip);
+    let (loss, _) = train_step(&model, &inputs, &targets, &State { h: state, c: None }, lr, clip);
     let loss = loss.double_value(&[]);
     let ref_loss = reference["loss"].as_f64().unwrap();
     assert!((loss - ref_loss).abs() <= 1e-5, "loss {loss} vs PyTorch {ref_loss}");
-    let mut grad_norm_sq = 0.0;
-    for (name, p) in PARAM_NAMES.iter().zip(model.parameters()) {
+    let mut grad_norm_sq = 0.0f64;
+    for (name, p) in model.named_parameters() {
         assert_close(&format!("clipped grad of {name}"), &p.grad(), &from_json(&reference[format!("grad_{name}")]));
-        assert_close(&format!("updated {name}"), p, &from_json(&reference[*name]));
+        assert_close(&format!("updated {name}"), p, &from_json(&reference[name]));
         grad_norm_sq += p.grad().square().sum(Kind::Double).double_value(&[]);
     }
     // The case must exercise clipping: the clipped norm sits at theta.
     assert!((grad_norm_sq.sqrt() - clip).abs() < 1e-4, "clipped norm {}", grad_norm_sq.sqrt());
+}
+
+/// Loss and gradients of every cell (rnn, gru, lstm) agree with PyTorch's nn.RNN / nn.GRU / nn.LSTM on the
+/// same weights, minibatch and initial state, to 1e-5.
+#[test]
+fn cell_gradients_match_pytorch_layers() {
+    let (v, h, batch, steps) = (11usize, 8usize, 3i64, 6i64);
+    for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+        let model = RnnModel::new(ModelConfig { vocab_size: v, hidden: h, cell }, 4, Device::Cpu).unwrap();
+        scale(&model, 40.0);
+        // Non-zero biases, so that a misplaced bias would show.
+        tch::no_grad(|| {
+            for (name, p) in model.named_parameters() {
+                if name.starts_with('b') {
+                    let _ = p.shallow_clone().f_copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.3)).unwrap();
+                }
+            }
+        });
+        tch::manual_seed(7);
+        let inputs = Tensor::randint(v as i64, [batch, steps], (Kind::Int64, Device::Cpu));
+        let targets = Tensor::randint(v as i64, [batch, steps], (Kind::Int64, Device::Cpu));
+        let mut state = model.begin_state(batch as usize);
+        state.h = Tensor::randn([batch, h as i64], (Kind::Float, Device::Cpu)) * 0.5;
+        if let Some(c) = &mut state.c {
+            *c = Tensor::randn([batch, h as i64], (Kind::Float, Device::Cpu)) * 0.5;
+        }
+        let mut input = json!({
+            "cell": cell.name(), "inputs": charrnn::rows(&inputs), "targets": charrnn::rows(&targets),
+            "h": to_json(&state.h),
+        });
+        if let Some(c) = &state.c {
+            input["c"] = to_json(c);
+        }
+        for (name, p) in model.named_parameters() {
+            input[name] = to_json(p);
+        }
+        let reference = run_reference("cell_grads.py", &input);
+
+        let (logits, _) = model.forward(&inputs, &state);
+        let loss = cross_entropy(&logits, &step_major(&targets));
+        loss.backward();
+        let (ours, theirs) = (loss.double_value(&[]), reference["loss"].as_f64().unwrap());
+        assert!((ours - theirs).abs() <= 1e-5, "{cell:?}: loss {ours} vs PyTorch {theirs}");
+        for (name, p) in model.named_parameters() {
+            assert_close(&format!("{cell:?}: gradient of {name}"), &p.grad(), &from_json(&reference[name]));
+        }
+    }
 }
