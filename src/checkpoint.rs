@@ -130,7 +130,7 @@ fn save_into(dir: &Path, model: &RnnModel, mut file: ModelFile) -> Result<()> {
     let previous = read_model_file(dir).ok().map(|f| f.weights);
     let weights = fresh_weights_name(dir, file.epoch);
     let weights_path = dir.join(&weights);
-    let params: Vec<(&str, Tensor)> =
+    let params: Vec<(String, Tensor)> =
         model.named_parameters().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
     write_atomic(&weights_path, |tmp| Tensor::write_safetensors(&params, tmp).map_err(Error::from))?;
     file.weights = weights.clone();

@@ -4,7 +4,7 @@ use crate::corpus::{read_corpus, CorpusOptions, Vocabulary};
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, Evaluation};
-use crate::model::{ModelConfig, RnnModel};
+use crate::model::RnnModel;
 use crate::predict::predict;
 use crate::train::{train, TrainConfig, TrainObserver};
 use std::path::{Path, PathBuf};
@@ -80,7 +80,7 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     if out.exists() && !out.is_dir() {
         return Err(Error::config("--out", format!("{} exists and is not a folder", out.display())));
     }
-    let model = RnnModel::new(ModelConfig { vocab_size: vocab.len(), hidden: config.hidden, cell: config.cell }, config.seed, device)?;
+    let model = RnnModel::new(config.model_config(vocab.len()), config.seed, device)?;
     let summary = train(&model, &vocab, &ids, &config, observer)?;
     let file = ModelFile {
         format: checkpoint::FORMAT.into(),

@@ -29,7 +29,7 @@ enum Command {
     #[command(after_help = "Examples:
   charrnn train --corpus data/yuanqu.txt --limit-chars 10000
   charrnn train --corpus lyrics.txt --sampling consecutive --epochs 100 --prefix 分开 --prefix 不分开
-  charrnn train --corpus lyrics.txt --cell lstm --hidden 128
+  charrnn train --corpus lyrics.txt --cell lstm --layers 2 --embed 64 --dropout 0.2 --hidden 128
   charrnn train --corpus notes.txt --keep-newlines --hidden 128 --out runs/notes --device cpu --threads 2")]
     Train(TrainArgs),
     /// Generate text greedily after a prefix.
@@ -75,6 +75,15 @@ struct TrainArgs {
     /// Recurrent cell: rnn (the textbook's tanh RNN), gru or lstm.
     #[arg(long, value_enum, default_value = "rnn")]
     cell: CellArg,
+    /// Stacked recurrent layers.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// Learned embedding of this width instead of one-hot input (0 = one-hot).
+    #[arg(long, default_value_t = 0, value_name = "DIM")]
+    embed: usize,
+    /// Dropout probability between layers and before the output layer (training only).
+    #[arg(long, default_value_t = 0.0, value_name = "P", allow_negative_numbers = true)]
+    dropout: f64,
     /// Time steps per sequence (BPTT length).
     #[arg(long, default_value_t = 35)]
     steps: usize,
@@ -178,6 +187,9 @@ impl TrainArgs {
                     CellArg::Gru => Cell::Gru,
                     CellArg::Lstm => Cell::Lstm,
                 },
+                layers: self.layers,
+                embed: self.embed,
+                dropout: self.dropout,
                 steps: self.steps,
                 batch: self.batch,
                 lr: self.lr,

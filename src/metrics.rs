@@ -68,7 +68,7 @@ pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluat
         let steps_per_call = (EVAL_POSITIONS / rows).clamp(1, 512);
         for t in (0..len).step_by(steps_per_call) {
             let k = steps_per_call.min(len - t) as i64;
-            let (logits, h_next) = model.forward(&x.narrow(1, t as i64, k), &h);
+            let (logits, h_next) = model.forward(&x.narrow(1, t as i64, k), &h, false);
             h = h_next;
             let ce = cross_entropy(&logits, &step_major(&y.narrow(1, t as i64, k))).to_kind(Kind::Double);
             let _ = total.shallow_clone().f_add_(&(ce * (rows as i64 * k) as f64))?;
@@ -99,7 +99,7 @@ mod tests {
     fn one_pass_sum(model: &RnnModel, ids: &[i64]) -> f64 {
         let n = ids.len() as i64 - 1;
         let t = Tensor::from_slice(ids);
-        let (logits, _) = model.forward(&t.narrow(0, 0, n).view([1, n]), &model.begin_state(1));
+        let (logits, _) = model.forward(&t.narrow(0, 0, n).view([1, n]), &model.begin_state(1), false);
         cross_entropy(&logits, &t.narrow(0, 1, n)).double_value(&[]) * n as f64
     }
 

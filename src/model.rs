@@ -43,39 +43,89 @@ impl Cell {
     }
 }
 
-/// Shape of the network; saved with the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+fn one() -> usize {
+    1
+}
+
+/// Shape of the network; saved with the model. Fields added after the first release default so that
+/// older models still load (as a one-layer, one-hot rnn).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelConfig {
     /// Vocabulary size V: width of the one-hot input and of the output layer.
     pub vocab_size: usize,
-    /// Hidden units H.
+    /// Hidden units H of every layer.
     pub hidden: usize,
-    /// The recurrent cell (models written before cells existed are `rnn`).
+    /// The recurrent cell.
     #[serde(default)]
     pub cell: Cell,
+    /// Stacked recurrent layers L.
+    #[serde(default = "one")]
+    pub layers: usize,
+    /// Width D of a learned embedding of the input characters; 0 feeds one-hot vectors (the textbook's).
+    #[serde(default)]
+    pub embed: usize,
+    /// Dropout probability between layers and before the output layer, in training only.
+    #[serde(default)]
+    pub dropout: f64,
 }
 
+/// Index of each per-layer parameter within its layer's block of [`ModelConfig::param_specs`].
+const W_XH: usize = 0;
+const W_HH: usize = 1;
+const B_H: usize = 2;
+const B_HN: usize = 3;
+
 impl ModelConfig {
-    /// A textbook RNN of `hidden` units over `vocab_size` characters.
+    /// A textbook RNN (one layer, one-hot input, no dropout) of `hidden` units over `vocab_size` characters.
     pub fn rnn(vocab_size: usize, hidden: usize) -> Self {
-        ModelConfig { vocab_size, hidden, cell: Cell::Rnn }
+        ModelConfig { vocab_size, hidden, cell: Cell::Rnn, layers: 1, embed: 0, dropout: 0.0 }
     }
 
-    /// Names and shapes of the parameters, in the order they are saved:
-    /// `W_xh [V, kH]`, `W_hh [H, kH]`, `b_h [kH]` (k = [`Cell::blocks`]), for a GRU also `b_hn [H]`, then
-    /// the output layer `W_hq [H, V]`, `b_q [V]`.
-    pub fn param_specs(&self) -> Vec<(&'static str, Vec<i64>)> {
-        let (v, h, k) = (self.vocab_size as i64, self.hidden as i64, self.cell.blocks() as i64);
-        let mut specs = vec![("W_xh", vec![v, k * h]), ("W_hh", vec![h, k * h]), ("b_h", vec![k * h])];
-        if self.cell == Cell::Gru {
-            specs.push(("b_hn", vec![h]));
+    /// Checks the shape is usable.
+    pub fn validate(&self) -> Result<()> {
+        if self.vocab_size == 0 || self.hidden == 0 {
+            return Err(Error::config("--hidden", "the vocabulary and --hidden must be at least 1"));
         }
-        specs.extend([("W_hq", vec![h, v]), ("b_q", vec![v])]);
+        if self.layers == 0 {
+            return Err(Error::config("--layers", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config("--dropout", format!("must be at least 0 and below 1, got {}", self.dropout)));
+        }
+        Ok(())
+    }
+
+    fn per_layer(&self) -> usize {
+        if self.cell == Cell::Gru { 4 } else { 3 }
+    }
+
+    /// Names and shapes of the parameters, in the order they are saved: the embedding `E [V, D]` when
+    /// `embed > 0`; for each layer l, `W_xh [I, kH]` (I = D, or V one-hot, for the first layer and H above
+    /// it), `W_hh [H, kH]`, `b_h [kH]` (k = [`Cell::blocks`]) and for a GRU `b_hn [H]`, named with a
+    /// `_l{l}` suffix above the first layer; then the output layer `W_hq [H, V]`, `b_q [V]`.
+    pub fn param_specs(&self) -> Vec<(String, Vec<i64>)> {
+        let (v, h, k, d) = (self.vocab_size as i64, self.hidden as i64, self.cell.blocks() as i64, self.embed as i64);
+        let mut specs = Vec::new();
+        if d > 0 {
+            specs.push(("E".to_string(), vec![v, d]));
+        }
+        for l in 0..self.layers {
+            let suffix = if l == 0 { String::new() } else { format!("_l{l}") };
+            let input = if l > 0 { h } else if d > 0 { d } else { v };
+            specs.push((format!("W_xh{suffix}"), vec![input, k * h]));
+            specs.push((format!("W_hh{suffix}"), vec![h, k * h]));
+            specs.push((format!("b_h{suffix}"), vec![k * h]));
+            if self.cell == Cell::Gru {
+                specs.push((format!("b_hn{suffix}"), vec![h]));
+            }
+        }
+        specs.extend([("W_hq".to_string(), vec![h, v]), ("b_q".to_string(), vec![v])]);
         specs
     }
 }
 
-/// The recurrent state: hidden `h` and, for an LSTM, memory cell `c`; each Float `[batch, H]`.
+/// The recurrent state: hidden `h` and, for an LSTM, memory cell `c`; each Float `[L, batch, H]` (layers
+/// first, as in PyTorch).
 #[derive(Debug)]
 pub struct State {
     /// Hidden state.
@@ -104,8 +154,8 @@ pub fn one_hot(x: &Tensor, n_class: usize) -> Tensor {
     Tensor::zeros([n, n_class as i64], (Kind::Float, x.device())).scatter_value(1, &x.view([-1, 1]), 1.0)
 }
 
-/// A single-layer recurrent network (see [`Cell`]) with an affine output layer, its parameters held in a
-/// `VarStore` under the names of [`ModelConfig::param_specs`].
+/// A recurrent network: an optional embedding, L stacked cells (see [`Cell`]) and an affine output layer,
+/// its parameters held in a `VarStore` under the names of [`ModelConfig::param_specs`].
 pub struct RnnModel {
     config: ModelConfig,
     vs: nn::VarStore,
@@ -118,9 +168,7 @@ impl RnnModel {
     /// The weights come from charrnn's own generator seeded with `seed` (not libtorch's global one, which
     /// other threads share), so a seed gives the same model on every device and in every process.
     pub fn new(config: ModelConfig, seed: u64, device: Device) -> Result<Self> {
-        if config.vocab_size == 0 || config.hidden == 0 {
-            return Err(Error::config("model", "vocabulary size and --hidden must be positive"));
-        }
+        config.validate()?;
         let mut rng = Rng::for_stream(seed, Stream::Init);
         let mut init = |name: &str, shape: &[i64]| -> Result<Tensor> {
             if name.starts_with('b') {
@@ -136,6 +184,11 @@ impl RnnModel {
             Ok(Tensor::from_slice(&values).view(shape))
         };
         let params = config.param_specs().iter().map(|(name, shape)| init(name, shape)).collect::<Result<Vec<_>>>()?;
+        // The embedding is a lookup table, not a weight matrix: N(0, 1) like torch.nn.Embedding.
+        let params = match config.embed {
+            0 => params,
+            _ => std::iter::once(&params[0] * 100.0).chain(params.into_iter().skip(1)).collect(),
+        };
         Self::from_tensors(config, params, device)
     }
 
@@ -148,6 +201,7 @@ impl RnnModel {
     /// A model whose parameters are copies of `params` (in [`ModelConfig::param_specs`] order), checked
     /// against `config`.
     pub fn from_tensors(config: ModelConfig, params: Vec<Tensor>, device: Device) -> Result<Self> {
+        config.validate()?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let specs = config.param_specs();
@@ -159,7 +213,7 @@ impl RnnModel {
             if t.size() != *shape {
                 return Err(Error::config("model", format!("{name} has shape {:?}, expected {shape:?}", t.size())));
             }
-            vars.push(root.f_var_copy(name, &t.to_kind(Kind::Float).to_device(device))?);
+            vars.push(root.f_var_copy(name.as_str(), &t.to_kind(Kind::Float).to_device(device))?);
         }
         Ok(RnnModel { config, vs, params: vars })
     }
@@ -181,24 +235,23 @@ impl RnnModel {
     }
 
     /// The parameters with their names, for saving.
-    pub fn named_parameters(&self) -> Vec<(&'static str, &Tensor)> {
+    pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
         self.config.param_specs().into_iter().map(|(name, _)| name).zip(self.parameters()).collect()
     }
 
-    /// A parameter by name; positions follow [`ModelConfig::param_specs`] (no allocation: this is called
-    /// at every time step).
-    fn param(&self, name: &str) -> &Tensor {
-        let last = self.params.len() - 1;
-        let i = match name {
-            "W_xh" => 0,
-            "W_hh" => 1,
-            "b_h" => 2,
-            "b_hn" => 3,
-            "W_hq" => last - 1,
-            "b_q" => last,
-            _ => unreachable!("unknown parameter {name}"),
-        };
-        &self.params[i]
+    /// Parameter `which` (W_XH, W_HH, B_H, B_HN) of layer `l`; positions follow
+    /// [`ModelConfig::param_specs`] (no lookup by name: this is called at every time step).
+    fn layer_param(&self, l: usize, which: usize) -> &Tensor {
+        let first = usize::from(self.config.embed > 0);
+        &self.params[first + l * self.config.per_layer() + which]
+    }
+
+    fn output_weight(&self) -> &Tensor {
+        &self.params[self.params.len() - 2]
+    }
+
+    fn output_bias(&self) -> &Tensor {
+        &self.params[self.params.len() - 1]
     }
 
     /// Replaces the parameter values with those of a safetensors file, checking names and shapes.
@@ -209,7 +262,7 @@ impl RnnModel {
             .collect();
         let _guard = tch::no_grad_guard();
         for ((name, shape), param) in self.config.param_specs().iter().zip(self.params.iter()) {
-            let t = tensors.get(*name).ok_or_else(|| Error::bad_model(path, format!("weights lack {name}")))?;
+            let t = tensors.get(name).ok_or_else(|| Error::bad_model(path, format!("weights lack {name}")))?;
             if t.size() != *shape || t.kind() != Kind::Float {
                 let msg = format!("{name} is {:?} {:?}, expected Float {shape:?}", t.kind(), t.size());
                 return Err(Error::bad_model(path, msg));
@@ -219,59 +272,73 @@ impl RnnModel {
         Ok(())
     }
 
-    /// The initial state: zeros, `[batch, H]` each.
+    /// The initial state: zeros, `[L, batch, H]` each.
     pub fn begin_state(&self, batch: usize) -> State {
-        let zeros = || Tensor::zeros([batch as i64, self.config.hidden as i64], (Kind::Float, self.device()));
-        State { h: zeros(), c: (self.config.cell == Cell::Lstm).then(zeros) }
+        let c = &self.config;
+        let zeros = || Tensor::zeros([c.layers as i64, batch as i64, c.hidden as i64], (Kind::Float, self.device()));
+        State { h: zeros(), c: (c.cell == Cell::Lstm).then(zeros) }
     }
 
-    /// Advances the cell one step given the input projection `xw = x W_xh + b_h` (Float `[batch, kH]`).
-    fn cell_step(&self, xw: &Tensor, state: &State) -> State {
-        let hw = state.h.mm(self.param("W_hh"));
+    /// Advances layer `l`'s cell one step given its input projection `xw = x W_xh + b_h` (Float
+    /// `[batch, kH]`) and its state `h` (and `c`), each `[batch, H]`. Returns the new `(h, c)`.
+    fn cell_step(&self, l: usize, xw: &Tensor, h: &Tensor, c: Option<&Tensor>) -> (Tensor, Option<Tensor>) {
+        let hw = h.mm(self.layer_param(l, W_HH));
         match self.config.cell {
-            Cell::Rnn => State { h: (xw + hw).tanh(), c: None },
+            Cell::Rnn => ((xw + hw).tanh(), None),
             Cell::Gru => {
                 let (x3, h3) = (xw.chunk(3, 1), hw.chunk(3, 1));
                 let r = (&x3[0] + &h3[0]).sigmoid();
                 let z = (&x3[1] + &h3[1]).sigmoid();
-                let n = (&x3[2] + r * (&h3[2] + self.param("b_hn"))).tanh();
-                let h = &n + z * (&state.h - &n);
-                State { h, c: None }
+                let n = (&x3[2] + r * (&h3[2] + self.layer_param(l, B_HN))).tanh();
+                (&n + z * (h - &n), None)
             }
             Cell::Lstm => {
                 let g4 = (xw + hw).chunk(4, 1);
                 let (i, f, g, o) = (g4[0].sigmoid(), g4[1].sigmoid(), g4[2].tanh(), g4[3].sigmoid());
-                let c = f * state.c.as_ref().expect("an LSTM state has a memory cell") + i * g;
-                State { h: o * c.tanh(), c: Some(c) }
+                let c = f * c.expect("an LSTM state has a memory cell") + i * g;
+                (o * c.tanh(), Some(c))
             }
         }
     }
 
-    /// One step: the cell's update from input `x` (Float `[batch, V]`, one-hot rows), then
-    /// `Y = H W_hq + b_q`. For the rnn cell, `H = tanh(X W_xh + H W_hh + b_h)`. Returns `(y [batch, V], state)`.
+    /// One step from the characters `x` (Int64 `[batch]`): for the one-layer rnn cell,
+    /// `H = tanh(X W_xh + H W_hh + b_h)` and `Y = H W_hq + b_q` with X the one-hot rows of `x`.
+    /// Returns `(y [batch, V], state)`. No dropout (this is for prediction).
     pub fn step(&self, x: &Tensor, state: &State) -> (Tensor, State) {
-        let next = self.cell_step(&(x.mm(self.param("W_xh")) + self.param("b_h")), state);
-        let y = next.h.mm(self.param("W_hq")) + self.param("b_q");
-        (y, next)
+        self.forward(&x.view([-1, 1]), state, false)
     }
 
-    /// Runs the network over a minibatch; the same arithmetic as [`RnnModel::step`] applied at each
-    /// position, with the input and output projections of all steps done as one matrix product each.
+    /// Runs the network over a minibatch. Each layer's input projection is one matrix product over all
+    /// steps, as is the output layer; only the recurrence loops over time.
     ///
     /// `inputs`: Int64 `[batch, steps]`. Returns the logits, Float `[steps * batch, V]` in step-major order
-    /// (row `t * batch + b` is position `t` of sequence `b`), and the final state.
-    pub fn forward(&self, inputs: &Tensor, state: &State) -> (Tensor, State) {
+    /// (row `t * batch + b` is position `t` of sequence `b`), and the final state. `train` turns dropout on.
+    pub fn forward(&self, inputs: &Tensor, state: &State, train: bool) -> (Tensor, State) {
+        let c = &self.config;
         let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
-        let hidden = self.config.hidden as i64;
-        let x = one_hot(&inputs.transpose(0, 1).reshape([-1]), self.config.vocab_size);
-        let xw = (x.mm(self.param("W_xh")) + self.param("b_h")).view([steps, batch, -1]);
-        let mut state = state.shallow_clone();
-        let mut hs = Vec::with_capacity(steps as usize);
-        for t in 0..steps {
-            state = self.cell_step(&xw.get(t), &state);
-            hs.push(state.h.shallow_clone());
+        let ids = inputs.transpose(0, 1).reshape([-1]);
+        // [steps * batch, I]: one-hot rows (the textbook's X) or embedding rows.
+        let mut xs = if c.embed > 0 { self.params[0].index_select(0, &ids) } else { one_hot(&ids, c.vocab_size) };
+        let (mut hs_end, mut cs_end) = (Vec::with_capacity(c.layers), Vec::new());
+        for l in 0..c.layers {
+            let xw = (xs.mm(self.layer_param(l, W_XH)) + self.layer_param(l, B_H)).view([steps, batch, -1]);
+            let mut h = state.h.get(l as i64);
+            let mut cell = state.c.as_ref().map(|c| c.get(l as i64));
+            let mut outs = Vec::with_capacity(steps as usize);
+            for t in 0..steps {
+                (h, cell) = self.cell_step(l, &xw.get(t), &h, cell.as_ref());
+                outs.push(h.shallow_clone());
+            }
+            xs = Tensor::stack(&outs, 0).view([steps * batch, c.hidden as i64]);
+            if c.dropout > 0.0 {
+                // Between layers and before the output layer.
+                xs = xs.dropout(c.dropout, train);
+            }
+            hs_end.push(h);
+            cs_end.extend(cell);
         }
-        let logits = Tensor::stack(&hs, 0).view([steps * batch, hidden]).mm(self.param("W_hq")) + self.param("b_q");
+        let logits = xs.mm(self.output_weight()) + self.output_bias();
+        let state = State { h: Tensor::stack(&hs_end, 0), c: (!cs_end.is_empty()).then(|| Tensor::stack(&cs_end, 0)) };
         (logits, state)
     }
 }
@@ -291,7 +358,7 @@ mod tests {
     use super::*;
 
     fn small(cell: Cell) -> RnnModel {
-        RnnModel::new(ModelConfig { vocab_size: 7, hidden: 5, cell }, 0, Device::Cpu).unwrap()
+        RnnModel::new(ModelConfig { cell, ..ModelConfig::rnn(7, 5) }, 0, Device::Cpu).unwrap()
     }
 
     #[test]
@@ -320,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn parameter_shapes_follow_the_cell() {
+    fn parameter_shapes_follow_cell_layers_and_embedding() {
         for (cell, k, n) in [(Cell::Rnn, 1, 5), (Cell::Gru, 3, 6), (Cell::Lstm, 4, 5)] {
             let m = small(cell);
             let named = m.named_parameters();
@@ -329,37 +396,74 @@ mod tests {
             assert_eq!(named[1].1.size(), vec![5, 5 * k]);
             assert_eq!(m.begin_state(3).c.is_some(), cell == Cell::Lstm);
         }
+        let deep = RnnModel::new(ModelConfig { layers: 3, embed: 4, cell: Cell::Gru, ..ModelConfig::rnn(7, 5) }, 0, Device::Cpu).unwrap();
+        let names: Vec<String> = deep.named_parameters().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names[..6], ["E", "W_xh", "W_hh", "b_h", "b_hn", "W_xh_l1"]);
+        assert_eq!(names.len(), 1 + 3 * 4 + 2);
+        assert_eq!(deep.named_parameters()[1].1.size(), vec![4, 15], "the first layer reads the embedding");
+        assert_eq!(deep.named_parameters()[5].1.size(), vec![5, 15], "upper layers read H");
+        assert_eq!(deep.begin_state(2).h.size(), vec![3, 2, 5]);
     }
 
     #[test]
-    fn forward_equals_the_step_applied_in_turn_for_every_cell() {
-        for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
-            let m = small(cell);
+    fn forward_equals_the_step_applied_in_turn() {
+        let configs = [Cell::Rnn, Cell::Gru, Cell::Lstm]
+            .map(|cell| ModelConfig { cell, ..ModelConfig::rnn(7, 5) })
+            .into_iter()
+            .chain([ModelConfig { cell: Cell::Lstm, layers: 2, embed: 3, ..ModelConfig::rnn(7, 5) }]);
+        for config in configs {
+            let m = RnnModel::new(config, 0, Device::Cpu).unwrap();
             let inputs = Tensor::from_slice(&[1i64, 2, 3, 4, 0, 6, 5, 5]).view([2, 4]);
             let mut state = m.begin_state(2);
-            state.h = Tensor::randn([2, 5], (Kind::Float, Device::Cpu)) * 0.5;
-            let (logits, end) = m.forward(&inputs, &state);
+            state.h = Tensor::randn(state.h.size(), (Kind::Float, Device::Cpu)) * 0.5;
+            let (logits, end) = m.forward(&inputs, &state, false);
             for t in 0..4 {
-                let x = one_hot(&inputs.select(1, t), 7);
-                let (y, next) = m.step(&x, &state);
+                let (y, next) = m.step(&inputs.select(1, t), &state);
                 state = next;
-                assert!(y.allclose(&logits.narrow(0, t * 2, 2), 1e-6, 1e-6, false), "{cell:?} step {t}");
+                assert!(y.allclose(&logits.narrow(0, t * 2, 2), 1e-6, 1e-6, false), "{config:?} step {t}");
             }
             assert!(state.h.allclose(&end.h, 1e-6, 1e-6, false));
         }
     }
 
     #[test]
-    fn rnn_step_matches_the_formula() {
+    fn rnn_step_matches_the_textbook_formula() {
         let m = small(Cell::Rnn);
-        let x = one_hot(&Tensor::from_slice(&[2i64]), 7);
-        let h = Tensor::full([1, 5], 0.3, (Kind::Float, Device::Cpu));
-        let (y, next) = m.step(&x, &State { h: h.shallow_clone(), c: None });
+        let h = Tensor::full([1, 1, 5], 0.3, (Kind::Float, Device::Cpu));
+        let (y, next) = m.step(&Tensor::from_slice(&[2i64]), &State { h: h.shallow_clone(), c: None });
         let p = m.parameters();
-        // X is one-hot at 2, so X W_xh is row 2 of W_xh.
-        let expect_h = (p[0].get(2) + h.get(0).matmul(p[1]) + p[2]).tanh();
+        let x = one_hot(&Tensor::from_slice(&[2i64]), 7);
+        let expect_h = (x.mm(p[0]) + h.get(0).mm(p[1]) + p[2]).tanh();
         assert!(next.h.get(0).allclose(&expect_h, 1e-6, 1e-7, false));
-        assert!(y.get(0).allclose(&(expect_h.matmul(p[3]) + p[4]), 1e-6, 1e-7, false));
+        assert!(y.allclose(&(expect_h.mm(p[3]) + p[4]), 1e-6, 1e-7, false));
+    }
+
+    #[test]
+    fn an_embedding_equals_one_hot_times_the_table() {
+        // one-hot(x) W equals gathering rows of W: the embedding input is the one-hot input with W = E W_xh.
+        let table = Tensor::randn([7, 3], (Kind::Float, Device::Cpu));
+        let x = Tensor::from_slice(&[4i64, 0, 6, 4]);
+        assert!(one_hot(&x, 7).mm(&table).allclose(&table.index_select(0, &x), 1e-6, 1e-7, false));
+        let embedded = RnnModel::new(ModelConfig { embed: 3, ..ModelConfig::rnn(7, 5) }, 0, Device::Cpu).unwrap();
+        let p = embedded.parameters();
+        let folded: Vec<Tensor> = std::iter::once(p[0].mm(p[1])).chain(p[2..].iter().map(|t| t.detach())).collect();
+        let one_hot_model = RnnModel::from_tensors(ModelConfig::rnn(7, 5), folded, Device::Cpu).unwrap();
+        let inputs = Tensor::from_slice(&[1i64, 2, 3, 6]).view([2, 2]);
+        let (a, _) = embedded.forward(&inputs, &embedded.begin_state(2), false);
+        let (b, _) = one_hot_model.forward(&inputs, &one_hot_model.begin_state(2), false);
+        assert!(a.allclose(&b, 1e-5, 1e-6, false));
+    }
+
+    #[test]
+    fn dropout_acts_in_training_only() {
+        let m = RnnModel::new(ModelConfig { dropout: 0.5, layers: 2, ..ModelConfig::rnn(7, 16) }, 0, Device::Cpu).unwrap();
+        let inputs = Tensor::from_slice(&[1i64, 2, 3, 6]).view([2, 2]);
+        let s = m.begin_state(2);
+        let (eval_a, _) = m.forward(&inputs, &s, false);
+        let (eval_b, _) = m.forward(&inputs, &s, false);
+        assert!(eval_a.equal(&eval_b), "no dropout at evaluation");
+        let (train, _) = m.forward(&inputs, &s, true);
+        assert!(!train.allclose(&eval_a, 1e-6, 1e-7, false), "dropout in training");
     }
 
     #[test]
@@ -380,8 +484,21 @@ mod tests {
     }
 
     #[test]
-    fn models_written_before_cells_existed_read_as_rnn() {
+    fn models_written_before_cells_existed_read_as_one_layer_rnn() {
         let old: ModelConfig = serde_json::from_str(r#"{"vocab_size": 9, "hidden": 4}"#).unwrap();
         assert_eq!(old, ModelConfig::rnn(9, 4));
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        for (config, flag) in [
+            (ModelConfig { layers: 0, ..ModelConfig::rnn(7, 5) }, "--layers"),
+            (ModelConfig { dropout: 1.0, ..ModelConfig::rnn(7, 5) }, "--dropout"),
+            (ModelConfig { dropout: -0.1, ..ModelConfig::rnn(7, 5) }, "--dropout"),
+            (ModelConfig::rnn(7, 0), "--hidden"),
+        ] {
+            let err = RnnModel::new(config, 0, Device::Cpu).err().unwrap().to_string();
+            assert!(err.contains(flag), "{err}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Prefix-conditioned greedy prediction.
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
-use crate::model::{one_hot, RnnModel};
+use crate::model::RnnModel;
 use tch::Tensor;
 
 /// Warms the state up over `prefix`, then generates `num_chars` characters greedily (argmax at each step).
@@ -15,16 +15,17 @@ pub fn predict(model: &RnnModel, vocab: &Vocabulary, prefix: &str, num_chars: us
     let ids = vocab.encode(prefix, "the prefix")?;
     let _guard = tch::no_grad_guard();
     let device = model.device();
-    let v = vocab.len();
-    let mut h = model.begin_state(1);
-    for &id in &ids[..ids.len() - 1] {
-        h = model.step(&one_hot(&Tensor::from_slice(&[id]).to_device(device), v), &h).1;
+    let mut state = model.begin_state(1);
+    let warm_up = &ids[..ids.len() - 1];
+    if !warm_up.is_empty() {
+        let x = Tensor::from_slice(warm_up).to_device(device).view([1, -1]);
+        state = model.forward(&x, &state, false).1;
     }
     let mut x = Tensor::from_slice(&ids[ids.len() - 1..]).to_device(device);
     let mut generated = Vec::new();
     for _ in 0..num_chars {
-        let (y, h_next) = model.step(&one_hot(&x, v), &h);
-        h = h_next;
+        let (y, next) = model.step(&x, &state);
+        state = next;
         x = y.argmax(1, false);
         generated.push(x.shallow_clone());
     }
@@ -66,7 +67,7 @@ mod tests {
         let _guard = tch::no_grad_guard();
         let mut h = model.begin_state(1);
         for t in 0..ids.len() - 1 {
-            let (y, h1) = model.step(&one_hot(&Tensor::from_slice(&[ids[t]]), 6), &h);
+            let (y, h1) = model.step(&Tensor::from_slice(&[ids[t]]), &h);
             h = h1;
             if t >= 1 {
                 assert_eq!(y.argmax(1, false).int64_value(&[0]), ids[t + 1], "position {}", t + 1);

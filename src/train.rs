@@ -3,7 +3,7 @@ use crate::batches::Sampling;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::metrics::perplexity;
-use crate::model::{cross_entropy, step_major, Cell, RnnModel, State};
+use crate::model::{cross_entropy, step_major, Cell, ModelConfig, RnnModel, State};
 use crate::predict::predict;
 use crate::rng::{Rng, Stream};
 use std::time::Instant;
@@ -17,6 +17,15 @@ pub struct TrainConfig {
     /// The recurrent cell.
     #[serde(default)]
     pub cell: Cell,
+    /// Stacked recurrent layers.
+    #[serde(default = "one")]
+    pub layers: usize,
+    /// Embedding width; 0 feeds one-hot vectors.
+    #[serde(default)]
+    pub embed: usize,
+    /// Dropout between layers and before the output layer (training only).
+    #[serde(default)]
+    pub dropout: f64,
     /// Time steps per sequence (BPTT length).
     pub steps: usize,
     /// Sequences per minibatch.
@@ -44,6 +53,9 @@ impl Default for TrainConfig {
         TrainConfig {
             hidden: 256,
             cell: Cell::Rnn,
+            layers: 1,
+            embed: 0,
+            dropout: 0.0,
             steps: 35,
             batch: 32,
             lr: 100.0,
@@ -58,9 +70,20 @@ impl Default for TrainConfig {
     }
 }
 
+fn one() -> usize {
+    1
+}
+
 impl TrainConfig {
+    /// The network these settings describe, over `vocab_size` characters.
+    pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
+        let (hidden, cell, layers, embed, dropout) = (self.hidden, self.cell, self.layers, self.embed, self.dropout);
+        ModelConfig { vocab_size, hidden, cell, layers, embed, dropout }
+    }
+
     /// Checks every value is in range (positive sizes, finite positive rates).
     pub fn validate(&self) -> Result<()> {
+        self.model_config(1).validate()?;
         let positive = [
             ("--hidden", self.hidden),
             ("--steps", self.steps),
@@ -180,7 +203,7 @@ pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &S
     for p in &params {
         p.shallow_clone().zero_grad();
     }
-    let (logits, h) = model.forward(inputs, state);
+    let (logits, h) = model.forward(inputs, state, true);
     let loss = cross_entropy(&logits, &step_major(targets));
     loss.backward();
     let _ = clip_gradients(&params, clip);
@@ -209,6 +232,8 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &Trai
         vocab.encode(p, "the prefix")?;
     }
     let mut rng = Rng::for_stream(config.seed, Stream::Shuffle);
+    // Dropout masks come from libtorch's generator.
+    tch::manual_seed(config.seed as i64);
     let device = model.device();
     let mut last = f64::NAN;
     for epoch in 1..=config.epochs {
@@ -244,7 +269,6 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &Trai
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelConfig;
     use tch::Device;
 
     fn grad_norm(params: &[&Tensor]) -> f64 {
@@ -254,7 +278,7 @@ mod tests {
     fn model_with_grads() -> RnnModel {
         let m = RnnModel::new(ModelConfig::rnn(6, 4), 1, Device::Cpu).unwrap();
         let x = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]).view([2, 3]);
-        let (logits, _) = m.forward(&x, &m.begin_state(2));
+        let (logits, _) = m.forward(&x, &m.begin_state(2), true);
         cross_entropy(&logits, &step_major(&(x + 1).remainder(6))).backward();
         m
     }
@@ -291,13 +315,13 @@ mod tests {
         let y = step_major(&(&x + 1).remainder(6));
         let reached = |t: &Tensor| t.grad().defined() && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
         for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
-            let m = RnnModel::new(ModelConfig { vocab_size: 6, hidden: 4, cell }, 1, Device::Cpu).unwrap();
+            let m = RnnModel::new(ModelConfig { cell, layers: 2, ..ModelConfig::rnn(6, 4) }, 1, Device::Cpu).unwrap();
             for detach in [true, false] {
                 let zeros = m.begin_state(2);
                 let s0 = State { h: zeros.h.set_requires_grad(true), c: zeros.c.map(|c| c.set_requires_grad(true)) };
-                let (_, s1) = m.forward(&x, &s0);
+                let (_, s1) = m.forward(&x, &s0, true);
                 let s1 = if detach { carry_state(&s1) } else { s1 };
-                let (logits, _) = m.forward(&x, &s1);
+                let (logits, _) = m.forward(&x, &s1, true);
                 cross_entropy(&logits, &y).backward();
                 assert_eq!(reached(&s0.h), !detach, "{cell:?} h, detach={detach}");
                 if let Some(c) = &s0.c {

@@ -207,7 +207,7 @@ fn bad_corpora_fail_cleanly_and_write_nothing() {
 #[test]
 fn bad_hyperparameters_fail_cleanly() {
     let env = Env::new();
-    for (flag, value) in [("--hidden", "0"), ("--steps", "0"), ("--batch", "0"), ("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"), ("--clip", "-0.5"), ("--pred-period", "0"), ("--threads", "0")] {
+    for (flag, value) in [("--layers", "0"), ("--dropout", "1"), ("--dropout", "-0.2"), ("--hidden", "0"), ("--steps", "0"), ("--batch", "0"), ("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"), ("--clip", "-0.5"), ("--pred-period", "0"), ("--threads", "0")] {
         env.fails(&["train", "--corpus", "lyrics.txt", flag, value], flag);
     }
     // clap rejects non-numbers and unknown choices itself (exit 2, usage on stderr).
@@ -307,6 +307,22 @@ fn gated_cells_train_save_and_load() {
         let e = env.run(&["eval", "--model", cell, "--json"]);
         assert_eq!(e.code, 0, "{cell}: {}", e.stderr);
     }
+}
+
+#[test]
+fn deep_embedded_models_with_dropout_round_trip() {
+    let env = Env::new();
+    let r = env.train(&["--cell", "lstm", "--layers", "2", "--embed", "8", "--dropout", "0.3", "--out", "deep", "--epochs", "3"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("deep/model.json")).unwrap()).unwrap();
+    assert_eq!(json["model"]["layers"], 2);
+    assert_eq!(json["model"]["embed"], 8);
+    assert_eq!(json["model"]["dropout"], 0.3);
+    // Dropout is off at prediction and evaluation: both are repeatable.
+    let predict = || env.run(&["predict", "--model", "deep", "--prefix", "分开", "--num-chars", "12"]).stdout;
+    assert_eq!(predict(), predict());
+    let eval = || env.run(&["eval", "--model", "deep", "--json"]).stdout;
+    assert_eq!(eval(), eval());
 }
 
 #[test]

@@ -75,7 +75,7 @@ fn one_training_step_matches_pytorch() {
     }
     let reference = run_reference("train_step.py", &input);
 
-    let (loss, _) = train_step(&model, &inputs, &targets, &State { h: state, c: None }, lr, clip);
+    let (loss, _) = train_step(&model, &inputs, &targets, &State { h: state.unsqueeze(0), c: None }, lr, clip);
     let loss = loss.double_value(&[]);
     let ref_loss = reference["loss"].as_f64().unwrap();
     assert!((loss - ref_loss).abs() <= 1e-5, "loss {loss} vs PyTorch {ref_loss}");
@@ -95,7 +95,7 @@ fn one_training_step_matches_pytorch() {
 fn cell_gradients_match_pytorch_layers() {
     let (v, h, batch, steps) = (11usize, 8usize, 3i64, 6i64);
     for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
-        let model = RnnModel::new(ModelConfig { vocab_size: v, hidden: h, cell }, 4, Device::Cpu).unwrap();
+        let model = RnnModel::new(ModelConfig { cell, ..ModelConfig::rnn(v, h) }, 4, Device::Cpu).unwrap();
         scale(&model, 40.0);
         // Non-zero biases, so that a misplaced bias would show.
         tch::no_grad(|| {
@@ -109,23 +109,23 @@ fn cell_gradients_match_pytorch_layers() {
         let inputs = Tensor::randint(v as i64, [batch, steps], (Kind::Int64, Device::Cpu));
         let targets = Tensor::randint(v as i64, [batch, steps], (Kind::Int64, Device::Cpu));
         let mut state = model.begin_state(batch as usize);
-        state.h = Tensor::randn([batch, h as i64], (Kind::Float, Device::Cpu)) * 0.5;
+        state.h = Tensor::randn([1, batch, h as i64], (Kind::Float, Device::Cpu)) * 0.5;
         if let Some(c) = &mut state.c {
-            *c = Tensor::randn([batch, h as i64], (Kind::Float, Device::Cpu)) * 0.5;
+            *c = Tensor::randn([1, batch, h as i64], (Kind::Float, Device::Cpu)) * 0.5;
         }
         let mut input = json!({
             "cell": cell.name(), "inputs": charrnn::rows(&inputs), "targets": charrnn::rows(&targets),
-            "h": to_json(&state.h),
+            "h": to_json(&state.h.get(0)),
         });
         if let Some(c) = &state.c {
-            input["c"] = to_json(c);
+            input["c"] = to_json(&c.get(0));
         }
         for (name, p) in model.named_parameters() {
             input[name] = to_json(p);
         }
         let reference = run_reference("cell_grads.py", &input);
 
-        let (logits, _) = model.forward(&inputs, &state);
+        let (logits, _) = model.forward(&inputs, &state, false);
         let loss = cross_entropy(&logits, &step_major(&targets));
         loss.backward();
         let (ours, theirs) = (loss.double_value(&[]), reference["loss"].as_f64().unwrap());
