@@ -3,7 +3,7 @@
 //!
 //! Run: `make bench` (or `cargo bench --bench train_step`). CPU only; libtorch's CPU ops are synchronous,
 //! so reading the clock after each call measures finished work.
-use charrnn::{evaluate, predict, read_corpus, train_step, CorpusOptions, ModelConfig, RnnModel, Rng, Sampling, Vocabulary};
+use charrnn::{evaluate, predict, read_corpus, train_step, CorpusOptions, ModelConfig, Optimizer, OptimizerKind, RnnModel, Rng, Sampling, Vocabulary};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::path::Path;
 use tch::Device;
@@ -21,7 +21,8 @@ fn textbook_workload(c: &mut Criterion) {
     let mut g = c.benchmark_group("textbook");
     g.sample_size(20);
     g.throughput(Throughput::Elements(32 * 35));
-    g.bench_function("train_step (chars)", |b| b.iter(|| train_step(&model, &x, &y, &state, 100.0, 0.01)));
+    let mut sgd = Optimizer::new(OptimizerKind::Sgd, &model, 100.0).unwrap();
+    g.bench_function("train_step (chars)", |b| b.iter(|| train_step(&model, &x, &y, &state, 0.01, &mut sgd)));
     g.throughput(Throughput::Elements(50));
     g.bench_function("predict 50 (chars)", |b| b.iter(|| predict(&model, &vocab, "分开", 50).unwrap()));
     g.throughput(Throughput::Elements(ids.len() as u64));

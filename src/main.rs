@@ -1,6 +1,6 @@
 //! The `charrnn` command: parses arguments, calls the library, renders progress and maps errors to exit codes.
 use anyhow::Context;
-use charrnn::{Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
+use charrnn::{Cell, CorpusOptions, LrDecay, OptimizerKind, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -30,6 +30,7 @@ enum Command {
   charrnn train --corpus data/yuanqu.txt --limit-chars 10000
   charrnn train --corpus lyrics.txt --sampling consecutive --epochs 100 --prefix 分开 --prefix 不分开
   charrnn train --corpus lyrics.txt --cell lstm --layers 2 --embed 64 --dropout 0.2 --hidden 128
+  charrnn train --corpus lyrics.txt --cell gru --optimizer adam --lr-decay 0.5 --lr-decay-every 10
   charrnn train --corpus notes.txt --keep-newlines --hidden 128 --out runs/notes --device cpu --threads 2")]
     Train(TrainArgs),
     /// Generate text greedily after a prefix.
@@ -53,6 +54,12 @@ enum CellArg {
     Rnn,
     Gru,
     Lstm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerArg {
+    Sgd,
+    Adam,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,9 +97,18 @@ struct TrainArgs {
     /// Sequences per minibatch.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// SGD learning rate.
-    #[arg(long, default_value_t = 100.0, allow_negative_numbers = true)]
-    lr: f64,
+    /// Update rule: sgd (the textbook's) or adam.
+    #[arg(long, value_enum, default_value = "sgd")]
+    optimizer: OptimizerArg,
+    /// Learning rate [default: 100 for sgd, 0.002 for adam].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// Multiply the learning rate by F every --lr-decay-every epochs (1 = no decay).
+    #[arg(long, default_value_t = 1.0, value_name = "F", allow_negative_numbers = true)]
+    lr_decay: f64,
+    /// Epochs between learning-rate decays.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    lr_decay_every: usize,
     /// Gradient clipping threshold on the global L2 norm.
     #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     clip: f64,
@@ -174,6 +190,10 @@ impl TrainArgs {
             SamplingArg::Random => Sampling::Random,
             SamplingArg::Consecutive => Sampling::Consecutive,
         };
+        let optimizer = match self.optimizer {
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+        };
         TrainJob {
             corpus: self.corpus,
             corpus_options: CorpusOptions { keep_newlines: self.keep_newlines, limit_chars: self.limit_chars },
@@ -192,7 +212,9 @@ impl TrainArgs {
                 dropout: self.dropout,
                 steps: self.steps,
                 batch: self.batch,
-                lr: self.lr,
+                optimizer,
+                lr: self.lr.unwrap_or(optimizer.default_lr()),
+                lr_decay: LrDecay { factor: self.lr_decay, every: self.lr_decay_every },
                 clip: self.clip,
                 epochs: self.epochs,
                 sampling,

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::metrics::perplexity;
 use crate::model::{cross_entropy, step_major, Cell, ModelConfig, RnnModel, State};
 use crate::predict::predict;
+use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::rng::{Rng, Stream};
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -30,8 +31,14 @@ pub struct TrainConfig {
     pub steps: usize,
     /// Sequences per minibatch.
     pub batch: usize,
-    /// SGD learning rate, applied to the gradient of the mean loss.
+    /// Update rule.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Learning rate (of SGD: applied to the gradient of the mean loss).
     pub lr: f64,
+    /// Learning-rate decay.
+    #[serde(default)]
+    pub lr_decay: LrDecay,
     /// Gradient clipping threshold theta on the global L2 norm.
     pub clip: f64,
     /// Passes over the corpus.
@@ -58,7 +65,9 @@ impl Default for TrainConfig {
             dropout: 0.0,
             steps: 35,
             batch: 32,
+            optimizer: OptimizerKind::Sgd,
             lr: 100.0,
+            lr_decay: LrDecay::default(),
             clip: 0.01,
             epochs: 250,
             sampling: Sampling::Random,
@@ -84,6 +93,7 @@ impl TrainConfig {
     /// Checks every value is in range (positive sizes, finite positive rates).
     pub fn validate(&self) -> Result<()> {
         self.model_config(1).validate()?;
+        self.lr_decay.validate()?;
         let positive = [
             ("--hidden", self.hidden),
             ("--steps", self.steps),
@@ -185,20 +195,12 @@ pub fn clip_gradients(params: &[&Tensor], theta: f64) -> Tensor {
     norm
 }
 
-/// Plain SGD: `p <- p - lr * grad`.
-pub fn sgd(params: &[&Tensor], lr: f64) {
-    let _guard = tch::no_grad_guard();
-    for p in params {
-        let _ = p.shallow_clone().f_sub_(&(p.grad() * lr));
-    }
-}
-
-/// One training step on a minibatch: forward, mean cross-entropy, backward, clip, SGD.
+/// One training step on a minibatch: forward, mean cross-entropy, backward, clip, update.
 ///
 /// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: `[batch, H]` tensors. Returns the loss before the
 /// update (scalar Float, detached) and the final hidden state (still attached to this step's graph; pass it
 /// through [`carry_state`] before using it again). The clipped gradients stay in the parameters' `grad()`.
-pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, lr: f64, clip: f64) -> (Tensor, State) {
+pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, clip: f64, optimizer: &mut Optimizer) -> (Tensor, State) {
     let params = model.parameters();
     for p in &params {
         p.shallow_clone().zero_grad();
@@ -207,7 +209,7 @@ pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &S
     let loss = cross_entropy(&logits, &step_major(targets));
     loss.backward();
     let _ = clip_gradients(&params, clip);
-    sgd(&params, lr);
+    optimizer.step(&params);
     (loss.detach(), h)
 }
 
@@ -235,9 +237,11 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &Trai
     // Dropout masks come from libtorch's generator.
     tch::manual_seed(config.seed as i64);
     let device = model.device();
+    let mut optimizer = Optimizer::new(config.optimizer, model, config.lr)?;
     let mut last = f64::NAN;
     for epoch in 1..=config.epochs {
         let start = Instant::now();
+        optimizer.set_lr(config.lr_decay.lr_at(config.lr, epoch));
         let (xs, ys) = config.sampling.epoch(corpus, config.batch, config.steps, &mut rng, device)?;
         let batches = xs.size()[0] as usize;
         let loss_sum = Tensor::zeros([], (Kind::Float, device));
@@ -247,7 +251,7 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &Trai
                 Sampling::Random => model.begin_state(config.batch),
                 Sampling::Consecutive => carry_state(&state),
             };
-            let (loss, h) = train_step(model, &xs.get(i as i64), &ys.get(i as i64), &input_state, config.lr, config.clip);
+            let (loss, h) = train_step(model, &xs.get(i as i64), &ys.get(i as i64), &input_state, config.clip, &mut optimizer);
             state = h;
             let _ = loss_sum.shallow_clone().f_add_(&loss)?;
             observer.minibatch(&Progress { epoch, epochs: config.epochs, batch: i + 1, batches, loss_sum: &loss_sum });
@@ -269,6 +273,7 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &Trai
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::sgd;
     use tch::Device;
 
     fn grad_norm(params: &[&Tensor]) -> f64 {

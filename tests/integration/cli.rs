@@ -207,7 +207,7 @@ fn bad_corpora_fail_cleanly_and_write_nothing() {
 #[test]
 fn bad_hyperparameters_fail_cleanly() {
     let env = Env::new();
-    for (flag, value) in [("--layers", "0"), ("--dropout", "1"), ("--dropout", "-0.2"), ("--hidden", "0"), ("--steps", "0"), ("--batch", "0"), ("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"), ("--clip", "-0.5"), ("--pred-period", "0"), ("--threads", "0")] {
+    for (flag, value) in [("--lr-decay", "0"), ("--lr-decay", "1.5"), ("--lr-decay-every", "0"), ("--layers", "0"), ("--dropout", "1"), ("--dropout", "-0.2"), ("--hidden", "0"), ("--steps", "0"), ("--batch", "0"), ("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"), ("--clip", "-0.5"), ("--pred-period", "0"), ("--threads", "0")] {
         env.fails(&["train", "--corpus", "lyrics.txt", flag, value], flag);
     }
     // clap rejects non-numbers and unknown choices itself (exit 2, usage on stderr).
@@ -323,6 +323,22 @@ fn deep_embedded_models_with_dropout_round_trip() {
     assert_eq!(predict(), predict());
     let eval = || env.run(&["eval", "--model", "deep", "--json"]).stdout;
     assert_eq!(eval(), eval());
+}
+
+#[test]
+fn adam_has_its_own_default_rate_and_decay_is_recorded() {
+    let env = Env::new();
+    let mut args = env_train_args();
+    let at = args.iter().position(|a| *a == "--lr").unwrap();
+    args.drain(at..at + 2);
+    args.extend(["--optimizer", "adam", "--lr-decay", "0.5", "--lr-decay-every", "2", "--epochs", "3", "--out", "a"]);
+    let r = env.run(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("a/model.json")).unwrap()).unwrap();
+    assert_eq!(json["train"]["optimizer"], "adam");
+    assert_eq!(json["train"]["lr"], 0.002);
+    assert_eq!(json["train"]["lr_decay"]["factor"], 0.5);
+    assert_eq!(json["train"]["lr_decay"]["every"], 2);
 }
 
 #[test]

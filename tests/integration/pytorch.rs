@@ -1,5 +1,5 @@
 //! Cross-checks against PyTorch itself, run with the project's `.venv` interpreter.
-use charrnn::{cross_entropy, step_major, train_step, Cell, ModelConfig, RnnModel, State};
+use charrnn::{cross_entropy, step_major, train_step, Cell, ModelConfig, Optimizer, OptimizerKind, RnnModel, State};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -48,45 +48,44 @@ fn assert_close(name: &str, ours: &Tensor, theirs: &Tensor) {
     assert!(diff <= 1e-5, "{name}: max |charrnn - PyTorch| = {diff:e}");
 }
 
-/// One training step (forward, mean cross-entropy, backward, global-norm clipping, SGD) agrees with PyTorch's
-/// nn.RNN + F.cross_entropy + clip_grad_norm_ + optim.SGD on the same weights and minibatch, to 1e-5.
+/// One training step (forward, mean cross-entropy, backward, global-norm clipping, then SGD or Adam) agrees
+/// with PyTorch's nn.RNN + F.cross_entropy + clip_grad_norm_ + optim.SGD / optim.Adam on the same weights and
+/// minibatch, to 1e-5.
 #[test]
 fn one_training_step_matches_pytorch() {
     let (v, h, batch, steps) = (23usize, 16usize, 4i64, 7i64);
-    let model = RnnModel::new(ModelConfig::rnn(v, h), 11, Device::Cpu).unwrap();
-    // Larger weights than the textbook's 0.01 make the gradients and the clipping non-trivial.
-    tch::no_grad(|| {
-        for p in model.parameters() {
-            let _ = p.shallow_clone().f_mul_scalar_(30.0).unwrap();
+    for (kind, name, lr) in [(OptimizerKind::Sgd, "sgd", 0.7), (OptimizerKind::Adam, "adam", 0.01)] {
+        let model = RnnModel::new(ModelConfig::rnn(v, h), 11, Device::Cpu).unwrap();
+        scale(&model, 30.0);
+        tch::manual_seed(5);
+        let inputs = Tensor::randint(v as i64, [batch, steps], (Kind::Int64, Device::Cpu));
+        let targets = Tensor::randint(v as i64, [batch, steps], (Kind::Int64, Device::Cpu));
+        let state = Tensor::randn([batch, h as i64], (Kind::Float, Device::Cpu)) * 0.3;
+        let clip = 0.5;
+
+        let mut input = json!({
+            "inputs": charrnn::rows(&inputs), "targets": charrnn::rows(&targets),
+            "state": to_json(&state), "lr": lr, "clip": clip, "optimizer": name,
+        });
+        for (pname, p) in model.named_parameters() {
+            input[pname] = to_json(p);
         }
-    });
-    tch::manual_seed(5);
-    let inputs = Tensor::randint(v as i64, [batch, steps], (Kind::Int64, Device::Cpu));
-    let targets = Tensor::randint(v as i64, [batch, steps], (Kind::Int64, Device::Cpu));
-    let state = Tensor::randn([batch, h as i64], (Kind::Float, Device::Cpu)) * 0.3;
-    let (lr, clip) = (0.7, 0.5);
+        let reference = run_reference("train_step.py", &input);
 
-    let mut input = json!({
-        "inputs": charrnn::rows(&inputs), "targets": charrnn::rows(&targets),
-        "state": to_json(&state), "lr": lr, "clip": clip,
-    });
-    for (name, p) in model.named_parameters() {
-        input[name] = to_json(p);
+        let mut optimizer = Optimizer::new(kind, &model, lr).unwrap();
+        let (loss, _) = train_step(&model, &inputs, &targets, &State { h: state.unsqueeze(0), c: None }, clip, &mut optimizer);
+        let loss = loss.double_value(&[]);
+        let ref_loss = reference["loss"].as_f64().unwrap();
+        assert!((loss - ref_loss).abs() <= 1e-5, "{name}: loss {loss} vs PyTorch {ref_loss}");
+        let mut grad_norm_sq = 0.0f64;
+        for (pname, p) in model.named_parameters() {
+            assert_close(&format!("{name}: clipped grad of {pname}"), &p.grad(), &from_json(&reference[format!("grad_{pname}")]));
+            assert_close(&format!("{name}: updated {pname}"), p, &from_json(&reference[&pname]));
+            grad_norm_sq += p.grad().square().sum(Kind::Double).double_value(&[]);
+        }
+        // The case must exercise clipping: the clipped norm sits at theta.
+        assert!((grad_norm_sq.sqrt() - clip).abs() < 1e-4, "clipped norm {}", grad_norm_sq.sqrt());
     }
-    let reference = run_reference("train_step.py", &input);
-
-    let (loss, _) = train_step(&model, &inputs, &targets, &State { h: state.unsqueeze(0), c: None }, lr, clip);
-    let loss = loss.double_value(&[]);
-    let ref_loss = reference["loss"].as_f64().unwrap();
-    assert!((loss - ref_loss).abs() <= 1e-5, "loss {loss} vs PyTorch {ref_loss}");
-    let mut grad_norm_sq = 0.0f64;
-    for (name, p) in model.named_parameters() {
-        assert_close(&format!("clipped grad of {name}"), &p.grad(), &from_json(&reference[format!("grad_{name}")]));
-        assert_close(&format!("updated {name}"), p, &from_json(&reference[name]));
-        grad_norm_sq += p.grad().square().sum(Kind::Double).double_value(&[]);
-    }
-    // The case must exercise clipping: the clipped norm sits at theta.
-    assert!((grad_norm_sq.sqrt() - clip).abs() < 1e-4, "clipped norm {}", grad_norm_sq.sqrt());
 }
 
 /// Loss and gradients of every cell (rnn, gru, lstm) agree with PyTorch's nn.RNN / nn.GRU / nn.LSTM on the

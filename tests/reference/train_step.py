@@ -2,9 +2,10 @@
 
 Usage: python train_step.py IN.json OUT.json
 IN holds the initial weights (W_xh [V,H], W_hh [H,H], b_h [H], W_hq [H,V], b_q [V]), the minibatch
-(inputs, targets: [batch, steps] indices), the initial state [batch, H], lr and clip.
+(inputs, targets: [batch, steps] indices), the initial state [batch, H], lr, clip and optionally optimizer.
 The step uses PyTorch's own pieces: torch.nn.RNN (tanh) for the recurrence, F.cross_entropy (mean),
-torch.nn.utils.clip_grad_norm_ for clipping by the global L2 norm, and torch.optim.SGD.
+torch.nn.utils.clip_grad_norm_ for clipping by the global L2 norm, and torch.optim.SGD (or torch.optim.Adam
+with its defaults when IN says "optimizer": "adam").
 OUT receives the loss, the clipped gradients and the updated weights, in charrnn's layouts.
 """
 import json
@@ -49,7 +50,8 @@ def main():
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, src["clip"])
     grads = [p.grad.clone() for p in params]
-    torch.optim.SGD(params, lr=src["lr"]).step()
+    optimizer = torch.optim.Adam if src.get("optimizer") == "adam" else torch.optim.SGD
+    optimizer(params, lr=src["lr"]).step()
 
     # Back to charrnn's layouts: W_xh = weight_ih^T, W_hh = weight_hh^T, W_hq = weight^T.
     layout = [lambda t: t.T, lambda t: t.T, lambda t: t, lambda t: t.T, lambda t: t]
