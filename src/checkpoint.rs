@@ -35,6 +35,19 @@ pub struct CorpusInfo {
     pub chars: usize,
 }
 
+/// Validation of a saved model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ValidationInfo {
+    /// Fraction of the corpus held out (its end).
+    pub frac: f64,
+    /// Characters held out.
+    pub chars: usize,
+    /// This model's perplexity on them.
+    pub perplexity: f64,
+    /// The epoch whose parameters these are.
+    pub epoch: usize,
+}
+
 /// Contents of `model.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelFile {
@@ -56,6 +69,9 @@ pub struct ModelFile {
     pub epoch: usize,
     /// Training perplexity of the last epoch (absent if it was not finite).
     pub perplexity: Option<f64>,
+    /// The held-out text and how this model scores on it, when training validated.
+    #[serde(default)]
+    pub validation: Option<ValidationInfo>,
     /// Device it was trained on.
     pub device: String,
     /// Weights file name, in the same folder.
@@ -233,6 +249,7 @@ mod tests {
             corpus: CorpusInfo { path: "x.txt".into(), options: CorpusOptions::default(), chars: 4 },
             epoch,
             perplexity: Some(3.5),
+            validation: None,
             device: "cpu".into(),
             weights: String::new(),
             weights_bytes: 0,

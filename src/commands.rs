@@ -1,5 +1,5 @@
 //! The `train`, `predict` and `eval` jobs as library calls: read files, build or load the model, run, save.
-use crate::checkpoint::{self, CorpusInfo, LoadedModel, ModelFile};
+use crate::checkpoint::{self, CorpusInfo, LoadedModel, ModelFile, ValidationInfo};
 use crate::corpus::{read_corpus, CorpusOptions, Vocabulary};
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
@@ -36,11 +36,16 @@ pub struct TrainOutcome {
     pub epochs: usize,
     /// Training perplexity of the last epoch.
     pub perplexity: f64,
+    /// With validation: the epoch kept as the model (the last epoch's model is in `<out>/last`).
+    pub best_epoch: Option<usize>,
     /// Device used.
     pub device: String,
     /// Problems that did not stop the run (the model is saved), for the user to see.
     pub warnings: Vec<String>,
 }
+
+/// Subfolder of a model folder holding the last epoch's model when validation chose another epoch.
+pub const LAST_DIR: &str = "last";
 
 /// The default model folder for a corpus: `runs/<file stem>`.
 pub fn default_out(corpus: &Path) -> PathBuf {
@@ -80,9 +85,16 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     if out.exists() && !out.is_dir() {
         return Err(Error::config("--out", format!("{} exists and is not a folder", out.display())));
     }
+    let val_frac = config.resolved_val_frac(ids.len());
+    config.val_frac = Some(val_frac);
+    let n_val = (ids.len() as f64 * val_frac).round() as usize;
+    if val_frac > 0.0 && n_val < 2 {
+        return Err(Error::config("--val-frac", format!("{val_frac} of {} characters leaves fewer than 2 to validate on", ids.len())));
+    }
+    let (train_ids, val_ids) = ids.split_at(ids.len() - n_val);
     let model = RnnModel::new(config.model_config(vocab.len()), config.seed, device)?;
-    let summary = train(&model, &vocab, &ids, &config, observer)?;
-    let file = ModelFile {
+    let summary = train(&model, &vocab, train_ids, val_ids, &config, observer)?;
+    let mut file = ModelFile {
         format: checkpoint::FORMAT.into(),
         version: checkpoint::VERSION,
         charrnn_version: env!("CARGO_PKG_VERSION").into(),
@@ -96,16 +108,29 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
         },
         epoch: summary.epochs,
         perplexity: Some(summary.perplexity).filter(|p| p.is_finite()),
+        validation: None,
         device: device_name(device),
         weights: String::new(),
         weights_bytes: 0,
     };
+    let mut best_epoch = None;
+    if let (Some(last_val), Some(best)) = (summary.val_perplexity, summary.best) {
+        // The last epoch's model goes to <out>/last; the best by validation becomes the model itself.
+        let validation = |perplexity, epoch| Some(ValidationInfo { frac: val_frac, chars: n_val, perplexity, epoch });
+        file.validation = validation(last_val, summary.epochs);
+        checkpoint::save(&out.join(LAST_DIR), &model, file.clone())?;
+        model.set_parameters(&best.params)?;
+        file.validation = validation(best.val_perplexity, best.epoch);
+        file.epoch = best.epoch;
+        file.perplexity = Some(best.perplexity).filter(|p| p.is_finite());
+        best_epoch = Some(best.epoch);
+    }
     checkpoint::save(&out, &model, file)?;
     let mut warnings = Vec::new();
     if let Err(e) = checkpoint::record_last_model(&out) {
         warnings.push(format!("could not record {} as the last model ({e}); pass --model to predict and eval", out.display()));
     }
-    Ok(TrainOutcome { out, epochs: summary.epochs, perplexity: summary.perplexity, device: device_name(device), warnings })
+    Ok(TrainOutcome { out, epochs: summary.epochs, perplexity: summary.perplexity, best_epoch, device: device_name(device), warnings })
 }
 
 /// Loads the model of `--model` (or the last one trained here) onto `device`.

@@ -131,6 +131,10 @@ struct TrainArgs {
     /// has them, else its first character].
     #[arg(long = "prefix", value_name = "P")]
     prefixes: Vec<String>,
+    /// Hold out this fraction of the corpus (its end) for validation; the best epoch by validation
+    /// perplexity is kept [default: 0.1 from 20,000 characters on, else 0].
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    val_frac: Option<f64>,
     /// Epochs between reports.
     #[arg(long, default_value_t = 50)]
     pred_period: usize,
@@ -220,6 +224,7 @@ impl TrainArgs {
                 sampling,
                 seed: self.seed,
                 prefixes: self.prefixes,
+                val_frac: self.val_frac,
                 pred_period: self.pred_period,
                 pred_len: self.pred_len,
             },
@@ -282,7 +287,8 @@ impl TrainObserver for Reporter {
 
     fn epoch(&mut self, r: &EpochReport) {
         if let Some(samples) = &r.samples {
-            let mut text = format!("epoch {}, perplexity {:.6}, time {:.2} sec\n", r.epoch, r.perplexity, r.seconds);
+            let val = r.val_perplexity.map(|v| format!(", val perplexity {v:.6}")).unwrap_or_default();
+            let mut text = format!("epoch {}, perplexity {:.6}{val}, time {:.2} sec\n", r.epoch, r.perplexity, r.seconds);
             for s in samples {
                 text.push_str(&format!(" - {s}\n"));
             }
@@ -304,6 +310,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
+    }
+    if let Some(best) = outcome.best_epoch.filter(|&b| b != outcome.epochs) {
+        eprintln!("kept epoch {best}, the best by validation perplexity; the last epoch's model is in {}", outcome.out.join(charrnn::LAST_DIR).display());
     }
     eprintln!(
         "saved model to {} ({} epochs on {}, perplexity {:.6})",

@@ -259,6 +259,18 @@ impl RnnModel {
         &self.params[self.params.len() - 1]
     }
 
+    /// Replaces the parameter values with `values` (in [`ModelConfig::param_specs`] order, same shapes).
+    pub fn set_parameters(&self, values: &[Tensor]) -> Result<()> {
+        if values.len() != self.params.len() {
+            return Err(Error::config("model", format!("{} values for {} parameters", values.len(), self.params.len())));
+        }
+        let _guard = tch::no_grad_guard();
+        for (p, v) in self.params.iter().zip(values) {
+            p.shallow_clone().f_copy_(v)?;
+        }
+        Ok(())
+    }
+
     /// Replaces the parameter values with those of a safetensors file, checking names and shapes.
     pub fn load_weights(&mut self, path: &Path) -> Result<()> {
         let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)

@@ -2,7 +2,7 @@
 use crate::batches::Sampling;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
-use crate::metrics::perplexity;
+use crate::metrics::{evaluate, perplexity};
 use crate::model::{cross_entropy, step_major, Cell, ModelConfig, RnnModel, State};
 use crate::predict::predict;
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
@@ -49,6 +49,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Prefixes to predict from every `pred_period` epochs.
     pub prefixes: Vec<String>,
+    /// Fraction of the corpus (its end) held out for validation; `None` means 0.1 for corpora of at least
+    /// 20,000 characters, else 0 (see [`TrainConfig::resolved_val_frac`]).
+    #[serde(default)]
+    pub val_frac: Option<f64>,
     /// Epochs between progress reports with predictions.
     pub pred_period: usize,
     /// Characters generated per prediction in those reports.
@@ -73,6 +77,7 @@ impl Default for TrainConfig {
             sampling: Sampling::Random,
             seed: 0,
             prefixes: vec!["分开".into(), "不分开".into()],
+            val_frac: None,
             pred_period: 50,
             pred_len: 50,
         }
@@ -84,6 +89,12 @@ fn one() -> usize {
 }
 
 impl TrainConfig {
+    /// The validation fraction for a corpus of `chars` characters: the configured one, else 0.1 from 20,000
+    /// characters on and 0 below.
+    pub fn resolved_val_frac(&self, chars: usize) -> f64 {
+        self.val_frac.unwrap_or(if chars >= 20_000 { 0.1 } else { 0.0 })
+    }
+
     /// The network these settings describe, over `vocab_size` characters.
     pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
         let (hidden, cell, layers, embed, dropout) = (self.hidden, self.cell, self.layers, self.embed, self.dropout);
@@ -94,6 +105,11 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.model_config(1).validate()?;
         self.lr_decay.validate()?;
+        if let Some(f) = self.val_frac {
+            if !(0.0..1.0).contains(&f) {
+                return Err(Error::config("--val-frac", format!("must be at least 0 and below 1, got {f}")));
+            }
+        }
         let positive = [
             ("--hidden", self.hidden),
             ("--steps", self.steps),
@@ -160,6 +176,8 @@ pub struct EpochReport {
     pub perplexity: f64,
     /// Wall time of the epoch's training (not its predictions), in seconds.
     pub seconds: f64,
+    /// Perplexity on the held-out text, read as [`crate::evaluate`] does; `None` without validation.
+    pub val_perplexity: Option<f64>,
     /// Every `pred_period` epochs: one greedy prediction per configured prefix (prefix included).
     pub samples: Option<Vec<String>>,
 }
@@ -214,12 +232,29 @@ pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &S
 }
 
 /// The outcome of a training run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TrainSummary {
     /// Epochs run.
     pub epochs: usize,
     /// Training perplexity of the last epoch.
     pub perplexity: f64,
+    /// Validation perplexity of the last epoch, with validation.
+    pub val_perplexity: Option<f64>,
+    /// With validation: the epoch of lowest validation perplexity.
+    pub best: Option<BestEpoch>,
+}
+
+/// The epoch with the lowest validation perplexity so far.
+#[derive(Debug)]
+pub struct BestEpoch {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// Its training perplexity.
+    pub perplexity: f64,
+    /// Its validation perplexity.
+    pub val_perplexity: f64,
+    /// A copy of the parameters after it, in [`crate::ModelConfig::param_specs`] order.
+    pub params: Vec<Tensor>,
 }
 
 /// Trains `model` on `corpus` (character indices of `vocab`) as the textbook does.
@@ -227,7 +262,10 @@ pub struct TrainSummary {
 /// Random sampling starts every minibatch from a zero state; consecutive sampling starts each epoch from a
 /// zero state and carries it across minibatches, detached. The loop reads nothing back from the device
 /// except once per epoch (the epoch's perplexity) and what the observer asks for.
-pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &TrainConfig, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
+///
+/// `val` (possibly empty) is held-out text, evaluated after every epoch; the best epoch's parameters are
+/// kept in the summary.
+pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], config: &TrainConfig, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
     config.validate()?;
     config.sampling.check_fits(corpus.len(), config.batch, config.steps)?;
     for p in &config.prefixes {
@@ -239,6 +277,9 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &Trai
     let device = model.device();
     let mut optimizer = Optimizer::new(config.optimizer, model, config.lr)?;
     let mut last = f64::NAN;
+    let mut last_val = None;
+    let mut best: Option<BestEpoch> = None;
+    let context = config.eval_context(corpus.len());
     for epoch in 1..=config.epochs {
         let start = Instant::now();
         optimizer.set_lr(config.lr_decay.lr_at(config.lr, epoch));
@@ -257,17 +298,25 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &Trai
             observer.minibatch(&Progress { epoch, epochs: config.epochs, batch: i + 1, batches, loss_sum: &loss_sum });
         }
         last = perplexity(loss_sum.double_value(&[]) / batches as f64);
-        // Like the textbook, the reported time is the epoch's training, without the predictions.
+        // Like the textbook, the reported time is the epoch's training, without validation and predictions.
         let seconds = start.elapsed().as_secs_f64();
+        if val.len() >= 2 {
+            let vp = evaluate(model, val, context)?.perplexity();
+            if best.as_ref().is_none_or(|b| vp < b.val_perplexity) {
+                let params = model.parameters().iter().map(|p| p.detach().copy()).collect();
+                best = Some(BestEpoch { epoch, perplexity: last, val_perplexity: vp, params });
+            }
+            last_val = Some(vp);
+        }
         let samples = if epoch % config.pred_period == 0 {
             let s: Result<Vec<String>> = config.prefixes.iter().map(|p| predict(model, vocab, p, config.pred_len)).collect();
             Some(s?)
         } else {
             None
         };
-        observer.epoch(&EpochReport { epoch, perplexity: last, seconds, samples });
+        observer.epoch(&EpochReport { epoch, perplexity: last, val_perplexity: last_val, seconds, samples });
     }
-    Ok(TrainSummary { epochs: config.epochs, perplexity: last })
+    Ok(TrainSummary { epochs: config.epochs, perplexity: last, val_perplexity: last_val, best })
 }
 
 #[cfg(test)]
@@ -348,6 +397,45 @@ mod tests {
     }
 
     #[test]
+    fn validation_defaults_to_a_tenth_of_large_corpora() {
+        let auto = TrainConfig::default();
+        assert_eq!(auto.resolved_val_frac(19_999), 0.0);
+        assert_eq!(auto.resolved_val_frac(20_000), 0.1);
+        let set = TrainConfig { val_frac: Some(0.25), ..Default::default() };
+        assert_eq!(set.resolved_val_frac(100), 0.25);
+        assert!(TrainConfig { val_frac: Some(1.0), ..Default::default() }.validate().unwrap_err().to_string().contains("--val-frac"));
+    }
+
+    #[test]
+    fn validation_is_reported_each_epoch_and_the_best_epoch_kept() {
+        struct Record(Vec<f64>);
+        impl TrainObserver for Record {
+            fn epoch(&mut self, r: &EpochReport) {
+                self.0.push(r.val_perplexity.expect("validation every epoch"));
+            }
+        }
+        let text = "abcabcabdabcabcabd".repeat(20);
+        let vocab = Vocabulary::from_text(&text);
+        let ids = vocab.encode(&text, "t").unwrap();
+        let (train_ids, val_ids) = ids.split_at(300);
+        let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
+        let config = TrainConfig {
+            hidden: 16, steps: 6, batch: 4, lr: 1.0, clip: 1.0, epochs: 8,
+            prefixes: vec!["ab".into()], pred_period: 4, pred_len: 3, ..Default::default()
+        };
+        let mut rec = Record(Vec::new());
+        let summary = train(&model, &vocab, train_ids, val_ids, &config, &mut rec).unwrap();
+        let best = summary.best.expect("a best epoch");
+        let argmin = rec.0.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 + 1;
+        assert_eq!(best.epoch, argmin);
+        assert_eq!(best.val_perplexity, rec.0[argmin - 1]);
+        // The kept parameters score the kept perplexity.
+        let kept = RnnModel::from_tensors(model.config(), best.params, Device::Cpu).unwrap();
+        let again = evaluate(&kept, val_ids, config.eval_context(train_ids.len())).unwrap().perplexity();
+        assert!((again - best.val_perplexity).abs() < 1e-9 * again, "{again} vs {}", best.val_perplexity);
+    }
+
+    #[test]
     fn invalid_hyperparameters_are_named() {
         let bad = TrainConfig { lr: -1.0, ..Default::default() };
         assert!(bad.validate().unwrap_err().to_string().contains("--lr"));
@@ -377,7 +465,7 @@ mod tests {
             prefixes: vec!["ab".into()], pred_period: 10, pred_len: 5, ..Default::default()
         };
         let mut rec = Record(Vec::new(), 0);
-        let summary = train(&model, &vocab, &ids, &config, &mut rec).unwrap();
+        let summary = train(&model, &vocab, &ids, &[], &config, &mut rec).unwrap();
         assert_eq!(rec.0.len(), 30);
         assert_eq!(rec.1, 30 * Sampling::Random.batches_per_epoch(ids.len(), 4, 6));
         assert!(rec.0[0].perplexity > 3.0 && summary.perplexity < 2.0, "{} -> {}", rec.0[0].perplexity, summary.perplexity);

@@ -207,7 +207,7 @@ fn bad_corpora_fail_cleanly_and_write_nothing() {
 #[test]
 fn bad_hyperparameters_fail_cleanly() {
     let env = Env::new();
-    for (flag, value) in [("--lr-decay", "0"), ("--lr-decay", "1.5"), ("--lr-decay-every", "0"), ("--layers", "0"), ("--dropout", "1"), ("--dropout", "-0.2"), ("--hidden", "0"), ("--steps", "0"), ("--batch", "0"), ("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"), ("--clip", "-0.5"), ("--pred-period", "0"), ("--threads", "0")] {
+    for (flag, value) in [("--val-frac", "1"), ("--val-frac", "-0.1"), ("--val-frac", "0.0001"), ("--lr-decay", "0"), ("--lr-decay", "1.5"), ("--lr-decay-every", "0"), ("--layers", "0"), ("--dropout", "1"), ("--dropout", "-0.2"), ("--hidden", "0"), ("--steps", "0"), ("--batch", "0"), ("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"), ("--clip", "-0.5"), ("--pred-period", "0"), ("--threads", "0")] {
         env.fails(&["train", "--corpus", "lyrics.txt", flag, value], flag);
     }
     // clap rejects non-numbers and unknown choices itself (exit 2, usage on stderr).
@@ -339,6 +339,35 @@ fn adam_has_its_own_default_rate_and_decay_is_recorded() {
     assert_eq!(json["train"]["lr"], 0.002);
     assert_eq!(json["train"]["lr_decay"]["factor"], 0.5);
     assert_eq!(json["train"]["lr_decay"]["every"], 2);
+}
+
+#[test]
+fn validation_keeps_the_best_epoch_and_the_last_one_apart() {
+    let env = Env::new();
+    let r = env.train(&["--val-frac", "0.2", "--pred-period", "1", "--epochs", "12", "--lr", "3", "--out", "v"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let vals: Vec<f64> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("epoch "))
+        .map(|l| {
+            let rest = l.split(", val perplexity ").nth(1).unwrap_or_else(|| panic!("no validation in {l:?}"));
+            rest.split(',').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(vals.len(), 12);
+    let best = vals.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 + 1;
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("v/model.json")).unwrap()).unwrap();
+    assert_eq!(json["validation"]["epoch"], best);
+    assert_eq!(json["epoch"], best);
+    let held_out = ((LYRICS.chars().count() * 6) as f64 * 0.2).round() as u64;
+    assert_eq!(json["validation"]["chars"].as_u64().unwrap(), held_out);
+    let last: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("v/last/model.json")).unwrap()).unwrap();
+    assert_eq!(last["epoch"], 12);
+    assert_eq!(last["validation"]["epoch"], 12);
+    for model in ["v", "v/last"] {
+        assert_eq!(env.run(&["predict", "--model", model, "--prefix", "分开", "--num-chars", "4"]).code, 0);
+    }
 }
 
 #[test]
