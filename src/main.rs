@@ -1,6 +1,6 @@
 //! The `charrnn` command: parses arguments, calls the library, renders progress and maps errors to exit codes.
 use anyhow::Context;
-use charrnn::{Cell, CorpusOptions, LrDecay, OptimizerKind, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
+use charrnn::{Backend, Cell, CorpusOptions, LrDecay, OptimizerKind, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -31,6 +31,7 @@ enum Command {
   charrnn train --corpus lyrics.txt --sampling consecutive --epochs 100 --prefix 分开 --prefix 不分开
   charrnn train --corpus lyrics.txt --cell lstm --layers 2 --embed 64 --dropout 0.2 --hidden 128
   charrnn train --corpus lyrics.txt --cell gru --optimizer adam --lr-decay 0.5 --lr-decay-every 10
+  charrnn train --corpus lyrics.txt --cell lstm --backend fused --val-frac 0.1
   charrnn train --corpus notes.txt --keep-newlines --hidden 128 --out runs/notes --device cpu --threads 2")]
     Train(TrainArgs),
     /// Generate text greedily after a prefix.
@@ -54,6 +55,12 @@ enum CellArg {
     Rnn,
     Gru,
     Lstm,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Scratch,
+    Fused,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,6 +98,10 @@ struct TrainArgs {
     /// Dropout probability between layers and before the output layer (training only).
     #[arg(long, default_value_t = 0.0, value_name = "P", allow_negative_numbers = true)]
     dropout: f64,
+    /// Recurrence: scratch (the cells written out, step by step) or fused (libtorch's RNN/GRU/LSTM kernels;
+    /// cuDNN on a GPU). Same parameters, same results.
+    #[arg(long, value_enum, default_value = "scratch")]
+    backend: BackendArg,
     /// Time steps per sequence (BPTT length).
     #[arg(long, default_value_t = 35)]
     steps: usize,
@@ -214,6 +225,10 @@ impl TrainArgs {
                 layers: self.layers,
                 embed: self.embed,
                 dropout: self.dropout,
+                backend: match self.backend {
+                    BackendArg::Scratch => Backend::Scratch,
+                    BackendArg::Fused => Backend::Fused,
+                },
                 steps: self.steps,
                 batch: self.batch,
                 optimizer,

@@ -47,6 +47,17 @@ fn one() -> usize {
     1
 }
 
+/// How the recurrence is computed; both give the same function of the same parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The cells written out in tensor operations, one time step at a time ([`Cell`]'s equations).
+    #[default]
+    Scratch,
+    /// libtorch's fused multi-layer RNN/GRU/LSTM kernels (cuDNN on a GPU, its CPU kernels otherwise).
+    Fused,
+}
+
 /// Shape of the network; saved with the model. Fields added after the first release default so that
 /// older models still load (as a one-layer, one-hot rnn).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -67,6 +78,9 @@ pub struct ModelConfig {
     /// Dropout probability between layers and before the output layer, in training only.
     #[serde(default)]
     pub dropout: f64,
+    /// How the recurrence is computed (the parameters are the same either way).
+    #[serde(default)]
+    pub backend: Backend,
 }
 
 /// Index of each per-layer parameter within its layer's block of [`ModelConfig::param_specs`].
@@ -78,7 +92,7 @@ const B_HN: usize = 3;
 impl ModelConfig {
     /// A textbook RNN (one layer, one-hot input, no dropout) of `hidden` units over `vocab_size` characters.
     pub fn rnn(vocab_size: usize, hidden: usize) -> Self {
-        ModelConfig { vocab_size, hidden, cell: Cell::Rnn, layers: 1, embed: 0, dropout: 0.0 }
+        ModelConfig { vocab_size, hidden, cell: Cell::Rnn, layers: 1, embed: 0, dropout: 0.0, backend: Backend::Scratch }
     }
 
     /// Checks the shape is usable.
@@ -335,9 +349,28 @@ impl RnnModel {
         let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
         let ids = inputs.transpose(0, 1).reshape([-1]);
         // [steps * batch, I]: one-hot rows (the textbook's X) or embedding rows.
-        let mut xs = if c.embed > 0 { self.params[0].index_select(0, &ids) } else { one_hot(&ids, c.vocab_size) };
+        let xs = if c.embed > 0 { self.params[0].index_select(0, &ids) } else { one_hot(&ids, c.vocab_size) };
+        let (mut hs, state) = match c.backend {
+            Backend::Scratch => self.recur_scratch(xs, steps, batch, state, train),
+            Backend::Fused => self.recur_fused(xs, steps, batch, state, train),
+        };
+        if c.dropout > 0.0 {
+            // Before the output layer (between layers it is applied by the recurrence).
+            hs = hs.dropout(c.dropout, train);
+        }
+        let logits = hs.mm(self.output_weight()) + self.output_bias();
+        (logits, state)
+    }
+
+    /// The layers written out: a loop over time per layer, each step [`RnnModel::cell_step`].
+    /// `xs`: `[steps * batch, I]`; returns the top layer's states `[steps * batch, H]` and the final state.
+    fn recur_scratch(&self, mut xs: Tensor, steps: i64, batch: i64, state: &State, train: bool) -> (Tensor, State) {
+        let c = &self.config;
         let (mut hs_end, mut cs_end) = (Vec::with_capacity(c.layers), Vec::new());
         for l in 0..c.layers {
+            if l > 0 && c.dropout > 0.0 {
+                xs = xs.dropout(c.dropout, train);
+            }
             let xw = (xs.mm(self.layer_param(l, W_XH)) + self.layer_param(l, B_H)).view([steps, batch, -1]);
             let mut h = state.h.get(l as i64);
             let mut cell = state.c.as_ref().map(|c| c.get(l as i64));
@@ -347,16 +380,46 @@ impl RnnModel {
                 outs.push(h.shallow_clone());
             }
             xs = Tensor::stack(&outs, 0).view([steps * batch, c.hidden as i64]);
-            if c.dropout > 0.0 {
-                // Between layers and before the output layer.
-                xs = xs.dropout(c.dropout, train);
-            }
             hs_end.push(h);
             cs_end.extend(cell);
         }
-        let logits = xs.mm(self.output_weight()) + self.output_bias();
-        let state = State { h: Tensor::stack(&hs_end, 0), c: (!cs_end.is_empty()).then(|| Tensor::stack(&cs_end, 0)) };
-        (logits, state)
+        (xs, State { h: Tensor::stack(&hs_end, 0), c: (!cs_end.is_empty()).then(|| Tensor::stack(&cs_end, 0)) })
+    }
+
+    /// The same layers through libtorch's multi-layer kernels (`at::rnn_tanh`, `at::gru`, `at::lstm`:
+    /// cuDNN on a GPU), fed this model's own parameters in their layout (`weight_ih = W_xh^T`,
+    /// `weight_hh = W_hh^T`, `bias_ih = b_h`, `bias_hh = 0`, or `[0, 0, b_hn]` for a GRU).
+    fn recur_fused(&self, xs: Tensor, steps: i64, batch: i64, state: &State, train: bool) -> (Tensor, State) {
+        let c = &self.config;
+        let h = c.hidden as i64;
+        let mut flat = Vec::with_capacity(4 * c.layers);
+        for l in 0..c.layers {
+            let b_h = self.layer_param(l, B_H);
+            let b_hh = match c.cell {
+                Cell::Gru => Tensor::cat(&[&b_h.zeros_like().narrow(0, 0, 2 * h), self.layer_param(l, B_HN)], 0),
+                _ => b_h.zeros_like(),
+            };
+            flat.extend([self.layer_param(l, W_XH).tr().contiguous(), self.layer_param(l, W_HH).tr().contiguous(), b_h.shallow_clone(), b_hh]);
+        }
+        let input = xs.view([steps, batch, -1]);
+        let (layers, p) = (c.layers as i64, c.dropout);
+        let (out, state) = match c.cell {
+            Cell::Rnn => {
+                let (out, h_n) = input.rnn_tanh(&state.h, &flat, true, layers, p, train, false, false);
+                (out, State { h: h_n, c: None })
+            }
+            Cell::Gru => {
+                let (out, h_n) = input.gru(&state.h, &flat, true, layers, p, train, false, false);
+                (out, State { h: h_n, c: None })
+            }
+            Cell::Lstm => {
+                let c0 = state.c.as_ref().expect("an LSTM state has a memory cell");
+                let flat: Vec<&Tensor> = flat.iter().collect();
+                let (out, h_n, c_n) = input.lstm(&[&state.h, c0], &flat, true, layers, p, train, false, false);
+                (out, State { h: h_n, c: Some(c_n) })
+            }
+        };
+        (out.view([steps * batch, h]), state)
     }
 }
 
@@ -481,6 +544,40 @@ mod tests {
         assert!(eval_a.equal(&eval_b), "no dropout at evaluation");
         let (train, _) = m.forward(&inputs, &s, true);
         assert!(!train.allclose(&eval_a, 1e-6, 1e-7, false), "dropout in training");
+    }
+
+    #[test]
+    fn fused_and_scratch_backends_agree_on_outputs_and_gradients() {
+        for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+            for (layers, embed) in [(1, 0), (2, 3)] {
+                let scratch_config = ModelConfig { cell, layers, embed, ..ModelConfig::rnn(7, 6) };
+                let scratch = RnnModel::new(scratch_config, 3, Device::Cpu).unwrap();
+                // Weights and biases large enough for the gates and b_hn to matter.
+                let values: Vec<Tensor> = scratch.parameters().iter().map(|p| p.detach() * 40.0 + 0.05).collect();
+                scratch.set_parameters(&values).unwrap();
+                let fused_config = ModelConfig { backend: Backend::Fused, ..scratch_config };
+                let fused = RnnModel::from_tensors(fused_config, values, Device::Cpu).unwrap();
+                let inputs = Tensor::from_slice(&[1i64, 2, 3, 4, 0, 6, 5, 5, 2, 2, 1, 0]).view([3, 4]);
+                let targets = (&inputs + 1).remainder(7);
+                let mut state = scratch.begin_state(3);
+                state.h = Tensor::randn(state.h.size(), (Kind::Float, Device::Cpu)) * 0.5;
+                if let Some(c) = &mut state.c {
+                    *c = Tensor::randn(c.size(), (Kind::Float, Device::Cpu)) * 0.5;
+                }
+                let mut ends = Vec::new();
+                for m in [&scratch, &fused] {
+                    let (logits, end) = m.forward(&inputs, &state, true);
+                    cross_entropy(&logits, &step_major(&targets)).backward();
+                    ends.push((logits, end));
+                }
+                let what = format!("{cell:?}, {layers} layers, embed {embed}");
+                assert!(ends[0].0.allclose(&ends[1].0, 1e-5, 1e-5, false), "{what}: logits");
+                assert!(ends[0].1.h.allclose(&ends[1].1.h, 1e-5, 1e-5, false), "{what}: final h");
+                for ((name, a), b) in scratch.named_parameters().into_iter().zip(fused.parameters()) {
+                    assert!(a.grad().allclose(&b.grad(), 1e-4, 1e-5, false), "{what}: gradient of {name}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@ use crate::batches::Sampling;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, perplexity};
-use crate::model::{cross_entropy, step_major, Cell, ModelConfig, RnnModel, State};
+use crate::model::{cross_entropy, step_major, Backend, Cell, ModelConfig, RnnModel, State};
 use crate::predict::predict;
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::rng::{Rng, Stream};
@@ -27,6 +27,9 @@ pub struct TrainConfig {
     /// Dropout between layers and before the output layer (training only).
     #[serde(default)]
     pub dropout: f64,
+    /// How the recurrence is computed.
+    #[serde(default)]
+    pub backend: Backend,
     /// Time steps per sequence (BPTT length).
     pub steps: usize,
     /// Sequences per minibatch.
@@ -67,6 +70,7 @@ impl Default for TrainConfig {
             layers: 1,
             embed: 0,
             dropout: 0.0,
+            backend: Backend::Scratch,
             steps: 35,
             batch: 32,
             optimizer: OptimizerKind::Sgd,
@@ -97,8 +101,8 @@ impl TrainConfig {
 
     /// The network these settings describe, over `vocab_size` characters.
     pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
-        let (hidden, cell, layers, embed, dropout) = (self.hidden, self.cell, self.layers, self.embed, self.dropout);
-        ModelConfig { vocab_size, hidden, cell, layers, embed, dropout }
+        let (hidden, cell, layers, embed, dropout, backend) = (self.hidden, self.cell, self.layers, self.embed, self.dropout, self.backend);
+        ModelConfig { vocab_size, hidden, cell, layers, embed, dropout, backend }
     }
 
     /// Checks every value is in range (positive sizes, finite positive rates).

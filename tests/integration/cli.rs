@@ -371,6 +371,25 @@ fn validation_keeps_the_best_epoch_and_the_last_one_apart() {
 }
 
 #[test]
+fn fused_backend_trains_the_same_model() {
+    let env = Env::new();
+    let perplexities = |backend: &str| -> Vec<f64> {
+        let r = env.train(&["--cell", "gru", "--backend", backend, "--out", backend, "--epochs", "4", "--pred-period", "1"]);
+        assert_eq!(r.code, 0, "{backend}: {}", r.stderr);
+        r.stdout.lines().filter_map(|l| l.split(", perplexity ").nth(1)).map(|p| p.split(',').next().unwrap().parse().unwrap()).collect()
+    };
+    let (scratch, fused) = (perplexities("scratch"), perplexities("fused"));
+    assert_eq!(scratch.len(), 4);
+    for (a, b) in scratch.iter().zip(&fused) {
+        assert!((a - b).abs() < 1e-4 * a, "{scratch:?} vs {fused:?}");
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("fused/model.json")).unwrap()).unwrap();
+    assert_eq!(json["model"]["backend"], "fused");
+    let predict = |m: &str| env.run(&["predict", "--model", m, "--prefix", "分开", "--num-chars", "10"]).stdout;
+    assert_eq!(predict("fused"), predict("scratch"));
+}
+
+#[test]
 fn models_from_before_cells_still_load() {
     let env = Env::new();
     assert_eq!(env.train(&["--epochs", "1", "--out", "m"]).code, 0);
