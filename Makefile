@@ -1,7 +1,7 @@
 # Every target does its own set-up (scripts/setup.sh is idempotent), so each works on a fresh checkout.
 CHARRNN := ./target/release/charrnn
 
-.PHONY: setup build demo test bench curves
+.PHONY: setup build demo test bench curves cells
 
 setup:
 	bash scripts/setup.sh
@@ -27,3 +27,6 @@ bench: setup
 
 curves: setup
 	bash benches/compare_curves.sh
+
+cells: setup
+	bash benches/compare_cells.sh

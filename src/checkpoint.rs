@@ -236,8 +236,11 @@ mod tests {
     use crate::batches::Sampling;
 
     fn sample(epoch: usize) -> (RnnModel, ModelFile) {
+        sample_of(epoch, ModelConfig::rnn(4, 6))
+    }
+
+    fn sample_of(epoch: usize, config: ModelConfig) -> (RnnModel, ModelFile) {
         let vocab = Vocabulary::from_text("分开了吗");
-        let config = ModelConfig::rnn(vocab.len(), 6);
         let model = RnnModel::new(config, epoch as u64, Device::Cpu).unwrap();
         let file = ModelFile {
             format: FORMAT.into(),
@@ -269,6 +272,28 @@ mod tests {
         assert_eq!(loaded.vocab.chars(), &['了', '分', '吗', '开']);
         assert_eq!(loaded.file.train, file.train);
         assert_eq!(loaded.file.epoch, 1);
+    }
+
+    #[test]
+    fn every_cell_and_backend_round_trips() {
+        use crate::model::{Backend, Cell, Init};
+        for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+            for backend in [Backend::Scratch, Backend::Fused] {
+                let config = ModelConfig { cell, backend, layers: 2, embed: 3, dropout: 0.1, init: Init::Uniform, ..ModelConfig::rnn(4, 6) };
+                let dir = tempfile::tempdir().unwrap();
+                let (model, file) = sample_of(1, config);
+                save(dir.path(), &model, file).unwrap();
+                let loaded = load(dir.path(), Device::Cpu).unwrap();
+                assert_eq!(loaded.model.config(), config);
+                for (a, b) in loaded.model.parameters().iter().zip(model.parameters()) {
+                    assert!(a.equal(b), "{cell:?} {backend:?}");
+                }
+                let x = Tensor::from_slice(&[0i64, 1, 2, 3]).view([2, 2]);
+                let (ya, _) = loaded.model.forward(&x, &loaded.model.begin_state(2), false);
+                let (yb, _) = model.forward(&x, &model.begin_state(2), false);
+                assert!(ya.equal(&yb), "{cell:?} {backend:?}");
+            }
+        }
     }
 
     #[test]

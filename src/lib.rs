@@ -35,7 +35,7 @@ pub use corpus::{read_corpus, CorpusOptions, Vocabulary};
 pub use device::{device_name, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
-pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, ModelConfig, RnnModel, State};
+pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, Init, ModelConfig, RnnModel, State};
 pub use predict::predict;
 pub use rng::{Rng, Stream};
 pub use optim::{sgd, LrDecay, Optimizer, OptimizerKind};

@@ -1,6 +1,6 @@
 //! The `charrnn` command: parses arguments, calls the library, renders progress and maps errors to exit codes.
 use anyhow::Context;
-use charrnn::{Backend, Cell, CorpusOptions, LrDecay, OptimizerKind, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
+use charrnn::{Backend, Cell, CorpusOptions, Init, LrDecay, OptimizerKind, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -58,6 +58,12 @@ enum CellArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum InitArg {
+    Normal,
+    Uniform,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
     Scratch,
     Fused,
@@ -98,6 +104,10 @@ struct TrainArgs {
     /// Dropout probability between layers and before the output layer (training only).
     #[arg(long, default_value_t = 0.0, value_name = "P", allow_negative_numbers = true)]
     dropout: f64,
+    /// Initialisation: normal (the textbook's N(0, 0.01) weights, zero biases) or uniform (PyTorch's
+    /// U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias) [default: normal with sgd, uniform with adam].
+    #[arg(long, value_enum)]
+    init: Option<InitArg>,
     /// Recurrence: scratch (the cells written out, step by step) or fused (libtorch's RNN/GRU/LSTM kernels;
     /// cuDNN on a GPU). Same parameters, same results.
     #[arg(long, value_enum, default_value = "scratch")]
@@ -225,6 +235,11 @@ impl TrainArgs {
                 layers: self.layers,
                 embed: self.embed,
                 dropout: self.dropout,
+                init: match self.init {
+                    Some(InitArg::Normal) => Init::Normal,
+                    Some(InitArg::Uniform) => Init::Uniform,
+                    None => optimizer.default_init(),
+                },
                 backend: match self.backend {
                     BackendArg::Scratch => Backend::Scratch,
                     BackendArg::Fused => Backend::Fused,

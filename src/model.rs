@@ -47,6 +47,17 @@ fn one() -> usize {
     1
 }
 
+/// How parameters start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// The textbook's: weights N(0, 0.01), biases 0.
+    #[default]
+    Normal,
+    /// PyTorch's default for its recurrent and linear layers: every weight and bias U(−1/√H, 1/√H).
+    Uniform,
+}
+
 /// How the recurrence is computed; both give the same function of the same parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,6 +92,9 @@ pub struct ModelConfig {
     /// How the recurrence is computed (the parameters are the same either way).
     #[serde(default)]
     pub backend: Backend,
+    /// How the parameters were initialised.
+    #[serde(default)]
+    pub init: Init,
 }
 
 /// Index of each per-layer parameter within its layer's block of [`ModelConfig::param_specs`].
@@ -92,7 +106,7 @@ const B_HN: usize = 3;
 impl ModelConfig {
     /// A textbook RNN (one layer, one-hot input, no dropout) of `hidden` units over `vocab_size` characters.
     pub fn rnn(vocab_size: usize, hidden: usize) -> Self {
-        ModelConfig { vocab_size, hidden, cell: Cell::Rnn, layers: 1, embed: 0, dropout: 0.0, backend: Backend::Scratch }
+        ModelConfig { vocab_size, hidden, cell: Cell::Rnn, layers: 1, embed: 0, dropout: 0.0, backend: Backend::Scratch, init: Init::Normal }
     }
 
     /// Checks the shape is usable.
@@ -184,25 +198,25 @@ impl RnnModel {
     pub fn new(config: ModelConfig, seed: u64, device: Device) -> Result<Self> {
         config.validate()?;
         let mut rng = Rng::for_stream(seed, Stream::Init);
+        let bound = 1.0 / (config.hidden as f64).sqrt();
         let mut init = |name: &str, shape: &[i64]| -> Result<Tensor> {
-            if name.starts_with('b') {
-                return Ok(Tensor::zeros(shape, (Kind::Float, Device::Cpu)));
-            }
             let n = shape.iter().product::<i64>() as usize;
             let mut values: Vec<f32> = Vec::new();
             // --hidden decides this size: running out of memory must be an error, not an abort.
             values.try_reserve_exact(n).map_err(|_| {
                 Error::config("--hidden", format!("a {shape:?} weight matrix does not fit in memory; use a smaller --hidden"))
             })?;
-            values.extend((0..n).map(|_| (rng.normal() * 0.01) as f32));
+            let mut draw = |f: &mut dyn FnMut(&mut Rng) -> f64| values.extend((0..n).map(|_| f(&mut rng) as f32));
+            match (name, config.init) {
+                // The embedding is a lookup table: N(0, 1), like torch.nn.Embedding.
+                ("E", _) => draw(&mut |r| r.normal()),
+                (_, Init::Normal) if name.starts_with('b') => draw(&mut |_| 0.0),
+                (_, Init::Normal) => draw(&mut |r| r.normal() * 0.01),
+                (_, Init::Uniform) => draw(&mut |r| (2.0 * r.uniform() - 1.0) * bound),
+            }
             Ok(Tensor::from_slice(&values).view(shape))
         };
         let params = config.param_specs().iter().map(|(name, shape)| init(name, shape)).collect::<Result<Vec<_>>>()?;
-        // The embedding is a lookup table, not a weight matrix: N(0, 1) like torch.nn.Embedding.
-        let params = match config.embed {
-            0 => params,
-            _ => std::iter::once(&params[0] * 100.0).chain(params.into_iter().skip(1)).collect(),
-        };
         Self::from_tensors(config, params, device)
     }
 
@@ -464,6 +478,16 @@ mod tests {
         let other = RnnModel::new(m.config(), 6, Device::Cpu).unwrap();
         assert!(again.parameters()[0].equal(p[0]));
         assert!(!other.parameters()[0].equal(p[0]));
+    }
+
+    #[test]
+    fn uniform_initialisation_fills_plus_minus_one_over_root_h() {
+        let m = RnnModel::new(ModelConfig { init: Init::Uniform, ..ModelConfig::rnn(50, 100) }, 1, Device::Cpu).unwrap();
+        for (name, p) in m.named_parameters() {
+            let (lo, hi) = (p.min().double_value(&[]), p.max().double_value(&[]));
+            assert!(lo >= -0.1 && hi <= 0.1, "{name}: [{lo}, {hi}]");
+            assert!(lo < -0.09 && hi > 0.09, "{name} should fill the range: [{lo}, {hi}]");
+        }
     }
 
     #[test]

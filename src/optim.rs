@@ -1,6 +1,6 @@
 //! Parameter updates: plain SGD (the textbook's) or Adam, and a step-wise learning-rate decay.
 use crate::error::{Error, Result};
-use crate::model::RnnModel;
+use crate::model::{Init, RnnModel};
 use tch::{nn, nn::OptimizerConfig, Tensor};
 
 /// Which update rule training uses.
@@ -16,6 +16,15 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
+    /// The initialisation used when none is given: the textbook's N(0, 0.01) with its SGD setting (lr 100,
+    /// clipping 0.01, tuned for it), PyTorch's uniform with Adam (measured better: see the README).
+    pub fn default_init(self) -> Init {
+        match self {
+            OptimizerKind::Sgd => Init::Normal,
+            OptimizerKind::Adam => Init::Uniform,
+        }
+    }
+
     /// The learning rate used when none is given: the textbook's 100 for SGD (on the mean loss, with
     /// clipping at 0.01), Adam's customary 0.002.
     pub fn default_lr(self) -> f64 {

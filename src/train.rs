@@ -3,7 +3,7 @@ use crate::batches::Sampling;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, perplexity};
-use crate::model::{cross_entropy, step_major, Backend, Cell, ModelConfig, RnnModel, State};
+use crate::model::{cross_entropy, step_major, Backend, Cell, Init, ModelConfig, RnnModel, State};
 use crate::predict::predict;
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::rng::{Rng, Stream};
@@ -30,6 +30,9 @@ pub struct TrainConfig {
     /// How the recurrence is computed.
     #[serde(default)]
     pub backend: Backend,
+    /// How the parameters start.
+    #[serde(default)]
+    pub init: Init,
     /// Time steps per sequence (BPTT length).
     pub steps: usize,
     /// Sequences per minibatch.
@@ -71,6 +74,7 @@ impl Default for TrainConfig {
             embed: 0,
             dropout: 0.0,
             backend: Backend::Scratch,
+            init: Init::Normal,
             steps: 35,
             batch: 32,
             optimizer: OptimizerKind::Sgd,
@@ -101,8 +105,9 @@ impl TrainConfig {
 
     /// The network these settings describe, over `vocab_size` characters.
     pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
-        let (hidden, cell, layers, embed, dropout, backend) = (self.hidden, self.cell, self.layers, self.embed, self.dropout, self.backend);
-        ModelConfig { vocab_size, hidden, cell, layers, embed, dropout, backend }
+        let (hidden, cell, layers, embed, dropout, backend, init) =
+            (self.hidden, self.cell, self.layers, self.embed, self.dropout, self.backend, self.init);
+        ModelConfig { vocab_size, hidden, cell, layers, embed, dropout, backend, init }
     }
 
     /// Checks every value is in range (positive sizes, finite positive rates).

@@ -339,6 +339,11 @@ fn adam_has_its_own_default_rate_and_decay_is_recorded() {
     assert_eq!(json["train"]["lr"], 0.002);
     assert_eq!(json["train"]["lr_decay"]["factor"], 0.5);
     assert_eq!(json["train"]["lr_decay"]["every"], 2);
+    assert_eq!(json["model"]["init"], "uniform", "adam defaults to PyTorch's initialisation");
+    let r = env.train(&["--epochs", "1", "--out", "s"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("s/model.json")).unwrap()).unwrap();
+    assert_eq!(json["model"]["init"], "normal", "sgd keeps the textbook's");
 }
 
 #[test]
