@@ -349,8 +349,23 @@ impl RnnModel {
     /// One step from the characters `x` (Int64 `[batch]`): for the one-layer rnn cell,
     /// `H = tanh(X W_xh + H W_hh + b_h)` and `Y = H W_hq + b_q` with X the one-hot rows of `x`.
     /// Returns `(y [batch, V], state)`. No dropout (this is for prediction).
+    ///
+    /// Computed with the written-out cells whatever the backend (the same function, fewer operations for a
+    /// single step: prediction runs one step per character).
     pub fn step(&self, x: &Tensor, state: &State) -> (Tensor, State) {
-        self.forward(&x.view([-1, 1]), state, false)
+        let c = &self.config;
+        let mut input = if c.embed > 0 { self.params[0].index_select(0, x) } else { one_hot(x, c.vocab_size) };
+        let (mut hs, mut cs) = (Vec::with_capacity(c.layers), Vec::new());
+        for l in 0..c.layers {
+            let xw = input.mm(self.layer_param(l, W_XH)) + self.layer_param(l, B_H);
+            let cell = state.c.as_ref().map(|c| c.get(l as i64));
+            let (h, cell) = self.cell_step(l, &xw, &state.h.get(l as i64), cell.as_ref());
+            input = h.shallow_clone();
+            hs.push(h);
+            cs.extend(cell);
+        }
+        let y = input.mm(self.output_weight()) + self.output_bias();
+        (y, State { h: Tensor::stack(&hs, 0), c: (!cs.is_empty()).then(|| Tensor::stack(&cs, 0)) })
     }
 
     /// Runs the network over a minibatch. Each layer's input projection is one matrix product over all
