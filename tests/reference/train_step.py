@@ -13,14 +13,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from refio import dump, tensor
 
 
-def tensor(d):
-    return torch.tensor(d["data"], dtype=torch.float64).reshape(d["shape"]).float()
-
-
-def dump(t):
-    return {"shape": list(t.shape), "data": t.detach().double().reshape(-1).tolist()}
 
 
 def main():
