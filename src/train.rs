@@ -224,7 +224,7 @@ pub fn clip_gradients(params: &[&Tensor], theta: f64) -> Tensor {
 
 /// One training step on a minibatch: forward, mean cross-entropy, backward, clip, update.
 ///
-/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: `[batch, H]` tensors. Returns the loss before the
+/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: `[layers, batch, H]` tensors. Returns the loss before the
 /// update (scalar Float, detached) and the final hidden state (still attached to this step's graph; pass it
 /// through [`carry_state`] before using it again). The clipped gradients stay in the parameters' `grad()`.
 pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, clip: f64, optimizer: &mut Optimizer) -> (Tensor, State) {
