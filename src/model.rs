@@ -246,11 +246,6 @@ impl RnnModel {
         Ok(RnnModel { config, vs, params: vars })
     }
 
-    /// The variable store holding the parameters (for optimizers).
-    pub fn var_store(&self) -> &nn::VarStore {
-        &self.vs
-    }
-
     /// The network's shape.
     pub fn config(&self) -> ModelConfig {
         self.config

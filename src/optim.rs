@@ -1,7 +1,8 @@
 //! Parameter updates: plain SGD (the textbook's) or Adam, and a step-wise learning-rate decay.
 use crate::error::{Error, Result};
 use crate::model::{Init, RnnModel};
-use tch::{nn, nn::OptimizerConfig, Tensor};
+use std::collections::HashMap;
+use tch::Tensor;
 
 /// Which update rule training uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -11,7 +12,7 @@ pub enum OptimizerKind {
     #[default]
     Sgd,
     /// Adam (Kingma and Ba, 2015) with its usual defaults: betas 0.9 and 0.999, eps 1e-8, no weight decay;
-    /// libtorch's implementation, the one `torch.optim.Adam` runs.
+    /// computed as `torch.optim.Adam` computes it.
     Adam,
 }
 
@@ -43,10 +44,24 @@ pub fn sgd(params: &[&Tensor], lr: f64) {
     }
 }
 
-/// An update rule bound to a model's parameters, with its state (Adam's moments).
+/// Adam's constants (PyTorch's defaults).
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+/// Adam's state: the number of updates made and, per parameter, the running means of the gradient (`m`)
+/// and of its square (`v`), each shaped like the parameter.
+struct AdamState {
+    step: u64,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+/// An update rule bound to a model's parameters, with its state (Adam's moments), which can be saved and
+/// restored so that a resumed run updates exactly as an uninterrupted one.
 pub struct Optimizer {
     lr: f64,
-    adam: Option<nn::Optimizer>,
+    adam: Option<AdamState>,
 }
 
 impl Optimizer {
@@ -54,7 +69,10 @@ impl Optimizer {
     pub fn new(kind: OptimizerKind, model: &RnnModel, lr: f64) -> Result<Self> {
         let adam = match kind {
             OptimizerKind::Sgd => None,
-            OptimizerKind::Adam => Some(nn::Adam::default().build(model.var_store(), lr).map_err(Error::from)?),
+            OptimizerKind::Adam => {
+                let zeros = || model.parameters().iter().map(|p| p.f_zeros_like()).collect::<std::result::Result<Vec<_>, _>>();
+                Some(AdamState { step: 0, m: zeros()?, v: zeros()? })
+            }
         };
         Ok(Optimizer { lr, adam })
     }
@@ -62,17 +80,64 @@ impl Optimizer {
     /// Changes the learning rate from the next step on.
     pub fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
-        if let Some(adam) = &mut self.adam {
-            adam.set_lr(lr);
-        }
     }
 
     /// Applies one update to `params` (the model's, whose gradients are already computed and clipped).
+    ///
+    /// Adam follows `torch.optim.Adam` (single-tensor form) operation for operation:
+    /// `m <- lerp(m, g, 1 - b1)`, `v <- b2 v + (1 - b2) g^2`, `p <- p - lr / (1 - b1^t) * m / (sqrt(v) /
+    /// sqrt(1 - b2^t) + eps)`.
     pub fn step(&mut self, params: &[&Tensor]) {
-        match &mut self.adam {
-            Some(adam) => adam.step(),
-            None => sgd(params, self.lr),
+        let Some(adam) = &mut self.adam else {
+            return sgd(params, self.lr);
+        };
+        let _guard = tch::no_grad_guard();
+        adam.step += 1;
+        let t = adam.step as i32;
+        let step_size = self.lr / (1.0 - BETA1.powi(t));
+        let bias_correction2_sqrt = (1.0 - BETA2.powi(t)).sqrt();
+        for ((p, m), v) in params.iter().zip(&adam.m).zip(&adam.v) {
+            let g = p.grad();
+            let _ = m.shallow_clone().lerp_(&g, 1.0 - BETA1);
+            let _ = v.shallow_clone().g_mul_scalar_(BETA2).addcmul_(&(&g * (1.0 - BETA2)), &g);
+            let denom = (v.sqrt() / bias_correction2_sqrt) + EPS;
+            let _ = p.shallow_clone().addcdiv_(&(m * -step_size), &denom);
         }
+    }
+
+    /// The state to save with a checkpoint: Adam's update count (0 for SGD) and its moments, named
+    /// `adam.m.<parameter>` and `adam.v.<parameter>` after `names` (the parameters' names, in order).
+    pub fn state(&self, names: &[String]) -> (u64, Vec<(String, Tensor)>) {
+        let Some(adam) = &self.adam else {
+            return (0, Vec::new());
+        };
+        let named = |prefix: &str, ts: &[Tensor]| -> Vec<(String, Tensor)> {
+            names.iter().zip(ts).map(|(n, t)| (format!("adam.{prefix}.{n}"), t.shallow_clone())).collect()
+        };
+        let mut out = named("m", &adam.m);
+        out.extend(named("v", &adam.v));
+        (adam.step, out)
+    }
+
+    /// Restores what [`Optimizer::state`] returned: `step` and the moments looked up by name in `tensors`,
+    /// checked against the parameters' shapes.
+    pub fn restore(&mut self, step: u64, names: &[String], tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
+        let Some(adam) = &mut self.adam else {
+            return Ok(());
+        };
+        let _guard = tch::no_grad_guard();
+        for (prefix, ts) in [("m", &adam.m), ("v", &adam.v)] {
+            for (n, t) in names.iter().zip(ts) {
+                let key = format!("adam.{prefix}.{n}");
+                let saved = tensors.get(&key).ok_or_else(|| format!("the optimizer state lacks {key}"))?;
+                if saved.size() != t.size() || saved.kind() != t.kind() {
+                    return Err(format!("{key} is {:?} {:?}, expected {:?} {:?}", saved.kind(), saved.size(), t.kind(), t.size()));
+                }
+                t.shallow_clone().f_copy_(saved).map_err(|e| e.to_string())?;
+            }
+        }
+        adam.step = step;
+        Ok(())
     }
 }
 
