@@ -31,7 +31,7 @@ fn main() -> charrnn::Result<()> {
         ..Default::default()
     };
     let model = RnnModel::new(ModelConfig::rnn(vocab.len(), config.hidden), 0, tch::Device::Cpu)?;
-    let summary = train(&model, &vocab, &ids, &[], &config, &mut PrintEvery)?;
+    let summary = train(&model, &vocab, &ids, &[], &config, None, &mut PrintEvery)?;
     println!("final perplexity {:.3}", summary.perplexity);
     println!("{}", predict(&model, &vocab, "不知", 12)?);
     Ok(())

@@ -1,13 +1,16 @@
-//! Saving and loading models: a folder with `model.json` (vocabulary, hyperparameters, progress) and the
-//! weights as safetensors, written so that a crash at any moment leaves the previous model loadable.
+//! Saving and loading models: a folder with `model.json` (vocabulary, hyperparameters, progress), the
+//! weights as safetensors and, in a resumable checkpoint, the training state (optimizer moments, best
+//! parameters, ...) as a second safetensors file; written so that a crash at any moment leaves the previous
+//! model loadable.
 //!
-//! `model.json` names the weights file it belongs to. A save writes a new, uniquely named weights file,
-//! then replaces `model.json` by an atomic rename; that rename is the commit point. Only then is the old
-//! weights file removed.
+//! `model.json` names the files it belongs to, with their sizes. A save writes new, uniquely named files,
+//! fsyncs them, then replaces `model.json` by an atomic rename; that rename is the commit point. Only then
+//! are the old files removed. A folder that does not exist yet is written under a temporary name and
+//! renamed into place whole.
 use crate::corpus::{CorpusOptions, Vocabulary};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, RnnModel};
-use crate::train::TrainConfig;
+use crate::train::{Position, TrainConfig, TrainState};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,8 +34,23 @@ pub struct CorpusInfo {
     pub path: PathBuf,
     /// How it was read.
     pub options: CorpusOptions,
-    /// Characters used for training.
+    /// Characters read (training and held-out text together).
     pub chars: usize,
+    /// Fingerprint of the text read ([`crate::text_hash`]); absent in models from before it was recorded.
+    #[serde(default)]
+    pub hash: Option<String>,
+}
+
+/// What a resumable checkpoint adds to `model.json`: where the run stands and the file with the rest of its
+/// state ([`TrainState`]'s tensors).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResumeInfo {
+    /// Where the run stands.
+    pub position: Position,
+    /// The training-state safetensors file, in the same folder.
+    pub state: String,
+    /// Its size in bytes.
+    pub state_bytes: u64,
 }
 
 /// Validation of a saved model.
@@ -78,6 +96,9 @@ pub struct ModelFile {
     pub weights: String,
     /// Size of the weights file in bytes, to detect truncation.
     pub weights_bytes: u64,
+    /// Present in a resumable checkpoint (`<model>/last`).
+    #[serde(default)]
+    pub resume: Option<ResumeInfo>,
 }
 
 /// A model read back from a folder, ready to use.
@@ -116,12 +137,12 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
 }
 
-/// A weights file name not used by any earlier save in this folder.
-fn fresh_weights_name(dir: &Path, epoch: usize) -> String {
+/// A file name `{kind}-e{epoch}-….safetensors` not used by any earlier save in this folder.
+fn fresh_name(dir: &Path, kind: &str, epoch: usize) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let mut n = 0u32;
     loop {
-        let name = format!("weights-e{epoch}-{:x}{}.safetensors", nanos ^ std::process::id() as u128, if n == 0 { String::new() } else { format!("-{n}") });
+        let name = format!("{kind}-e{epoch}-{:x}{}.safetensors", nanos ^ std::process::id() as u128, if n == 0 { String::new() } else { format!("-{n}") });
         if !dir.join(&name).exists() {
             return name;
         }
@@ -132,35 +153,88 @@ fn fresh_weights_name(dir: &Path, epoch: usize) -> String {
 /// Saves `model` to the folder `dir` (created if needed), describing it with `file` (whose `weights` and
 /// `weights_bytes` are filled in here). Crash-safe: see the module documentation.
 pub fn save(dir: &Path, model: &RnnModel, file: ModelFile) -> Result<()> {
-    let created = !dir.exists();
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let result = save_into(dir, model, file);
-    if result.is_err() && created {
-        // Nothing of ours is left in it; do not leave an empty model folder behind.
-        let _ = std::fs::remove_dir(dir);
+    let params: Vec<(String, Tensor)> = model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
+    save_parts(dir, &params, file, None)
+}
+
+/// Saves the parameters `params` (named as in [`ModelConfig::param_specs`]) and, for a resumable checkpoint,
+/// the training `state`, to the folder `dir`, described by `file` (whose file names and sizes, and `resume`,
+/// are filled in here). Crash-safe: see the module documentation.
+pub fn save_parts(dir: &Path, params: &[(String, Tensor)], file: ModelFile, state: Option<&TrainState>) -> Result<()> {
+    if dir.is_dir() {
+        return save_into(dir, params, file, state);
+    }
+    // A new folder is filled under a temporary name and renamed into place: it appears whole or not at all.
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let tmp = parent.join(format!(".{name}.new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = save_into(&tmp, params, file, state)
+        .and_then(|_| std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e)))
+        .and_then(|_| sync_dir(parent));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
     result
 }
 
-fn save_into(dir: &Path, model: &RnnModel, mut file: ModelFile) -> Result<()> {
-    let previous = read_model_file(dir).ok().map(|f| f.weights);
-    let weights = fresh_weights_name(dir, file.epoch);
-    let weights_path = dir.join(&weights);
-    let params: Vec<(String, Tensor)> =
-        model.named_parameters().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect();
-    write_atomic(&weights_path, |tmp| Tensor::write_safetensors(&params, tmp).map_err(Error::from))?;
+/// Writes `tensors` (moved to the CPU) as a fresh `{kind}-….safetensors` in `dir`; returns its name and size.
+fn write_tensors(dir: &Path, kind: &str, epoch: usize, tensors: &[(String, Tensor)]) -> Result<(String, u64)> {
+    let name = fresh_name(dir, kind, epoch);
+    let path = dir.join(&name);
+    let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    write_atomic(&path, |tmp| Tensor::write_safetensors(&cpu, tmp).map_err(Error::from))?;
+    let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+    Ok((name, bytes))
+}
+
+fn save_into(dir: &Path, params: &[(String, Tensor)], mut file: ModelFile, state: Option<&TrainState>) -> Result<()> {
+    let (weights, weights_bytes) = write_tensors(dir, "weights", file.epoch, params)?;
     file.weights = weights.clone();
-    file.weights_bytes = std::fs::metadata(&weights_path).map_err(|e| Error::io(&weights_path, e))?.len();
+    file.weights_bytes = weights_bytes;
+    file.resume = None;
+    let mut written = vec![weights];
+    if let Some(state) = state {
+        match write_tensors(dir, "state", file.epoch, &state.tensors) {
+            Ok((name, state_bytes)) => {
+                written.push(name.clone());
+                file.resume = Some(ResumeInfo { position: state.position.clone(), state: name, state_bytes });
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(dir.join(&written[0]));
+                return Err(e);
+            }
+        }
+    }
     let json = serde_json::to_vec_pretty(&file).expect("model file serialises");
     let committed = write_bytes_atomic(&dir.join(MODEL_JSON), &json).and_then(|_| sync_dir(dir));
     if let Err(e) = committed {
-        let _ = std::fs::remove_file(&weights_path);
+        for name in &written {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
         return Err(e);
     }
-    if let Some(old) = previous.filter(|old| *old != weights && is_plain_name(old)) {
-        let _ = std::fs::remove_file(dir.join(old));
-    }
+    remove_stale_files(dir, &written);
     Ok(())
+}
+
+/// Removes what earlier saves left that `model.json` no longer names: old weights and state files, and the
+/// temporary files of saves that a crash cut short. Other files are left alone.
+fn remove_stale_files(dir: &Path, keep: &[String]) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = ((name.starts_with("weights-") || name.starts_with("state-")) && name.ends_with(".safetensors"))
+            || (name.starts_with('.') && name.ends_with(".tmp"));
+        if ours && !keep.contains(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn is_plain_name(name: &str) -> bool {
@@ -194,8 +268,13 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
         let msg = format!("vocabulary has {} characters but the model expects {}", vocab.len(), file.model.vocab_size);
         return Err(Error::bad_model(&json, msg));
     }
-    if file.model.hidden == 0 {
-        return Err(Error::bad_model(&json, "hidden size is 0"));
+    file.model.validate().map_err(|e| Error::bad_model(&json, e.to_string()))?;
+    // The weights file must be able to hold the parameters model.json describes: this bounds what is
+    // allocated by the file's real size, whatever the JSON claims.
+    let needed = file.model.parameter_count().and_then(|n| n.checked_mul(4));
+    if needed.is_none_or(|n| n > file.weights_bytes) {
+        let claim = needed.map_or("more bytes than fit in 64 bits".to_string(), |n| format!("{n} bytes"));
+        return Err(Error::bad_model(&json, format!("the model it describes needs {claim} of weights but the weights file has {}", file.weights_bytes)));
     }
     if !is_plain_name(&file.weights) {
         return Err(Error::bad_model(&json, format!("weights file name {:?} is not a plain file name", file.weights)));
@@ -208,6 +287,25 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     let mut model = RnnModel::zeros(file.model, device)?;
     model.load_weights(&weights)?;
     Ok(LoadedModel { model, vocab, file })
+}
+
+/// Reads the training state of the resumable checkpoint `dir` (loaded as `loaded`) onto `device`.
+pub fn load_state(dir: &Path, loaded: &LoadedModel, device: Device) -> Result<TrainState> {
+    let json = dir.join(MODEL_JSON);
+    let resume = loaded.file.resume.as_ref().ok_or_else(|| {
+        Error::bad_model(&json, "it holds no training state to resume from (only <model>/last, written by charrnn 0.2 or later, does)")
+    })?;
+    if !is_plain_name(&resume.state) {
+        return Err(Error::bad_model(&json, format!("state file name {:?} is not a plain file name", resume.state)));
+    }
+    let path = dir.join(&resume.state);
+    let size = std::fs::metadata(&path).map_err(|e| Error::bad_model(&path, format!("cannot read it ({e})")))?.len();
+    if size != resume.state_bytes {
+        return Err(Error::bad_model(&path, format!("truncated or altered: {size} bytes, model.json says {}", resume.state_bytes)));
+    }
+    let tensors = Tensor::read_safetensors(&path).map_err(|e| Error::bad_model(&path, format!("cannot read the training state ({e})")))?;
+    let tensors = tensors.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
+    Ok(TrainState { position: resume.position.clone(), tensors })
 }
 
 /// The model folder to use: `given`, or the last one `train` wrote from this working directory.
@@ -249,13 +347,14 @@ mod tests {
             vocab: vocab.chars().iter().collect(),
             model: config,
             train: TrainConfig { hidden: 6, sampling: Sampling::Consecutive, ..Default::default() },
-            corpus: CorpusInfo { path: "x.txt".into(), options: CorpusOptions::default(), chars: 4 },
+            corpus: CorpusInfo { path: "x.txt".into(), options: CorpusOptions::default(), chars: 4, hash: None },
             epoch,
             perplexity: Some(3.5),
             validation: None,
             device: "cpu".into(),
             weights: String::new(),
             weights_bytes: 0,
+            resume: None,
         };
         (model, file)
     }

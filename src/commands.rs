@@ -1,13 +1,14 @@
 //! The `train`, `predict` and `eval` jobs as library calls: read files, build or load the model, run, save.
 use crate::checkpoint::{self, CorpusInfo, LoadedModel, ModelFile, ValidationInfo};
-use crate::corpus::{read_corpus, CorpusOptions, Vocabulary};
+use crate::corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, Evaluation};
 use crate::model::RnnModel;
 use crate::predict::predict;
-use crate::train::{train, TrainConfig, TrainObserver};
+use crate::train::{train, EpochReport, Progress, SaveReason, TrainConfig, TrainObserver, TrainState};
 use std::path::{Path, PathBuf};
+use tch::Tensor;
 
 /// Everything `charrnn train` needs.
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ pub struct TrainOutcome {
     pub epochs: usize,
     /// Training perplexity of the last epoch.
     pub perplexity: f64,
-    /// With validation: the epoch kept as the model (the last epoch's model is in `<out>/last`).
+    /// With validation: the epoch kept as the model (the latest parameters are in `<out>/last`).
     pub best_epoch: Option<usize>,
     /// Device used.
     pub device: String,
@@ -44,7 +45,8 @@ pub struct TrainOutcome {
     pub warnings: Vec<String>,
 }
 
-/// Subfolder of a model folder holding the last epoch's model when validation chose another epoch.
+/// Subfolder of a model folder holding the resumable checkpoint: the latest parameters and the training
+/// state.
 pub const LAST_DIR: &str = "last";
 
 /// The default model folder for a corpus: `runs/<file stem>`.
@@ -67,9 +69,28 @@ fn default_prefixes(vocab: &Vocabulary, text: &str) -> Vec<String> {
     }
 }
 
+/// Everything `charrnn train --resume` needs.
+#[derive(Debug, Clone)]
+pub struct ResumeJob {
+    /// The model folder of the run to continue (its resumable checkpoint is in `<dir>/last`).
+    pub dir: PathBuf,
+    /// New total of epochs; `None` keeps the run's.
+    pub epochs: Option<usize>,
+    /// New checkpoint period; `None` keeps the run's.
+    pub checkpoint_every: Option<usize>,
+    /// The corpus, if it moved; `None` reads it from where the run read it. Either way it must be the same
+    /// text.
+    pub corpus: Option<PathBuf>,
+    /// Where to compute (a run may continue on another device).
+    pub device: DeviceSpec,
+    /// CPU threads for libtorch; `None` keeps its default.
+    pub threads: Option<usize>,
+}
+
 /// Runs `charrnn train`: checks everything ([`train`] checks the corpus length and prefixes before its
-/// first step), trains, then saves the model (atomically) and records it as the last model. Nothing is
-/// written to the model folder unless training completes.
+/// first step), trains, and saves checkpoints as it goes (see [`checkpoint`]): the model to use in `out`
+/// (the best epoch by validation, else the latest) and the resumable state in `out/last`. Nothing is
+/// written before the first checkpoint.
 pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
     job.config.validate()?;
     set_threads(job.threads)?;
@@ -87,14 +108,8 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     }
     let val_frac = config.resolved_val_frac(ids.len());
     config.val_frac = Some(val_frac);
-    let n_val = (ids.len() as f64 * val_frac).round() as usize;
-    if val_frac > 0.0 && n_val < 2 {
-        return Err(Error::config("--val-frac", format!("{val_frac} of {} characters leaves fewer than 2 to validate on", ids.len())));
-    }
-    let (train_ids, val_ids) = ids.split_at(ids.len() - n_val);
     let model = RnnModel::new(config.model_config(vocab.len()), config.seed, device)?;
-    let summary = train(&model, &vocab, train_ids, val_ids, &config, observer)?;
-    let mut file = ModelFile {
+    let template = ModelFile {
         format: checkpoint::FORMAT.into(),
         version: checkpoint::VERSION,
         charrnn_version: env!("CARGO_PKG_VERSION").into(),
@@ -105,32 +120,182 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
             path: std::fs::canonicalize(&job.corpus).unwrap_or_else(|_| job.corpus.clone()),
             options: job.corpus_options,
             chars: ids.len(),
+            hash: Some(text_hash(&text)),
         },
-        epoch: summary.epochs,
-        perplexity: Some(summary.perplexity).filter(|p| p.is_finite()),
+        epoch: 0,
+        perplexity: None,
         validation: None,
         device: device_name(device),
         weights: String::new(),
         weights_bytes: 0,
+        resume: None,
     };
-    let mut best_epoch = None;
-    if let (Some(last_val), Some(best)) = (summary.val_perplexity, summary.best) {
-        // The last epoch's model goes to <out>/last; the best by validation becomes the model itself.
-        let validation = |perplexity, epoch| Some(ValidationInfo { frac: val_frac, chars: n_val, perplexity, epoch });
-        file.validation = validation(last_val, summary.epochs);
-        checkpoint::save(&out.join(LAST_DIR), &model, file.clone())?;
-        model.set_parameters(&best.params)?;
-        file.validation = validation(best.val_perplexity, best.epoch);
-        file.epoch = best.epoch;
-        file.perplexity = Some(best.perplexity).filter(|p| p.is_finite());
-        best_epoch = Some(best.epoch);
+    fit(Fit { out, model, vocab, ids, template, saved: None }, None, observer)
+}
+
+/// Runs `charrnn train --resume`: reads the run's resumable checkpoint, checks the corpus is the same
+/// text, and continues training exactly where the run stood, saving as [`run_train`] does.
+pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
+    set_threads(job.threads)?;
+    let device = job.device.resolve()?;
+    let last = job.dir.join(LAST_DIR);
+    if !last.join(checkpoint::MODEL_JSON).exists() {
+        let why = "no resumable checkpoint in it (expected <model>/last/model.json, which charrnn 0.2 and later write); train it again, or pass the folder given to --out";
+        return Err(Error::bad_model(&job.dir, why));
     }
-    checkpoint::save(&out, &model, file)?;
+    let loaded = checkpoint::load(&last, device)?;
+    let state = checkpoint::load_state(&last, &loaded, device)?;
+    let file = loaded.file.clone();
+    let path = job.corpus.clone().unwrap_or_else(|| file.corpus.path.clone());
+    let text = match read_corpus(&path, &file.corpus.options) {
+        Err(Error::Io { path, source }) if job.corpus.is_none() => {
+            let reason = format!("the run's corpus {} cannot be read ({source}); if it moved, pass --corpus FILE", path.display());
+            return Err(Error::config("--corpus", reason));
+        }
+        text => text?,
+    };
+    let hash = text_hash(&text);
+    if file.corpus.hash.as_deref().is_some_and(|h| h != hash) || text.chars().count() != file.corpus.chars {
+        let reason = format!("{} is not the text the run trained on (its length or fingerprint differs); resume needs the same corpus", path.display());
+        return Err(Error::config("--corpus", reason));
+    }
+    let vocab = loaded.vocab.clone();
+    let ids = vocab.encode(&text, "the corpus")?;
+    let mut template = file;
+    template.corpus.path = std::fs::canonicalize(&path).unwrap_or(path);
+    template.corpus.hash = Some(hash);
+    template.device = device_name(device);
+    if let Some(epochs) = job.epochs {
+        template.train.epochs = epochs;
+    }
+    if job.checkpoint_every.is_some() {
+        template.train.checkpoint_every = job.checkpoint_every;
+    }
+    template.train.validate()?;
+    let saved = Some(state.position.epoch);
+    fit(Fit { out: job.dir.clone(), model: loaded.model, vocab, ids, template, saved }, Some(&state), observer)
+}
+
+/// A run ready to train: what [`run_train`] and [`run_resume`] prepare.
+struct Fit {
+    out: PathBuf,
+    model: RnnModel,
+    vocab: Vocabulary,
+    /// The whole text read (training part, then the held-out part).
+    ids: Vec<i64>,
+    /// Describes the run; epoch, perplexities and files are filled in at each save.
+    template: ModelFile,
+    /// Epochs of the last complete checkpoint already on disk, if any.
+    saved: Option<usize>,
+}
+
+fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
+    let config = run.template.train.clone();
+    let val_frac = config.resolved_val_frac(run.ids.len());
+    let n_val = (run.ids.len() as f64 * val_frac).round() as usize;
+    if val_frac > 0.0 && n_val < 2 {
+        return Err(Error::config("--val-frac", format!("{val_frac} of {} characters leaves fewer than 2 to validate on", run.ids.len())));
+    }
+    let (train_ids, val_ids) = run.ids.split_at(run.ids.len() - n_val);
+    let mut saver = Saver { inner: observer, out: &run.out, template: &run.template, n_val, saved: run.saved, best_saved: None, recorded: false };
+    let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut saver);
+    let (saved, recorded) = (saver.saved, saver.recorded);
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(Error::Interrupted { signal, epoch, batch, batches, .. }) => {
+            return Err(Error::Interrupted { signal, epoch, batch, batches, saved: saved.map(|_| run.out.clone()) });
+        }
+        Err(Error::Diverged { epoch, what, .. }) => {
+            let kept = saved.map(|e| format!("the last good checkpoint ({e} epochs) is kept in {}", run.out.display()));
+            return Err(Error::Diverged { epoch, what, kept });
+        }
+        Err(e) => return Err(e),
+    };
     let mut warnings = Vec::new();
-    if let Err(e) = checkpoint::record_last_model(&out) {
-        warnings.push(format!("could not record {} as the last model ({e}); pass --model to predict and eval", out.display()));
+    if !recorded {
+        warnings.push(format!("could not record {} as the last model; pass --model to predict and eval", run.out.display()));
     }
-    Ok(TrainOutcome { out, epochs: summary.epochs, perplexity: summary.perplexity, best_epoch, device: device_name(device), warnings })
+    Ok(TrainOutcome {
+        out: run.out.clone(),
+        epochs: summary.epochs,
+        perplexity: summary.perplexity,
+        best_epoch: summary.best.map(|b| b.epoch),
+        device: run.template.device.clone(),
+        warnings,
+    })
+}
+
+/// Passes progress on to the user's observer and writes the checkpoints: the model to use in `out` (the
+/// best epoch by validation, else the current parameters) and the resumable state in `out/last`.
+struct Saver<'a> {
+    inner: &'a mut dyn TrainObserver,
+    out: &'a Path,
+    template: &'a ModelFile,
+    n_val: usize,
+    /// Epochs of the last complete checkpoint.
+    saved: Option<usize>,
+    /// The best epoch last written to `out`.
+    best_saved: Option<usize>,
+    /// Whether `out` is recorded as the last model.
+    recorded: bool,
+}
+
+impl Saver<'_> {
+    fn validation(&self, perplexity: Option<f64>, epoch: usize) -> Option<ValidationInfo> {
+        let frac = self.template.train.val_frac.unwrap_or(0.0);
+        perplexity.map(|perplexity| ValidationInfo { frac, chars: self.n_val, perplexity, epoch })
+    }
+}
+
+impl TrainObserver for Saver<'_> {
+    fn minibatch(&mut self, progress: &Progress<'_>) {
+        self.inner.minibatch(progress);
+    }
+
+    fn epoch(&mut self, report: &EpochReport) {
+        self.inner.epoch(report);
+    }
+
+    fn stop_requested(&mut self) -> Option<i32> {
+        self.inner.stop_requested()
+    }
+
+    fn checkpoint(&mut self, model: &RnnModel, state: &TrainState, why: SaveReason) -> Result<()> {
+        self.inner.checkpoint(model, state, why)?;
+        let p = &state.position;
+        let params: Vec<(String, Tensor)> = model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
+        let mut file = ModelFile { epoch: p.epoch, perplexity: p.perplexity, validation: self.validation(p.val_perplexity, p.epoch), ..self.template.clone() };
+        // The model to use: with validation the best epoch (rewritten only when it changes), else the latest.
+        match &p.best {
+            Some(best) if self.best_saved != Some(best.epoch) => {
+                let best_params: Vec<(String, Tensor)> = params
+                    .iter()
+                    .map(|(n, _)| {
+                        let key = format!("best.{n}");
+                        let t = state.tensors.iter().find(|(k, _)| *k == key).map(|(_, t)| t.shallow_clone());
+                        t.map(|t| (n.clone(), t)).ok_or_else(|| Error::config("training state", format!("lacks {key}")))
+                    })
+                    .collect::<Result<_>>()?;
+                let best_file = ModelFile {
+                    epoch: best.epoch,
+                    perplexity: Some(best.perplexity).filter(|x| x.is_finite()),
+                    validation: self.validation(Some(best.val_perplexity), best.epoch),
+                    ..file.clone()
+                };
+                checkpoint::save_parts(self.out, &best_params, best_file, None)?;
+                self.best_saved = Some(best.epoch);
+            }
+            Some(_) => {}
+            None => checkpoint::save_parts(self.out, &params, file.clone(), None)?,
+        }
+        file.resume = None;
+        checkpoint::save_parts(&self.out.join(LAST_DIR), &params, file, Some(state))?;
+        self.saved = Some(p.epoch);
+        if !self.recorded {
+            self.recorded = checkpoint::record_last_model(self.out).is_ok();
+        }
+        Ok(())
+    }
 }
 
 /// Loads the model of `--model` (or the last one trained here) onto `device`.

@@ -40,6 +40,16 @@ pub fn read_corpus(path: &Path, options: &CorpusOptions) -> Result<String> {
     Ok(text)
 }
 
+/// A fingerprint of `text` (64-bit FNV-1a of its UTF-8 bytes, as `fnv1a64:` and 16 hex digits), recorded
+/// with a model so that resuming can tell whether the corpus changed.
+pub fn text_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fnv1a64:{h:016x}")
+}
+
 /// The characters a model knows, in a stable order (ascending Unicode scalar value), and their indices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vocabulary {

@@ -72,6 +72,30 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Training produced a non-finite loss or gradient norm.
+    #[error("training diverged in epoch {epoch}: {what} is not finite; {}; try a lower --lr or a smaller --clip", kept.as_deref().unwrap_or("nothing of this run was saved"))]
+    Diverged {
+        /// The epoch (from 1) in which it happened.
+        epoch: usize,
+        /// What became non-finite.
+        what: String,
+        /// Where the last good checkpoint is, in words (filled in by whoever saved it).
+        kept: Option<String>,
+    },
+    /// Training stopped because it was asked to (a signal), after saving a checkpoint.
+    #[error("interrupted in epoch {epoch} after minibatch {batch} of {batches}{}", saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
+    Interrupted {
+        /// The signal number that asked for the stop (2 SIGINT, 15 SIGTERM).
+        signal: i32,
+        /// The epoch, from 1.
+        epoch: usize,
+        /// Minibatches of it trained.
+        batch: usize,
+        /// Minibatches per epoch.
+        batches: usize,
+        /// The model folder the checkpoint went to.
+        saved: Option<PathBuf>,
+    },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

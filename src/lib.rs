@@ -11,7 +11,7 @@
 //! let ids = vocab.encode(text, "the corpus").unwrap();
 //! let config = TrainConfig { hidden: 32, steps: 4, batch: 2, epochs: 50, ..Default::default() };
 //! let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 32), 0, tch::Device::Cpu).unwrap();
-//! train(&model, &vocab, &ids, &[], &config, &mut ()).unwrap();
+//! train(&model, &vocab, &ids, &[], &config, None, &mut ()).unwrap();
 //! println!("{}", predict(&model, &vocab, "分开", 10).unwrap());
 //! ```
 #![deny(missing_docs)]
@@ -30,8 +30,8 @@ mod rng;
 mod train;
 
 pub use batches::{rows, Sampling};
-pub use commands::{default_out, LAST_DIR, info, load_model, run_eval, run_predict, run_train, EvalJob, EvalReport, Info, TrainJob, TrainOutcome};
-pub use corpus::{read_corpus, CorpusOptions, Vocabulary};
+pub use commands::{default_out, info, load_model, run_eval, run_predict, run_resume, run_train, EvalJob, EvalReport, Info, ResumeJob, TrainJob, TrainOutcome, LAST_DIR};
+pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
@@ -39,4 +39,7 @@ pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, Init, ModelCo
 pub use predict::predict;
 pub use rng::{Rng, Stream};
 pub use optim::{sgd, LrDecay, Optimizer, OptimizerKind};
-pub use train::{carry_state, clip_gradients, train, train_step, BestEpoch, EpochReport, Progress, TrainConfig, TrainObserver, TrainSummary};
+pub use train::{
+    carry_state, clip_gradients, train, train_step, BestEpoch, EpochReport, Position, Progress, SaveReason, StepOutput, TrainConfig, TrainObserver,
+    TrainState, TrainSummary, AUTO_CHECKPOINT_SECS,
+};

@@ -1,11 +1,16 @@
 //! The `charrnn` command: parses arguments, calls the library, renders progress and maps errors to exit codes.
 use anyhow::Context;
-use charrnn::{Backend, Cell, CorpusOptions, Init, LrDecay, OptimizerKind, DeviceSpec, EpochReport, EvalJob, Progress, Sampling, TrainConfig, TrainJob, TrainObserver};
+use charrnn::{
+    Backend, Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Init, LrDecay, OptimizerKind, Progress, ResumeJob, Sampling, TrainConfig,
+    TrainJob, TrainObserver,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const EXAMPLES: &str = "\
@@ -32,7 +37,12 @@ enum Command {
   charrnn train --corpus lyrics.txt --cell lstm --layers 2 --embed 64 --dropout 0.2 --hidden 128
   charrnn train --corpus lyrics.txt --cell gru --optimizer adam --lr-decay 0.5 --lr-decay-every 10
   charrnn train --corpus lyrics.txt --cell lstm --backend fused --val-frac 0.1
-  charrnn train --corpus notes.txt --keep-newlines --hidden 128 --out runs/notes --device cpu --threads 2")]
+  charrnn train --corpus notes.txt --keep-newlines --hidden 128 --out runs/notes --device cpu --threads 2
+  charrnn train --corpus big.txt --cell lstm --optimizer adam --epochs 50 --checkpoint-every 5
+  charrnn train --resume runs/big --epochs 80
+
+Ctrl-C (or SIGTERM) finishes the current minibatch, saves a resumable checkpoint and exits with status 130
+(143); a second Ctrl-C exits at once, leaving the last complete checkpoint.")]
     Train(TrainArgs),
     /// Generate text greedily after a prefix.
     #[command(after_help = "Examples:
@@ -83,9 +93,21 @@ enum SamplingArg {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// UTF-8 text to train on.
-    #[arg(long, value_name = "FILE")]
-    corpus: PathBuf,
+    /// UTF-8 text to train on (with --resume: only if it moved; it must be the same text).
+    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    corpus: Option<PathBuf>,
+    /// Continue the run saved in this model folder exactly where it stopped (its settings are kept; only
+    /// --epochs, the new total, --checkpoint-every, --corpus, --device and --threads may be given).
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "out", "hidden", "cell", "layers", "embed", "dropout", "init", "backend", "steps", "batch", "optimizer", "lr",
+        "lr_decay", "lr_decay_every", "clip", "sampling", "seed", "limit_chars", "keep_newlines", "prefixes", "val_frac",
+        "pred_period", "pred_len",
+    ])]
+    resume: Option<PathBuf>,
+    /// Save a checkpoint every N epochs (always after the last, and on Ctrl-C) [default: at the end of
+    /// each epoch that ends a minute or more after the previous checkpoint].
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
     /// Model folder to write [default: runs/<corpus file stem>].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -133,9 +155,9 @@ struct TrainArgs {
     /// Gradient clipping threshold on the global L2 norm.
     #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     clip: f64,
-    /// Passes over the corpus.
-    #[arg(long, default_value_t = 250)]
-    epochs: usize,
+    /// Passes over the corpus, in all (a resumed run's earlier epochs count) [default: 250].
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Minibatch sampler: random (fresh state per minibatch) or consecutive (state carried, detached).
     #[arg(long, value_enum, default_value = "random")]
     sampling: SamplingArg,
@@ -210,7 +232,11 @@ struct EvalArgs {
 }
 
 impl TrainArgs {
-    fn into_job(self) -> TrainJob {
+    fn into_resume_job(self, dir: PathBuf) -> ResumeJob {
+        ResumeJob { dir, epochs: self.epochs, checkpoint_every: self.checkpoint_every, corpus: self.corpus, device: self.device, threads: self.threads }
+    }
+
+    fn into_job(self, corpus: PathBuf) -> TrainJob {
         let sampling = match self.sampling {
             SamplingArg::Random => Sampling::Random,
             SamplingArg::Consecutive => Sampling::Consecutive,
@@ -220,7 +246,7 @@ impl TrainArgs {
             OptimizerArg::Adam => OptimizerKind::Adam,
         };
         TrainJob {
-            corpus: self.corpus,
+            corpus,
             corpus_options: CorpusOptions { keep_newlines: self.keep_newlines, limit_chars: self.limit_chars },
             out: self.out,
             device: self.device,
@@ -250,30 +276,34 @@ impl TrainArgs {
                 lr: self.lr.unwrap_or(optimizer.default_lr()),
                 lr_decay: LrDecay { factor: self.lr_decay, every: self.lr_decay_every },
                 clip: self.clip,
-                epochs: self.epochs,
+                epochs: self.epochs.unwrap_or(TrainConfig::default().epochs),
                 sampling,
                 seed: self.seed,
                 prefixes: self.prefixes,
                 val_frac: self.val_frac,
                 pred_period: self.pred_period,
                 pred_len: self.pred_len,
+                checkpoint_every: self.checkpoint_every,
             },
         }
     }
 }
 
-/// Prints the textbook's report lines to stdout and, on a terminal, a progress bar on stderr.
+/// Prints the textbook's report lines to stdout and, on a terminal, a progress bar on stderr; passes on
+/// the signal that asked training to stop.
 struct Reporter {
     /// Whether stderr is a terminal (else no bar is drawn).
     tty: bool,
     bar: Option<ProgressBar>,
     last_draw: Instant,
     write_error: Option<std::io::Error>,
+    /// The number of the first SIGINT or SIGTERM received (0: none).
+    signal: Arc<AtomicUsize>,
 }
 
 impl Reporter {
-    fn new() -> Self {
-        Reporter { tty: std::io::stderr().is_terminal(), bar: None, last_draw: Instant::now(), write_error: None }
+    fn new(signal: Arc<AtomicUsize>) -> Self {
+        Reporter { tty: std::io::stderr().is_terminal(), bar: None, last_draw: Instant::now(), write_error: None, signal }
     }
 
     fn print(&mut self, text: &str) {
@@ -293,6 +323,13 @@ impl Reporter {
 }
 
 impl TrainObserver for Reporter {
+    fn stop_requested(&mut self) -> Option<i32> {
+        match self.signal.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n as i32),
+        }
+    }
+
     fn minibatch(&mut self, p: &Progress<'_>) {
         if !self.tty {
             return;
@@ -327,14 +364,41 @@ impl TrainObserver for Reporter {
     }
 }
 
+/// Makes the first SIGINT or SIGTERM a request (recorded in the returned number, which the training loop
+/// polls after each minibatch) and a second one an immediate exit with status 128 + signal.
+fn catch_stop_signals() -> std::io::Result<Arc<AtomicUsize>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let received = Arc::new(AtomicUsize::new(0));
+    let once = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Handlers run in the order registered: the exit checks the flag before this signal sets it.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&once))?;
+        signal_hook::flag::register(sig, Arc::clone(&once))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&received), sig as usize)?;
+    }
+    Ok(received)
+}
+
 fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let job = args.into_job();
-    let mut reporter = Reporter::new();
-    let outcome = charrnn::run_train(&job, &mut reporter);
+    let mut reporter = Reporter::new(catch_stop_signals().context("cannot install the Ctrl-C handler")?);
+    let (outcome, what) = match args.resume.clone() {
+        Some(dir) => {
+            let what = format!("resuming {} failed", dir.display());
+            (charrnn::run_resume(&args.into_resume_job(dir), &mut reporter), what)
+        }
+        None => {
+            let corpus = args.corpus.clone().expect("clap requires --corpus without --resume");
+            let what = format!("training on {} failed", corpus.display());
+            (charrnn::run_train(&args.into_job(corpus), &mut reporter), what)
+        }
+    };
     if let Some(bar) = &reporter.bar {
         bar.finish_and_clear();
     }
-    let outcome = outcome.with_context(|| format!("training on {} failed", job.corpus.display()))?;
+    let outcome = match outcome {
+        Err(e @ charrnn::Error::Interrupted { .. }) => return Err(e.into()),
+        other => other.context(what)?,
+    };
     if let Some(e) = reporter.write_error {
         return Err(e.into());
     }
@@ -422,6 +486,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(&charrnn::Error::Interrupted { signal, .. }) = e.downcast_ref() {
+                eprintln!("stopped: {e}");
+                return ExitCode::from((128 + signal).clamp(0, 255) as u8);
+            }
             let line = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {line}");
             ExitCode::FAILURE

@@ -123,6 +123,21 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// The number of parameters, computed without building the shapes; `None` if it does not fit in a
+    /// `u64` (a model file claiming such a model is refused before anything is allocated).
+    pub fn parameter_count(&self) -> Option<u64> {
+        let (v, h, k, d, l) = (self.vocab_size as u64, self.hidden as u64, self.cell.blocks() as u64, self.embed as u64, self.layers as u64);
+        let kh = k.checked_mul(h)?;
+        let gru = if self.cell == Cell::Gru { h } else { 0 };
+        let first_input = if d > 0 { d } else { v };
+        let embedding = v.checked_mul(d)?;
+        // Each layer: W_xh [I, kH], W_hh [H, kH], b_h [kH] and for a GRU b_hn [H].
+        let first = first_input.checked_add(h)?.checked_add(1)?.checked_mul(kh)?.checked_add(gru)?;
+        let upper = h.checked_mul(2)?.checked_add(1)?.checked_mul(kh)?.checked_add(gru)?.checked_mul(l.checked_sub(1)?)?;
+        let output = h.checked_add(1)?.checked_mul(v)?;
+        embedding.checked_add(first)?.checked_add(upper)?.checked_add(output)
+    }
+
     fn per_layer(&self) -> usize {
         if self.cell == Cell::Gru { 4 } else { 3 }
     }
@@ -463,6 +478,19 @@ mod tests {
 
     fn small(cell: Cell) -> RnnModel {
         RnnModel::new(ModelConfig { cell, ..ModelConfig::rnn(7, 5) }, 0, Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn parameter_count_matches_the_shapes_and_refuses_overflow() {
+        for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+            for (layers, embed) in [(1, 0), (3, 0), (2, 5)] {
+                let c = ModelConfig { cell, layers, embed, ..ModelConfig::rnn(7, 4) };
+                let counted: i64 = c.param_specs().iter().map(|(_, s)| s.iter().product::<i64>()).sum();
+                assert_eq!(c.parameter_count(), Some(counted as u64), "{cell:?} {layers} {embed}");
+            }
+        }
+        let huge = ModelConfig { hidden: 1 << 40, layers: 1 << 30, ..ModelConfig::rnn(1_000_000_000_000, 1) };
+        assert_eq!(huge.parameter_count(), None);
     }
 
     #[test]

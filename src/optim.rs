@@ -1,7 +1,6 @@
 //! Parameter updates: plain SGD (the textbook's) or Adam, and a step-wise learning-rate decay.
 use crate::error::{Error, Result};
 use crate::model::{Init, RnnModel};
-use std::collections::HashMap;
 use tch::Tensor;
 
 /// Which update rule training uses.
@@ -121,7 +120,7 @@ impl Optimizer {
 
     /// Restores what [`Optimizer::state`] returned: `step` and the moments looked up by name in `tensors`,
     /// checked against the parameters' shapes.
-    pub fn restore(&mut self, step: u64, names: &[String], tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
+    pub fn restore(&mut self, step: u64, names: &[String], tensors: &[(String, Tensor)]) -> std::result::Result<(), String> {
         let Some(adam) = &mut self.adam else {
             return Ok(());
         };
@@ -129,7 +128,7 @@ impl Optimizer {
         for (prefix, ts) in [("m", &adam.m), ("v", &adam.v)] {
             for (n, t) in names.iter().zip(ts) {
                 let key = format!("adam.{prefix}.{n}");
-                let saved = tensors.get(&key).ok_or_else(|| format!("the optimizer state lacks {key}"))?;
+                let saved = tensors.iter().find(|(n, _)| *n == key).map(|(_, t)| t).ok_or_else(|| format!("the optimizer state lacks {key}"))?;
                 if saved.size() != t.size() || saved.kind() != t.kind() {
                     return Err(format!("{key} is {:?} {:?}, expected {:?} {:?}", saved.kind(), saved.size(), t.kind(), t.size()));
                 }

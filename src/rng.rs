@@ -32,6 +32,11 @@ impl Rng {
         Rng::new(mix.next_u64())
     }
 
+    /// The whole state: `Rng::new(r.state())` continues exactly where `r` stands.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -63,7 +63,14 @@ pub struct TrainConfig {
     pub pred_period: usize,
     /// Characters generated per prediction in those reports.
     pub pred_len: usize,
+    /// Epochs between checkpoints; `None`: at the end of every epoch that ends at least
+    /// [`AUTO_CHECKPOINT_SECS`] after the previous checkpoint. There is always one after the last epoch.
+    #[serde(default)]
+    pub checkpoint_every: Option<usize>,
 }
+
+/// With `checkpoint_every: None`, the least time between two checkpoints, in seconds.
+pub const AUTO_CHECKPOINT_SECS: u64 = 60;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -88,6 +95,7 @@ impl Default for TrainConfig {
             val_frac: None,
             pred_period: 50,
             pred_len: 50,
+            checkpoint_every: None,
         }
     }
 }
@@ -135,6 +143,9 @@ impl TrainConfig {
             if !(v.is_finite() && v > 0.0) {
                 return Err(Error::config(name, format!("must be a positive number, got {v}")));
             }
+        }
+        if self.checkpoint_every == Some(0) {
+            return Err(Error::config("--checkpoint-every", "must be at least 1"));
         }
         if self.prefixes.iter().any(|p| p.is_empty()) {
             return Err(Error::config("--prefix", "must not be empty"));
@@ -187,16 +198,41 @@ pub struct EpochReport {
     pub seconds: f64,
     /// Perplexity on the held-out text, read as [`crate::evaluate`] does; `None` without validation.
     pub val_perplexity: Option<f64>,
+    /// Mean over the epoch's minibatches of the gradient's global L2 norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate of the epoch.
+    pub lr: f64,
     /// Every `pred_period` epochs: one greedy prediction per configured prefix (prefix included).
     pub samples: Option<Vec<String>>,
 }
 
-/// Receives training progress; the library never prints.
+/// Why [`TrainObserver::checkpoint`] is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveReason {
+    /// A periodic checkpoint at the end of an epoch.
+    Periodic,
+    /// The end of the last epoch.
+    Final,
+    /// [`TrainObserver::stop_requested`] asked to stop.
+    Interrupted,
+}
+
+/// Receives training progress and checkpoints; the library never prints or writes files itself.
 pub trait TrainObserver {
     /// Called after every minibatch.
     fn minibatch(&mut self, _progress: &Progress<'_>) {}
     /// Called after every epoch.
     fn epoch(&mut self, _report: &EpochReport) {}
+    /// Called when a checkpoint is due, with the model and everything else needed to resume: save them.
+    /// An error stops training.
+    fn checkpoint(&mut self, _model: &RnnModel, _state: &TrainState, _why: SaveReason) -> Result<()> {
+        Ok(())
+    }
+    /// Called after every minibatch: `Some(signal)` stops training after a checkpoint, with
+    /// [`Error::Interrupted`] carrying `signal`.
+    fn stop_requested(&mut self) -> Option<i32> {
+        None
+    }
 }
 
 /// An observer that ignores everything.
@@ -222,12 +258,22 @@ pub fn clip_gradients(params: &[&Tensor], theta: f64) -> Tensor {
     norm
 }
 
+/// What one training step produced.
+pub struct StepOutput {
+    /// The minibatch's mean cross-entropy before the update (scalar Float, detached).
+    pub loss: Tensor,
+    /// The gradient's global L2 norm before clipping (scalar Float).
+    pub grad_norm: Tensor,
+    /// The final state, `[layers, batch, H]` tensors, still attached to this step's graph (pass it through
+    /// [`carry_state`] before using it again).
+    pub state: State,
+}
+
 /// One training step on a minibatch: forward, mean cross-entropy, backward, clip, update.
 ///
-/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: `[layers, batch, H]` tensors. Returns the loss before the
-/// update (scalar Float, detached) and the final hidden state (still attached to this step's graph; pass it
-/// through [`carry_state`] before using it again). The clipped gradients stay in the parameters' `grad()`.
-pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, clip: f64, optimizer: &mut Optimizer) -> (Tensor, State) {
+/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: `[layers, batch, H]` tensors. The clipped gradients
+/// stay in the parameters' `grad()`.
+pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, clip: f64, optimizer: &mut Optimizer) -> StepOutput {
     let params = model.parameters();
     for p in &params {
         p.shallow_clone().zero_grad();
@@ -235,26 +281,27 @@ pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &S
     let (logits, h) = model.forward(inputs, state, true);
     let loss = cross_entropy(&logits, &step_major(targets));
     loss.backward();
-    let _ = clip_gradients(&params, clip);
+    let grad_norm = clip_gradients(&params, clip);
     optimizer.step(&params);
-    (loss.detach(), h)
+    StepOutput { loss: loss.detach(), grad_norm, state: h }
 }
 
 /// The outcome of a training run.
 #[derive(Debug)]
 pub struct TrainSummary {
-    /// Epochs run.
+    /// Epochs trained in all (a resumed run's earlier epochs included).
     pub epochs: usize,
     /// Training perplexity of the last epoch.
     pub perplexity: f64,
     /// Validation perplexity of the last epoch, with validation.
     pub val_perplexity: Option<f64>,
-    /// With validation: the epoch of lowest validation perplexity.
+    /// With validation: the epoch of lowest validation perplexity (its parameters went to the last
+    /// checkpoint as `best.<name>`).
     pub best: Option<BestEpoch>,
 }
 
 /// The epoch with the lowest validation perplexity so far.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BestEpoch {
     /// The epoch, from 1.
     pub epoch: usize,
@@ -262,70 +309,284 @@ pub struct BestEpoch {
     pub perplexity: f64,
     /// Its validation perplexity.
     pub val_perplexity: f64,
-    /// A copy of the parameters after it, in [`crate::ModelConfig::param_specs`] order.
-    pub params: Vec<Tensor>,
 }
 
-/// Trains `model` on `corpus` (character indices of `vocab`) as the textbook does.
+/// Where a run stands, in numbers; with the tensors of a [`TrainState`] it is everything needed to
+/// continue the run exactly.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Minibatches of epoch `epoch + 1` already trained (0 at an epoch boundary).
+    pub batch: usize,
+    /// The shuffle generator's state before epoch `epoch + 1` draws its shuffle.
+    pub shuffle_rng: u64,
+    /// Adam's update count (0 with SGD).
+    pub optimizer_step: u64,
+    /// Training perplexity of epoch `epoch` (`None` before the first).
+    pub perplexity: Option<f64>,
+    /// Validation perplexity of epoch `epoch`, with validation.
+    pub val_perplexity: Option<f64>,
+    /// The best epoch so far by validation perplexity.
+    pub best: Option<BestEpoch>,
+}
+
+/// A run's resumable state: its [`Position`] and these tensors (on the model's device), by name:
+/// `loss_sum` (the sum of the unfinished epoch's minibatch losses, scalar Float), `grad_norm_sum` (likewise
+/// for the gradient norms), Adam's `adam.m.<param>` and `adam.v.<param>`, with validation the best epoch's
+/// parameters `best.<param>`, and in the middle of a consecutive-sampling epoch the carried state `carry.h`
+/// (and `carry.c` for an LSTM). The model's own parameters are not included.
+pub struct TrainState {
+    /// The numbers.
+    pub position: Position,
+    /// The tensors.
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// The seed of libtorch's generator (dropout masks) for minibatch `batch` (from 0) of `epoch` (from 1): a
+/// function of the position only, so that a resumed run draws the same masks.
+fn minibatch_seed(seed: u64, epoch: usize, batch: usize) -> i64 {
+    let mut r = Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (batch as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    (r.next_u64() >> 1) as i64
+}
+
+fn tensor_named<'a>(tensors: &'a [(String, Tensor)], name: &str) -> std::result::Result<&'a Tensor, String> {
+    tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| format!("the training state lacks {name}"))
+}
+
+/// Everything of a run that changes as it trains, besides the model's parameters.
+struct Run {
+    position: Position,
+    optimizer: Optimizer,
+    loss_sum: Tensor,
+    grad_norm_sum: Tensor,
+    best_params: Option<Vec<Tensor>>,
+    carried: Option<State>,
+}
+
+impl Run {
+    fn start(model: &RnnModel, config: &TrainConfig) -> Result<Run> {
+        let zero = || Tensor::zeros([], (Kind::Float, model.device()));
+        Ok(Run {
+            position: Position {
+                epoch: 0,
+                batch: 0,
+                shuffle_rng: Rng::for_stream(config.seed, Stream::Shuffle).state(),
+                optimizer_step: 0,
+                perplexity: None,
+                val_perplexity: None,
+                best: None,
+            },
+            optimizer: Optimizer::new(config.optimizer, model, config.lr)?,
+            loss_sum: zero(),
+            grad_norm_sum: zero(),
+            best_params: None,
+            carried: None,
+        })
+    }
+
+    /// The run `state` describes, checked against `model` and `config`.
+    fn resume(model: &RnnModel, config: &TrainConfig, state: &TrainState) -> std::result::Result<Run, String> {
+        let mut run = Run::start(model, config).map_err(|e| e.to_string())?;
+        let p = &state.position;
+        let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+        run.optimizer.restore(p.optimizer_step, &names, &state.tensors)?;
+        let _guard = tch::no_grad_guard();
+        let copy_scalar = |dst: &Tensor, name: &str| -> std::result::Result<(), String> {
+            let t = tensor_named(&state.tensors, name)?;
+            if t.size() != dst.size() || t.kind() != Kind::Float {
+                return Err(format!("{name} is {:?} {:?}, expected a Float scalar", t.kind(), t.size()));
+            }
+            dst.shallow_clone().f_copy_(t).map(|_| ()).map_err(|e| e.to_string())
+        };
+        copy_scalar(&run.loss_sum, "loss_sum")?;
+        copy_scalar(&run.grad_norm_sum, "grad_norm_sum")?;
+        if p.best.is_some() {
+            let params = model.parameters();
+            let best = names.iter().zip(&params).map(|(n, param)| {
+                let t = tensor_named(&state.tensors, &format!("best.{n}"))?;
+                if t.size() != param.size() || t.kind() != Kind::Float {
+                    return Err(format!("best.{n} is {:?} {:?}, expected Float {:?}", t.kind(), t.size(), param.size()));
+                }
+                Ok(t.to_device(model.device()).copy())
+            });
+            run.best_params = Some(best.collect::<std::result::Result<Vec<_>, String>>()?);
+        }
+        if p.batch > 0 && config.sampling == Sampling::Consecutive {
+            let fresh = model.begin_state(config.batch);
+            let take = |name: &str, like: &Tensor| -> std::result::Result<Tensor, String> {
+                let t = tensor_named(&state.tensors, name)?;
+                if t.size() != like.size() || t.kind() != Kind::Float {
+                    return Err(format!("{name} is {:?} {:?}, expected Float {:?}", t.kind(), t.size(), like.size()));
+                }
+                Ok(t.to_device(model.device()).copy())
+            };
+            let h = take("carry.h", &fresh.h)?;
+            let c = fresh.c.as_ref().map(|c| take("carry.c", c)).transpose()?;
+            run.carried = Some(State { h, c });
+        }
+        run.position = p.clone();
+        Ok(run)
+    }
+
+    /// The resumable state (see [`TrainState`]); `state` is the carried state in the middle of a
+    /// consecutive-sampling epoch.
+    fn snapshot(&self, model: &RnnModel, state: Option<&State>) -> TrainState {
+        let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+        let (step, mut tensors) = self.optimizer.state(&names);
+        let mut position = self.position.clone();
+        position.optimizer_step = step;
+        tensors.push(("loss_sum".into(), self.loss_sum.shallow_clone()));
+        tensors.push(("grad_norm_sum".into(), self.grad_norm_sum.shallow_clone()));
+        if let Some(best) = &self.best_params {
+            tensors.extend(names.iter().zip(best).map(|(n, t)| (format!("best.{n}"), t.shallow_clone())));
+        }
+        if let Some(s) = state {
+            tensors.push(("carry.h".into(), s.h.detach()));
+            if let Some(c) = &s.c {
+                tensors.push(("carry.c".into(), c.detach()));
+            }
+        }
+        TrainState { position, tensors }
+    }
+
+    /// Fails with [`Error::Diverged`] if the loss or gradient sums are not finite.
+    fn check_finite(&self, epoch: usize) -> Result<(f64, f64)> {
+        let loss = self.loss_sum.double_value(&[]);
+        let norm = self.grad_norm_sum.double_value(&[]);
+        match (loss.is_finite(), norm.is_finite()) {
+            (true, true) => Ok((loss, norm)),
+            (false, _) => Err(Error::Diverged { epoch, what: "the training loss".into(), kept: None }),
+            (_, false) => Err(Error::Diverged { epoch, what: "the gradient norm".into(), kept: None }),
+        }
+    }
+}
+
+/// Trains `model` on `corpus` (character indices of `vocab`) as the textbook does, from the start or, given
+/// `resume` (a [`TrainState`] that an observer saved, with the model's parameters restored), from where that
+/// run stood: the same updates, shuffles and dropout masks, so that on the CPU an interrupted and resumed
+/// run ends bit for bit where an uninterrupted one would. `config.epochs` is the total.
 ///
 /// Random sampling starts every minibatch from a zero state; consecutive sampling starts each epoch from a
 /// zero state and carries it across minibatches, detached. The loop reads nothing back from the device
-/// except once per epoch (the epoch's perplexity) and what the observer asks for.
+/// except once per epoch (the epoch's perplexity and the divergence check) and what the observer asks for.
 ///
 /// `val` (possibly empty) is held-out text, evaluated after every epoch; the best epoch's parameters are
-/// kept in the summary.
-pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], config: &TrainConfig, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
+/// kept in the checkpoints. The observer gets a checkpoint every `config.checkpoint_every` epochs, after
+/// the last epoch, and when it asks to stop. A non-finite loss or gradient norm stops training with
+/// [`Error::Diverged`] before anything of that epoch is checkpointed.
+pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], config: &TrainConfig, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
     config.validate()?;
     config.sampling.check_fits(corpus.len(), config.batch, config.steps)?;
     for p in &config.prefixes {
         vocab.encode(p, "the prefix")?;
     }
-    let mut rng = Rng::for_stream(config.seed, Stream::Shuffle);
-    // Dropout masks come from libtorch's generator.
-    tch::manual_seed(config.seed as i64);
+    let batches = config.sampling.batches_per_epoch(corpus.len(), config.batch, config.steps);
+    let mut run = match resume {
+        None => Run::start(model, config)?,
+        Some(state) => {
+            let run = Run::resume(model, config, state).map_err(|r| Error::config("training state", r))?;
+            let p = &run.position;
+            if p.batch >= batches || (p.epoch, p.batch) >= (config.epochs, 0) {
+                let at = if p.batch > 0 { format!("epoch {} minibatch {}", p.epoch + 1, p.batch) } else { format!("{} epochs", p.epoch) };
+                return Err(Error::config("--epochs", format!("the run already stands at {at}; ask for more than {} epochs", p.epoch.max(config.epochs))));
+            }
+            run
+        }
+    };
     let device = model.device();
-    let mut optimizer = Optimizer::new(config.optimizer, model, config.lr)?;
-    let mut last = f64::NAN;
-    let mut last_val = None;
-    let mut best: Option<BestEpoch> = None;
     let context = config.eval_context(corpus.len());
-    for epoch in 1..=config.epochs {
+    let mut last_save = Instant::now();
+    for epoch in run.position.epoch + 1..=config.epochs {
         let start = Instant::now();
-        optimizer.set_lr(config.lr_decay.lr_at(config.lr, epoch));
+        let lr = config.lr_decay.lr_at(config.lr, epoch);
+        run.optimizer.set_lr(lr);
+        let mut rng = Rng::new(run.position.shuffle_rng);
         let (xs, ys) = config.sampling.epoch(corpus, config.batch, config.steps, &mut rng, device)?;
-        let batches = xs.size()[0] as usize;
-        let loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let mut state = model.begin_state(config.batch);
-        for i in 0..batches {
+        let first = run.position.batch;
+        if first == 0 {
+            let _ = run.loss_sum.zero_();
+            let _ = run.grad_norm_sum.zero_();
+        }
+        let mut state = run.carried.take().unwrap_or_else(|| model.begin_state(config.batch));
+        let mut stop = None;
+        for i in first..batches {
+            if config.dropout > 0.0 {
+                tch::manual_seed(minibatch_seed(config.seed, epoch, i));
+            }
             let input_state = match config.sampling {
                 Sampling::Random => model.begin_state(config.batch),
                 Sampling::Consecutive => carry_state(&state),
             };
-            let (loss, h) = train_step(model, &xs.get(i as i64), &ys.get(i as i64), &input_state, config.clip, &mut optimizer);
-            state = h;
-            let _ = loss_sum.shallow_clone().f_add_(&loss)?;
-            observer.minibatch(&Progress { epoch, epochs: config.epochs, batch: i + 1, batches, loss_sum: &loss_sum });
+            let out = train_step(model, &xs.get(i as i64), &ys.get(i as i64), &input_state, config.clip, &mut run.optimizer);
+            state = out.state;
+            let _ = run.loss_sum.shallow_clone().f_add_(&out.loss)?;
+            let _ = run.grad_norm_sum.shallow_clone().f_add_(&out.grad_norm)?;
+            run.position.batch = i + 1;
+            observer.minibatch(&Progress { epoch, epochs: config.epochs, batch: i + 1, batches, loss_sum: &run.loss_sum });
+            stop = observer.stop_requested();
+            if stop.is_some() && i + 1 < batches {
+                run.check_finite(epoch)?;
+                let carried = (config.sampling == Sampling::Consecutive).then(|| state.detach());
+                observer.checkpoint(model, &run.snapshot(model, carried.as_ref()), SaveReason::Interrupted)?;
+                return Err(Error::Interrupted { signal: stop.unwrap_or(0), epoch, batch: i + 1, batches, saved: None });
+            }
+            if stop.is_some() {
+                break;
+            }
         }
-        last = perplexity(loss_sum.double_value(&[]) / batches as f64);
+        let (loss_total, norm_total) = run.check_finite(epoch)?;
+        let last = perplexity(loss_total / batches as f64);
+        if !last.is_finite() {
+            // A mean loss above ~709 nats: far beyond any model that learns (a uniform guess scores ln V).
+            return Err(Error::Diverged { epoch, what: "the training perplexity".into(), kept: None });
+        }
         // Like the textbook, the reported time is the epoch's training, without validation and predictions.
         let seconds = start.elapsed().as_secs_f64();
+        let mut val_perplexity = None;
         if val.len() >= 2 {
             let vp = evaluate(model, val, context)?.perplexity();
-            if best.as_ref().is_none_or(|b| vp < b.val_perplexity) {
-                let params = model.parameters().iter().map(|p| p.detach().copy()).collect();
-                best = Some(BestEpoch { epoch, perplexity: last, val_perplexity: vp, params });
+            if run.position.best.as_ref().is_none_or(|b| vp < b.val_perplexity) {
+                run.best_params = Some(model.parameters().iter().map(|p| p.detach().copy()).collect());
+                run.position.best = Some(BestEpoch { epoch, perplexity: last, val_perplexity: vp });
             }
-            last_val = Some(vp);
+            val_perplexity = Some(vp);
         }
+        run.position = Position {
+            epoch,
+            batch: 0,
+            shuffle_rng: rng.state(),
+            perplexity: Some(last),
+            val_perplexity,
+            ..run.position.clone()
+        };
         let samples = if epoch % config.pred_period == 0 {
             let s: Result<Vec<String>> = config.prefixes.iter().map(|p| predict(model, vocab, p, config.pred_len)).collect();
             Some(s?)
         } else {
             None
         };
-        observer.epoch(&EpochReport { epoch, perplexity: last, val_perplexity: last_val, seconds, samples });
+        let grad_norm = norm_total / batches as f64;
+        observer.epoch(&EpochReport { epoch, perplexity: last, val_perplexity, grad_norm, lr, seconds, samples });
+        let reason = if epoch == config.epochs {
+            Some(SaveReason::Final)
+        } else if stop.is_some() {
+            Some(SaveReason::Interrupted)
+        } else if config.checkpoint_every.map_or(last_save.elapsed().as_secs() >= AUTO_CHECKPOINT_SECS, |n| epoch % n == 0) {
+            Some(SaveReason::Periodic)
+        } else {
+            None
+        };
+        if let Some(why) = reason {
+            observer.checkpoint(model, &run.snapshot(model, None), why)?;
+            last_save = Instant::now();
+        }
+        if let (Some(signal), SaveReason::Interrupted) = (stop, reason.unwrap_or(SaveReason::Final)) {
+            return Err(Error::Interrupted { signal, epoch, batch: batches, batches, saved: None });
+        }
     }
-    Ok(TrainSummary { epochs: config.epochs, perplexity: last, val_perplexity: last_val, best })
+    let p = &run.position;
+    Ok(TrainSummary { epochs: p.epoch, perplexity: p.perplexity.unwrap_or(f64::NAN), val_perplexity: p.val_perplexity, best: p.best.clone() })
 }
 
 #[cfg(test)]
@@ -415,33 +676,154 @@ mod tests {
         assert!(TrainConfig { val_frac: Some(1.0), ..Default::default() }.validate().unwrap_err().to_string().contains("--val-frac"));
     }
 
-    #[test]
-    fn validation_is_reported_each_epoch_and_the_best_epoch_kept() {
-        struct Record(Vec<f64>);
-        impl TrainObserver for Record {
-            fn epoch(&mut self, r: &EpochReport) {
-                self.0.push(r.val_perplexity.expect("validation every epoch"));
-            }
+    /// Records reports and copies of every checkpoint (model parameters and training state).
+    #[derive(Default)]
+    struct Recorder {
+        reports: Vec<EpochReport>,
+        checkpoints: Vec<(SaveReason, Vec<Tensor>, Position, Vec<(String, Tensor)>)>,
+        /// Ask to stop after this many minibatches in all (counted from this recorder's start).
+        stop_after: Option<usize>,
+        minibatches: usize,
+        /// After the checkpoint of this epoch, make the model's weights NaN.
+        poison_after: Option<usize>,
+    }
+
+    impl TrainObserver for Recorder {
+        fn minibatch(&mut self, _: &Progress<'_>) {
+            self.minibatches += 1;
         }
+        fn epoch(&mut self, r: &EpochReport) {
+            self.reports.push(r.clone());
+        }
+        fn checkpoint(&mut self, model: &RnnModel, state: &TrainState, why: SaveReason) -> Result<()> {
+            let params = model.parameters().iter().map(|p| p.detach().copy()).collect();
+            let tensors = state.tensors.iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect();
+            self.checkpoints.push((why, params, state.position.clone(), tensors));
+            if self.poison_after == Some(state.position.epoch) {
+                tch::no_grad(|| {
+                    let _ = model.parameters()[0].shallow_clone().fill_(f64::NAN);
+                });
+            }
+            Ok(())
+        }
+        fn stop_requested(&mut self) -> Option<i32> {
+            self.stop_after.filter(|&n| self.minibatches >= n).map(|_| 2)
+        }
+    }
+
+    fn corpus() -> (Vocabulary, Vec<i64>) {
         let text = "abcabcabdabcabcabd".repeat(20);
         let vocab = Vocabulary::from_text(&text);
         let ids = vocab.encode(&text, "t").unwrap();
+        (vocab, ids)
+    }
+
+    #[test]
+    fn validation_is_reported_each_epoch_and_the_best_epoch_kept() {
+        let (vocab, ids) = corpus();
         let (train_ids, val_ids) = ids.split_at(300);
         let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
         let config = TrainConfig {
             hidden: 16, steps: 6, batch: 4, lr: 1.0, clip: 1.0, epochs: 8,
             prefixes: vec!["ab".into()], pred_period: 4, pred_len: 3, ..Default::default()
         };
-        let mut rec = Record(Vec::new());
-        let summary = train(&model, &vocab, train_ids, val_ids, &config, &mut rec).unwrap();
+        let mut rec = Recorder::default();
+        let summary = train(&model, &vocab, train_ids, val_ids, &config, None, &mut rec).unwrap();
+        let vals: Vec<f64> = rec.reports.iter().map(|r| r.val_perplexity.expect("validation every epoch")).collect();
         let best = summary.best.expect("a best epoch");
-        let argmin = rec.0.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 + 1;
+        let argmin = vals.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 + 1;
         assert_eq!(best.epoch, argmin);
-        assert_eq!(best.val_perplexity, rec.0[argmin - 1]);
-        // The kept parameters score the kept perplexity.
-        let kept = RnnModel::from_tensors(model.config(), best.params, Device::Cpu).unwrap();
+        assert_eq!(best.val_perplexity, vals[argmin - 1]);
+        // The final checkpoint carries the best epoch's parameters, and they score the kept perplexity.
+        let (why, _, position, tensors) = rec.checkpoints.last().unwrap();
+        assert_eq!((*why, position.best.as_ref()), (SaveReason::Final, Some(&best)));
+        let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+        let params = names.iter().map(|n| tensor_named(tensors, &format!("best.{n}")).unwrap().copy()).collect();
+        let kept = RnnModel::from_tensors(model.config(), params, Device::Cpu).unwrap();
         let again = evaluate(&kept, val_ids, config.eval_context(train_ids.len())).unwrap().perplexity();
         assert!((again - best.val_perplexity).abs() < 1e-9 * again, "{again} vs {}", best.val_perplexity);
+    }
+
+    /// Trains `config` from scratch, stopping after `stop_after` minibatches if given; returns the model
+    /// and the recorder.
+    fn run(config: &TrainConfig, stop_after: Option<usize>) -> (RnnModel, Recorder, Result<TrainSummary>) {
+        let (vocab, ids) = corpus();
+        let (train_ids, val_ids) = ids.split_at(if config.val_frac.is_some() { 300 } else { ids.len() });
+        let model = RnnModel::new(config.model_config(vocab.len()), config.seed, Device::Cpu).unwrap();
+        let mut rec = Recorder { stop_after, ..Default::default() };
+        let result = train(&model, &vocab, train_ids, val_ids, config, None, &mut rec);
+        (model, rec, result)
+    }
+
+    #[test]
+    fn a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() {
+        let base = TrainConfig { hidden: 12, steps: 5, batch: 3, epochs: 5, prefixes: vec!["ab".into()], pred_period: 1, pred_len: 4, ..Default::default() };
+        let configs = [
+            TrainConfig { lr: 1.0, clip: 1.0, ..base.clone() },
+            TrainConfig {
+                cell: Cell::Gru, layers: 2, embed: 4, dropout: 0.3, optimizer: OptimizerKind::Adam, lr: 0.01,
+                sampling: Sampling::Consecutive, val_frac: Some(0.1), init: Init::Uniform, ..base.clone()
+            },
+            TrainConfig { cell: Cell::Lstm, optimizer: OptimizerKind::Adam, lr: 0.01, lr_decay: crate::LrDecay { factor: 0.5, every: 2 }, sampling: Sampling::Consecutive, ..base.clone() },
+        ];
+        for config in configs {
+            let (straight, full, result) = run(&config, None);
+            result.unwrap();
+            let (vocab, ids) = corpus();
+            let (train_ids, val_ids) = ids.split_at(if config.val_frac.is_some() { 300 } else { ids.len() });
+            let per_epoch = config.sampling.batches_per_epoch(train_ids.len(), config.batch, config.steps);
+            // Stop in the middle of epoch 3, and at the end of epoch 2.
+            for stop_after in [2 * per_epoch + per_epoch / 2, 2 * per_epoch] {
+                let (_, first, result) = run(&config, Some(stop_after));
+                assert!(matches!(result, Err(Error::Interrupted { signal: 2, .. })), "{result:?}");
+                let (why, params, position, tensors) = first.checkpoints.last().unwrap();
+                assert_eq!(*why, SaveReason::Interrupted);
+                let resumed = RnnModel::from_tensors(straight.config(), params.iter().map(|t| t.copy()).collect(), Device::Cpu).unwrap();
+                let state = TrainState { position: position.clone(), tensors: tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect() };
+                let mut rest = Recorder::default();
+                train(&resumed, &vocab, train_ids, val_ids, &config, Some(&state), &mut rest).unwrap();
+                for (a, b) in straight.parameters().iter().zip(resumed.parameters()) {
+                    assert!(a.equal(b), "{:?} {:?} stopped after {stop_after}: parameters differ", config.cell, config.sampling);
+                }
+                let printed = |r: &EpochReport| (r.epoch, r.perplexity, r.val_perplexity, r.samples.clone());
+                let tail: Vec<_> = full.reports.iter().skip(first.reports.len()).map(printed).collect();
+                assert_eq!(rest.reports.iter().map(printed).collect::<Vec<_>>(), tail);
+            }
+        }
+    }
+
+    #[test]
+    fn divergence_stops_training_naming_the_epoch_and_saves_nothing_after_it() {
+        let config = TrainConfig { hidden: 12, steps: 5, batch: 3, epochs: 6, lr: 1.0, clip: 1.0, checkpoint_every: Some(1), prefixes: vec!["ab".into()], ..Default::default() };
+        let (vocab, ids) = corpus();
+        let model = RnnModel::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        let mut rec = Recorder { poison_after: Some(2), ..Default::default() };
+        let err = train(&model, &vocab, &ids, &[], &config, None, &mut rec).unwrap_err();
+        assert!(matches!(err, Error::Diverged { epoch: 3, .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("epoch 3") && msg.contains("--lr") && msg.contains("--clip"), "{msg}");
+        let epochs: Vec<usize> = rec.checkpoints.iter().map(|c| c.2.epoch).collect();
+        assert_eq!(epochs, vec![1, 2]);
+        // A huge learning rate without clipping diverges in the first epoch.
+        let wild = TrainConfig { lr: 1e30, clip: 1e30, checkpoint_every: None, ..config };
+        let model = RnnModel::new(wild.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        let mut rec = Recorder::default();
+        let err = train(&model, &vocab, &ids, &[], &wild, None, &mut rec).unwrap_err();
+        assert!(matches!(err, Error::Diverged { epoch: 1, .. }), "{err:?}");
+        assert!(rec.checkpoints.is_empty());
+    }
+
+    #[test]
+    fn checkpoints_come_every_n_epochs_at_the_end_and_on_request() {
+        let config = TrainConfig { hidden: 8, steps: 5, batch: 3, epochs: 7, lr: 1.0, clip: 1.0, checkpoint_every: Some(3), prefixes: vec!["ab".into()], ..Default::default() };
+        let (_, rec, result) = run(&config, None);
+        result.unwrap();
+        let at: Vec<(SaveReason, usize, usize)> = rec.checkpoints.iter().map(|c| (c.0, c.2.epoch, c.2.batch)).collect();
+        assert_eq!(at, vec![(SaveReason::Periodic, 3, 0), (SaveReason::Periodic, 6, 0), (SaveReason::Final, 7, 0)]);
+        let (_, rec, result) = run(&config, Some(5));
+        assert!(matches!(result, Err(Error::Interrupted { epoch: 1, batch: 5, .. })), "{result:?}");
+        let at: Vec<(SaveReason, usize, usize)> = rec.checkpoints.iter().map(|c| (c.0, c.2.epoch, c.2.batch)).collect();
+        assert_eq!(at, vec![(SaveReason::Interrupted, 0, 5)]);
     }
 
     #[test]
@@ -474,7 +856,7 @@ mod tests {
             prefixes: vec!["ab".into()], pred_period: 10, pred_len: 5, ..Default::default()
         };
         let mut rec = Record(Vec::new(), 0);
-        let summary = train(&model, &vocab, &ids, &[], &config, &mut rec).unwrap();
+        let summary = train(&model, &vocab, &ids, &[], &config, None, &mut rec).unwrap();
         assert_eq!(rec.0.len(), 30);
         assert_eq!(rec.1, 30 * Sampling::Random.batches_per_epoch(ids.len(), 4, 6));
         assert!(rec.0[0].perplexity > 3.0 && summary.perplexity < 2.0, "{} -> {}", rec.0[0].perplexity, summary.perplexity);
