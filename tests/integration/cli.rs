@@ -3,37 +3,37 @@ use assert_cmd::Command;
 use std::path::{Path, PathBuf};
 
 /// A lyric-like corpus big enough for small minibatches.
-const LYRICS: &str = "分开 不分开 我不能再想 我不 我不 我不要再想你 不知不觉 你已经离开我 不知不觉 我跟了这节奏\n\
+pub(crate) const LYRICS: &str = "分开 不分开 我不能再想 我不 我不 我不要再想你 不知不觉 你已经离开我 不知不觉 我跟了这节奏\n\
 后知后觉 又过了一个秋 后知后觉 我该好好生活 我该好好生活 不知不觉 你已经离开我\n";
 
-struct Env {
-    dir: tempfile::TempDir,
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 /// Result of one run: exit code, stdout, stderr.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Env {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let env = Env { dir: tempfile::tempdir().unwrap() };
         env.write("lyrics.txt", LYRICS.repeat(6).as_bytes());
         env
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn write(&self, name: &str, bytes: &[u8]) {
+    pub(crate) fn write(&self, name: &str, bytes: &[u8]) {
         std::fs::write(self.path(name), bytes).unwrap();
     }
 
     /// Runs `charrnn args...` in the temporary folder.
-    fn run(&self, args: &[&str]) -> Run {
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
         let out = Command::cargo_bin("charrnn").unwrap().current_dir(self.dir.path()).args(args).output().unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
@@ -43,14 +43,14 @@ impl Env {
     }
 
     /// A quick training run with small settings, plus `extra` flags (which may repeat and override them).
-    fn train(&self, extra: &[&str]) -> Run {
+    pub(crate) fn train(&self, extra: &[&str]) -> Run {
         let mut args = env_train_args();
         args.extend_from_slice(extra);
         self.run(&args)
     }
 
     /// Asserts a run failed cleanly: non-zero exit, one `error:` line on stderr naming `needle`, no panic.
-    fn fails(&self, args: &[&str], needle: &str) -> Run {
+    pub(crate) fn fails(&self, args: &[&str], needle: &str) -> Run {
         let r = self.run(args);
         assert_ne!(r.code, 0, "{args:?} should fail");
         assert!(r.stderr.starts_with("error:"), "{args:?}: stderr {:?}", r.stderr);
@@ -62,15 +62,21 @@ impl Env {
 }
 
 /// `train` with small settings that fit the test corpus.
-fn env_train_args() -> Vec<&'static str> {
+pub(crate) fn env_train_args() -> Vec<&'static str> {
     vec![
         "train", "--corpus", "lyrics.txt", "--hidden", "32", "--steps", "5", "--batch", "4", "--epochs", "20",
         "--lr", "1", "--clip", "1", "--pred-period", "10", "--pred-len", "8", "--device", "cpu",
     ]
 }
 
+/// The files (not folders) in a model folder, sorted.
 fn model_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
     v.sort();
     v
 }

@@ -1,3 +1,4 @@
 //! Integration tests, in one binary (each test binary links libtorch, which is slow).
+mod checkpoints;
 mod cli;
 mod pytorch;

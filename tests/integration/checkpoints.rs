@@ -1,0 +1,218 @@
+//! Checkpoints end to end: exact resume, Ctrl-C and SIGTERM, SIGKILL at random moments, divergence.
+use crate::cli::{env_train_args, Env};
+use charrnn::checkpoint;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tch::Device;
+
+/// A run that trains a small two-layer GRU with Adam and dropout, saving a checkpoint after every epoch;
+/// `epochs` is large, so it runs until stopped.
+const LONG_RUN: &[&str] = &[
+    "train", "--corpus", "lyrics.txt", "--cell", "gru", "--layers", "2", "--embed", "8", "--dropout", "0.2", "--hidden", "48",
+    "--optimizer", "adam", "--lr", "0.01", "--steps", "5", "--batch", "4", "--epochs", "100000", "--pred-period", "1",
+    "--pred-len", "4", "--checkpoint-every", "1", "--device", "cpu", "--out", "m",
+];
+
+fn spawn(env: &Env, args: &[&str]) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("charrnn"))
+        .current_dir(env.dir.path())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(path: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < limit, "{} did not appear within {limit:?}", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill -{name} failed");
+}
+
+/// Waits for `child` to exit (at most a minute); returns its exit code (`None`: killed by a signal) and
+/// its stderr.
+fn finish(mut child: Child) -> (Option<i32>, String) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("charrnn did not exit within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+/// The report lines without their timing, from epoch `after + 1` on.
+fn reports_after(stdout: &str, after: usize) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("epoch "))
+        .filter(|l| l[6..].split(',').next().unwrap().parse::<usize>().unwrap() > after)
+        .map(|l| l.split(", time ").next().unwrap().to_string())
+        .collect()
+}
+
+fn assert_same_parameters(a: &Path, b: &Path) {
+    let (a, b) = (checkpoint::load(a, Device::Cpu).unwrap(), checkpoint::load(b, Device::Cpu).unwrap());
+    for ((name, x), (_, y)) in a.model.named_parameters().iter().zip(b.model.named_parameters()) {
+        assert!(x.equal(y), "{name} differs");
+    }
+}
+
+/// Where the resumable checkpoint in `dir/last` stands: (epochs completed, minibatches into the next).
+fn position(dir: &Path) -> (usize, usize) {
+    let loaded = checkpoint::load(&dir.join(charrnn::LAST_DIR), Device::Cpu).unwrap();
+    let p = &loaded.file.resume.as_ref().expect("a resumable checkpoint").position;
+    (p.epoch, p.batch)
+}
+
+#[test]
+fn ten_epochs_then_resume_to_twenty_equals_twenty_straight() {
+    let env = Env::new();
+    let extra = ["--optimizer", "adam", "--lr", "0.01", "--sampling", "consecutive", "--batch", "2", "--val-frac", "0.2", "--pred-period", "1"];
+    let straight = env.train(&[&extra[..], &["--out", "a"]].concat());
+    assert_eq!(straight.code, 0, "{}", straight.stderr);
+    let first = env.train(&[&extra[..], &["--out", "b", "--epochs", "10"]].concat());
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(position(&env.path("b")), (10, 0));
+    let rest = env.run(&["train", "--resume", "b", "--epochs", "20"]);
+    assert_eq!(rest.code, 0, "{}", rest.stderr);
+    assert_eq!(reports_after(&first.stdout, 0), reports_after(&straight.stdout, 0)[..10]);
+    assert_eq!(reports_after(&rest.stdout, 10), reports_after(&straight.stdout, 10));
+    assert_eq!(reports_after(&rest.stdout, 10).len(), 10);
+    assert_same_parameters(&env.path("a/last"), &env.path("b/last"));
+    assert_same_parameters(&env.path("a"), &env.path("b"));
+    // Asking for no more epochs than the run has is a clear error.
+    env.fails(&["train", "--resume", "b", "--epochs", "20"], "already stands at 20 epochs");
+    env.fails(&["train", "--resume", "nowhere"], "no resumable checkpoint");
+}
+
+#[test]
+fn ctrl_c_and_sigterm_checkpoint_exit_130_and_143_and_resume_exactly() {
+    for (name, code) in [("INT", 130), ("TERM", 143)] {
+        let env = Env::new();
+        let child = spawn(&env, LONG_RUN);
+        wait_for(&env.path("m/last/model.json"), Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(200));
+        signal(&child, name);
+        let (status, stderr) = finish(child);
+        assert_eq!(status, Some(code), "SIG{name}: {stderr}");
+        assert!(stderr.contains("interrupted in epoch") && stderr.contains("charrnn train --resume m"), "{stderr}");
+        // Continue two epochs past the stop, and compare with a run that never stopped.
+        let (epoch, batch) = position(&env.path("m"));
+        let total = (epoch + 2).to_string();
+        let resumed = env.run(&["train", "--resume", "m", "--epochs", &total]);
+        assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+        let mut straight_args: Vec<&str> = LONG_RUN.to_vec();
+        straight_args.extend(["--out", "s", "--epochs", &total]);
+        let straight = env.run(&straight_args);
+        assert_eq!(straight.code, 0, "{}", straight.stderr);
+        assert_same_parameters(&env.path("s/last"), &env.path("m/last"));
+        assert_eq!(reports_after(&resumed.stdout, epoch), reports_after(&straight.stdout, epoch), "stopped at {epoch}+{batch}");
+    }
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_the_last_checkpoint_still_loads() {
+    let env = Env::new();
+    let child = spawn(&env, LONG_RUN);
+    wait_for(&env.path("m/last/model.json"), Duration::from_secs(30));
+    signal(&child, "INT");
+    signal(&child, "INT");
+    let (status, stderr) = finish(child);
+    assert_eq!(status, Some(130), "{stderr}");
+    for dir in ["m", "m/last"] {
+        let p = env.run(&["predict", "--model", dir, "--prefix", "分开", "--num-chars", "3"]);
+        assert_eq!(p.code, 0, "{dir}: {}", p.stderr);
+    }
+    let resumed = env.run(&["train", "--resume", "m", "--epochs", &(position(&env.path("m")).0 + 1).to_string()]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+}
+
+/// When `path` was last modified, if it exists.
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[test]
+fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
+    let env = Env::new();
+    let pointer = env.path("m/last/model.json");
+    // The first kill comes early (perhaps before any save); each later one a fixed "random" time after the
+    // run's first own save, so the kills land in every phase of the saves, which come every few
+    // milliseconds.
+    let delays_ms = [300u64, 3, 41, 17, 88, 0, 59, 26, 71];
+    for (i, delay) in delays_ms.iter().enumerate() {
+        let before = modified(&pointer);
+        let child = if before.is_some() { spawn(&env, &["train", "--resume", "m", "--epochs", "100000"]) } else { spawn(&env, LONG_RUN) };
+        if i > 0 {
+            let start = Instant::now();
+            while modified(&pointer) == before {
+                assert!(start.elapsed() < Duration::from_secs(30), "kill {i}: no checkpoint within 30 s");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(*delay));
+        signal(&child, "KILL");
+        let (status, _) = finish(child);
+        assert_eq!(status, None, "kill {i}: killed by the signal");
+        if env.path("m").exists() {
+            let model = checkpoint::load(&env.path("m"), Device::Cpu);
+            assert!(model.is_ok(), "kill {i}: the model does not load: {}", model.err().unwrap());
+            let last = env.path("m/last");
+            let loaded = checkpoint::load(&last, Device::Cpu).unwrap_or_else(|e| panic!("kill {i}: last does not load: {e}"));
+            checkpoint::load_state(&last, &loaded, Device::Cpu).unwrap_or_else(|e| panic!("kill {i}: state does not load: {e}"));
+        } else {
+            assert_eq!(i, 0, "kill {i}: the model folder is gone");
+        }
+    }
+    // Whatever the kills left, the run continues and finishes.
+    let total = (position(&env.path("m")).0 + 1).to_string();
+    let r = env.run(&["train", "--resume", "m", "--epochs", &total]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The saves' own files only: no leftover temporaries or orphaned weights.
+    for dir in ["m", "m/last"] {
+        let names: Vec<String> = std::fs::read_dir(env.path(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let loose: Vec<&String> = names.iter().filter(|n| n.starts_with('.') || n.matches(".safetensors").count() > 1).collect();
+        assert!(loose.is_empty(), "{dir}: {loose:?}");
+        let tensors = names.iter().filter(|n| n.ends_with(".safetensors")).count();
+        assert_eq!(tensors, if dir == "m" { 1 } else { 2 }, "{dir}: {names:?}");
+    }
+}
+
+#[test]
+fn divergence_is_a_clear_error_and_keeps_the_last_good_checkpoint() {
+    let env = Env::new();
+    let r = env.fails(&[&env_train_args()[..], &["--lr", "1e30", "--clip", "1e30", "--out", "d"]].concat(), "diverged in epoch 1");
+    assert!(r.stderr.contains("--lr") && r.stderr.contains("nothing of this run was saved"), "{}", r.stderr);
+    assert!(!env.path("d").exists());
+    // When a resumed run diverges, the checkpoint it started from stays as it was. (Infinite weights make
+    // the next epoch's loss infinite.)
+    assert_eq!(env.train(&["--epochs", "2", "--out", "g"]).code, 0);
+    let last = env.path("g/last");
+    let loaded = checkpoint::load(&last, Device::Cpu).unwrap();
+    let state = checkpoint::load_state(&last, &loaded, Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        let _ = loaded.model.parameters()[0].shallow_clone().fill_(f64::INFINITY);
+    });
+    let params: Vec<(String, tch::Tensor)> = loaded.model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
+    checkpoint::save_parts(&last, &params, loaded.file.clone(), Some(&state)).unwrap();
+    let before = std::fs::read(last.join("model.json")).unwrap();
+    let r = env.fails(&["train", "--resume", "g", "--epochs", "4"], "diverged in epoch 3");
+    assert!(r.stderr.contains("the last good checkpoint (2 epochs) is kept in g"), "{}", r.stderr);
+    assert_eq!(std::fs::read(last.join("model.json")).unwrap(), before);
+}
