@@ -39,9 +39,15 @@ impl Sampling {
         if self.batches_per_epoch(len, batch, steps) > 0 {
             return Ok(());
         }
-        let fit = |b: usize, s: usize| self.batches_per_epoch(len, b, s) > 0;
-        let max_steps = (1..=steps).rev().find(|&s| fit(batch, s));
-        let max_batch = (1..=batch).rev().find(|&b| fit(b, steps));
+        // The largest steps (batch) that fits with the other as given, computed directly: searching would
+        // take forever for absurd values.
+        let (max_steps, max_batch) = match self {
+            Sampling::Random => ((len.saturating_sub(1) / batch.max(1)).min(steps), (len.saturating_sub(1) / steps.max(1)).min(batch)),
+            Sampling::Consecutive => ((len / batch.max(1)).saturating_sub(1).min(steps), (len / steps.saturating_add(1)).min(batch)),
+        };
+        let (max_steps, max_batch) = (Some(max_steps).filter(|&s| s > 0), Some(max_batch).filter(|&b| b > 0));
+        debug_assert!(max_steps.is_none_or(|s| self.batches_per_epoch(len, batch, s) > 0));
+        debug_assert!(max_batch.is_none_or(|b| self.batches_per_epoch(len, b, steps) > 0));
         let hint = match (max_batch, max_steps) {
             (Some(b), Some(s)) => format!("try --batch {b} or --steps {s}"),
             (Some(b), None) => format!("try --batch {b}"),
@@ -151,5 +157,32 @@ mod tests {
         assert!(err.contains("--batch 2") && err.contains("--steps 2"), "{err}");
         assert!(Sampling::Random.check_fits(32 * 35 + 1, 32, 35).is_ok());
         assert!(Sampling::Random.check_fits(32 * 35, 32, 35).is_err());
+    }
+
+    #[test]
+    fn the_hint_is_the_largest_that_fits_even_for_absurd_sizes() {
+        for sampling in [Sampling::Random, Sampling::Consecutive] {
+            for len in [1, 2, 7, 40, 100] {
+                for (batch, steps) in [(1, 1), (3, 50), (32, 35), (7, 2), (200, 1)] {
+                    let Err(err) = sampling.check_fits(len, batch, steps) else { continue };
+                    let fits = |b: usize, s: usize| sampling.batches_per_epoch(len, b, s) > 0;
+                    let err = err.to_string();
+                    match (1..=steps).rev().find(|&s| fits(batch, s)) {
+                        Some(s) => assert!(err.contains(&format!("--steps {s}")), "{err}"),
+                        None => assert!(!err.contains("try --steps") && !err.contains("or --steps"), "{err}"),
+                    }
+                    match (1..=batch).rev().find(|&b| fits(b, steps)) {
+                        Some(b) => assert!(err.contains(&format!("--batch {b}")), "{err}"),
+                        None => assert!(!err.contains("try --batch"), "{err}"),
+                    }
+                }
+            }
+            // Answered at once, not by trying every size.
+            let err = sampling.check_fits(100, usize::MAX, usize::MAX).unwrap_err().to_string();
+            assert!(err.contains("longer corpus"), "{err}");
+            let err = sampling.check_fits(100, 1 << 60, 5).unwrap_err().to_string();
+            let want = if sampling == Sampling::Random { "try --batch 19" } else { "try --batch 16" };
+            assert!(err.contains(want), "{err}");
+        }
     }
 }
