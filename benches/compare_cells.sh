@@ -2,21 +2,30 @@
 # Validation perplexity and training throughput of every cell (rnn, gru, lstm) x 1/2 layers x one-hot/embedding
 # input under one fixed budget, then the two initialisations for each cell. Prints markdown tables.
 # Usage: bash benches/compare_cells.sh [CORPUS]   (LIMIT=50000 EPOCHS=10 by default; about 15 minutes on 2 cores)
-# SECTIONS="cells init dropout" chooses the tables.
+# SECTIONS="cells init dropout deep" chooses the tables (default: the first three); LIMIT=all trains on the
+# whole corpus; THREADS=N sets the CPU threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=${1:-data/yuanqu.txt}
 limit=${LIMIT:-50000}
 epochs=${EPOCHS:-10}
+threads=()
+[ -n "${THREADS:-}" ] && threads=(--threads "$THREADS")
+limit_flag=(--limit-chars "$limit")
+if [ "$limit" = all ]; then
+    limit=$(LC_ALL=C.UTF-8 wc -m < "$corpus")
+    limit_flag=()
+fi
 bash scripts/setup.sh --build-only
 cargo build --release --quiet
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # The budget: Adam at its default rate, hidden 256, 35 steps x 32 sequences, 10% held out.
-common=(--corpus "$corpus" --limit-chars "$limit" --epochs "$epochs" --val-frac 0.1 --optimizer adam --hidden 256
-        --steps 35 --batch 32 --pred-period 1 --pred-len 0 --seed 0 --device cpu)
+common=(--corpus "$corpus" "${limit_flag[@]}" --epochs "$epochs" --val-frac 0.1 --optimizer adam --hidden 256
+        --steps 35 --batch 32 --pred-period 1 --pred-len 0 --seed 0 --device cpu "${threads[@]}")
 # Characters trained per epoch: random sampling uses floor((n - 1) / 35 / 32) minibatches of 32 x 35.
 train_chars=$(( limit - (limit + 5) / 10 ))
+echo "($train_chars characters trained per epoch)"
 per_epoch=$(( (train_chars - 1) / 35 / 32 * 32 * 35 ))
 
 run() { # prints: best validation perplexity, its epoch, characters per second
@@ -62,5 +71,15 @@ echo "| cell | best val perplexity | at epoch | training chars/s |"
 echo "| --- | ---: | ---: | ---: |"
 for cell in rnn gru lstm; do
     echo "| $cell | $(run --cell "$cell" --layers 2 --embed 64 --dropout 0.3 --init uniform) |"
+done
+fi
+if [[ $sections == *deep* ]]; then
+echo
+echo "2 layers, embedding 64, same budget:"
+echo
+echo "| cell | best val perplexity | at epoch | training chars/s |"
+echo "| --- | ---: | ---: | ---: |"
+for cell in rnn gru lstm; do
+    echo "| $cell | $(run --cell "$cell" --layers 2 --embed 64 --init uniform) |"
 done
 fi

@@ -438,4 +438,77 @@ mod tests {
         let err = load(&dir.path().join("nope"), Device::Cpu).err().unwrap().to_string();
         assert!(err.contains("no such folder"), "{err}");
     }
+
+    /// Rewrites model.json of `dir` through `edit`.
+    fn edit_json(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = dir.join(MODEL_JSON);
+        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut json);
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    }
+
+    fn refusal(dir: &Path) -> String {
+        load(dir, Device::Cpu).err().expect("must be refused").to_string()
+    }
+
+    #[test]
+    fn files_that_claim_more_than_they_hold_are_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, file) = sample(1);
+        save(dir.path(), &model, file).unwrap();
+        // A 10^12-character vocabulary cannot be listed in a small file.
+        edit_json(dir.path(), |j| j["model"]["vocab_size"] = 1_000_000_000_000u64.into());
+        assert!(refusal(dir.path()).contains("vocabulary has 4 characters but the model expects 1000000000000"));
+        // Sizes the weights file cannot hold are refused by arithmetic, not by trying.
+        for (field, value) in [("hidden", 1u64 << 40), ("layers", 1 << 50), ("embed", u64::MAX)] {
+            edit_json(dir.path(), |j| {
+                j["model"]["vocab_size"] = 4.into();
+                j["model"]["hidden"] = 6.into();
+                j["model"]["layers"] = 1.into();
+                j["model"]["embed"] = 0.into();
+                j["model"][field] = value.into();
+            });
+            let err = refusal(dir.path());
+            assert!(err.contains("of weights but the weights file has"), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn newer_formats_missing_tensors_and_mismatched_vocabularies_are_refused_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, file) = sample(1);
+        save(dir.path(), &model, file.clone()).unwrap();
+        edit_json(dir.path(), |j| j["version"] = (VERSION + 1).into());
+        assert!(refusal(dir.path()).contains("newer than this charrnn understands"));
+
+        // A weights file without W_hh (a same-sized stranger in its place, so that the size is right).
+        let params: Vec<(String, Tensor)> = model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (if n == "W_hh" { "W_hh_typo".to_string() } else { n }, t.shallow_clone()))
+            .collect();
+        save_parts(dir.path(), &params, file.clone(), None).unwrap();
+        assert!(refusal(dir.path()).contains("weights lack W_hh"));
+
+        // A vocabulary one character longer than the weights' rows.
+        save(dir.path(), &model, file.clone()).unwrap();
+        edit_json(dir.path(), |j| {
+            j["vocab"] = "了分吗开无".into();
+            j["model"]["vocab_size"] = 5.into();
+        });
+        let err = refusal(dir.path());
+        assert!(err.contains("W_xh is Float [4, 6], expected Float [5, 6]"), "{err}");
+    }
+
+    #[test]
+    fn a_model_trained_on_cuda_loads_on_the_cpu() {
+        // Weights are always written from CPU copies; the device is only recorded.
+        let dir = tempfile::tempdir().unwrap();
+        let (model, file) = sample(1);
+        save(dir.path(), &model, ModelFile { device: "cuda:0".into(), ..file }).unwrap();
+        let loaded = load(dir.path(), Device::Cpu).unwrap();
+        assert_eq!(loaded.file.device, "cuda:0");
+        assert_eq!(loaded.model.device(), Device::Cpu);
+        assert!(loaded.model.parameters()[0].equal(model.parameters()[0]));
+    }
 }
