@@ -6,10 +6,9 @@ the corpus held out and scored each epoch in windows of --steps characters from 
 validation does). PyTorch's default (uniform) initialisation. Prints charrnn's report lines, then, for the
 best epoch, the held-out cross-entropy split by how often each target character occurs in the trained part.
 
-Usage: python benches/reference_cells.py --corpus FILE [--limit-chars 50000] [--cell gru] [--layers 2]
+Usage: python benches/reference_cells.py --corpus FILE [--limit-chars 50000 (0: all)] [--cell gru] [--layers 2]
        [--embed 64] [--dropout 0] [--epochs 10] [--lr 0.002] [--clip 0.01] [--seed 0] [--threads N]
 """
-import argparse
 import math
 import random
 import time
@@ -19,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_textbook import load, random_batches
+from reference_textbook import arguments, load, random_batches
 
 
 class Net(nn.Module):
@@ -52,22 +51,12 @@ def held_out_losses(net, ids, steps):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--limit-chars", type=int, default=50000)
+    p = arguments(limit_chars=50000, epochs=10, lr=0.002)
     p.add_argument("--val-frac", type=float, default=0.1)
     p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="gru")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--embed", type=int, default=64)
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--steps", type=int, default=35)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.002)
-    p.add_argument("--clip", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int)
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -61,21 +61,27 @@ def predict(prefix, n, params, vocab, index, hidden):
     return "".join(vocab[i] for i in out)
 
 
-def main():
+def arguments(limit_chars, epochs, lr):
+    """The flags both reference scripts share, with charrnn's names; the defaults that differ are given."""
     p = argparse.ArgumentParser()
     p.add_argument("--corpus", required=True)
-    p.add_argument("--limit-chars", type=int, default=10000)
-    p.add_argument("--sampling", choices=["random", "consecutive"], default="random")
-    p.add_argument("--epochs", type=int, default=250)
+    p.add_argument("--limit-chars", type=int, default=limit_chars)
+    p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--steps", type=int, default=35)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=100.0)
+    p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--clip", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    return p
+
+
+def main():
+    p = arguments(limit_chars=10000, epochs=250, lr=100.0)
+    p.add_argument("--sampling", choices=["random", "consecutive"], default="random")
     p.add_argument("--pred-period", type=int, default=50)
     p.add_argument("--prefix", action="append")
-    p.add_argument("--threads", type=int)
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -1,6 +1,6 @@
 //! Parameter updates: plain SGD (the textbook's) or Adam, and a step-wise learning-rate decay.
 use crate::error::{Error, Result};
-use crate::model::{Init, RnnModel};
+use crate::model::{take_named, Init, RnnModel};
 use tch::Tensor;
 
 /// Which update rule training uses.
@@ -124,15 +124,9 @@ impl Optimizer {
         let Some(adam) = &mut self.adam else {
             return Ok(());
         };
-        let _guard = tch::no_grad_guard();
-        for (prefix, ts) in [("m", &adam.m), ("v", &adam.v)] {
-            for (n, t) in names.iter().zip(ts) {
-                let key = format!("adam.{prefix}.{n}");
-                let saved = tensors.iter().find(|(n, _)| *n == key).map(|(_, t)| t).ok_or_else(|| format!("the optimizer state lacks {key}"))?;
-                if saved.size() != t.size() || saved.kind() != t.kind() {
-                    return Err(format!("{key} is {:?} {:?}, expected {:?} {:?}", saved.kind(), saved.size(), t.kind(), t.size()));
-                }
-                t.shallow_clone().f_copy_(saved).map_err(|e| e.to_string())?;
+        for (prefix, ts) in [("m", &mut adam.m), ("v", &mut adam.v)] {
+            for (n, t) in names.iter().zip(ts.iter_mut()) {
+                *t = take_named(tensors, &format!("adam.{prefix}.{n}"), t)?;
             }
         }
         adam.step = step;

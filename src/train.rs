@@ -3,7 +3,7 @@ use crate::batches::Sampling;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, perplexity};
-use crate::model::{cross_entropy, step_major, Backend, Cell, Init, ModelConfig, RnnModel, State};
+use crate::model::{cross_entropy, step_major, take_named, Backend, Cell, Init, ModelConfig, RnnModel, State};
 use crate::predict::predict;
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::rng::{Rng, Stream};
@@ -350,10 +350,6 @@ fn minibatch_seed(seed: u64, epoch: usize, batch: usize) -> i64 {
     (r.next_u64() >> 1) as i64
 }
 
-fn tensor_named<'a>(tensors: &'a [(String, Tensor)], name: &str) -> std::result::Result<&'a Tensor, String> {
-    tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| format!("the training state lacks {name}"))
-}
-
 /// Everything of a run that changes as it trains, besides the model's parameters.
 struct Run {
     position: Position,
@@ -391,38 +387,16 @@ impl Run {
         let p = &state.position;
         let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
         run.optimizer.restore(p.optimizer_step, &names, &state.tensors)?;
-        let _guard = tch::no_grad_guard();
-        let copy_scalar = |dst: &Tensor, name: &str| -> std::result::Result<(), String> {
-            let t = tensor_named(&state.tensors, name)?;
-            if t.size() != dst.size() || t.kind() != Kind::Float {
-                return Err(format!("{name} is {:?} {:?}, expected a Float scalar", t.kind(), t.size()));
-            }
-            dst.shallow_clone().f_copy_(t).map(|_| ()).map_err(|e| e.to_string())
-        };
-        copy_scalar(&run.loss_sum, "loss_sum")?;
-        copy_scalar(&run.grad_norm_sum, "grad_norm_sum")?;
+        run.loss_sum = take_named(&state.tensors, "loss_sum", &run.loss_sum)?;
+        run.grad_norm_sum = take_named(&state.tensors, "grad_norm_sum", &run.grad_norm_sum)?;
         if p.best.is_some() {
-            let params = model.parameters();
-            let best = names.iter().zip(&params).map(|(n, param)| {
-                let t = tensor_named(&state.tensors, &format!("best.{n}"))?;
-                if t.size() != param.size() || t.kind() != Kind::Float {
-                    return Err(format!("best.{n} is {:?} {:?}, expected Float {:?}", t.kind(), t.size(), param.size()));
-                }
-                Ok(t.to_device(model.device()).copy())
-            });
+            let best = names.iter().zip(model.parameters()).map(|(n, param)| take_named(&state.tensors, &format!("best.{n}"), param));
             run.best_params = Some(best.collect::<std::result::Result<Vec<_>, String>>()?);
         }
         if p.batch > 0 && config.sampling == Sampling::Consecutive {
             let fresh = model.begin_state(config.batch);
-            let take = |name: &str, like: &Tensor| -> std::result::Result<Tensor, String> {
-                let t = tensor_named(&state.tensors, name)?;
-                if t.size() != like.size() || t.kind() != Kind::Float {
-                    return Err(format!("{name} is {:?} {:?}, expected Float {:?}", t.kind(), t.size(), like.size()));
-                }
-                Ok(t.to_device(model.device()).copy())
-            };
-            let h = take("carry.h", &fresh.h)?;
-            let c = fresh.c.as_ref().map(|c| take("carry.c", c)).transpose()?;
+            let h = take_named(&state.tensors, "carry.h", &fresh.h)?;
+            let c = fresh.c.as_ref().map(|c| take_named(&state.tensors, "carry.c", c)).transpose()?;
             run.carried = Some(State { h, c });
         }
         run.position = p.clone();
@@ -738,7 +712,7 @@ mod tests {
         let (why, _, position, tensors) = rec.checkpoints.last().unwrap();
         assert_eq!((*why, position.best.as_ref()), (SaveReason::Final, Some(&best)));
         let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
-        let params = names.iter().map(|n| tensor_named(tensors, &format!("best.{n}")).unwrap().copy()).collect();
+        let params = names.iter().zip(model.parameters()).map(|(n, p)| take_named(tensors, &format!("best.{n}"), p).unwrap()).collect();
         let kept = RnnModel::from_tensors(model.config(), params, Device::Cpu).unwrap();
         let again = evaluate(&kept, val_ids, config.eval_context(train_ids.len())).unwrap().perplexity();
         assert!((again - best.val_perplexity).abs() < 1e-9 * again, "{again} vs {}", best.val_perplexity);
