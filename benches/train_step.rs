@@ -1,9 +1,13 @@
 //! Criterion benchmarks of the textbook workload: one training step (batch 32, steps 35, hidden 256) on the
-//! first 10,000 characters of the bundled corpus, greedy prediction of 50 characters, and evaluation.
+//! first 10,000 characters of the bundled corpus, greedy prediction of 50 characters, evaluation, and sampled
+//! generation of 2,000 characters for 1 and 64 samples at once.
 //!
 //! Run: `make bench` (or `cargo bench --bench train_step`). CPU only; libtorch's CPU ops are synchronous,
 //! so reading the clock after each call measures finished work.
-use charrnn::{evaluate, predict, read_corpus, train_step, CorpusOptions, ModelConfig, Optimizer, OptimizerKind, RnnModel, Rng, Sampling, Vocabulary};
+use charrnn::{
+    evaluate, generate, predict, read_corpus, train_step, CorpusOptions, Generate, ModelConfig, Optimizer, OptimizerKind, RnnModel, Rng, Sampler,
+    Sampling, Vocabulary,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::path::Path;
 use tch::Device;
@@ -28,6 +32,19 @@ fn textbook_workload(c: &mut Criterion) {
     g.throughput(Throughput::Elements(ids.len() as u64));
     g.bench_function("eval 10k in windows of 35 (chars)", |b| b.iter(|| evaluate(&model, &ids, 35).unwrap()));
     g.bench_function("eval 10k as one stream (chars)", |b| b.iter(|| evaluate(&model, &ids, usize::MAX).unwrap()));
+    g.finish();
+
+    // Sampled generation (temperature 1, top-k 40, top-p 0.95) of 2,000 characters, one sample and 64 at once.
+    let mut g = c.benchmark_group("generate");
+    g.sample_size(10);
+    let sampler = Sampler { temperature: 1.0, top_k: 40, top_p: 0.95, seed: 0 };
+    for samples in [1usize, 64] {
+        let options = Generate { num_chars: 2000, samples, stop: None, sampler };
+        g.throughput(Throughput::Elements((2000 * samples) as u64));
+        g.bench_function(format!("{samples} x 2000 sampled (chars)"), |b| {
+            b.iter(|| generate(&model, &vocab, "分开", &options, &mut |_, _| {}).unwrap())
+        });
+    }
     g.finish();
 }
 

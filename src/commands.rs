@@ -5,7 +5,7 @@ use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, Evaluation};
 use crate::model::RnnModel;
-use crate::predict::predict;
+use crate::predict::{generate, Generate, Sample};
 use crate::train::{train, EpochReport, Progress, SaveReason, TrainConfig, TrainObserver, TrainState};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -304,10 +304,58 @@ pub fn load_model(model_dir: Option<&Path>, device: DeviceSpec) -> Result<Loaded
     checkpoint::load(&dir, device.resolve()?)
 }
 
-/// Runs `charrnn predict`: the prefix followed by `num_chars` greedily generated characters.
-pub fn run_predict(model_dir: Option<&Path>, device: DeviceSpec, prefix: &str, num_chars: usize) -> Result<String> {
-    let loaded = load_model(model_dir, device)?;
-    predict(&loaded.model, &loaded.vocab, prefix, num_chars)
+/// What to do with prefix characters the model does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownChars {
+    /// Refuse the prefix, naming them.
+    #[default]
+    Error,
+    /// Drop them (with a warning).
+    Skip,
+}
+
+/// Everything `charrnn predict` needs.
+#[derive(Debug, Clone, Default)]
+pub struct PredictJob {
+    /// Model folder; `None` means the last one trained here.
+    pub model: Option<PathBuf>,
+    /// Where to compute.
+    pub device: DeviceSpec,
+    /// Text to continue.
+    pub prefix: String,
+    /// Prefix characters outside the vocabulary.
+    pub unknown: UnknownChars,
+    /// How much to generate, and how.
+    pub generate: Generate,
+}
+
+/// What `charrnn predict` produced.
+#[derive(Debug, Clone)]
+pub struct PredictOutcome {
+    /// One per requested sample.
+    pub samples: Vec<Sample>,
+    /// Problems that did not stop it (dropped prefix characters), for the user to see.
+    pub warnings: Vec<String>,
+}
+
+/// Runs `charrnn predict`: `on_char(i, c)` sees each character of sample `i` as it is generated.
+pub fn run_predict(job: &PredictJob, on_char: &mut dyn FnMut(usize, char)) -> Result<PredictOutcome> {
+    let loaded = load_model(job.model.as_deref(), job.device)?;
+    let mut warnings = Vec::new();
+    let mut prefix = job.prefix.clone();
+    if job.unknown == UnknownChars::Skip {
+        let (known, dropped): (String, String) = job.prefix.chars().partition(|&c| loaded.vocab.encode(&c.to_string(), "").is_ok());
+        if !dropped.is_empty() {
+            if known.is_empty() {
+                return Err(Error::config("--prefix", "none of its characters is in the model's vocabulary"));
+            }
+            let chars: Vec<String> = dropped.chars().map(|c| format!("{c:?}")).collect();
+            warnings.push(format!("dropped prefix characters not in the model's vocabulary: {}", chars.join(", ")));
+            prefix = known;
+        }
+    }
+    let samples = generate(&loaded.model, &loaded.vocab, &prefix, &job.generate, on_char)?;
+    Ok(PredictOutcome { samples, warnings })
 }
 
 /// Everything `charrnn eval` needs.

@@ -30,13 +30,16 @@ mod rng;
 mod train;
 
 pub use batches::{rows, Sampling};
-pub use commands::{default_out, info, load_model, run_eval, run_predict, run_resume, run_train, EvalJob, EvalReport, Info, ResumeJob, TrainJob, TrainOutcome, LAST_DIR};
+pub use commands::{
+    default_out, info, load_model, run_eval, run_predict, run_resume, run_train, EvalJob, EvalReport, Info, PredictJob, PredictOutcome, ResumeJob, TrainJob, TrainOutcome,
+    UnknownChars, LAST_DIR,
+};
 pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
 pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, Init, ModelConfig, RnnModel, State};
-pub use predict::predict;
+pub use predict::{generate, predict, Generate, Sample, Sampler};
 pub use rng::{Rng, Stream};
 pub use optim::{sgd, LrDecay, Optimizer, OptimizerKind};
 pub use train::{

@@ -1,8 +1,8 @@
 //! The `charrnn` command: parses arguments, calls the library, renders progress and maps errors to exit codes.
 use anyhow::Context;
 use charrnn::{
-    Backend, Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Init, LrDecay, OptimizerKind, Progress, ResumeJob, Sampling, TrainConfig,
-    TrainJob, TrainObserver,
+    Backend, Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Generate, Init, LrDecay, OptimizerKind, PredictJob, Progress, ResumeJob,
+    Sampler, Sampling, TrainConfig, TrainJob, TrainObserver, UnknownChars,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -44,10 +44,13 @@ enum Command {
 Ctrl-C (or SIGTERM) finishes the current minibatch, saves a resumable checkpoint and exits with status 130
 (143); a second Ctrl-C exits at once, leaving the last complete checkpoint.")]
     Train(TrainArgs),
-    /// Generate text greedily after a prefix.
+    /// Generate text after a prefix: greedily, or sampled with a temperature, top-k and top-p.
     #[command(after_help = "Examples:
   charrnn predict --prefix 分开 --num-chars 10
-  charrnn predict --model runs/yuanqu --prefix 不分开 --num-chars 50")]
+  charrnn predict --model runs/yuanqu --prefix 不分开 --num-chars 50
+  charrnn predict --prefix 分开 --num-chars 100 --temperature 0.8 --top-k 40 --seed 7 --samples 5
+  charrnn predict --prefix 分开 --num-chars 2000 --temperature 1 --top-p 0.9 --stream --stop 。
+  charrnn predict --prefix 分开x --num-chars 20 --unknown skip --json")]
     Predict(PredictArgs),
     /// Measure a model's perplexity on a text.
     #[command(after_help = "Examples:
@@ -101,7 +104,7 @@ struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "out", "hidden", "cell", "layers", "embed", "dropout", "init", "backend", "steps", "batch", "optimizer", "lr",
         "lr_decay", "lr_decay_every", "clip", "sampling", "seed", "limit_chars", "keep_newlines", "prefixes", "val_frac",
-        "pred_period", "pred_len",
+        "pred_period", "pred_len", "temperature", "top_k", "top_p",
     ])]
     resume: Option<PathBuf>,
     /// Save a checkpoint every N epochs (always after the last, and on Ctrl-C) [default: at the end of
@@ -184,12 +187,42 @@ struct TrainArgs {
     /// Characters predicted per prefix in reports.
     #[arg(long, default_value_t = 50)]
     pred_len: usize,
+    /// How the reports' predictions choose characters (seeded by --seed and the epoch).
+    #[command(flatten)]
+    draw: SamplingArgs,
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_name = "D")]
     device: DeviceSpec,
     /// CPU threads for libtorch [default: one per core].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+}
+
+/// How generated characters are chosen (shared by `predict` and the reports of `train`).
+#[derive(Args)]
+struct SamplingArgs {
+    /// Softmax temperature: 0 takes the most likely character (greedy), 1 samples from the model, more
+    /// flattens its distribution.
+    #[arg(long, default_value_t = 0.0, value_name = "T", allow_negative_numbers = true)]
+    temperature: f64,
+    /// Sample only among the K most likely characters (0 = no limit).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    top_k: usize,
+    /// Sample only among the fewest most likely characters whose probabilities reach P (1 = no limit).
+    #[arg(long, default_value_t = 1.0, value_name = "P", allow_negative_numbers = true)]
+    top_p: f64,
+}
+
+impl SamplingArgs {
+    fn sampler(&self, seed: u64) -> Sampler {
+        Sampler { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UnknownArg {
+    Error,
+    Skip,
 }
 
 #[derive(Args)]
@@ -203,6 +236,27 @@ struct PredictArgs {
     /// Characters to generate after the prefix.
     #[arg(long, value_name = "N")]
     num_chars: usize,
+    #[command(flatten)]
+    draw: SamplingArgs,
+    /// Seed of the draws (sample i uses seed + i); the same seed, model and flags give the same text.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Independent samples, generated together as one batch and printed one per line.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    samples: usize,
+    /// Write characters as they are produced (one sample).
+    #[arg(long, conflicts_with = "json")]
+    stream: bool,
+    /// End a sample when it produces this string (kept in the text).
+    #[arg(long, value_name = "S")]
+    stop: Option<String>,
+    /// Print one JSON object per sample: the text and each generated character's probability.
+    #[arg(long)]
+    json: bool,
+    /// Prefix characters not in the model's vocabulary: error (name them) or skip (drop them, with a
+    /// warning).
+    #[arg(long, value_enum, default_value = "error")]
+    unknown: UnknownArg,
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_name = "D")]
     device: DeviceSpec,
@@ -283,6 +337,7 @@ impl TrainArgs {
                 val_frac: self.val_frac,
                 pred_period: self.pred_period,
                 pred_len: self.pred_len,
+                sampler: self.draw.sampler(self.seed),
                 checkpoint_every: self.checkpoint_every,
             },
         }
@@ -419,8 +474,57 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn predict(args: PredictArgs) -> anyhow::Result<()> {
-    let text = charrnn::run_predict(args.model.as_deref(), args.device, &args.prefix, args.num_chars)?;
-    writeln!(std::io::stdout(), "{text}")?;
+    if args.stream && args.samples > 1 {
+        anyhow::bail!("invalid --stream: it writes a single sample; drop --stream or --samples {}", args.samples);
+    }
+    let job = PredictJob {
+        model: args.model,
+        device: args.device,
+        prefix: args.prefix,
+        unknown: match args.unknown {
+            UnknownArg::Error => UnknownChars::Error,
+            UnknownArg::Skip => UnknownChars::Skip,
+        },
+        generate: Generate { num_chars: args.num_chars, samples: args.samples, stop: args.stop, sampler: args.draw.sampler(args.seed) },
+    };
+    let mut out = std::io::stdout().lock();
+    let mut write_error = None;
+    let mut started = false;
+    let outcome = charrnn::run_predict(&job, &mut |_, c| {
+        if !args.stream || write_error.is_some() {
+            return;
+        }
+        let mut write = || -> std::io::Result<()> {
+            if !started {
+                started = true;
+                write!(out, "{}", job.prefix)?;
+            }
+            write!(out, "{c}")?;
+            out.flush()
+        };
+        if let Err(e) = write() {
+            write_error = Some(e);
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
+    for (i, s) in outcome.samples.iter().enumerate() {
+        if args.json {
+            let line = serde_json::json!({ "sample": i, "text": s.text, "generated": s.generated, "probs": s.probs, "stopped": s.stopped });
+            writeln!(out, "{line}")?;
+        } else if args.stream {
+            if !started {
+                write!(out, "{}", s.text)?;
+            }
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", s.text)?;
+        }
+    }
     Ok(())
 }
 

@@ -1,40 +1,187 @@
-//! Prefix-conditioned greedy prediction.
+//! Prefix-conditioned generation: greedy (the textbook's) or sampled with a temperature, top-k and top-p,
+//! several samples at once, stopping early at a string, streamed as it is produced.
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::model::RnnModel;
-use tch::Tensor;
+use crate::rng::{Rng, Stream};
+use tch::{Device, Kind, Tensor};
 
-/// Warms the state up over `prefix`, then generates `num_chars` characters greedily (argmax at each step).
+/// How each next character is chosen from the model's distribution.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sampler {
+    /// Softmax temperature: probabilities are `softmax(logits / T)`; 0 takes the most likely character
+    /// (greedy, the textbook's), 1 the model's own distribution, more than 1 flattens it.
+    pub temperature: f64,
+    /// Draw only among the k most likely characters (0: no limit).
+    pub top_k: usize,
+    /// Draw only among the fewest most likely characters whose probabilities (after the temperature and
+    /// top-k) add up to at least p (nucleus sampling; 1: no limit).
+    pub top_p: f64,
+    /// Seed of the draws; sample i of a batch uses `seed + i`.
+    pub seed: u64,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Sampler { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+impl Sampler {
+    /// Checks the settings are in range.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::config("--temperature", format!("must be 0 (greedy) or more, got {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::config("--top-p", format!("must be above 0 and at most 1, got {}", self.top_p)));
+        }
+        Ok(())
+    }
+
+    /// Picks a character from `logits` (one row, length V) with `rng`: the argmax at temperature 0, else a
+    /// draw from the tempered, top-k and top-p filtered distribution. Ties go to the lower index.
+    pub fn pick(&self, logits: &[f32], rng: &mut Rng) -> usize {
+        if self.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
+        let mut order: Vec<(usize, f64)> =
+            logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / self.temperature).exp())).collect();
+        // Most likely first; the sort is stable, so equal weights keep index order.
+        order.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if self.top_k > 0 {
+            order.truncate(self.top_k);
+        }
+        if self.top_p < 1.0 {
+            let total: f64 = order.iter().map(|w| w.1).sum();
+            let mut mass = 0.0;
+            let keep = order.iter().position(|w| {
+                mass += w.1;
+                mass >= self.top_p * total
+            });
+            order.truncate(keep.map_or(order.len(), |k| k + 1));
+        }
+        let total: f64 = order.iter().map(|w| w.1).sum();
+        let mut u = rng.uniform() * total;
+        for &(i, w) in &order {
+            if u < w {
+                return i;
+            }
+            u -= w;
+        }
+        order.last().map_or(0, |w| w.0)
+    }
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+}
+
+/// Probabilities `softmax(row)` of the model itself (temperature 1), in f64.
+fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
+    let e: Vec<f64> = row.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / sum).collect()
+}
+
+/// What to generate.
+#[derive(Debug, Clone, Default)]
+pub struct Generate {
+    /// Characters to generate after the prefix (fewer if `stop` comes first).
+    pub num_chars: usize,
+    /// Independent continuations, generated together as one batch.
+    pub samples: usize,
+    /// End a sample as soon as its generated text ends with this string (kept in the text).
+    pub stop: Option<String>,
+    /// How characters are chosen.
+    pub sampler: Sampler,
+}
+
+/// One generated continuation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Sample {
+    /// The prefix followed by the generated characters.
+    pub text: String,
+    /// The generated characters alone.
+    pub generated: String,
+    /// For each generated character, the probability the model gave it (softmax of the logits, temperature
+    /// 1, before any filtering).
+    pub probs: Vec<f64>,
+    /// Whether it ended at the stop string.
+    pub stopped: bool,
+}
+
+/// Warms the state up over `prefix`, then generates `options.samples` continuations of up to
+/// `options.num_chars` characters, one forward step per character for all samples together. `on_char(i, c)`
+/// is called for each character `c` of sample `i` as soon as it is chosen (for streaming).
 ///
-/// Returns the prefix followed by the generated characters. Runs without gradient tracking and reads back
-/// from the device once, at the end.
-pub fn predict(model: &RnnModel, vocab: &Vocabulary, prefix: &str, num_chars: usize) -> Result<String> {
+/// Sample `i` draws from its own generator seeded with `sampler.seed + i`, and the warm-up runs once for
+/// all samples, so a batch of N gives the texts of N single runs with seeds `seed .. seed + N` (up to the
+/// rounding of a batched matrix product, which can differ from a single row's in the last bit).
+pub fn generate(model: &RnnModel, vocab: &Vocabulary, prefix: &str, options: &Generate, on_char: &mut dyn FnMut(usize, char)) -> Result<Vec<Sample>> {
     if prefix.is_empty() {
         return Err(Error::config("--prefix", "must not be empty"));
     }
+    if options.samples == 0 {
+        return Err(Error::config("--samples", "must be at least 1"));
+    }
+    if options.stop.as_deref() == Some("") {
+        return Err(Error::config("--stop", "must not be empty"));
+    }
+    options.sampler.validate()?;
     let ids = vocab.encode(prefix, "the prefix")?;
     let _guard = tch::no_grad_guard();
     let device = model.device();
+    let n = options.samples;
     let mut state = model.begin_state(1);
     let warm_up = &ids[..ids.len() - 1];
     if !warm_up.is_empty() {
         let x = Tensor::from_slice(warm_up).to_device(device).view([1, -1]);
         state = model.forward(&x, &state, false).1;
     }
-    let mut x = Tensor::from_slice(&ids[ids.len() - 1..]).to_device(device);
-    let mut generated = Vec::new();
-    for _ in 0..num_chars {
+    // The same warmed-up state for every sample: [L, 1, H] -> [L, n, H].
+    let expand = |t: &Tensor| t.repeat([1, n as i64, 1]);
+    state = crate::model::State { h: expand(&state.h), c: state.c.as_ref().map(expand) };
+    let mut x = Tensor::from_slice(&vec![ids[ids.len() - 1]; n]).to_device(device);
+    let mut rngs: Vec<Rng> = (0..n).map(|i| Rng::for_stream(options.sampler.seed.wrapping_add(i as u64), Stream::Sample)).collect();
+    let mut samples: Vec<Sample> = (0..n).map(|_| Sample { text: prefix.to_string(), generated: String::new(), probs: Vec::new(), stopped: false }).collect();
+    let v = vocab.len();
+    for _ in 0..options.num_chars {
         let (y, next) = model.step(&x, &state);
         state = next;
-        x = y.argmax(1, false);
-        generated.push(x.shallow_clone());
+        let logits = Vec::<f32>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]))?;
+        let mut chosen = Vec::with_capacity(n);
+        for (i, sample) in samples.iter_mut().enumerate() {
+            let row = &logits[i * v..(i + 1) * v];
+            let c = options.sampler.pick(row, &mut rngs[i]);
+            chosen.push(c as i64);
+            if sample.stopped {
+                continue;
+            }
+            let ch = vocab.chars()[c];
+            sample.generated.push(ch);
+            sample.text.push(ch);
+            sample.probs.push(softmax(row)[c]);
+            on_char(i, ch);
+            if options.stop.as_deref().is_some_and(|s| sample.generated.ends_with(s)) {
+                sample.stopped = true;
+            }
+        }
+        if samples.iter().all(|s| s.stopped) {
+            break;
+        }
+        x = Tensor::from_slice(&chosen).to_device(device);
     }
-    let mut out = prefix.to_string();
-    if !generated.is_empty() {
-        let ids = Vec::<i64>::try_from(Tensor::cat(&generated, 0).to_device(tch::Device::Cpu))?;
-        out.push_str(&vocab.decode(&ids));
-    }
-    Ok(out)
+    Ok(samples)
+}
+
+/// Warms the state up over `prefix`, then generates `num_chars` characters greedily (argmax at each step).
+/// Returns the prefix followed by the generated characters.
+pub fn predict(model: &RnnModel, vocab: &Vocabulary, prefix: &str, num_chars: usize) -> Result<String> {
+    let options = Generate { num_chars, samples: 1, ..Default::default() };
+    Ok(generate(model, vocab, prefix, &options, &mut |_, _| {})?.remove(0).text)
 }
 
 #[cfg(test)]
@@ -81,5 +228,103 @@ mod tests {
         assert!(predict(&model, &vocab, "", 3).unwrap_err().to_string().contains("--prefix"));
         let err = predict(&model, &vocab, "az", 3).unwrap_err().to_string();
         assert!(err.contains("'z'"), "{err}");
+    }
+
+    /// Frequencies of `pick` over many draws, for logits `row`.
+    fn frequencies(sampler: Sampler, row: &[f32], draws: usize) -> Vec<f64> {
+        let mut rng = Rng::new(9);
+        let mut counts = vec![0usize; row.len()];
+        for _ in 0..draws {
+            counts[sampler.pick(row, &mut rng)] += 1;
+        }
+        counts.into_iter().map(|c| c as f64 / draws as f64).collect()
+    }
+
+    const ROW: [f32; 6] = [2.0, 1.0, 0.5, 0.0, -1.0, 1.5];
+
+    #[test]
+    fn temperature_one_follows_the_model_and_near_zero_the_argmax() {
+        let p = softmax(&ROW);
+        let f = frequencies(Sampler { temperature: 1.0, ..Default::default() }, &ROW, 200_000);
+        for (a, b) in p.iter().zip(&f) {
+            assert!((a - b).abs() < 0.005, "{p:?} vs {f:?}");
+        }
+        let cold = frequencies(Sampler { temperature: 0.05, ..Default::default() }, &ROW, 2000);
+        assert!(cold[0] > 0.99, "{cold:?}");
+        let colder = frequencies(Sampler { temperature: 0.01, ..Default::default() }, &ROW, 2000);
+        assert_eq!(colder[0], 1.0);
+        let greedy = frequencies(Sampler::default(), &ROW, 10);
+        assert_eq!(greedy[0], 1.0);
+    }
+
+    #[test]
+    fn top_k_never_leaves_the_k_most_likely() {
+        for k in 1..=5 {
+            let f = frequencies(Sampler { temperature: 1.5, top_k: k, ..Default::default() }, &ROW, 20_000);
+            let mut by_logit: Vec<usize> = (0..ROW.len()).collect();
+            by_logit.sort_by(|&a, &b| ROW[b].total_cmp(&ROW[a]));
+            for (rank, &i) in by_logit.iter().enumerate() {
+                assert_eq!(f[i] > 0.0, rank < k, "k {k}: {f:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_fewest_most_likely_with_mass_at_least_p() {
+        let p = softmax(&ROW);
+        let mut sorted = p.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        for top_p in [0.1, 0.4, 0.6, 0.8, 0.95, 1.0] {
+            let f = frequencies(Sampler { temperature: 1.0, top_p, ..Default::default() }, &ROW, 20_000);
+            let kept: Vec<usize> = (0..ROW.len()).filter(|&i| f[i] > 0.0).collect();
+            let mass: f64 = kept.iter().map(|&i| p[i]).sum();
+            assert!(mass >= top_p - 1e-12, "p {top_p}: kept {kept:?} with mass {mass}");
+            // The fewest: without its least likely member the kept set would fall short of p.
+            let least = kept.iter().map(|&i| p[i]).fold(f64::INFINITY, f64::min);
+            assert!(kept.len() == 1 || mass - least < top_p, "p {top_p}: kept {kept:?}");
+            assert_eq!(kept.len(), sorted.iter().scan(0.0, |m, x| { let before = *m; *m += x; Some(before) }).take_while(|&b| b < top_p).count());
+        }
+    }
+
+    #[test]
+    fn seeded_samples_repeat_and_a_batch_equals_single_runs() {
+        let (model, vocab) = setup();
+        let sampler = Sampler { temperature: 1.0, seed: 40, ..Default::default() };
+        let batch = Generate { num_chars: 30, samples: 4, stop: None, sampler };
+        let a = generate(&model, &vocab, "ab", &batch, &mut |_, _| {}).unwrap();
+        assert_eq!(generate(&model, &vocab, "ab", &batch, &mut |_, _| {}).unwrap(), a);
+        assert!(a.iter().any(|s| s.text != a[0].text), "different seeds give different samples");
+        for (i, s) in a.iter().enumerate() {
+            let one = Generate { samples: 1, sampler: Sampler { seed: 40 + i as u64, ..sampler }, ..batch.clone() };
+            let single = generate(&model, &vocab, "ab", &one, &mut |_, _| {}).unwrap().remove(0);
+            assert_eq!(single.text, s.text, "sample {i}");
+            for (p, q) in single.probs.iter().zip(&s.probs) {
+                assert!((p - q).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn samples_stop_at_the_stop_string_and_stream_what_they_keep() {
+        let (model, vocab) = setup();
+        let sampler = Sampler { temperature: 2.0, seed: 1, ..Default::default() };
+        let options = Generate { num_chars: 200, samples: 3, stop: Some("a".into()), sampler };
+        let mut streamed = vec![String::new(); 3];
+        let out = generate(&model, &vocab, "b", &options, &mut |i, c| streamed[i].push(c)).unwrap();
+        for (s, seen) in out.iter().zip(&streamed) {
+            assert_eq!(&s.generated, seen);
+            assert_eq!(s.text, format!("b{}", s.generated));
+            assert_eq!(s.probs.len(), s.generated.chars().count());
+            assert!(s.probs.iter().all(|p| *p > 0.0 && *p <= 1.0));
+            if s.stopped {
+                assert!(s.generated.ends_with('a') && s.generated.matches('a').count() == 1, "{}", s.generated);
+            } else {
+                assert_eq!(s.generated.chars().count(), 200);
+            }
+        }
+        assert!(out.iter().any(|s| s.stopped));
+        assert!(generate(&model, &vocab, "b", &Generate { samples: 0, ..options.clone() }, &mut |_, _| {}).is_err());
+        let bad = Sampler { top_p: 0.0, ..sampler };
+        assert!(generate(&model, &vocab, "b", &Generate { sampler: bad, ..options }, &mut |_, _| {}).unwrap_err().to_string().contains("--top-p"));
     }
 }

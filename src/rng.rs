@@ -11,6 +11,8 @@ pub enum Stream {
     Init = 1,
     /// The random sampler's shuffles.
     Shuffle = 2,
+    /// Drawing generated characters.
+    Sample = 3,
 }
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): fast, statistically sound for shuffling, tiny state.

@@ -4,7 +4,7 @@ use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, perplexity};
 use crate::model::{cross_entropy, step_major, take_named, Backend, Cell, Init, ModelConfig, RnnModel, State};
-use crate::predict::predict;
+use crate::predict::{generate, Generate, Sampler};
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::rng::{Rng, Stream};
 use std::time::Instant;
@@ -63,6 +63,9 @@ pub struct TrainConfig {
     pub pred_period: usize,
     /// Characters generated per prediction in those reports.
     pub pred_len: usize,
+    /// How the report predictions choose characters (greedy by default; the seed is `seed` plus the epoch).
+    #[serde(default)]
+    pub sampler: Sampler,
     /// Epochs between checkpoints; `None`: at the end of every epoch that ends at least
     /// [`AUTO_CHECKPOINT_SECS`] after the previous checkpoint. There is always one after the last epoch.
     #[serde(default)]
@@ -95,6 +98,7 @@ impl Default for TrainConfig {
             val_frac: None,
             pred_period: 50,
             pred_len: 50,
+            sampler: Sampler::default(),
             checkpoint_every: None,
         }
     }
@@ -144,6 +148,7 @@ impl TrainConfig {
                 return Err(Error::config(name, format!("must be a positive number, got {v}")));
             }
         }
+        self.sampler.validate()?;
         if self.checkpoint_every == Some(0) {
             return Err(Error::config("--checkpoint-every", "must be at least 1"));
         }
@@ -202,7 +207,7 @@ pub struct EpochReport {
     pub grad_norm: f64,
     /// The learning rate of the epoch.
     pub lr: f64,
-    /// Every `pred_period` epochs: one greedy prediction per configured prefix (prefix included).
+    /// Every `pred_period` epochs: one prediction per configured prefix (prefix included).
     pub samples: Option<Vec<String>>,
 }
 
@@ -535,7 +540,11 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
             ..run.position.clone()
         };
         let samples = if epoch % config.pred_period == 0 {
-            let s: Result<Vec<String>> = config.prefixes.iter().map(|p| predict(model, vocab, p, config.pred_len)).collect();
+            // Seeded by the epoch too, so that a resumed run prints the same samples.
+            let sampler = Sampler { seed: config.seed.wrapping_add(epoch as u64), ..config.sampler };
+            let options = Generate { num_chars: config.pred_len, samples: 1, stop: None, sampler };
+            let s: Result<Vec<String>> =
+                config.prefixes.iter().map(|p| Ok(generate(model, vocab, p, &options, &mut |_, _| {})?.remove(0).text)).collect();
             Some(s?)
         } else {
             None

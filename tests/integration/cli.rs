@@ -412,3 +412,61 @@ fn models_from_before_cells_still_load() {
     let p = env.run(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3"]);
     assert_eq!(p.code, 0, "{}", p.stderr);
 }
+
+#[test]
+fn predict_samples_with_seeds_batches_streams_stops_and_reports_probabilities() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "3", "--out", "m"]).code, 0);
+    let predict = |extra: &[&str]| {
+        let r = env.run(&[&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "40"][..], extra].concat());
+        assert_eq!(r.code, 0, "{extra:?}: {}", r.stderr);
+        r.stdout
+    };
+    let sampled = ["--temperature", "1.2", "--top-k", "20", "--top-p", "0.95"];
+    let a = predict(&[&sampled[..], &["--seed", "5"]].concat());
+    assert_eq!(a, predict(&[&sampled[..], &["--seed", "5"]].concat()), "same seed, same text");
+    assert_ne!(a, predict(&[&sampled[..], &["--seed", "6"]].concat()));
+    assert_ne!(a, predict(&[]), "sampling differs from greedy");
+    // Three samples in one batch are the runs with seeds 5, 6 and 7, one per line.
+    let batch = predict(&[&sampled[..], &["--seed", "5", "--samples", "3"]].concat());
+    let singles: String = (5..8).map(|s| predict(&[&sampled[..], &["--seed", &s.to_string()]].concat())).collect();
+    assert_eq!(batch, singles);
+    // Streaming writes the same text.
+    assert_eq!(predict(&[&sampled[..], &["--seed", "5", "--stream"]].concat()), a);
+    // JSON: one object per sample, a probability per generated character.
+    let json = predict(&[&sampled[..], &["--seed", "5", "--samples", "2", "--json"]].concat());
+    let objects: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(objects.len(), 2);
+    assert_eq!(objects[0]["text"].as_str().unwrap(), a.trim_end());
+    let generated = objects[0]["generated"].as_str().unwrap().chars().count();
+    let probs = objects[0]["probs"].as_array().unwrap();
+    assert_eq!((generated, probs.len()), (40, 40));
+    assert!(probs.iter().all(|p| (0.0..=1.0).contains(&p.as_f64().unwrap())));
+    // --stop ends a sample at its first occurrence, kept in the text.
+    let stopped = predict(&["--temperature", "1", "--seed", "3", "--samples", "4", "--stop", "不"]);
+    for line in stopped.lines() {
+        let tail = &line["分开".len()..];
+        assert!(tail.matches('不').count() <= 1 && (tail.ends_with('不') || tail.chars().count() == 40), "{line}");
+    }
+    // Unknown prefix characters: named, or skipped with a warning.
+    env.fails(&["predict", "--model", "m", "--prefix", "分开XY", "--num-chars", "3"], "'X', 'Y'");
+    let r = env.run(&["predict", "--model", "m", "--prefix", "分开XY", "--num-chars", "3", "--unknown", "skip"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("分开") && r.stderr.contains("warning: dropped") && r.stderr.contains("'X'"), "{} {}", r.stdout, r.stderr);
+    env.fails(&["predict", "--model", "m", "--prefix", "XY", "--num-chars", "3", "--unknown", "skip"], "none of its characters");
+    env.fails(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3", "--stream", "--samples", "2"], "--stream");
+    env.fails(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3", "--temperature", "-1"], "--temperature");
+}
+
+#[test]
+fn train_reports_use_the_sampling_options() {
+    let env = Env::new();
+    let report = |extra: &[&str]| {
+        let r = env.train(&[&["--epochs", "10", "--pred-period", "5"][..], extra].concat());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stdout.lines().filter(|l| l.starts_with(" - ")).map(String::from).collect::<Vec<_>>()
+    };
+    let sampled = report(&["--temperature", "1.5", "--out", "a"]);
+    assert_eq!(sampled, report(&["--temperature", "1.5", "--out", "b"]), "seeded by --seed");
+    assert_ne!(sampled, report(&["--out", "c"]), "greedy differs");
+}
