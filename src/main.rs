@@ -4,7 +4,7 @@ use charrnn::{
     Backend, Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Generate, Init, LrDecay, OptimizerKind, PredictJob, Progress, ResumeJob,
     Sampler, Sampling, TrainConfig, TrainJob, TrainObserver, UnknownChars,
 };
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -475,7 +475,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 
 fn predict(args: PredictArgs) -> anyhow::Result<()> {
     if args.stream && args.samples > 1 {
-        anyhow::bail!("invalid --stream: it writes a single sample; drop --stream or --samples {}", args.samples);
+        let msg = format!("--stream writes a single sample; drop --stream or --samples {}", args.samples);
+        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
     }
     let job = PredictJob {
         model: args.model,

@@ -466,7 +466,10 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
         Some(state) => {
             let run = Run::resume(model, config, state).map_err(|r| Error::config("training state", r))?;
             let p = &run.position;
-            if p.batch >= batches || (p.epoch, p.batch) >= (config.epochs, 0) {
+            if p.batch >= batches {
+                return Err(Error::config("training state", format!("it stands at minibatch {} of an epoch of {batches}", p.batch)));
+            }
+            if (p.epoch, p.batch) >= (config.epochs, 0) {
                 let at = if p.batch > 0 { format!("epoch {} minibatch {}", p.epoch + 1, p.batch) } else { format!("{} epochs", p.epoch) };
                 return Err(Error::config("--epochs", format!("the run already stands at {at}; ask for more than {} epochs", p.epoch.max(config.epochs))));
             }
