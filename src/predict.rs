@@ -46,44 +46,58 @@ impl Sampler {
             return argmax(logits);
         }
         let max = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
-        let mut order: Vec<(usize, f64)> =
-            logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / self.temperature).exp())).collect();
-        // Most likely first; the sort is stable, so equal weights keep index order.
-        order.sort_by(|a, b| b.1.total_cmp(&a.1));
-        if self.top_k > 0 {
+        let weights: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / self.temperature).exp()).collect();
+        let v = weights.len();
+        if (self.top_k == 0 || self.top_k >= v) && self.top_p >= 1.0 {
+            // Nothing filtered: draw in index order, no sorting needed.
+            return draw(weights.iter().copied().enumerate(), weights.iter().sum(), rng);
+        }
+        // Most likely first, ties in index order; only the top k need sorting.
+        let by_weight = |a: &usize, b: &usize| weights[*b].total_cmp(&weights[*a]).then(a.cmp(b));
+        let mut order: Vec<usize> = (0..v).collect();
+        if self.top_k > 0 && self.top_k < v {
+            order.select_nth_unstable_by(self.top_k - 1, by_weight);
             order.truncate(self.top_k);
         }
+        order.sort_unstable_by(by_weight);
         if self.top_p < 1.0 {
-            let total: f64 = order.iter().map(|w| w.1).sum();
+            let total: f64 = order.iter().map(|&i| weights[i]).sum();
             let mut mass = 0.0;
-            let keep = order.iter().position(|w| {
-                mass += w.1;
+            let keep = order.iter().position(|&i| {
+                mass += weights[i];
                 mass >= self.top_p * total
             });
             order.truncate(keep.map_or(order.len(), |k| k + 1));
         }
-        let total: f64 = order.iter().map(|w| w.1).sum();
-        let mut u = rng.uniform() * total;
-        for &(i, w) in &order {
-            if u < w {
-                return i;
-            }
-            u -= w;
-        }
-        order.last().map_or(0, |w| w.0)
+        let total = order.iter().map(|&i| weights[i]).sum();
+        draw(order.iter().map(|&i| (i, weights[i])), total, rng)
     }
+}
+
+/// Draws an index from `(index, weight)` pairs whose weights add up to `total`.
+fn draw(items: impl Iterator<Item = (usize, f64)>, total: f64, rng: &mut Rng) -> usize {
+    let mut u = rng.uniform() * total;
+    let mut last = 0;
+    for (i, w) in items {
+        if u < w {
+            return i;
+        }
+        u -= w;
+        last = i;
+    }
+    // Rounding left u at or just above the total: the last candidate.
+    last
 }
 
 fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
 }
 
-/// Probabilities `softmax(row)` of the model itself (temperature 1), in f64.
-fn softmax(row: &[f32]) -> Vec<f64> {
+/// The probability the model gives character `c` at temperature 1: `softmax(row)[c]`, in f64.
+fn probability(row: &[f32], c: usize) -> f64 {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
-    let e: Vec<f64> = row.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.into_iter().map(|x| x / sum).collect()
+    let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+    (row[c] as f64 - max).exp() / sum
 }
 
 /// What to generate.
@@ -163,7 +177,7 @@ pub fn generate(model: &RnnModel, vocab: &Vocabulary, prefix: &str, options: &Ge
             let ch = vocab.chars()[c];
             sample.generated.push(ch);
             sample.text.push(ch);
-            sample.probs.push(softmax(row)[c]);
+            sample.probs.push(probability(row, c));
             on_char(i, ch);
             if options.stop.as_deref().is_some_and(|s| sample.generated.ends_with(s)) {
                 sample.stopped = true;
@@ -241,6 +255,10 @@ mod tests {
     }
 
     const ROW: [f32; 6] = [2.0, 1.0, 0.5, 0.0, -1.0, 1.5];
+
+    fn softmax(row: &[f32]) -> Vec<f64> {
+        (0..row.len()).map(|c| probability(row, c)).collect()
+    }
 
     #[test]
     fn temperature_one_follows_the_model_and_near_zero_the_argmax() {
