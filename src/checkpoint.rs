@@ -293,7 +293,7 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
 pub fn load_state(dir: &Path, loaded: &LoadedModel, device: Device) -> Result<TrainState> {
     let json = dir.join(MODEL_JSON);
     let resume = loaded.file.resume.as_ref().ok_or_else(|| {
-        Error::bad_model(&json, "it holds no training state to resume from (only <model>/last, written by charrnn 0.2 or later, does)")
+        Error::bad_model(&json, "it holds no training state to resume from (only <model>/last does, in models trained since checkpoints existed)")
     })?;
     if !is_plain_name(&resume.state) {
         return Err(Error::bad_model(&json, format!("state file name {:?} is not a plain file name", resume.state)));

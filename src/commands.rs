@@ -140,7 +140,7 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     let device = job.device.resolve()?;
     let last = job.dir.join(LAST_DIR);
     if !last.join(checkpoint::MODEL_JSON).exists() {
-        let why = "no resumable checkpoint in it (expected <model>/last/model.json, which charrnn 0.2 and later write); train it again, or pass the folder given to --out";
+        let why = "no resumable checkpoint in it (expected last/model.json, which training writes beside the model); pass the folder given to --out, or train again: models saved before checkpoints existed can be used but not resumed";
         return Err(Error::bad_model(&job.dir, why));
     }
     let loaded = checkpoint::load(&last, device)?;
@@ -338,7 +338,8 @@ pub struct PredictOutcome {
     pub warnings: Vec<String>,
 }
 
-/// Runs `charrnn predict`: `on_char(i, c)` sees each character of sample `i` as it is generated.
+/// Runs `charrnn predict`: `on_char(i, c)` sees each character of sample `i`'s text as soon as it is known:
+/// the prefix (without skipped characters) first, then each generated character.
 pub fn run_predict(job: &PredictJob, on_char: &mut dyn FnMut(usize, char)) -> Result<PredictOutcome> {
     let loaded = load_model(job.model.as_deref(), job.device)?;
     let mut warnings = Vec::new();
@@ -353,6 +354,12 @@ pub fn run_predict(job: &PredictJob, on_char: &mut dyn FnMut(usize, char)) -> Re
             warnings.push(format!("dropped prefix characters not in the model's vocabulary: {}", chars.join(", ")));
             prefix = known;
         }
+    }
+    // Checked before the prefix is passed on, so that nothing is streamed for a request that fails.
+    job.generate.sampler.validate()?;
+    loaded.vocab.encode(&prefix, "the prefix")?;
+    for i in 0..job.generate.samples {
+        prefix.chars().for_each(|c| on_char(i, c));
     }
     let samples = generate(&loaded.model, &loaded.vocab, &prefix, &job.generate, on_char)?;
     Ok(PredictOutcome { samples, warnings })

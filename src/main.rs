@@ -490,21 +490,11 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
     };
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
-    let mut started = false;
     let outcome = charrnn::run_predict(&job, &mut |_, c| {
-        if !args.stream || write_error.is_some() {
-            return;
-        }
-        let mut write = || -> std::io::Result<()> {
-            if !started {
-                started = true;
-                write!(out, "{}", job.prefix)?;
+        if args.stream && write_error.is_none() {
+            if let Err(e) = write!(out, "{c}").and_then(|_| out.flush()) {
+                write_error = Some(e);
             }
-            write!(out, "{c}")?;
-            out.flush()
-        };
-        if let Err(e) = write() {
-            write_error = Some(e);
         }
     })?;
     if let Some(e) = write_error {
@@ -518,9 +508,6 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
             let line = serde_json::json!({ "sample": i, "text": s.text, "generated": s.generated, "probs": s.probs, "stopped": s.stopped });
             writeln!(out, "{line}")?;
         } else if args.stream {
-            if !started {
-                write!(out, "{}", s.text)?;
-            }
             writeln!(out)?;
         } else {
             writeln!(out, "{}", s.text)?;

@@ -453,6 +453,8 @@ fn predict_samples_with_seeds_batches_streams_stops_and_reports_probabilities() 
     let r = env.run(&["predict", "--model", "m", "--prefix", "分开XY", "--num-chars", "3", "--unknown", "skip"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.starts_with("分开") && r.stderr.contains("warning: dropped") && r.stderr.contains("'X'"), "{} {}", r.stdout, r.stderr);
+    let streamed = env.run(&["predict", "--model", "m", "--prefix", "分开XY", "--num-chars", "3", "--unknown", "skip", "--stream"]);
+    assert_eq!(streamed.stdout, r.stdout, "streaming writes the prefix without the skipped characters");
     env.fails(&["predict", "--model", "m", "--prefix", "XY", "--num-chars", "3", "--unknown", "skip"], "none of its characters");
     let r = env.run(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3", "--stream", "--samples", "2"]);
     assert!(r.code == 2 && r.stderr.starts_with("error: --stream writes a single sample"), "{} {}", r.code, r.stderr);
