@@ -126,7 +126,8 @@ fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
     result
 }
 
-fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Replaces `path` by `bytes` atomically (temporary file in the same folder, fsync, rename).
+pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |tmp| {
         let mut f = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         f.write_all(bytes).map_err(|e| Error::io(tmp, e))

@@ -173,6 +173,7 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     }
     template.train.validate()?;
     let saved = Some(state.position.epoch);
+    trim_metrics(&job.dir, state.position.epoch)?;
     fit(Fit { out: job.dir.clone(), model: loaded.model, vocab, ids, template, saved }, Some(&state), observer)
 }
 
@@ -197,7 +198,7 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
         return Err(Error::config("--val-frac", format!("{val_frac} of {} characters leaves fewer than 2 to validate on", run.ids.len())));
     }
     let (train_ids, val_ids) = run.ids.split_at(run.ids.len() - n_val);
-    let mut saver = Saver { inner: observer, out: &run.out, template: &run.template, n_val, saved: run.saved, best_saved: None, recorded: false };
+    let mut saver = Saver { inner: observer, out: &run.out, template: &run.template, n_val, saved: run.saved, best_saved: None, recorded: false, pending_metrics: Vec::new() };
     let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut saver);
     let (saved, recorded) = (saver.saved, saver.recorded);
     let summary = match result {
@@ -238,6 +239,56 @@ struct Saver<'a> {
     best_saved: Option<usize>,
     /// Whether `out` is recorded as the last model.
     recorded: bool,
+    /// Lines for `metrics.jsonl` of epochs not yet checkpointed.
+    pending_metrics: Vec<String>,
+}
+
+/// The per-epoch log in a model folder: one JSON object ([`MetricsLine`]) per line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// One epoch in [`METRICS_FILE`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricsLine {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// exp of the mean training loss over the epoch's minibatches.
+    pub train_perplexity: f64,
+    /// Perplexity on the held-out text, with validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_perplexity: Option<f64>,
+    /// The epoch's learning rate.
+    pub learning_rate: f64,
+    /// Mean over the minibatches of the gradient's global norm before clipping.
+    pub grad_norm: f64,
+    /// Characters trained per second of training.
+    pub chars_per_sec: f64,
+    /// Training time since the run began (across resumes), in seconds.
+    pub elapsed_sec: f64,
+}
+
+/// Appends `lines` to `dir/metrics.jsonl` and fsyncs it.
+fn append_metrics(dir: &Path, lines: &[String]) -> Result<()> {
+    use std::io::Write;
+    let path = dir.join(METRICS_FILE);
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))
+}
+
+/// Drops the lines of `dir/metrics.jsonl` after `epoch` (written before a crash, for epochs that a resumed
+/// run trains again); the file is replaced atomically.
+fn trim_metrics(dir: &Path, epoch: usize) -> Result<()> {
+    let path = dir.join(METRICS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let keep: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.epoch <= epoch))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if keep != text {
+        checkpoint::write_bytes_atomic(&path, keep.as_bytes())?;
+    }
+    Ok(())
 }
 
 impl Saver<'_> {
@@ -254,6 +305,16 @@ impl TrainObserver for Saver<'_> {
 
     fn epoch(&mut self, report: &EpochReport) {
         self.inner.epoch(report);
+        let line = MetricsLine {
+            epoch: report.epoch,
+            train_perplexity: report.perplexity,
+            val_perplexity: report.val_perplexity,
+            learning_rate: report.lr,
+            grad_norm: report.grad_norm,
+            chars_per_sec: report.chars as f64 / report.seconds.max(1e-9),
+            elapsed_sec: report.elapsed,
+        };
+        self.pending_metrics.push(serde_json::to_string(&line).expect("metrics serialise"));
     }
 
     fn stop_requested(&mut self) -> Option<i32> {
@@ -288,6 +349,9 @@ impl TrainObserver for Saver<'_> {
             Some(_) => {}
             None => checkpoint::save_parts(self.out, &params, file.clone(), None)?,
         }
+        // The log of the epochs this checkpoint covers (a resumed run trims what a crash left after it).
+        append_metrics(self.out, &self.pending_metrics)?;
+        self.pending_metrics.clear();
         file.resume = None;
         checkpoint::save_parts(&self.out.join(LAST_DIR), &params, file, Some(state))?;
         self.saved = Some(p.epoch);

@@ -31,8 +31,8 @@ mod train;
 
 pub use batches::{rows, Sampling};
 pub use commands::{
-    default_out, info, load_model, run_eval, run_predict, run_resume, run_train, EvalJob, EvalReport, Info, PredictJob, PredictOutcome, ResumeJob, TrainJob, TrainOutcome,
-    UnknownChars, LAST_DIR,
+    default_out, info, load_model, run_eval, run_predict, run_resume, run_train, EvalJob, EvalReport, Info, MetricsLine, PredictJob, PredictOutcome, ResumeJob, TrainJob, TrainOutcome,
+    UnknownChars, LAST_DIR, METRICS_FILE,
 };
 pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, set_threads, CudaStatus, DeviceSpec};

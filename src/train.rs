@@ -199,8 +199,12 @@ pub struct EpochReport {
     pub epoch: usize,
     /// exp of the mean training loss over the epoch's minibatches (the textbook's "perplexity").
     pub perplexity: f64,
-    /// Wall time of the epoch's training (not its predictions), in seconds.
+    /// Wall time of the epoch's training (not its validation and predictions), in seconds.
     pub seconds: f64,
+    /// Characters trained in that time (fewer than an epoch's in the first epoch of a resumed run).
+    pub chars: usize,
+    /// Training time since the run began, across resumes, in seconds.
+    pub elapsed: f64,
     /// Perplexity on the held-out text, read as [`crate::evaluate`] does; `None` without validation.
     pub val_perplexity: Option<f64>,
     /// Mean over the epoch's minibatches of the gradient's global L2 norm before clipping.
@@ -334,6 +338,9 @@ pub struct Position {
     pub val_perplexity: Option<f64>,
     /// The best epoch so far by validation perplexity.
     pub best: Option<BestEpoch>,
+    /// Seconds spent training (minibatches only) since the run began, across resumes.
+    #[serde(default)]
+    pub elapsed: f64,
 }
 
 /// A run's resumable state: its [`Position`] and these tensors (on the model's device), by name:
@@ -377,6 +384,7 @@ impl Run {
                 perplexity: None,
                 val_perplexity: None,
                 best: None,
+                elapsed: 0.0,
             },
             optimizer: Optimizer::new(config.optimizer, model, config.lr)?,
             loss_sum: zero(),
@@ -486,6 +494,7 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
         let mut rng = Rng::new(run.position.shuffle_rng);
         let (xs, ys) = config.sampling.epoch(corpus, config.batch, config.steps, &mut rng, device)?;
         let first = run.position.batch;
+        let elapsed_before = run.position.elapsed;
         if first == 0 {
             let _ = run.loss_sum.zero_();
             let _ = run.grad_norm_sum.zero_();
@@ -509,6 +518,7 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
             stop = observer.stop_requested();
             if stop.is_some() && i + 1 < batches {
                 run.check_finite(epoch)?;
+                run.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
                 let carried = (config.sampling == Sampling::Consecutive).then(|| state.detach());
                 observer.checkpoint(model, &run.snapshot(model, carried.as_ref()), SaveReason::Interrupted)?;
                 return Err(Error::Interrupted { signal: stop.unwrap_or(0), epoch, batch: i + 1, batches, saved: None });
@@ -540,6 +550,7 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
             shuffle_rng: rng.state(),
             perplexity: Some(last),
             val_perplexity,
+            elapsed: elapsed_before + seconds,
             ..run.position.clone()
         };
         let samples = if epoch % config.pred_period == 0 {
@@ -553,7 +564,9 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
             None
         };
         let grad_norm = norm_total / batches as f64;
-        observer.epoch(&EpochReport { epoch, perplexity: last, val_perplexity, grad_norm, lr, seconds, samples });
+        let chars = (batches - first) * config.batch * config.steps;
+        let elapsed = run.position.elapsed;
+        observer.epoch(&EpochReport { epoch, perplexity: last, val_perplexity, grad_norm, lr, seconds, chars, elapsed, samples });
         let reason = if epoch == config.epochs {
             Some(SaveReason::Final)
         } else if stop.is_some() {

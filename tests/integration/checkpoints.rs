@@ -96,6 +96,20 @@ fn ten_epochs_then_resume_to_twenty_equals_twenty_straight() {
     assert_eq!(reports_after(&rest.stdout, 10).len(), 10);
     assert_same_parameters(&env.path("a/last"), &env.path("b/last"));
     assert_same_parameters(&env.path("a"), &env.path("b"));
+    // metrics.jsonl: one line per epoch, continued across the resume (timings aside, the same lines).
+    let metrics = |dir: &str| -> Vec<(u64, f64, f64, f64, f64)> {
+        let text = std::fs::read_to_string(env.path(dir).join(charrnn::METRICS_FILE)).unwrap();
+        text.lines()
+            .map(|l| {
+                let m: charrnn::MetricsLine = serde_json::from_str(l).unwrap();
+                assert!(m.chars_per_sec > 0.0 && m.elapsed_sec > 0.0 && m.grad_norm > 0.0, "{l}");
+                (m.epoch as u64, m.train_perplexity, m.val_perplexity.unwrap(), m.learning_rate, m.grad_norm)
+            })
+            .collect()
+    };
+    let straight_metrics = metrics("a");
+    assert_eq!(straight_metrics.iter().map(|m| m.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    assert_eq!(metrics("b"), straight_metrics);
     // Asking for no more epochs than the run has is a clear error.
     env.fails(&["train", "--resume", "b", "--epochs", "20"], "already stands at 20 epochs");
     env.fails(&["train", "--resume", "nowhere"], "no resumable checkpoint");
@@ -180,10 +194,13 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
             assert_eq!(i, 0, "kill {i}: the model folder is gone");
         }
     }
-    // Whatever the kills left, the run continues and finishes.
-    let total = (position(&env.path("m")).0 + 1).to_string();
-    let r = env.run(&["train", "--resume", "m", "--epochs", &total]);
+    // Whatever the kills left, the run continues and finishes, and its log has each epoch once.
+    let total = position(&env.path("m")).0 + 1;
+    let r = env.run(&["train", "--resume", "m", "--epochs", &total.to_string()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    let log = std::fs::read_to_string(env.path("m").join(charrnn::METRICS_FILE)).unwrap();
+    let epochs: Vec<usize> = log.lines().map(|l| serde_json::from_str::<charrnn::MetricsLine>(l).unwrap().epoch).collect();
+    assert_eq!(epochs, (1..=total).collect::<Vec<_>>());
     // The saves' own files only: no leftover temporaries or orphaned weights.
     for dir in ["m", "m/last"] {
         let names: Vec<String> = std::fs::read_dir(env.path(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
