@@ -5,8 +5,9 @@ use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, Evaluation};
 use crate::model::RnnModel;
+use crate::plot::{write_perplexity_svg, Curve};
 use crate::predict::{generate, Generate, Sample};
-use crate::train::{train, EpochReport, Progress, SaveReason, TrainConfig, TrainObserver, TrainState};
+use crate::train::{train, EpochReport, Progress, RunInfo, SaveReason, TrainConfig, TrainObserver, TrainState};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -198,6 +199,20 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
         return Err(Error::config("--val-frac", format!("{val_frac} of {} characters leaves fewer than 2 to validate on", run.ids.len())));
     }
     let (train_ids, val_ids) = run.ids.split_at(run.ids.len() - n_val);
+    config.validate()?;
+    config.sampling.check_fits(train_ids.len(), config.batch, config.steps)?;
+    let model = run.model.config();
+    observer.begin(&RunInfo {
+        device: run.template.device.clone(),
+        corpus_chars: run.ids.len(),
+        train_chars: train_ids.len(),
+        vocab_size: run.vocab.len(),
+        model,
+        parameters: model.parameter_count().unwrap_or(0),
+        batches: config.sampling.batches_per_epoch(train_ids.len(), config.batch, config.steps),
+        config: config.clone(),
+        resumed_at: resume.map(|s| (s.position.epoch, s.position.batch)),
+    });
     let mut saver = Saver { inner: observer, out: &run.out, template: &run.template, n_val, saved: run.saved, best_saved: None, recorded: false, pending_metrics: Vec::new() };
     let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut saver);
     let (saved, recorded) = (saver.saved, saver.recorded);
@@ -243,6 +258,9 @@ struct Saver<'a> {
     pending_metrics: Vec<String>,
 }
 
+/// The chart `train` draws in the model folder when it finishes or is interrupted.
+pub const PLOT_FILE: &str = "perplexity.svg";
+
 /// The per-epoch log in a model folder: one JSON object ([`MetricsLine`]) per line.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -264,6 +282,34 @@ pub struct MetricsLine {
     pub chars_per_sec: f64,
     /// Training time since the run began (across resumes), in seconds.
     pub elapsed_sec: f64,
+}
+
+/// Reads `dir/metrics.jsonl`.
+pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsLine>> {
+    let path = dir.join(METRICS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let reason = format!("{} cannot be read ({e}); pass the folder given to train's --out (models trained before charrnn kept this log have none)", path.display());
+        Error::config("--model", reason)
+    })?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::bad_model(&path, format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
+/// The chart's curve of the run in `dir`, labelled `label`.
+fn curve_of(dir: &Path, label: String) -> Result<Curve> {
+    let points = read_metrics(dir)?.into_iter().map(|m| (m.epoch, m.train_perplexity, m.val_perplexity)).collect();
+    Ok(Curve { label, points })
+}
+
+/// Runs `charrnn plot`: the perplexity curves of the runs in `models` as one SVG chart at `out`.
+pub fn run_plot(models: &[PathBuf], out: &Path) -> Result<()> {
+    if models.is_empty() {
+        return Err(Error::config("--model", "give at least one model folder"));
+    }
+    let curves = models.iter().map(|m| curve_of(m, m.display().to_string())).collect::<Result<Vec<_>>>()?;
+    write_perplexity_svg(&curves, out)
 }
 
 /// Appends `lines` to `dir/metrics.jsonl` and fsyncs it.
@@ -352,6 +398,13 @@ impl TrainObserver for Saver<'_> {
         // The log of the epochs this checkpoint covers (a resumed run trims what a crash left after it).
         append_metrics(self.out, &self.pending_metrics)?;
         self.pending_metrics.clear();
+        if why != SaveReason::Periodic {
+            let label = self.out.file_name().map_or_else(|| self.out.display().to_string(), |n| n.to_string_lossy().into_owned());
+            let curve = curve_of(self.out, label)?;
+            if !curve.points.is_empty() {
+                write_perplexity_svg(&[curve], &self.out.join(PLOT_FILE))?;
+            }
+        }
         file.resume = None;
         checkpoint::save_parts(&self.out.join(LAST_DIR), &params, file, Some(state))?;
         self.saved = Some(p.epoch);
@@ -509,6 +562,27 @@ pub struct Info {
     pub auto_device: String,
     /// libtorch's intra-op CPU threads.
     pub cpu_threads: i32,
+    /// Whether libtorch can use cuDNN.
+    pub cudnn: bool,
+}
+
+/// What `charrnn info --model` reports about a model folder.
+#[derive(Debug, Clone)]
+pub struct ModelSummary {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Everything its `model.json` says.
+    pub file: ModelFile,
+    /// Parameters in all.
+    pub parameters: u64,
+}
+
+/// Reads a model folder for `charrnn info --model` (loading and checking its weights too).
+pub fn model_summary(dir: Option<&Path>) -> Result<ModelSummary> {
+    let dir = checkpoint::resolve_model_dir(dir)?;
+    let loaded = checkpoint::load(&dir, tch::Device::Cpu)?;
+    let parameters = loaded.model.config().parameter_count().unwrap_or(0);
+    Ok(ModelSummary { dir, file: loaded.file, parameters })
 }
 
 /// Gathers [`Info`].
@@ -519,5 +593,6 @@ pub fn info() -> Info {
         cuda: crate::device::CudaStatus::probe(),
         auto_device: DeviceSpec::Auto.resolve().map(device_name).unwrap_or_else(|_| "cpu".into()),
         cpu_threads: tch::get_num_threads(),
+        cudnn: tch::Cuda::cudnn_is_available(),
     }
 }

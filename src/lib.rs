@@ -25,24 +25,26 @@ mod error;
 mod metrics;
 mod model;
 mod optim;
+mod plot;
 mod predict;
 mod rng;
 mod train;
 
 pub use batches::{rows, Sampling};
 pub use commands::{
-    default_out, info, load_model, run_eval, run_predict, run_resume, run_train, EvalJob, EvalReport, Info, MetricsLine, PredictJob, PredictOutcome, ResumeJob, TrainJob, TrainOutcome,
-    UnknownChars, LAST_DIR, METRICS_FILE,
+    default_out, info, load_model, run_eval, run_predict, run_resume, run_train, EvalJob, EvalReport, Info, MetricsLine, ModelSummary, PredictJob, model_summary, read_metrics, run_plot, PredictOutcome, ResumeJob, TrainJob, TrainOutcome,
+    UnknownChars, LAST_DIR, METRICS_FILE, PLOT_FILE,
 };
 pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
 pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, Init, ModelConfig, RnnModel, State};
+pub use plot::{perplexity_svg, Curve};
 pub use predict::{generate, predict, Generate, Sample, Sampler};
 pub use rng::{Rng, Stream};
 pub use optim::{sgd, LrDecay, Optimizer, OptimizerKind};
 pub use train::{
-    carry_state, clip_gradients, train, train_step, BestEpoch, EpochReport, Position, Progress, SaveReason, StepOutput, TrainConfig, TrainObserver,
+    carry_state, clip_gradients, train, train_step, BestEpoch, EpochReport, Position, Progress, RunInfo, SaveReason, StepOutput, TrainConfig, TrainObserver,
     TrainState, TrainSummary, AUTO_CHECKPOINT_SECS,
 };

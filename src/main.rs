@@ -18,7 +18,9 @@ Examples:
   charrnn train --corpus data/yuanqu.txt --limit-chars 10000
   charrnn predict --prefix 分开 --num-chars 10
   charrnn eval --json
-  charrnn info";
+  charrnn info
+  charrnn plot --model runs/yuanqu
+  charrnn completions bash";
 
 /// Character-level RNN trainer and sampler (the textbook char-RNN on libtorch).
 #[derive(Parser)]
@@ -58,9 +60,37 @@ Ctrl-C (or SIGTERM) finishes the current minibatch, saves a resumable checkpoint
   charrnn eval --model runs/yuanqu --corpus other.txt --limit-chars 5000 --json
   charrnn eval --stream")]
     Eval(EvalArgs),
-    /// Show versions, CUDA availability, the device `auto` picks and CPU threads.
-    #[command(after_help = "Example:\n  charrnn info")]
-    Info,
+    /// Show versions, CUDA and cuDNN availability, the device `auto` picks and CPU threads; or summarise a
+    /// model.
+    #[command(after_help = "Examples:\n  charrnn info\n  charrnn info --model runs/yuanqu")]
+    Info(InfoArgs),
+    /// Chart training and validation perplexity per epoch of one or more runs (SVG, log scale).
+    #[command(after_help = "Examples:\n  charrnn plot --model runs/yuanqu\n  charrnn plot --model runs/rnn --model runs/gru --out cells.svg")]
+    Plot(PlotArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  charrnn completions bash > ~/.local/share/bash-completion/completions/charrnn\n  charrnn completions zsh > ~/.zfunc/_charrnn\n  charrnn completions fish > ~/.config/fish/completions/charrnn.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// Summarise this model folder instead (cell, sizes, parameters, vocabulary, epochs, perplexities, corpus).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// A model folder whose metrics.jsonl to draw; repeat for several runs on one chart.
+    #[arg(long, value_name = "DIR", required = true)]
+    model: Vec<PathBuf>,
+    /// The SVG file to write.
+    #[arg(long, value_name = "FILE", default_value = "perplexity.svg")]
+    out: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -196,6 +226,12 @@ struct TrainArgs {
     /// CPU threads for libtorch [default: one per core].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Print nothing but warnings and errors (no configuration line, reports, bar or summary).
+    #[arg(long, short, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print a report line every epoch, with the learning rate, gradient norm and speed.
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 /// How generated characters are chosen (shared by `predict` and the reports of `train`).
@@ -354,11 +390,21 @@ struct Reporter {
     write_error: Option<std::io::Error>,
     /// The number of the first SIGINT or SIGTERM received (0: none).
     signal: Arc<AtomicUsize>,
+    quiet: bool,
+    verbose: bool,
+    /// Characters per minibatch (for the bar's speed).
+    chars_per_batch: usize,
+    /// When the bar started, and its position then.
+    bar_start: (Instant, u64),
 }
 
 impl Reporter {
-    fn new(signal: Arc<AtomicUsize>) -> Self {
-        Reporter { tty: std::io::stderr().is_terminal(), bar: None, last_draw: Instant::now(), write_error: None, signal }
+    fn new(signal: Arc<AtomicUsize>, quiet: bool, verbose: bool) -> Self {
+        let tty = std::io::stderr().is_terminal() && !quiet;
+        Reporter {
+            tty, bar: None, last_draw: Instant::now(), write_error: None, signal, quiet, verbose, chars_per_batch: 0,
+            bar_start: (Instant::now(), 0),
+        }
     }
 
     fn print(&mut self, text: &str) {
@@ -377,7 +423,61 @@ impl Reporter {
     }
 }
 
+/// `n` with thousands separators: 1234567 -> "1,234,567".
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The one line `train` prints before it starts: device, data, network, schedule.
+fn describe_run(i: &charrnn::RunInfo) -> String {
+    let c = &i.config;
+    let input = if i.model.embed > 0 { format!("embedding {}", i.model.embed) } else { "one-hot".into() };
+    let dropout = if i.model.dropout > 0.0 { format!(", dropout {}", i.model.dropout) } else { String::new() };
+    let resumed = i.resumed_at.map(|(e, b)| format!(", resuming after epoch {e}{}", if b > 0 { format!(" minibatch {b}") } else { String::new() }));
+    format!(
+        "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epochs{}",
+        i.device,
+        grouped(i.corpus_chars as u64),
+        grouped(i.train_chars as u64),
+        grouped((i.corpus_chars - i.train_chars) as u64),
+        grouped(i.vocab_size as u64),
+        i.model.cell.name(),
+        i.model.layers,
+        i.model.hidden,
+        grouped(i.parameters),
+        i.batches,
+        c.batch,
+        c.steps,
+        match c.optimizer {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+        },
+        c.lr,
+        c.epochs,
+        resumed.unwrap_or_default()
+    )
+}
+
 impl TrainObserver for Reporter {
+    fn begin(&mut self, info: &charrnn::RunInfo) {
+        self.chars_per_batch = info.config.batch * info.config.steps;
+        if !self.quiet {
+            if let Some(bar) = &self.bar {
+                bar.suspend(|| eprintln!("{}", describe_run(info)));
+            } else {
+                eprintln!("{}", describe_run(info));
+            }
+        }
+    }
+
     fn stop_requested(&mut self) -> Option<i32> {
         match self.signal.load(Ordering::Relaxed) {
             0 => None,
@@ -389,33 +489,47 @@ impl TrainObserver for Reporter {
         if !self.tty {
             return;
         }
+        let position = ((p.epoch - 1) * p.batches + p.batch) as u64;
+        let bar_start = &mut self.bar_start;
         let bar = self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::new((p.epochs * p.batches) as u64);
             bar.set_style(
                 ProgressStyle::with_template("{msg} [{elapsed_precise}<{eta_precise}] {wide_bar}").expect("valid template"),
             );
+            // A resumed run starts part of the way in; its speed counts from here.
+            bar.set_position(position.saturating_sub(1));
+            bar.reset_eta();
+            *bar_start = (Instant::now(), position.saturating_sub(1));
             bar
         });
-        bar.set_position(((p.epoch - 1) * p.batches + p.batch) as u64);
+        bar.set_position(position);
         // Reading the perplexity waits for the device; do it only as often as a person can read it.
         if self.last_draw.elapsed() >= Duration::from_millis(200) || p.batch == p.batches {
             self.last_draw = Instant::now();
+            let (since, from) = self.bar_start;
+            let speed = (position - from) as f64 * self.chars_per_batch as f64 / since.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
-                "epoch {}/{} minibatch {}/{} perplexity {:.3}",
-                p.epoch, p.epochs, p.batch, p.batches, p.running_perplexity()
+                "epoch {}/{} minibatch {}/{} perplexity {:.3} {} chars/s",
+                p.epoch, p.epochs, p.batch, p.batches, p.running_perplexity(), grouped(speed as u64)
             ));
         }
     }
 
     fn epoch(&mut self, r: &EpochReport) {
-        if let Some(samples) = &r.samples {
-            let val = r.val_perplexity.map(|v| format!(", val perplexity {v:.6}")).unwrap_or_default();
-            let mut text = format!("epoch {}, perplexity {:.6}{val}, time {:.2} sec\n", r.epoch, r.perplexity, r.seconds);
-            for s in samples {
-                text.push_str(&format!(" - {s}\n"));
-            }
-            self.print(&text);
+        if self.quiet || (r.samples.is_none() && !self.verbose) {
+            return;
         }
+        let val = r.val_perplexity.map(|v| format!(", val perplexity {v:.6}")).unwrap_or_default();
+        let mut text = format!("epoch {}, perplexity {:.6}{val}, time {:.2} sec", r.epoch, r.perplexity, r.seconds);
+        if self.verbose {
+            let speed = r.chars as f64 / r.seconds.max(1e-9);
+            text.push_str(&format!(", lr {}, grad norm {:.6}, {} chars/s", r.lr, r.grad_norm, grouped(speed as u64)));
+        }
+        text.push('\n');
+        for s in r.samples.iter().flatten() {
+            text.push_str(&format!(" - {s}\n"));
+        }
+        self.print(&text);
     }
 }
 
@@ -435,7 +549,7 @@ fn catch_stop_signals() -> std::io::Result<Arc<AtomicUsize>> {
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let mut reporter = Reporter::new(catch_stop_signals().context("cannot install the Ctrl-C handler")?);
+    let mut reporter = Reporter::new(catch_stop_signals().context("cannot install the Ctrl-C handler")?, args.quiet, args.verbose);
     let (outcome, what) = match args.resume.clone() {
         Some(dir) => {
             let what = format!("resuming {} failed", dir.display());
@@ -460,6 +574,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
     }
+    if reporter.quiet {
+        return Ok(());
+    }
     if let Some(best) = outcome.best_epoch.filter(|&b| b != outcome.epochs) {
         eprintln!("kept epoch {best}, the best by validation perplexity; the last epoch's model is in {}", outcome.out.join(charrnn::LAST_DIR).display());
     }
@@ -470,6 +587,12 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         outcome.device,
         outcome.perplexity
     );
+    Ok(())
+}
+
+fn plot(args: PlotArgs) -> anyhow::Result<()> {
+    charrnn::run_plot(&args.model, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
     Ok(())
 }
 
@@ -537,16 +660,45 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn info() -> anyhow::Result<()> {
+fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let Some(dir) = args.model {
+        let m = charrnn::model_summary(Some(&dir))?;
+        let (f, c) = (&m.file, &m.file.model);
+        let input = if c.embed > 0 { format!("embedding {}", c.embed) } else { "one-hot".into() };
+        writeln!(out, "model {}", m.dir.display())?;
+        let backend = match c.backend {
+            Backend::Scratch => "scratch",
+            Backend::Fused => "fused",
+        };
+        let layers = if c.layers == 1 { "1 layer".to_string() } else { format!("{} layers", c.layers) };
+        writeln!(out, "network {}, {layers} of {} units, {input} input, dropout {}, {backend} backend", c.cell.name(), c.hidden, c.dropout)?;
+        writeln!(out, "parameters {}", grouped(m.parameters))?;
+        writeln!(out, "vocabulary {} characters", grouped(c.vocab_size as u64))?;
+        writeln!(out, "epochs {} of {}", f.epoch, f.train.epochs)?;
+        if let Some(p) = f.perplexity {
+            writeln!(out, "training perplexity {p:.6}")?;
+        }
+        if let Some(v) = &f.validation {
+            writeln!(out, "validation perplexity {:.6} (epoch {}, {} characters held out)", v.perplexity, v.epoch, grouped(v.chars as u64))?;
+        }
+        let hash = f.corpus.hash.as_deref().unwrap_or("not recorded");
+        writeln!(out, "corpus {} ({} characters, {hash})", f.corpus.path.display(), grouped(f.corpus.chars as u64))?;
+        writeln!(out, "trained on {} with charrnn {}", f.device, f.charrnn_version)?;
+        if let Some(r) = &f.resume {
+            writeln!(out, "resumable at epoch {} minibatch {}", r.position.epoch, r.position.batch)?;
+        }
+        return Ok(());
+    }
     let i = charrnn::info();
     let cuda = match i.cuda.missing_reason() {
         None => format!("available ({} device(s))", i.cuda.devices),
         Some(why) => format!("not available: {why}"),
     };
-    let mut out = std::io::stdout().lock();
     writeln!(out, "charrnn {}", i.charrnn)?;
     writeln!(out, "libtorch {}", i.libtorch)?;
     writeln!(out, "cuda {cuda}")?;
+    writeln!(out, "cudnn {}", if i.cudnn { "available" } else { "not available" })?;
     writeln!(out, "auto device {}", i.auto_device)?;
     writeln!(out, "cpu threads {}", i.cpu_threads)?;
     Ok(())
@@ -578,7 +730,12 @@ fn main() -> ExitCode {
         Command::Train(a) => train(a),
         Command::Predict(a) => predict(a),
         Command::Eval(a) => eval(a),
-        Command::Info => info(),
+        Command::Info(a) => info(a),
+        Command::Plot(a) => plot(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "charrnn", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

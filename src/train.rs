@@ -226,8 +226,33 @@ pub enum SaveReason {
     Interrupted,
 }
 
+/// What a run is about to do, given to [`TrainObserver::begin`] once everything is checked.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// The device, in words.
+    pub device: String,
+    /// Characters read from the corpus.
+    pub corpus_chars: usize,
+    /// Of which trained on (the rest is held out).
+    pub train_chars: usize,
+    /// The vocabulary size.
+    pub vocab_size: usize,
+    /// The network and its parameter count.
+    pub model: ModelConfig,
+    /// Parameters in all.
+    pub parameters: u64,
+    /// Minibatches per epoch.
+    pub batches: usize,
+    /// The settings.
+    pub config: TrainConfig,
+    /// For a resumed run, where it stood: (epochs completed, minibatches into the next).
+    pub resumed_at: Option<(usize, usize)>,
+}
+
 /// Receives training progress and checkpoints; the library never prints or writes files itself.
 pub trait TrainObserver {
+    /// Called once before the first minibatch.
+    fn begin(&mut self, _info: &RunInfo) {}
     /// Called after every minibatch.
     fn minibatch(&mut self, _progress: &Progress<'_>) {}
     /// Called after every epoch.

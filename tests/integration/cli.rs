@@ -473,3 +473,96 @@ fn train_reports_use_the_sampling_options() {
     assert_eq!(sampled, report(&["--temperature", "1.5", "--out", "b"]), "seeded by --seed");
     assert_ne!(sampled, report(&["--out", "c"]), "greedy differs");
 }
+
+/// The training series (thick lines) of an SVG chart by colour, and its legend's labels, after checking
+/// that it parses as XML.
+fn chart_series(svg: &str) -> (Vec<String>, Vec<String>) {
+    let doc = roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("not XML: {e}"));
+    let mut series: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2") && n.attribute("points").is_some_and(|p| p.split(' ').filter(|s| !s.is_empty()).count() > 2))
+        .map(|n| n.attribute("stroke").unwrap().to_string())
+        .collect();
+    series.dedup();
+    let labels = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(|t| t.trim().to_string()).collect();
+    (series, labels)
+}
+
+#[test]
+fn train_logs_metrics_and_draws_its_chart_and_plot_overlays_runs() {
+    let env = Env::new();
+    for (out, extra) in [("a", vec!["--val-frac", "0.2"]), ("b", vec!["--cell", "gru", "--val-frac", "0.2"]), ("c", vec![])] {
+        let r = env.train(&[&["--epochs", "6", "--out", out][..], &extra[..]].concat());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let log = std::fs::read_to_string(env.path("a/metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    for (i, m) in lines.iter().enumerate() {
+        assert_eq!(m["epoch"], i + 1);
+        for key in ["train_perplexity", "val_perplexity", "learning_rate", "grad_norm", "chars_per_sec", "elapsed_sec"] {
+            assert!(m[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {m}");
+        }
+    }
+    let c: serde_json::Value = serde_json::from_str(std::fs::read_to_string(env.path("c/metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert!(c.get("val_perplexity").is_none(), "no split, no validation: {c}");
+    // train's own chart: one run, its training and validation series.
+    let (series, labels) = chart_series(&std::fs::read_to_string(env.path("a/perplexity.svg")).unwrap());
+    assert_eq!(series.len(), 1);
+    assert!(labels.contains(&"a train".to_string()) && labels.contains(&"a validation".to_string()), "{labels:?}");
+    // plot: one series per run, in the legend by folder.
+    let r = env.run(&["plot", "--model", "a", "--model", "b", "--model", "c", "--out", "all.svg"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (series, labels) = chart_series(&std::fs::read_to_string(env.path("all.svg")).unwrap());
+    assert_eq!(series.len(), 3, "{series:?}");
+    for run in ["a", "b", "c"] {
+        assert!(labels.contains(&format!("{run} train")), "{labels:?}");
+    }
+    assert!(!labels.contains(&"c validation".to_string()));
+    env.fails(&["plot", "--model", "a/last"], "metrics.jsonl cannot be read");
+    assert_eq!(env.run(&["plot"]).code, 2, "--model is required");
+}
+
+#[test]
+fn info_summarises_a_model_and_completions_print_scripts() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "2", "--out", "m", "--cell", "lstm", "--layers", "2"]).code, 0);
+    let r = env.run(&["info", "--model", "m"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for needle in ["network lstm, 2 layers of 32 units, one-hot input", "parameters ", "vocabulary 30 characters", "epochs 2 of 2", "training perplexity", "fnv1a64:"] {
+        assert!(r.stdout.contains(needle), "{needle:?} not in {}", r.stdout);
+    }
+    let loaded = charrnn::checkpoint::load(&env.path("m"), tch::Device::Cpu).unwrap();
+    let count: i64 = loaded.model.parameters().iter().map(|p| p.numel() as i64).sum();
+    assert!(r.stdout.contains(&format!("parameters {}", group(count))), "{} vs {count}", r.stdout);
+    env.fails(&["info", "--model", "nowhere"], "no such folder");
+    let r = env.run(&["info"]);
+    assert!(r.stdout.contains("cudnn ") && r.stdout.contains("cpu threads "), "{}", r.stdout);
+    for shell in ["bash", "zsh", "fish"] {
+        let r = env.run(&["completions", shell]);
+        assert_eq!(r.code, 0);
+        assert!(r.stdout.contains("charrnn") && r.stdout.contains("temperature") && r.stdout.len() > 1000, "{shell}");
+    }
+    assert_eq!(env.run(&["completions", "tcsh"]).code, 2);
+}
+
+fn group(n: i64) -> String {
+    let s = n.to_string();
+    s.chars().enumerate().flat_map(|(i, c)| ((i > 0 && (s.len() - i) % 3 == 0).then_some(',')).into_iter().chain([c])).collect()
+}
+
+#[test]
+fn train_echoes_its_configuration_and_quiet_and_verbose_do_what_they_say() {
+    let env = Env::new();
+    let r = env.train(&["--epochs", "3", "--out", "n"]);
+    let first = r.stderr.lines().next().unwrap();
+    assert!(first.starts_with("training on cpu: corpus ") && first.contains("parameters") && first.contains("minibatches of 4x5 per epoch"), "{first}");
+    let q = env.train(&["--epochs", "3", "--out", "q", "--quiet"]);
+    assert_eq!((q.code, q.stdout.as_str(), q.stderr.as_str()), (0, "", ""));
+    let v = env.train(&["--epochs", "3", "--out", "v", "--verbose"]);
+    let lines: Vec<&str> = v.stdout.lines().filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(lines.len(), 3, "every epoch: {}", v.stdout);
+    assert!(lines.iter().all(|l| l.contains(", lr 1, grad norm ") && l.ends_with(" chars/s")), "{lines:?}");
+    assert_eq!(env.run(&["train", "--corpus", "lyrics.txt", "--quiet", "--verbose"]).code, 2);
+    assert_eq!(env.run(&["train", "--corpus", "lyrics.txt", "--no-such-flag"]).code, 2, "usage errors exit 2");
+}
