@@ -443,7 +443,7 @@ fn describe_run(i: &charrnn::RunInfo) -> String {
     let dropout = if i.model.dropout > 0.0 { format!(", dropout {}", i.model.dropout) } else { String::new() };
     let resumed = i.resumed_at.map(|(e, b)| format!(", resuming after epoch {e}{}", if b > 0 { format!(" minibatch {b}") } else { String::new() }));
     format!(
-        "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epochs{}",
+        "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epoch{}{}",
         i.device,
         grouped(i.corpus_chars as u64),
         grouped(i.train_chars as u64),
@@ -462,6 +462,7 @@ fn describe_run(i: &charrnn::RunInfo) -> String {
         },
         c.lr,
         c.epochs,
+        if c.epochs == 1 { "" } else { "s" },
         resumed.unwrap_or_default()
     )
 }
