@@ -61,7 +61,7 @@ impl DeviceSpec {
 }
 
 /// What libtorch can see of CUDA on this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CudaStatus {
     /// libtorch's CUDA backend (libtorch_cuda.so) is loaded into this process.
     pub backend_loaded: bool,
@@ -69,6 +69,9 @@ pub struct CudaStatus {
     pub driver_present: bool,
     /// CUDA devices libtorch can use.
     pub devices: usize,
+    /// The GPUs' model names as the NVIDIA driver lists them (`/proc/driver/nvidia/gpus/*/information`), in
+    /// bus order; this ignores `CUDA_VISIBLE_DEVICES`.
+    pub gpu_names: Vec<String>,
 }
 
 impl CudaStatus {
@@ -79,6 +82,7 @@ impl CudaStatus {
             backend_loaded: maps.contains("libtorch_cuda.so"),
             driver_present: std::path::Path::new("/proc/driver/nvidia/version").exists(),
             devices: if Cuda::is_available() { Cuda::device_count().max(0) as usize } else { 0 },
+            gpu_names: gpu_names(std::path::Path::new("/proc/driver/nvidia/gpus")),
         }
     }
 
@@ -94,6 +98,17 @@ impl CudaStatus {
             Some("the NVIDIA driver reports no usable CUDA device (check CUDA_VISIBLE_DEVICES and nvidia-smi)")
         }
     }
+}
+
+/// The `Model:` line of each `<gpus>/*/information` file, sorted by folder (the PCI bus address).
+fn gpu_names(gpus: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(gpus) else { return Vec::new() };
+    let mut dirs: Vec<std::path::PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    dirs.iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("information")).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_string())))
+        .collect()
 }
 
 /// A device's name as charrnn prints it: `cpu` or `cuda:N`.
@@ -143,5 +158,16 @@ mod tests {
             assert_eq!(DeviceSpec::Auto.resolve().unwrap(), Device::Cpu);
             assert!(status.missing_reason().is_some());
         }
+    }
+
+    #[test]
+    fn gpu_names_come_from_the_driver_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        for (bus, model) in [("0000:41:00.0", "NVIDIA H200"), ("0000:01:00.0", "NVIDIA H100 80GB HBM3")] {
+            std::fs::create_dir(dir.path().join(bus)).unwrap();
+            std::fs::write(dir.path().join(bus).join("information"), format!("Model: \t\t {model}\nIRQ: 12\n")).unwrap();
+        }
+        assert_eq!(gpu_names(dir.path()), vec!["NVIDIA H100 80GB HBM3".to_string(), "NVIDIA H200".to_string()]);
+        assert!(gpu_names(&dir.path().join("missing")).is_empty());
     }
 }

@@ -693,7 +693,8 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
     }
     let i = charrnn::info();
     let cuda = match i.cuda.missing_reason() {
-        None => format!("available ({} device(s))", i.cuda.devices),
+        None if i.cuda.gpu_names.is_empty() => format!("available ({} device(s))", i.cuda.devices),
+        None => format!("available ({} device(s): {})", i.cuda.devices, i.cuda.gpu_names.join(", ")),
         Some(why) => format!("not available: {why}"),
     };
     writeln!(out, "charrnn {}", i.charrnn)?;
