@@ -199,20 +199,6 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
         return Err(Error::config("--val-frac", format!("{val_frac} of {} characters leaves fewer than 2 to validate on", run.ids.len())));
     }
     let (train_ids, val_ids) = run.ids.split_at(run.ids.len() - n_val);
-    config.validate()?;
-    config.sampling.check_fits(train_ids.len(), config.batch, config.steps)?;
-    let model = run.model.config();
-    observer.begin(&RunInfo {
-        device: run.template.device.clone(),
-        corpus_chars: run.ids.len(),
-        train_chars: train_ids.len(),
-        vocab_size: run.vocab.len(),
-        model,
-        parameters: model.parameter_count().unwrap_or(0),
-        batches: config.sampling.batches_per_epoch(train_ids.len(), config.batch, config.steps),
-        config: config.clone(),
-        resumed_at: resume.map(|s| (s.position.epoch, s.position.batch)),
-    });
     let mut saver = Saver { inner: observer, out: &run.out, template: &run.template, n_val, saved: run.saved, best_saved: None, recorded: false, pending_metrics: Vec::new() };
     let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut saver);
     let (saved, recorded) = (saver.saved, saver.recorded);
@@ -365,6 +351,10 @@ impl TrainObserver for Saver<'_> {
 
     fn stop_requested(&mut self) -> Option<i32> {
         self.inner.stop_requested()
+    }
+
+    fn begin(&mut self, info: &RunInfo) {
+        self.inner.begin(info);
     }
 
     fn checkpoint(&mut self, model: &RnnModel, state: &TrainState, why: SaveReason) -> Result<()> {

@@ -226,7 +226,8 @@ pub enum SaveReason {
     Interrupted,
 }
 
-/// What a run is about to do, given to [`TrainObserver::begin`] once everything is checked.
+/// What a run is about to do, given to [`TrainObserver::begin`] once everything is checked, before the first
+/// minibatch.
 #[derive(Debug, Clone)]
 pub struct RunInfo {
     /// The device, in words.
@@ -510,6 +511,18 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
         }
     };
     let device = model.device();
+    let model_config = model.config();
+    observer.begin(&RunInfo {
+        device: crate::device::device_name(device),
+        corpus_chars: corpus.len() + val.len(),
+        train_chars: corpus.len(),
+        vocab_size: vocab.len(),
+        model: model_config,
+        parameters: model_config.parameter_count().unwrap_or(0),
+        batches,
+        config: config.clone(),
+        resumed_at: resume.map(|s| (s.position.epoch, s.position.batch)),
+    });
     let context = config.eval_context(corpus.len());
     let mut last_save = Instant::now();
     for epoch in run.position.epoch + 1..=config.epochs {
