@@ -10,7 +10,6 @@ Usage: python benches/reference_cells.py --corpus FILE [--limit-chars 50000 (0: 
        [--embed 64] [--dropout 0] [--epochs 10] [--lr 0.002] [--clip 0.01] [--seed 0] [--threads N]
 """
 import math
-import random
 import time
 from collections import Counter
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_textbook import arguments, load, random_batches
+from reference_textbook import arguments, prepare, random_batches
 
 
 class Net(nn.Module):
@@ -58,11 +57,7 @@ def main():
     p.add_argument("--embed", type=int, default=64)
     p.add_argument("--dropout", type=float, default=0.0)
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    rng = random.Random(a.seed)
-    ids, vocab, _ = load(a.corpus, a.limit_chars)
+    rng, ids, vocab, _ = prepare(a)
     n_val = round(len(ids) * a.val_frac)
     train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
     net = Net(len(vocab), a.cell, a.hidden, a.layers, a.embed, a.dropout)

@@ -77,17 +77,21 @@ def arguments(limit_chars, epochs, lr):
     return p
 
 
+def prepare(a):
+    """Applies the shared flags: threads, seeds; returns the shuffle generator and the corpus (ids, vocab, index)."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    return (random.Random(a.seed),) + load(a.corpus, a.limit_chars)
+
+
 def main():
     p = arguments(limit_chars=10000, epochs=250, lr=100.0)
     p.add_argument("--sampling", choices=["random", "consecutive"], default="random")
     p.add_argument("--pred-period", type=int, default=50)
     p.add_argument("--prefix", action="append")
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    rng = random.Random(a.seed)
-    ids, vocab, index = load(a.corpus, a.limit_chars)
+    rng, ids, vocab, index = prepare(a)
     v, h = len(vocab), a.hidden
     params = [torch.randn(v, h) * 0.01, torch.randn(h, h) * 0.01, torch.zeros(h), torch.randn(h, v) * 0.01, torch.zeros(v)]
     for t in params:
