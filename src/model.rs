@@ -97,6 +97,13 @@ pub struct ModelConfig {
     pub init: Init,
 }
 
+/// The first layer's input to [`RnnModel::recur_scratch`]: character indices (one-hot input, whose product
+/// with `W_xh` is a row gather) or rows (embeddings) to multiply by `W_xh`.
+enum First {
+    Ids(Tensor),
+    Rows(Tensor),
+}
+
 /// Index of each per-layer parameter within its layer's block of [`ModelConfig::param_specs`].
 const W_XH: usize = 0;
 const W_HH: usize = 1;
@@ -364,10 +371,12 @@ impl RnnModel {
     /// single step: prediction runs one step per character).
     pub fn step(&self, x: &Tensor, state: &State) -> (Tensor, State) {
         let c = &self.config;
-        let mut input = if c.embed > 0 { self.params[0].index_select(0, x) } else { one_hot(x, c.vocab_size) };
+        let mut input = if c.embed > 0 { self.params[0].index_select(0, x) } else { Tensor::new() };
         let (mut hs, mut cs) = (Vec::with_capacity(c.layers), Vec::new());
         for l in 0..c.layers {
-            let xw = input.mm(self.layer_param(l, W_XH)) + self.layer_param(l, B_H);
+            // One-hot input: its product with W_xh is a row gather.
+            let projection = if l == 0 && c.embed == 0 { self.layer_param(0, W_XH).index_select(0, x) } else { input.mm(self.layer_param(l, W_XH)) };
+            let xw = projection + self.layer_param(l, B_H);
             let cell = state.c.as_ref().map(|c| c.get(l as i64));
             let (h, cell) = self.cell_step(l, &xw, &state.h.get(l as i64), cell.as_ref());
             input = h.shallow_clone();
@@ -387,11 +396,14 @@ impl RnnModel {
         let c = &self.config;
         let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
         let ids = inputs.transpose(0, 1).reshape([-1]);
-        // [steps * batch, I]: one-hot rows (the textbook's X) or embedding rows.
-        let xs = if c.embed > 0 { self.params[0].index_select(0, &ids) } else { one_hot(&ids, c.vocab_size) };
-        let (mut hs, state) = match c.backend {
-            Backend::Scratch => self.recur_scratch(xs, steps, batch, state, train),
-            Backend::Fused => self.recur_fused(xs, steps, batch, state, train),
+        let (mut hs, state) = match (c.backend, c.embed > 0) {
+            (Backend::Scratch, true) => self.recur_scratch(First::Rows(self.params[0].index_select(0, &ids)), steps, batch, state, train),
+            // One-hot rows times W_xh are rows of W_xh: gathered, not multiplied (the same numbers, V times
+            // less work; `an_embedding_equals_one_hot_times_the_table` checks the identity).
+            (Backend::Scratch, false) => self.recur_scratch(First::Ids(ids), steps, batch, state, train),
+            // [steps * batch, I]: embedding rows, or one-hot rows (the textbook's X) for libtorch's kernels.
+            (Backend::Fused, true) => self.recur_fused(self.params[0].index_select(0, &ids), steps, batch, state, train),
+            (Backend::Fused, false) => self.recur_fused(one_hot(&ids, c.vocab_size), steps, batch, state, train),
         };
         if c.dropout > 0.0 {
             // Before the output layer (between layers it is applied by the recurrence).
@@ -403,14 +415,20 @@ impl RnnModel {
 
     /// The layers written out: a loop over time per layer, each step [`RnnModel::cell_step`].
     /// `xs`: `[steps * batch, I]`; returns the top layer's states `[steps * batch, H]` and the final state.
-    fn recur_scratch(&self, mut xs: Tensor, steps: i64, batch: i64, state: &State, train: bool) -> (Tensor, State) {
+    fn recur_scratch(&self, first: First, steps: i64, batch: i64, state: &State, train: bool) -> (Tensor, State) {
         let c = &self.config;
         let (mut hs_end, mut cs_end) = (Vec::with_capacity(c.layers), Vec::new());
+        let mut xs = Tensor::new();
         for l in 0..c.layers {
             if l > 0 && c.dropout > 0.0 {
                 xs = xs.dropout(c.dropout, train);
             }
-            let xw = (xs.mm(self.layer_param(l, W_XH)) + self.layer_param(l, B_H)).view([steps, batch, -1]);
+            let projection = match (l, &first) {
+                (0, First::Ids(ids)) => self.layer_param(0, W_XH).index_select(0, ids),
+                (0, First::Rows(rows)) => rows.mm(self.layer_param(0, W_XH)),
+                _ => xs.mm(self.layer_param(l, W_XH)),
+            };
+            let xw = (projection + self.layer_param(l, B_H)).view([steps, batch, -1]);
             let mut h = state.h.get(l as i64);
             let mut cell = state.c.as_ref().map(|c| c.get(l as i64));
             let mut outs = Vec::with_capacity(steps as usize);
