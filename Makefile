@@ -1,7 +1,7 @@
 # Every target does its own set-up (scripts/setup.sh is idempotent), so each works on a fresh checkout.
 CHARRNN := ./target/release/charrnn
 
-.PHONY: setup build demo test bench curves cells
+.PHONY: setup build demo test bench speed curves cells
 
 setup:
 	bash scripts/setup.sh
@@ -24,6 +24,9 @@ test: setup
 
 bench: setup
 	cargo bench --bench train_step
+
+speed: setup
+	bash benches/compare_speed.sh
 
 curves: setup
 	bash benches/compare_curves.sh

@@ -6,6 +6,9 @@ cross-entropy, clipping by the global gradient norm, SGD, greedy prediction, and
 
 Usage: python benches/reference_textbook.py --corpus FILE [--limit-chars 10000] [--sampling random|consecutive]
        [--epochs 250] [--hidden 256] [--steps 35] [--batch 32] [--lr 100] [--clip 0.01] [--seed 0] [--threads N]
+       [--model scratch|nn] [--pred-len 50] [--predict N]
+--model nn runs the same step on torch.nn.RNN (oneDNN's fused kernel) and nn.Linear with the same parameters;
+--predict N skips training and times greedy prediction of N characters (for benches/compare_speed.sh).
 """
 import argparse
 import math
@@ -50,6 +53,17 @@ def rnn(inputs, h, params):
     return torch.cat(outputs), h
 
 
+def nn_rnn(params):
+    """The same step on torch.nn.RNN and a batched output layer, sharing `params` (transposed views)."""
+    w_xh, w_hh, b_h, w_hq, b_q = params
+    zero = torch.zeros_like(b_h)
+
+    def run(inputs, h):
+        ys, h_last = torch._VF.rnn_tanh(inputs, h.unsqueeze(0), [w_xh.T, w_hh.T, b_h, zero], True, 1, 0.0, False, False, False)
+        return ys.reshape(-1, ys.shape[-1]) @ w_hq + b_q, h_last[0]
+    return run
+
+
 def predict(prefix, n, params, vocab, index, hidden):
     h = torch.zeros(1, hidden)
     out = [index[prefix[0]]]
@@ -90,6 +104,9 @@ def main():
     p.add_argument("--sampling", choices=["random", "consecutive"], default="random")
     p.add_argument("--pred-period", type=int, default=50)
     p.add_argument("--prefix", action="append")
+    p.add_argument("--pred-len", type=int, default=50)
+    p.add_argument("--model", choices=["scratch", "nn"], default="scratch")
+    p.add_argument("--predict", type=int, default=0)
     a = p.parse_args()
     rng, ids, vocab, index = prepare(a)
     v, h = len(vocab), a.hidden
@@ -97,13 +114,19 @@ def main():
     for t in params:
         t.requires_grad_(True)
     prefixes = [q for q in (a.prefix or ["分开", "不分开"]) if all(c in index for c in q)] or [vocab[ids[0]]]
+    if a.predict:
+        start = time.time()
+        predict(prefixes[0], a.predict, params, vocab, index, h)
+        print("predicted %d characters in %.3f sec" % (a.predict, time.time() - start))
+        return
+    step = nn_rnn(params) if a.model == "nn" else (lambda x, s: rnn(x, s, params))
     for epoch in range(1, a.epochs + 1):
         start, loss_sum, n = time.time(), 0.0, 0
         state = torch.zeros(a.batch, h)
         batches = random_batches(ids, a.batch, a.steps, rng) if a.sampling == "random" else consecutive_batches(ids, a.batch, a.steps)
         for x, y in batches:
             state = torch.zeros(a.batch, h) if a.sampling == "random" else state.detach()
-            logits, state = rnn(F.one_hot(x.T, v).float(), state, params)
+            logits, state = step(F.one_hot(x.T, v).float(), state)
             loss = F.cross_entropy(logits, y.T.reshape(-1))
             for t in params:
                 t.grad = None
@@ -118,8 +141,8 @@ def main():
             loss_sum, n = loss_sum + loss.item(), n + 1
         if epoch % a.pred_period == 0:
             print("epoch %d, perplexity %f, time %.2f sec" % (epoch, math.exp(loss_sum / n), time.time() - start), flush=True)
-            for q in prefixes:
-                print(" -", predict(q, 50, params, vocab, index, h), flush=True)
+            for q in prefixes if a.pred_len else []:
+                print(" -", predict(q, a.pred_len, params, vocab, index, h), flush=True)
 
 
 if __name__ == "__main__":

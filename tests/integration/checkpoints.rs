@@ -217,14 +217,14 @@ fn divergence_is_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let r = env.fails(&[&env_train_args()[..], &["--lr", "1e30", "--clip", "1e30", "--out", "d"]].concat(), "diverged in epoch 1");
     assert!(r.stderr.contains("--lr") && r.stderr.contains("nothing of this run was saved"), "{}", r.stderr);
     assert!(!env.path("d").exists());
-    // When a resumed run diverges, the checkpoint it started from stays as it was. (Infinite weights make
-    // the next epoch's loss infinite.)
+    // When a resumed run diverges, the checkpoint it started from stays as it was. (NaN weights make
+    // the next epoch's loss NaN.)
     assert_eq!(env.train(&["--epochs", "2", "--out", "g"]).code, 0);
     let last = env.path("g/last");
     let loaded = checkpoint::load(&last, Device::Cpu).unwrap();
     let state = checkpoint::load_state(&last, &loaded, Device::Cpu).unwrap();
     tch::no_grad(|| {
-        let _ = loaded.model.parameters()[0].shallow_clone().fill_(f64::INFINITY);
+        let _ = loaded.model.parameters()[0].shallow_clone().fill_(f64::NAN);
     });
     let params: Vec<(String, tch::Tensor)> = loaded.model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
     checkpoint::save_parts(&last, &params, loaded.file.clone(), Some(&state)).unwrap();
