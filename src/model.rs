@@ -414,7 +414,8 @@ impl RnnModel {
     }
 
     /// The layers written out: a loop over time per layer, each step [`RnnModel::cell_step`].
-    /// `xs`: `[steps * batch, I]`; returns the top layer's states `[steps * batch, H]` and the final state.
+    /// `first`: the first layer's input, `[steps * batch]` indices or `[steps * batch, D]` rows; returns the
+    /// top layer's states `[steps * batch, H]` and the final state.
     fn recur_scratch(&self, first: First, steps: i64, batch: i64, state: &State, train: bool) -> (Tensor, State) {
         let c = &self.config;
         let (mut hs_end, mut cs_end) = (Vec::with_capacity(c.layers), Vec::new());
