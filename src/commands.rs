@@ -452,7 +452,7 @@ pub fn run_predict(job: &PredictJob, on_char: &mut dyn FnMut(usize, char)) -> Re
     let mut warnings = Vec::new();
     let mut prefix = job.prefix.clone();
     if job.unknown == UnknownChars::Skip {
-        let (known, dropped): (String, String) = job.prefix.chars().partition(|&c| loaded.vocab.encode(&c.to_string(), "").is_ok());
+        let (known, dropped): (String, String) = job.prefix.chars().partition(|&c| loaded.vocab.index(c).is_some());
         if !dropped.is_empty() {
             if known.is_empty() {
                 return Err(Error::config("--prefix", "none of its characters is in the model's vocabulary"));
@@ -463,7 +463,7 @@ pub fn run_predict(job: &PredictJob, on_char: &mut dyn FnMut(usize, char)) -> Re
         }
     }
     // Checked before the prefix is passed on, so that nothing is streamed for a request that fails.
-    job.generate.sampler.validate()?;
+    job.generate.validate()?;
     loaded.vocab.encode(&prefix, "the prefix")?;
     for i in 0..job.generate.samples {
         prefix.chars().for_each(|c| on_char(i, c));

@@ -113,6 +113,19 @@ pub struct Generate {
     pub sampler: Sampler,
 }
 
+impl Generate {
+    /// Checks the settings are in range (at least one sample, a non-empty stop string, the sampler's).
+    pub fn validate(&self) -> Result<()> {
+        if self.samples == 0 {
+            return Err(Error::config("--samples", "must be at least 1"));
+        }
+        if self.stop.as_deref() == Some("") {
+            return Err(Error::config("--stop", "must not be empty"));
+        }
+        self.sampler.validate()
+    }
+}
+
 /// One generated continuation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Sample {
@@ -138,13 +151,7 @@ pub fn generate(model: &RnnModel, vocab: &Vocabulary, prefix: &str, options: &Ge
     if prefix.is_empty() {
         return Err(Error::config("--prefix", "must not be empty"));
     }
-    if options.samples == 0 {
-        return Err(Error::config("--samples", "must be at least 1"));
-    }
-    if options.stop.as_deref() == Some("") {
-        return Err(Error::config("--stop", "must not be empty"));
-    }
-    options.sampler.validate()?;
+    options.validate()?;
     let ids = vocab.encode(prefix, "the prefix")?;
     let _guard = tch::no_grad_guard();
     let device = model.device();
