@@ -5,7 +5,7 @@
 //! Run: `make bench` (or `cargo bench --bench train_step`). CPU only; libtorch's CPU ops are synchronous,
 //! so reading the clock after each call measures finished work.
 use charrnn::{
-    evaluate, generate, predict, read_corpus, train_step, CorpusOptions, Generate, ModelConfig, Optimizer, OptimizerKind, RnnModel, Rng, Sampler,
+    evaluate, generate, predict, read_corpus, train_step, CorpusOptions, Generate, ModelConfig, Optimizer, OptimizerKind, Precision, RnnModel, Rng, Sampler,
     Sampling, Vocabulary,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -26,7 +26,7 @@ fn textbook_workload(c: &mut Criterion) {
     g.sample_size(20);
     g.throughput(Throughput::Elements(32 * 35));
     let mut sgd = Optimizer::new(OptimizerKind::Sgd, &model, 100.0).unwrap();
-    g.bench_function("train_step (chars)", |b| b.iter(|| train_step(&model, &x, &y, &state, 0.01, &mut sgd)));
+    g.bench_function("train_step (chars)", |b| b.iter(|| train_step(&model, &x, &y, &state, 0.01, Precision::Fp32, &mut sgd)));
     g.throughput(Throughput::Elements(50));
     g.bench_function("predict 50 (chars)", |b| b.iter(|| predict(&model, &vocab, "分开", 50).unwrap()));
     g.throughput(Throughput::Elements(ids.len() as u64));

@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod batches;
+pub mod bptt;
 pub mod checkpoint;
 mod commands;
 mod corpus;
@@ -39,11 +40,11 @@ pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
-pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, Init, ModelConfig, RnnModel, State};
+pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State};
 pub use plot::{perplexity_svg, Curve};
 pub use predict::{generate, predict, Generate, Sample, Sampler};
 pub use rng::{Rng, Stream};
-pub use optim::{sgd, LrDecay, Optimizer, OptimizerKind};
+pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use train::{
     carry_state, clip_gradients, train, train_step, BestEpoch, EpochReport, Position, Progress, RunInfo, SaveReason, StepOutput, TrainConfig, TrainObserver,
     TrainState, TrainSummary, AUTO_CHECKPOINT_SECS,

@@ -1,7 +1,7 @@
 //! The `charrnn` command: parses arguments, calls the library, renders progress and maps errors to exit codes.
 use anyhow::Context;
 use charrnn::{
-    Backend, Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Generate, Init, LrDecay, OptimizerKind, PredictJob, Progress, ResumeJob,
+    Backend, Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Generate, Init, LrDecay, OptimizerKind, Precision, PredictJob, Progress, ResumeJob,
     Sampler, Sampling, TrainConfig, TrainJob, TrainObserver, UnknownChars,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -119,6 +119,12 @@ enum OptimizerArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    Fp32,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum SamplingArg {
     Random,
     Consecutive,
@@ -133,7 +139,7 @@ struct TrainArgs {
     /// --epochs, the new total, --checkpoint-every, --corpus, --device and --threads may be given).
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "out", "hidden", "cell", "layers", "embed", "dropout", "init", "backend", "steps", "batch", "optimizer", "lr",
-        "lr_decay", "lr_decay_every", "clip", "sampling", "seed", "limit_chars", "keep_newlines", "prefixes", "val_frac",
+        "lr_decay", "lr_decay_every", "clip", "dtype", "sampling", "seed", "limit_chars", "keep_newlines", "prefixes", "val_frac",
         "pred_period", "pred_len", "temperature", "top_k", "top_p",
     ])]
     resume: Option<PathBuf>,
@@ -188,6 +194,10 @@ struct TrainArgs {
     /// Gradient clipping threshold on the global L2 norm.
     #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     clip: f64,
+    /// Precision of the output layer's matrix products: fp32, or bf16 (bfloat16 operands, float32
+    /// results: about 3x the matrix speed on CPUs with AMX or AVX512-BF16, and on GPUs).
+    #[arg(long, value_enum, default_value = "fp32")]
+    dtype: DtypeArg,
     /// Passes over the corpus, in all (a resumed run's earlier epochs count) [default: 250].
     #[arg(long)]
     epochs: Option<usize>,
@@ -366,6 +376,10 @@ impl TrainArgs {
                 lr: self.lr.unwrap_or(optimizer.default_lr()),
                 lr_decay: LrDecay { factor: self.lr_decay, every: self.lr_decay_every },
                 clip: self.clip,
+                precision: match self.dtype {
+                    DtypeArg::Fp32 => Precision::Fp32,
+                    DtypeArg::Bf16 => Precision::Bf16,
+                },
                 epochs: self.epochs.unwrap_or(TrainConfig::default().epochs),
                 sampling,
                 seed: self.seed,

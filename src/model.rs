@@ -105,10 +105,42 @@ enum First {
 }
 
 /// Index of each per-layer parameter within its layer's block of [`ModelConfig::param_specs`].
-const W_XH: usize = 0;
-const W_HH: usize = 1;
-const B_H: usize = 2;
+pub(crate) const W_XH: usize = 0;
+pub(crate) const W_HH: usize = 1;
+pub(crate) const B_H: usize = 2;
 const B_HN: usize = 3;
+
+/// The precision of the output layer's matrix products in training (forward and both backward products),
+/// which at the textbook's sizes are nine tenths of the arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Float32 throughout.
+    #[default]
+    Fp32,
+    /// bfloat16 operands with float32 results (AMX or AVX512-BF16 units on a CPU that has them, tensor
+    /// cores on a GPU); parameters, the recurrence, the softmax and the updates stay float32.
+    Bf16,
+}
+
+impl Precision {
+    /// The name used on the command line and in model files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// `a b` (Float `[n, k]` times `[k, m]`, either possibly a transposed view) at this precision: a Float
+    /// `[n, m]` result.
+    pub(crate) fn mm(self, a: &Tensor, b: &Tensor) -> Tensor {
+        match self {
+            Precision::Fp32 => a.mm(b),
+            Precision::Bf16 => a.to_kind(Kind::BFloat16).mm(&b.to_kind(Kind::BFloat16)).to_kind(Kind::Float),
+        }
+    }
+}
 
 impl ModelConfig {
     /// A textbook RNN (one layer, one-hot input, no dropout) of `hidden` units over `vocab_size` characters.
@@ -289,18 +321,24 @@ impl RnnModel {
         self.config.param_specs().into_iter().map(|(name, _)| name).zip(self.parameters()).collect()
     }
 
-    /// Parameter `which` (W_XH, W_HH, B_H, B_HN) of layer `l`; positions follow
-    /// [`ModelConfig::param_specs`] (no lookup by name: this is called at every time step).
-    fn layer_param(&self, l: usize, which: usize) -> &Tensor {
-        let first = usize::from(self.config.embed > 0);
-        &self.params[first + l * self.config.per_layer() + which]
+    /// The position in [`ModelConfig::param_specs`] of parameter `which` (W_XH, W_HH, B_H, B_HN) of layer
+    /// `l`.
+    pub(crate) fn layer_index(&self, l: usize, which: usize) -> usize {
+        usize::from(self.config.embed > 0) + l * self.config.per_layer() + which
     }
 
-    fn output_weight(&self) -> &Tensor {
+    /// Parameter `which` of layer `l` (no lookup by name: this is called at every time step).
+    pub(crate) fn layer_param(&self, l: usize, which: usize) -> &Tensor {
+        &self.params[self.layer_index(l, which)]
+    }
+
+    /// `W_hq [H, V]`.
+    pub(crate) fn output_weight(&self) -> &Tensor {
         &self.params[self.params.len() - 2]
     }
 
-    fn output_bias(&self) -> &Tensor {
+    /// `b_q [V]`.
+    pub(crate) fn output_bias(&self) -> &Tensor {
         &self.params[self.params.len() - 1]
     }
 
@@ -393,6 +431,12 @@ impl RnnModel {
     /// `inputs`: Int64 `[batch, steps]`. Returns the logits, Float `[steps * batch, V]` in step-major order
     /// (row `t * batch + b` is position `t` of sequence `b`), and the final state. `train` turns dropout on.
     pub fn forward(&self, inputs: &Tensor, state: &State, train: bool) -> (Tensor, State) {
+        self.forward_at(inputs, state, train, Precision::Fp32)
+    }
+
+    /// [`RnnModel::forward`] with the output layer's product at `precision` (autograd follows the casts, so
+    /// the backward products are at that precision too).
+    pub(crate) fn forward_at(&self, inputs: &Tensor, state: &State, train: bool, precision: Precision) -> (Tensor, State) {
         let c = &self.config;
         let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
         let ids = inputs.transpose(0, 1).reshape([-1]);
@@ -409,7 +453,7 @@ impl RnnModel {
             // Before the output layer (between layers it is applied by the recurrence).
             hs = hs.dropout(c.dropout, train);
         }
-        let logits = hs.mm(self.output_weight()) + self.output_bias();
+        let logits = precision.mm(&hs, self.output_weight()) + self.output_bias();
         (logits, state)
     }
 

@@ -35,14 +35,6 @@ impl OptimizerKind {
     }
 }
 
-/// Plain SGD: `p <- p - lr * grad`.
-pub fn sgd(params: &[&Tensor], lr: f64) {
-    let _guard = tch::no_grad_guard();
-    for p in params {
-        let _ = p.shallow_clone().f_sub_(&(p.grad() * lr));
-    }
-}
-
 /// Adam's constants (PyTorch's defaults).
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -81,22 +73,27 @@ impl Optimizer {
         self.lr = lr;
     }
 
-    /// Applies one update to `params` (the model's, whose gradients are already computed and clipped).
+    /// Applies one update to `params` (the model's) from their gradients `grads` scaled by `scale` (a scalar
+    /// Float: the clipping factor).
     ///
-    /// Adam follows `torch.optim.Adam` (single-tensor form) operation for operation:
-    /// `m <- lerp(m, g, 1 - b1)`, `v <- b2 v + (1 - b2) g^2`, `p <- p - lr / (1 - b1^t) * m / (sqrt(v) /
-    /// sqrt(1 - b2^t) + eps)`.
-    pub fn step(&mut self, params: &[&Tensor]) {
-        let Some(adam) = &mut self.adam else {
-            return sgd(params, self.lr);
-        };
+    /// SGD: `p <- p - lr * scale * g`, one pass over each parameter. Adam follows `torch.optim.Adam`
+    /// (single-tensor form) operation for operation on `g = scale * grad`: `m <- lerp(m, g, 1 - b1)`,
+    /// `v <- b2 v + (1 - b2) g^2`, `p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+    pub fn step(&mut self, params: &[&Tensor], grads: &[Tensor], scale: &Tensor) {
         let _guard = tch::no_grad_guard();
+        let Some(adam) = &mut self.adam else {
+            let factor = scale * -self.lr;
+            for (p, g) in params.iter().zip(grads) {
+                let _ = p.shallow_clone().addcmul_(g, &factor);
+            }
+            return;
+        };
         adam.step += 1;
         let t = adam.step as i32;
         let step_size = self.lr / (1.0 - BETA1.powi(t));
         let bias_correction2_sqrt = (1.0 - BETA2.powi(t)).sqrt();
-        for ((p, m), v) in params.iter().zip(&adam.m).zip(&adam.v) {
-            let g = p.grad();
+        for (((p, g), m), v) in params.iter().zip(grads).zip(&adam.m).zip(&adam.v) {
+            let g = g * scale;
             let _ = m.shallow_clone().lerp_(&g, 1.0 - BETA1);
             let _ = v.shallow_clone().g_mul_scalar_(BETA2).addcmul_(&(&g * (1.0 - BETA2)), &g);
             let denom = (v.sqrt() / bias_correction2_sqrt) + EPS;

@@ -3,7 +3,8 @@ use crate::batches::Sampling;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, perplexity};
-use crate::model::{cross_entropy, step_major, take_named, Backend, Cell, Init, ModelConfig, RnnModel, State};
+use crate::bptt;
+use crate::model::{cross_entropy, step_major, take_named, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State};
 use crate::predict::{generate, Generate, Sampler};
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::rng::{Rng, Stream};
@@ -47,6 +48,9 @@ pub struct TrainConfig {
     pub lr_decay: LrDecay,
     /// Gradient clipping threshold theta on the global L2 norm.
     pub clip: f64,
+    /// The precision of the output layer's products.
+    #[serde(default)]
+    pub precision: Precision,
     /// Passes over the corpus.
     pub epochs: usize,
     /// How minibatches are cut.
@@ -91,6 +95,7 @@ impl Default for TrainConfig {
             lr: 100.0,
             lr_decay: LrDecay::default(),
             clip: 0.01,
+            precision: Precision::Fp32,
             epochs: 250,
             sampling: Sampling::Random,
             seed: 0,
@@ -279,18 +284,21 @@ pub fn carry_state(state: &State) -> State {
     state.detach()
 }
 
-/// Scales all gradients by `min(theta / ||g||, 1)`, `||g||` being the L2 norm over all of them together.
-///
-/// Stays on the device (no read-back). Returns the norm before clipping, a scalar Float tensor.
-pub fn clip_gradients(params: &[&Tensor], theta: f64) -> Tensor {
+/// The gradients' global L2 norm `||g||` (over all of them together) and the clipping factor
+/// `min(theta / ||g||, 1)` that scales them to a norm of at most `theta`: scalar Float tensors, left on the
+/// device (no read-back).
+pub fn clip_gradients(grads: &[Tensor], theta: f64) -> (Tensor, Tensor) {
     let _guard = tch::no_grad_guard();
-    let squares: Vec<Tensor> = params.iter().map(|p| p.grad().square().sum(Kind::Float)).collect();
+    let squares: Vec<Tensor> = grads
+        .iter()
+        .map(|g| {
+            let flat = g.reshape([-1]);
+            flat.dot(&flat)
+        })
+        .collect();
     let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt();
     let scale = (theta / &norm).clamp_max(1.0);
-    for p in params {
-        let _ = p.grad().f_mul_(&scale);
-    }
-    norm
+    (norm, scale)
 }
 
 /// What one training step produced.
@@ -299,26 +307,36 @@ pub struct StepOutput {
     pub loss: Tensor,
     /// The gradient's global L2 norm before clipping (scalar Float).
     pub grad_norm: Tensor,
-    /// The final state, `[layers, batch, H]` tensors, still attached to this step's graph (pass it through
-    /// [`carry_state`] before using it again).
+    /// The loss's gradients before clipping, in [`ModelConfig::param_specs`] order (under autograd, the
+    /// parameters' `grad()` buffers, which the next step overwrites).
+    pub grads: Vec<Tensor>,
+    /// The final state, `[layers, batch, H]` tensors, possibly attached to this step's graph (pass it
+    /// through [`carry_state`] before using it again).
     pub state: State,
 }
 
 /// One training step on a minibatch: forward, mean cross-entropy, backward, clip, update.
 ///
-/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: `[layers, batch, H]` tensors. The clipped gradients
-/// stay in the parameters' `grad()`.
-pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, clip: f64, optimizer: &mut Optimizer) -> StepOutput {
+/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: `[layers, batch, H]` tensors. The tanh cell without
+/// dropout takes the written-out backward pass ([`crate::bptt`]); other models, autograd. The output layer's
+/// products are at `precision`.
+pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, clip: f64, precision: Precision, optimizer: &mut Optimizer) -> StepOutput {
     let params = model.parameters();
-    for p in &params {
-        p.shallow_clone().zero_grad();
-    }
-    let (logits, h) = model.forward(inputs, state, true);
-    let loss = cross_entropy(&logits, &step_major(targets));
-    loss.backward();
-    let grad_norm = clip_gradients(&params, clip);
-    optimizer.step(&params);
-    StepOutput { loss: loss.detach(), grad_norm, state: h }
+    let (loss, grads, state) = if bptt::supports(&model.config()) {
+        let pass = bptt::loss_and_grads(model, inputs, targets, state, precision);
+        (pass.loss, pass.grads, pass.state)
+    } else {
+        for p in &params {
+            p.shallow_clone().zero_grad();
+        }
+        let (logits, h) = model.forward_at(inputs, state, true, precision);
+        let loss = cross_entropy(&logits, &step_major(targets));
+        loss.backward();
+        (loss.detach(), params.iter().map(|p| p.grad()).collect(), h)
+    };
+    let (grad_norm, scale) = clip_gradients(&grads, clip);
+    optimizer.step(&params, &grads, &scale);
+    StepOutput { loss, grad_norm, grads, state }
 }
 
 /// The outcome of a training run.
@@ -547,7 +565,7 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
                 Sampling::Random => model.begin_state(config.batch),
                 Sampling::Consecutive => carry_state(&state),
             };
-            let out = train_step(model, &xs.get(i as i64), &ys.get(i as i64), &input_state, config.clip, &mut run.optimizer);
+            let out = train_step(model, &xs.get(i as i64), &ys.get(i as i64), &input_state, config.clip, config.precision, &mut run.optimizer);
             state = out.state;
             let _ = run.loss_sum.shallow_clone().f_add_(&out.loss)?;
             let _ = run.grad_norm_sum.shallow_clone().f_add_(&out.grad_norm)?;
@@ -629,45 +647,41 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optim::sgd;
     use tch::Device;
 
-    fn grad_norm(params: &[&Tensor]) -> f64 {
-        params.iter().map(|p| p.grad().square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt()
+    fn norm(grads: &[Tensor]) -> f64 {
+        grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt()
     }
 
-    fn model_with_grads() -> RnnModel {
+    /// A model and its loss's gradients.
+    fn model_with_grads() -> (RnnModel, Vec<Tensor>) {
         let m = RnnModel::new(ModelConfig::rnn(6, 4), 1, Device::Cpu).unwrap();
         let x = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]).view([2, 3]);
         let (logits, _) = m.forward(&x, &m.begin_state(2), true);
         cross_entropy(&logits, &step_major(&(x + 1).remainder(6))).backward();
-        m
+        let grads = m.parameters().iter().map(|p| p.grad().copy()).collect();
+        (m, grads)
     }
 
     #[test]
     fn clipping_caps_the_global_norm_and_keeps_direction() {
-        let m = model_with_grads();
-        let params = m.parameters();
-        let before: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
-        let norm = grad_norm(&params);
-        assert!(norm > 1e-3, "test needs a gradient larger than theta, got {norm}");
-        let reported = clip_gradients(&params, 1e-3).double_value(&[]);
-        assert!((reported - norm).abs() < 1e-6 * norm);
-        assert!(grad_norm(&params) <= 1e-3 * (1.0 + 1e-5));
-        for (p, b) in params.iter().zip(&before) {
-            assert!(p.grad().allclose(&(b * (1e-3 / norm)), 1e-5, 1e-10, false));
+        let (_, grads) = model_with_grads();
+        let before = norm(&grads);
+        assert!(before > 1e-3, "test needs a gradient larger than theta, got {before}");
+        let (reported, scale) = clip_gradients(&grads, 1e-3);
+        assert!((reported.double_value(&[]) - before).abs() < 1e-6 * before);
+        let clipped: Vec<Tensor> = grads.iter().map(|g| g * &scale).collect();
+        assert!((norm(&clipped) - 1e-3).abs() <= 1e-3 * 1e-5);
+        for (c, g) in clipped.iter().zip(&grads) {
+            assert!(c.allclose(&(g * (1e-3 / before)), 1e-5, 1e-10, false));
         }
     }
 
     #[test]
     fn clipping_leaves_small_gradients_alone() {
-        let m = model_with_grads();
-        let params = m.parameters();
-        let before: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
-        let _ = clip_gradients(&params, 1e6);
-        for (p, b) in params.iter().zip(&before) {
-            assert!(p.grad().equal(b));
-        }
+        let (_, grads) = model_with_grads();
+        let (_, scale) = clip_gradients(&grads, 1e6);
+        assert_eq!(scale.double_value(&[]), 1.0);
     }
 
     #[test]
@@ -693,13 +707,14 @@ mod tests {
     }
 
     #[test]
-    fn sgd_moves_against_the_gradient() {
-        let m = model_with_grads();
+    fn sgd_moves_against_the_scaled_gradient() {
+        let (m, grads) = model_with_grads();
         let params = m.parameters();
         let before: Vec<Tensor> = params.iter().map(|p| p.detach().copy()).collect();
-        sgd(&params, 0.5);
-        for (p, b) in params.iter().zip(&before) {
-            assert!(p.detach().allclose(&(b - p.grad() * 0.5), 1e-6, 1e-7, false));
+        let mut sgd = Optimizer::new(OptimizerKind::Sgd, &m, 0.5).unwrap();
+        sgd.step(&params, &grads, &Tensor::from(0.25f32));
+        for ((p, b), g) in params.iter().zip(&before).zip(&grads) {
+            assert!(p.detach().allclose(&(b - g * 0.125), 1e-6, 1e-7, false));
         }
     }
 
