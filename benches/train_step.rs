@@ -1,11 +1,12 @@
 //! Criterion benchmarks of the textbook workload: one training step (batch 32, steps 35, hidden 256) on the
 //! first 10,000 characters of the bundled corpus, greedy prediction of 50 characters, evaluation, and sampled
-//! generation of 2,000 characters for 1 and 64 samples at once.
+//! generation of 2,000 characters for 1 and 64 samples at once; then a larger model (2 layers of 512-unit GRUs,
+//! embedding 256, Adam): a training step in fp32 and bf16, and prediction.
 //!
 //! Run: `make bench` (or `cargo bench --bench train_step`). CPU only; libtorch's CPU ops are synchronous,
 //! so reading the clock after each call measures finished work.
 use charrnn::{
-    evaluate, generate, predict, read_corpus, train_step, CorpusOptions, Generate, ModelConfig, Optimizer, OptimizerKind, Precision, RnnModel, Rng, Sampler,
+    evaluate, generate, predict, read_corpus, train_step, Cell, CorpusOptions, Generate, Init, ModelConfig, Optimizer, OptimizerKind, Precision, RnnModel, Rng, Sampler,
     Sampling, Vocabulary,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -27,6 +28,7 @@ fn textbook_workload(c: &mut Criterion) {
     g.throughput(Throughput::Elements(32 * 35));
     let mut sgd = Optimizer::new(OptimizerKind::Sgd, &model, 100.0).unwrap();
     g.bench_function("train_step (chars)", |b| b.iter(|| train_step(&model, &x, &y, &state, 0.01, Precision::Fp32, &mut sgd)));
+    g.bench_function("train_step bf16 (chars)", |b| b.iter(|| train_step(&model, &x, &y, &state, 0.01, Precision::Bf16, &mut sgd)));
     g.throughput(Throughput::Elements(50));
     g.bench_function("predict 50 (chars)", |b| b.iter(|| predict(&model, &vocab, "分开", 50).unwrap()));
     g.throughput(Throughput::Elements(ids.len() as u64));
@@ -45,6 +47,23 @@ fn textbook_workload(c: &mut Criterion) {
             b.iter(|| generate(&model, &vocab, "分开", &options, &mut |_, _| {}).unwrap())
         });
     }
+    g.finish();
+
+    // A larger model: two layers of 512-unit GRUs over a 256-wide embedding, trained with Adam.
+    let mut g = c.benchmark_group("gru 2x512");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(32 * 35));
+    let config = ModelConfig { cell: Cell::Gru, layers: 2, embed: 256, init: Init::Uniform, ..ModelConfig::rnn(vocab.len(), 512) };
+    let gru = RnnModel::new(config, 0, Device::Cpu).unwrap();
+    let mut adam = Optimizer::new(OptimizerKind::Adam, &gru, 0.002).unwrap();
+    let state = gru.begin_state(32);
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        g.bench_function(format!("train_step {} (chars)", precision.name()), |b| {
+            b.iter(|| train_step(&gru, &x, &y, &state, 1.0, precision, &mut adam))
+        });
+    }
+    g.throughput(Throughput::Elements(50));
+    g.bench_function("predict 50 (chars)", |b| b.iter(|| predict(&gru, &vocab, "分开", 50).unwrap()));
     g.finish();
 }
 

@@ -61,29 +61,45 @@ pub fn loss_and_grads(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state
     }
     let top = outputs(&states[c.layers - 1], steps, n, h);
     let (w_hq, b_q) = (model.output_weight(), model.output_bias());
-    let mut logits = match precision {
-        Precision::Fp32 => b_q.addmm(&top, w_hq),
-        Precision::Bf16 => precision.mm(&top, w_hq) + b_q,
+    // The output layer's operands at `precision`: `top [n, H]`, `w [H, V]`.
+    let kind = match precision {
+        Precision::Fp32 => Kind::Float,
+        Precision::Bf16 => Kind::BFloat16,
     };
+    let (top_k, w_k) = (top.to_kind(kind), w_hq.to_kind(kind));
+    let logits = b_q.to_kind(kind).addmm(&top_k, &w_k);
 
-    // Loss: the mean of logsumexp(row) - row[target]. Its gradient with respect to the logits is
-    // (softmax(row) - one_hot(target)) / n, written over the logits: exp(row - logsumexp(row) - ln n), then
-    // 1/n off at each target.
+    // Loss: the mean over rows of -log softmax(row)[target]. Its gradient with respect to the logits is
+    // (softmax(row) - one_hot(target)) / n: `d` below holds n times that, and the 1/n goes on the (smaller)
+    // products of `d`.
     let ys = step_major(targets).view([n, 1]);
-    let lse = logits.logsumexp([1], false);
-    let loss = (&lse - logits.gather(1, &ys, false).view([n])).mean(Kind::Float);
-    let _ = logits.g_sub_(&(lse + (n as f64).ln()).view([n, 1])).exp_();
-    let _ = logits.scatter_add_(1, &ys, &Tensor::full([n, 1], -1.0 / n as f64, (Kind::Float, logits.device())));
-    let d_logits = logits;
+    let (loss, mut d) = match precision {
+        Precision::Fp32 => {
+            let mut log_p = logits.log_softmax(1, Kind::Float);
+            let loss = -log_p.gather(1, &ys, false).mean(Kind::Float);
+            let _ = log_p.exp_();
+            (loss, log_p)
+        }
+        Precision::Bf16 => {
+            // The softmax in bfloat16, one pass; the loss from its target probabilities (good to about 0.4%
+            // each; one below float32's smallest normal, which no trained model assigns, counts as 87 nats).
+            let p = logits.softmax(1, Kind::BFloat16);
+            let p_target = p.gather(1, &ys, false).to_kind(Kind::Float).clamp_min(f64::from(f32::MIN_POSITIVE));
+            (-p_target.log().mean(Kind::Float), p)
+        }
+    };
+    drop(logits);
+    let _ = d.scatter_add_(1, &ys, &Tensor::full([n, 1], -1.0, (kind, d.device())));
+    let inv_n = 1.0 / n as f64;
 
     let mut grads: Vec<Tensor> = params.iter().map(|_| Tensor::new()).collect();
     let last = grads.len();
-    grads[last - 1] = d_logits.sum_dim_intlist(0, false, Kind::Float);
-    grads[last - 2] = precision.mm(&top.tr(), &d_logits);
+    grads[last - 1] = d.sum_dim_intlist(0, false, Kind::Float) * inv_n;
+    grads[last - 2] = top_k.tr().mm(&d).to_kind(Kind::Float) * inv_n;
     // The gradient reaching each layer's outputs, [steps, batch, H]; the loop below turns it, in place, into
     // the gradient of the layer's pre-activations (x W_xh + h W_hh + b_h).
-    let mut d_out = precision.mm(&d_logits, &w_hq.tr()).view([steps, batch, h]);
-    drop(d_logits);
+    let mut d_out = (d.mm(&w_k.tr()).to_kind(Kind::Float) * inv_n).view([steps, batch, h]);
+    drop(d);
 
     for l in (0..c.layers).rev() {
         let (w_xh, w_hh) = (model.layer_param(l, W_XH), model.layer_param(l, W_HH));
