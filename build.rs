@@ -1,4 +1,5 @@
-//! Links libtorch so that the binary runs without LD_LIBRARY_PATH and finds CUDA when it is there.
+//! Links libtorch so that the binary runs without LD_LIBRARY_PATH (and finds libtorch_cuda.so, which it
+//! loads at run time when there is a GPU).
 use std::path::Path;
 
 fn main() {
@@ -9,13 +10,8 @@ fn main() {
     };
     let lib = Path::new(&lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    // Rust links with --as-needed, which drops libtorch_cuda.so because no symbol of it is referenced
-    // directly; without it libtorch registers no CUDA backend and CUDA is never available.
-    if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    }
+    // libtorch_cuda.so is not linked (Rust's --as-needed would drop it anyway, no symbol of it being used):
+    // src/device.rs loads it at run time when an NVIDIA driver is present, through this rpath.
     println!("cargo:rustc-env=CHARRNN_LIBTORCH_VERSION={}", libtorch_version(lib));
 }
 

@@ -43,6 +43,10 @@ impl std::fmt::Display for DeviceSpec {
 impl DeviceSpec {
     /// The libtorch device, or [`Error::DeviceUnavailable`] saying why a CUDA device cannot be used.
     pub fn resolve(self) -> Result<Device> {
+        if self == DeviceSpec::Cpu {
+            // Without asking libtorch about CUDA, so that its CUDA backend is never loaded.
+            return Ok(Device::Cpu);
+        }
         let cuda = CudaStatus::probe();
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
@@ -63,7 +67,8 @@ impl DeviceSpec {
 /// What libtorch can see of CUDA on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CudaStatus {
-    /// libtorch's CUDA backend (libtorch_cuda.so) is loaded into this process.
+    /// libtorch's CUDA backend (libtorch_cuda.so) is loaded into this process (charrnn loads it when an
+    /// NVIDIA driver is present: see [`load_cuda_backend`]).
     pub backend_loaded: bool,
     /// An NVIDIA kernel driver is present.
     pub driver_present: bool,
@@ -75,12 +80,13 @@ pub struct CudaStatus {
 }
 
 impl CudaStatus {
-    /// Looks at this process and machine.
+    /// Looks at this process and machine, first loading libtorch's CUDA backend if there is a driver.
     pub fn probe() -> Self {
+        load_cuda_backend();
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         CudaStatus {
             backend_loaded: maps.contains("libtorch_cuda.so"),
-            driver_present: std::path::Path::new("/proc/driver/nvidia/version").exists(),
+            driver_present: driver_present(),
             devices: if Cuda::is_available() { Cuda::device_count().max(0) as usize } else { 0 },
             gpu_names: gpu_names(std::path::Path::new("/proc/driver/nvidia/gpus")),
         }
@@ -90,14 +96,42 @@ impl CudaStatus {
     pub fn missing_reason(&self) -> Option<&'static str> {
         if self.devices > 0 {
             None
-        } else if !self.backend_loaded {
-            Some("this libtorch has no CUDA backend (libtorch_cuda.so is not loaded: a CPU-only build)")
         } else if !self.driver_present {
             Some("no NVIDIA driver on this machine (/proc/driver/nvidia/version is missing)")
+        } else if !self.backend_loaded {
+            Some("libtorch's CUDA backend (libtorch_cuda.so) could not be loaded: a CPU-only libtorch, or its CUDA libraries are missing")
         } else {
             Some("the NVIDIA driver reports no usable CUDA device (check CUDA_VISIBLE_DEVICES and nvidia-smi)")
         }
     }
+}
+
+fn driver_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+}
+
+/// Loads libtorch's CUDA backend, `libtorch_cuda.so` (found through the binary's rpath or
+/// `LD_LIBRARY_PATH`), with the CUDA libraries it needs, once per process and only when an NVIDIA driver is
+/// present; returns whether it is loaded.
+///
+/// charrnn does not link it: on a machine without a GPU its CUDA libraries would cost about 150 MB of
+/// resident memory and part of a second of start-up for nothing. libtorch registers CUDA when the library
+/// loads and caches the first answer to "is there CUDA?", so this must run before that question is asked:
+/// [`CudaStatus::probe`], and so [`DeviceSpec::resolve`], call it first.
+pub fn load_cuda_backend() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        if !driver_present() {
+            return false;
+        }
+        extern "C" {
+            fn dlopen(filename: *const std::ffi::c_char, flags: std::ffi::c_int) -> *mut std::ffi::c_void;
+        }
+        const RTLD_NOW: std::ffi::c_int = 2;
+        const RTLD_GLOBAL: std::ffi::c_int = 0x100;
+        // SAFETY: a NUL-terminated name; the handle is kept open for the life of the process.
+        !unsafe { dlopen(c"libtorch_cuda.so".as_ptr(), RTLD_NOW | RTLD_GLOBAL) }.is_null()
+    })
 }
 
 /// The `Model:` line of each `<gpus>/*/information` file, sorted by folder (the PCI bus address).
