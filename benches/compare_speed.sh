@@ -2,38 +2,66 @@
 # Training and prediction speed of charrnn against PyTorch baselines shipped here, alternating runs in one
 # invocation: the textbook workload (hidden 256, batch 32, steps 35, SGD lr 100, clipping 0.01, random
 # sampling) on the first LIMIT characters of the bundled corpus, trained by
-#   charrnn                  the CLI,
-#   pytorch scratch          benches/reference_textbook.py, the textbook's loop written in tensor operations,
-#   pytorch nn.RNN           the same loop on torch.nn.RNN's fused kernel (--model nn),
+#   charrnn fp32 / bf16       the CLI (--dtype fp32 and bf16),
+#   pytorch scratch           benches/reference_textbook.py, the textbook's loop written in tensor operations,
+#   pytorch nn.RNN            the same loop on torch.nn.RNN's fused kernel (--model nn),
+#   pytorch nn.RNN bf16       the same under torch.autocast(bfloat16) (--model nn --dtype bf16),
 # each ROUNDS times in turn. Prints training characters per second (minibatch time only, as the report lines
-# give it), wall time and peak RSS of each process, the median of the rounds and charrnn's ratios; then
-# greedy prediction of 5,000 characters, process start to exit.
-# Usage: bash benches/compare_speed.sh [CORPUS]   (LIMIT=50000 EPOCHS=3 ROUNDS=3 THREADS=all cores)
+# give it), wall time and peak RSS of each process, the median of the rounds and charrnn's ratios; the work
+# per character and the fraction of the measured matrix-product peak (benches/matmul_peak.py) it reaches;
+# then greedy prediction of 5,000 characters, process start to exit.
+#
+# Usage: bash benches/compare_speed.sh [CORPUS]
+#   LIMIT=10000 EPOCHS=20 ROUNDS=3 THREADS=<all cores> DEVICE=cpu (or cuda)
+#   CHARRNN=path/to/charrnn PY=path/to/python: use these instead of building (for a machine without Rust).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=${1:-data/yuanqu.txt}
-limit=${LIMIT:-50000}
-epochs=${EPOCHS:-3}
+limit=${LIMIT:-10000}
+epochs=${EPOCHS:-20}
 rounds=${ROUNDS:-3}
 threads=${THREADS:-$(nproc)}
-bash scripts/setup.sh --build-only
-cargo build --release --quiet
+device=${DEVICE:-cpu}
+if [ -z "${CHARRNN:-}" ]; then
+    bash scripts/setup.sh --build-only
+    cargo build --release --quiet
+    CHARRNN=./target/release/charrnn
+fi
+py=${PY:-.venv/bin/python}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 chars_per_epoch=$(( (limit - 1) / 35 / 32 * 32 * 35 ))
-py=(.venv/bin/python benches/reference_textbook.py --corpus "$corpus" --limit-chars "$limit" --epochs "$epochs"
-    --pred-period 1 --pred-len 0 --threads "$threads")
+vocab=$("$py" -c "import sys; t = open(sys.argv[1], encoding='utf-8').read().replace('\n', ' ').replace('\r', ' '); print(len(set(t[:int(sys.argv[2])])))" "$corpus" "$limit")
+ref=("$py" benches/reference_textbook.py --corpus "$corpus" --limit-chars "$limit" --epochs "$epochs"
+     --pred-period 1 --pred-len 0 --threads "$threads" --device "$device")
+train="$CHARRNN train --corpus $corpus --limit-chars $limit --epochs $epochs --val-frac 0 --pred-period 1 --pred-len 0 --device $device --threads $threads --out $tmp/m --verbose"
 declare -A cmd=(
-    [charrnn]="./target/release/charrnn train --corpus $corpus --limit-chars $limit --epochs $epochs --val-frac 0 --pred-period 1 --pred-len 0 --device cpu --threads $threads --out $tmp/m"
-    [pytorch-scratch]="${py[*]} --model scratch"
-    [pytorch-nn.RNN]="${py[*]} --model nn"
+    [charrnn-fp32]="$train --dtype fp32"
+    [charrnn-bf16]="$train --dtype bf16"
+    [pytorch-scratch]="${ref[*]} --model scratch"
+    [pytorch-nn.RNN]="${ref[*]} --model nn"
+    [pytorch-nn.RNN-bf16]="${ref[*]} --model nn --dtype bf16"
 )
-names=(charrnn pytorch-scratch pytorch-nn.RNN)
-# One run: prints "chars/s wall_s rss_mb".
+names=(charrnn-fp32 charrnn-bf16 pytorch-scratch pytorch-nn.RNN pytorch-nn.RNN-bf16)
+# Runs a command; prints "wall_s peak_rss_kb" (getrusage of the child) to FILE.
+timed() {
+    local file=$1
+    shift
+    "$py" -c '
+import resource, subprocess, sys, time
+start = time.time()
+code = subprocess.call(sys.argv[2:], stdout=open(sys.argv[1] + ".out", "w"), stderr=subprocess.DEVNULL)
+open(sys.argv[1], "w").write("%.3f %d\n" % (time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)' "$file" "$@"
+}
+# One training run: prints "chars/s wall_s rss_mb". Epoch times come from charrnn's --verbose speed (its
+# "time" has two decimals, too coarse for its epochs), else from the report line.
 measure() {
-    /usr/bin/time -f "%e %M" -o "$tmp/time" $1 >"$tmp/out" 2>/dev/null
+    # shellcheck disable=SC2086
+    timed "$tmp/time" $1
     read -r wall rss <"$tmp/time"
-    grep '^epoch' "$tmp/out" | sed 's/.*time \([0-9.]*\) sec.*/\1/' |
+    grep '^epoch' "$tmp/time.out" | tr -d , |
+        awk -v c="$chars_per_epoch" '/chars\/s/ { print c / $(NF - 1); next } { sub(/.*time /, ""); print $1 }' |
         awk -v chars=$((chars_per_epoch * epochs)) -v wall="$wall" -v rss="$rss" '{ s += $1 } END { print chars / s, wall, rss / 1024 }'
 }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { print a / b }'; }
@@ -43,34 +71,56 @@ for r in $(seq "$rounds"); do
         measure "${cmd[$n]}" >>"$tmp/$n.runs"
     done
 done
-echo "Training: $corpus, first $limit characters ($chars_per_epoch trained per epoch), $epochs epochs, $threads threads, $rounds rounds (median)"
-printf '| %-16s | %14s | %9s | %13s |\n' trainer "chars/s" "wall (s)" "peak RSS (MB)"
-printf '| %-16s | %14s | %9s | %13s |\n' --- ---: ---: ---:
+echo "Training on $device: $corpus, first $limit characters (vocabulary $vocab, $chars_per_epoch trained per epoch), $epochs epochs, $threads threads, $rounds rounds (median)"
+printf '| %-19s | %9s | %9s | %13s |\n' trainer "chars/s" "wall (s)" "peak RSS (MB)"
+printf '| %-19s | %9s | %9s | %13s |\n' --- ---: ---: ---:
 declare -A speed rss
 for n in "${names[@]}"; do
     speed[$n]=$(cut -d' ' -f1 "$tmp/$n.runs" | median)
     wall=$(cut -d' ' -f2 "$tmp/$n.runs" | median)
     rss[$n]=$(cut -d' ' -f3 "$tmp/$n.runs" | median)
-    printf '| %-16s | %14.0f | %9.2f | %13.0f |\n' "$n" "${speed[$n]}" "$wall" "${rss[$n]}"
+    printf '| %-19s | %9.0f | %9.2f | %13.0f |\n' "$n" "${speed[$n]}" "$wall" "${rss[$n]}"
 done
-for n in pytorch-scratch pytorch-nn.RNN; do
-    printf 'charrnn / %s: %.2fx the speed, %.2fx the peak RSS\n' "$n" "$(div "${speed[charrnn]}" "${speed[$n]}")" "$(div "${rss[charrnn]}" "${rss[$n]}")"
+for ours in charrnn-fp32 charrnn-bf16; do
+    for n in pytorch-scratch pytorch-nn.RNN pytorch-nn.RNN-bf16; do
+        printf '%s / %s: %.2fx the speed, %.2fx the peak RSS\n' "$ours" "$n" "$(div "${speed[$ours]}" "${speed[$n]}")" "$(div "${rss[$ours]}" "${rss[$n]}")"
+    done
+done
+
+# Counted work: per trained character, h W_hh and h W_hq forward (2H^2 + 2HV), and backward their input
+# gradients and weight gradients (twice that); the one-hot input is a row gather, elementwise work is not counted.
+flops=$(( 6 * 256 * (256 + vocab) ))
+read -r peak32 peak16 < <("$py" benches/matmul_peak.py --device "$device" --threads "$threads" | awk '{ printf "%s ", $2 } END { print "" }')
+echo
+echo "Work: $flops FLOP per trained character (6H(H+V), H 256, V $vocab); measured matrix-product peak: fp32 $peak32 GFLOP/s, bf16 $peak16 GFLOP/s"
+for n in charrnn-fp32 charrnn-bf16 pytorch-nn.RNN; do
+    awk -v n="$n" -v s="${speed[$n]}" -v f="$flops" -v p32="$peak32" -v p16="$peak16" 'BEGIN {
+        g = s * f / 1e9; printf "%s: %.0f GFLOP/s, %.0f%% of the fp32 peak, %.0f%% of the bf16 peak\n", n, g, 100 * g / p32, 100 * g / p16 }'
 done
 
 # Prediction, 5,000 greedy characters, process start to exit (a 1-epoch model; speed does not depend on it).
-./target/release/charrnn train --corpus "$corpus" --limit-chars "$limit" --epochs 1 --val-frac 0 --pred-len 0 --device cpu \
+$CHARRNN train --corpus "$corpus" --limit-chars "$limit" --epochs 1 --val-frac 0 --pred-len 0 --device "$device" \
     --out "$tmp/p" --quiet
 for r in $(seq "$rounds"); do
-    /usr/bin/time -f "%e" -o "$tmp/t" ./target/release/charrnn predict --model "$tmp/p" --prefix 分开 --num-chars 5000 \
-        --device cpu >/dev/null
-    cat "$tmp/t" >>"$tmp/predict.charrnn"
-    /usr/bin/time -f "%e" -o "$tmp/t" .venv/bin/python benches/reference_textbook.py --corpus "$corpus" \
-        --limit-chars "$limit" --predict 5000 --threads "$threads" >/dev/null
-    cat "$tmp/t" >>"$tmp/predict.pytorch"
+    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 5000 --device "$device"
+    cut -d' ' -f1 "$tmp/t" >>"$tmp/predict.charrnn"
+    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 10 --device "$device"
+    cut -d' ' -f1 "$tmp/t" >>"$tmp/start.charrnn"
+    timed "$tmp/t" "$py" benches/reference_textbook.py --corpus "$corpus" --limit-chars "$limit" --predict 5000 \
+        --threads "$threads" --device "$device"
+    cut -d' ' -f1 "$tmp/t" >>"$tmp/predict.pytorch"
+    sed 's/.* in \([0-9.]*\) sec/\1/' "$tmp/t.out" >>"$tmp/loop.pytorch"
 done
 echo
-echo "Prediction: 5,000 greedy characters, process start to exit (median of $rounds)"
+echo "Prediction on $device: 5,000 greedy characters (median of $rounds); end to end is process start to exit,"
+echo "the loop alone is charrnn's end to end less its time for 10 characters, and the script's own timing for PyTorch"
 a=$(median <"$tmp/predict.charrnn")
+a0=$(median <"$tmp/start.charrnn")
 b=$(median <"$tmp/predict.pytorch")
-printf '| charrnn | %.2f s | %.0f chars/s |\n| pytorch scratch | %.2f s | %.0f chars/s |\n' "$a" "$(div 5000 "$a")" "$b" "$(div 5000 "$b")"
-printf 'charrnn / pytorch: %.2fx the speed\n' "$(div "$b" "$a")"
+b1=$(median <"$tmp/loop.pytorch")
+al=$(awk -v a="$a" -v z="$a0" 'BEGIN { print a - z }')
+printf '| %-15s | %12s | %13s |\n' "" "end to end" "the loop alone"
+printf '| %-15s | %12s | %13s |\n' --- ---: ---:
+printf '| %-15s | %10.2f s | %11.3f s |\n' charrnn "$a" "$al" "pytorch scratch" "$b" "$b1"
+printf 'charrnn / pytorch: %.2fx the speed end to end, %.2fx in the loop; charrnn predict --num-chars 10: %.2f s\n' \
+    "$(div "$b" "$a")" "$(div "$b1" "$al")" "$a0"

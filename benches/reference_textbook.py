@@ -6,10 +6,13 @@ cross-entropy, clipping by the global gradient norm, SGD, greedy prediction, and
 
 Usage: python benches/reference_textbook.py --corpus FILE [--limit-chars 10000] [--sampling random|consecutive]
        [--epochs 250] [--hidden 256] [--steps 35] [--batch 32] [--lr 100] [--clip 0.01] [--seed 0] [--threads N]
-       [--model scratch|nn] [--pred-len 50] [--predict N]
---model nn runs the same step on torch.nn.RNN (oneDNN's fused kernel) and nn.Linear with the same parameters;
---predict N skips training and times greedy prediction of N characters (for benches/compare_speed.sh).
+       [--model scratch|nn] [--pred-len 50] [--predict N] [--device cpu|cuda] [--dtype fp32|bf16]
+--model nn runs the same step on torch.nn.RNN (oneDNN's fused kernel, cuDNN's on a GPU) and nn.Linear with the
+same parameters; --predict N skips training and times greedy prediction of N characters (for
+benches/compare_speed.sh); --dtype bf16 runs the forward pass under torch.autocast(dtype=torch.bfloat16), PyTorch's
+own mixed precision (every matrix product in bfloat16).
 """
+import contextlib
 import argparse
 import math
 import random
@@ -65,11 +68,12 @@ def nn_rnn(params):
 
 
 def predict(prefix, n, params, vocab, index, hidden):
-    h = torch.zeros(1, hidden)
+    device = params[0].device
+    h = torch.zeros(1, hidden, device=device)
     out = [index[prefix[0]]]
     with torch.no_grad():
         for t in range(len(prefix) + n - 1):
-            x = F.one_hot(torch.tensor([out[-1]]), len(vocab)).float()
+            x = F.one_hot(torch.tensor([out[-1]], device=device), len(vocab)).float()
             y, h = rnn([x], h, params)
             out.append(index[prefix[t + 1]] if t < len(prefix) - 1 else int(y.argmax(1)))
     return "".join(vocab[i] for i in out)
@@ -107,10 +111,13 @@ def main():
     p.add_argument("--pred-len", type=int, default=50)
     p.add_argument("--model", choices=["scratch", "nn"], default="scratch")
     p.add_argument("--predict", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     a = p.parse_args()
     rng, ids, vocab, index = prepare(a)
-    v, h = len(vocab), a.hidden
+    v, h, dev = len(vocab), a.hidden, torch.device(a.device)
     params = [torch.randn(v, h) * 0.01, torch.randn(h, h) * 0.01, torch.zeros(h), torch.randn(h, v) * 0.01, torch.zeros(v)]
+    params = [t.to(dev) for t in params]
     for t in params:
         t.requires_grad_(True)
     prefixes = [q for q in (a.prefix or ["分开", "不分开"]) if all(c in index for c in q)] or [vocab[ids[0]]]
@@ -120,14 +127,17 @@ def main():
         print("predicted %d characters in %.3f sec" % (a.predict, time.time() - start))
         return
     step = nn_rnn(params) if a.model == "nn" else (lambda x, s: rnn(x, s, params))
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.dtype == "bf16" else contextlib.nullcontext
     for epoch in range(1, a.epochs + 1):
         start, loss_sum, n = time.time(), 0.0, 0
-        state = torch.zeros(a.batch, h)
+        state = torch.zeros(a.batch, h, device=dev)
         batches = random_batches(ids, a.batch, a.steps, rng) if a.sampling == "random" else consecutive_batches(ids, a.batch, a.steps)
         for x, y in batches:
-            state = torch.zeros(a.batch, h) if a.sampling == "random" else state.detach()
-            logits, state = step(F.one_hot(x.T, v).float(), state)
-            loss = F.cross_entropy(logits, y.T.reshape(-1))
+            x, y = x.to(dev), y.to(dev)
+            state = torch.zeros(a.batch, h, device=dev) if a.sampling == "random" else state.detach()
+            with autocast():
+                logits, state = step(F.one_hot(x.T, v).float(), state)
+                loss = F.cross_entropy(logits, y.T.reshape(-1))
             for t in params:
                 t.grad = None
             loss.backward()

@@ -456,8 +456,9 @@ fn describe_run(i: &charrnn::RunInfo) -> String {
     let input = if i.model.embed > 0 { format!("embedding {}", i.model.embed) } else { "one-hot".into() };
     let dropout = if i.model.dropout > 0.0 { format!(", dropout {}", i.model.dropout) } else { String::new() };
     let resumed = i.resumed_at.map(|(e, b)| format!(", resuming after epoch {e}{}", if b > 0 { format!(" minibatch {b}") } else { String::new() }));
+    let precision = if c.precision == Precision::Fp32 { String::new() } else { format!(", {} output layer", c.precision.name()) };
     format!(
-        "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epoch{}{}",
+        "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}{precision}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epoch{}{}",
         i.device,
         grouped(i.corpus_chars as u64),
         grouped(i.train_chars as u64),
