@@ -43,16 +43,21 @@ declare -A cmd=(
     [pytorch-nn.RNN-bf16]="${ref[*]} --model nn --dtype bf16"
 )
 names=(charrnn-fp32 charrnn-bf16 pytorch-scratch pytorch-nn.RNN pytorch-nn.RNN-bf16)
-# Runs a command; prints "wall_s peak_rss_kb" (getrusage of the child) to FILE.
+# Runs a command; writes "wall_s peak_rss_kb" (getrusage of the child) to FILE, its stdout to FILE.out; on
+# failure prints the command and the end of its stderr.
 timed() {
     local file=$1
     shift
-    "$py" -c '
+    if ! "$py" -c '
 import resource, subprocess, sys, time
 start = time.time()
-code = subprocess.call(sys.argv[2:], stdout=open(sys.argv[1] + ".out", "w"), stderr=subprocess.DEVNULL)
+code = subprocess.call(sys.argv[2:], stdout=open(sys.argv[1] + ".out", "w"), stderr=open(sys.argv[1] + ".err", "w"))
 open(sys.argv[1], "w").write("%.3f %d\n" % (time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-sys.exit(code)' "$file" "$@"
+sys.exit(code)' "$file" "$@"; then
+        echo "failed: $*" >&2
+        grep -v "RNN.cpp" "$file.err" | tail -5 >&2
+        exit 1
+    fi
 }
 # One training run: prints "chars/s wall_s rss_mb". Epoch times come from charrnn's --verbose speed (its
 # "time" has two decimals, too coarse for its epochs), else from the report line.

@@ -62,7 +62,7 @@ def nn_rnn(params):
     zero = torch.zeros_like(b_h)
 
     def run(inputs, h):
-        ys, h_last = torch._VF.rnn_tanh(inputs, h.unsqueeze(0), [w_xh.T, w_hh.T, b_h, zero], True, 1, 0.0, False, False, False)
+        ys, h_last = torch._VF.rnn_tanh(inputs, h.unsqueeze(0), [w_xh.T.contiguous(), w_hh.T.contiguous(), b_h, zero], True, 1, 0.0, True, False, False)
         return ys.reshape(-1, ys.shape[-1]) @ w_hq + b_q, h_last[0]
     return run
 
