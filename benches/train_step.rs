@@ -41,7 +41,7 @@ fn textbook_workload(c: &mut Criterion) {
     g.sample_size(10);
     let sampler = Sampler { temperature: 1.0, top_k: 40, top_p: 0.95, seed: 0 };
     for samples in [1usize, 64] {
-        let options = Generate { num_chars: 2000, samples, stop: None, sampler };
+        let options = Generate { num_chars: 2000, samples, stop: None, sampler, probs: false };
         g.throughput(Throughput::Elements((2000 * samples) as u64));
         g.bench_function(format!("{samples} x 2000 sampled (chars)"), |b| {
             b.iter(|| generate(&model, &vocab, "分开", &options, &mut |_, _| {}).unwrap())

@@ -625,7 +625,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
             UnknownArg::Error => UnknownChars::Error,
             UnknownArg::Skip => UnknownChars::Skip,
         },
-        generate: Generate { num_chars: args.num_chars, samples: args.samples, stop: args.stop, sampler: args.draw.sampler(args.seed) },
+        generate: Generate { num_chars: args.num_chars, samples: args.samples, stop: args.stop, sampler: args.draw.sampler(args.seed), probs: args.json },
     };
     let mut out = std::io::stdout().lock();
     let mut write_error = None;

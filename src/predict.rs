@@ -111,6 +111,9 @@ pub struct Generate {
     pub stop: Option<String>,
     /// How characters are chosen.
     pub sampler: Sampler,
+    /// Record each generated character's probability in [`Sample::probs`] (a softmax over the vocabulary
+    /// per character on the host: about a third of greedy generation's time, so off unless asked for).
+    pub probs: bool,
 }
 
 impl Generate {
@@ -134,7 +137,7 @@ pub struct Sample {
     /// The generated characters alone.
     pub generated: String,
     /// For each generated character, the probability the model gave it (softmax of the logits, temperature
-    /// 1, before any filtering).
+    /// 1, before any filtering); empty unless [`Generate::probs`] asks for it.
     pub probs: Vec<f64>,
     /// Whether it ended at the stop string.
     pub stopped: bool,
@@ -184,7 +187,9 @@ pub fn generate(model: &RnnModel, vocab: &Vocabulary, prefix: &str, options: &Ge
             let ch = vocab.chars()[c];
             sample.generated.push(ch);
             sample.text.push(ch);
-            sample.probs.push(probability(row, c));
+            if options.probs {
+                sample.probs.push(probability(row, c));
+            }
             on_char(i, ch);
             if options.stop.as_deref().is_some_and(|s| sample.generated.ends_with(s)) {
                 sample.stopped = true;
@@ -315,7 +320,7 @@ mod tests {
     fn seeded_samples_repeat_and_a_batch_equals_single_runs() {
         let (model, vocab) = setup();
         let sampler = Sampler { temperature: 1.0, seed: 40, ..Default::default() };
-        let batch = Generate { num_chars: 30, samples: 4, stop: None, sampler };
+        let batch = Generate { num_chars: 30, samples: 4, stop: None, sampler, probs: true };
         let a = generate(&model, &vocab, "ab", &batch, &mut |_, _| {}).unwrap();
         assert_eq!(generate(&model, &vocab, "ab", &batch, &mut |_, _| {}).unwrap(), a);
         assert!(a.iter().any(|s| s.text != a[0].text), "different seeds give different samples");
@@ -333,7 +338,7 @@ mod tests {
     fn samples_stop_at_the_stop_string_and_stream_what_they_keep() {
         let (model, vocab) = setup();
         let sampler = Sampler { temperature: 2.0, seed: 1, ..Default::default() };
-        let options = Generate { num_chars: 200, samples: 3, stop: Some("a".into()), sampler };
+        let options = Generate { num_chars: 200, samples: 3, stop: Some("a".into()), sampler, probs: true };
         let mut streamed = vec![String::new(); 3];
         let out = generate(&model, &vocab, "b", &options, &mut |i, c| streamed[i].push(c)).unwrap();
         for (s, seen) in out.iter().zip(&streamed) {
@@ -348,6 +353,11 @@ mod tests {
             }
         }
         assert!(out.iter().any(|s| s.stopped));
+        // Without probs: the same texts, no probabilities.
+        let plain = generate(&model, &vocab, "b", &Generate { probs: false, ..options.clone() }, &mut |_, _| {}).unwrap();
+        for (p, s) in plain.iter().zip(&out) {
+            assert_eq!((&p.text, p.probs.len()), (&s.text, 0));
+        }
         assert!(generate(&model, &vocab, "b", &Generate { samples: 0, ..options.clone() }, &mut |_, _| {}).is_err());
         let bad = Sampler { top_p: 0.0, ..sampler };
         assert!(generate(&model, &vocab, "b", &Generate { sampler: bad, ..options }, &mut |_, _| {}).unwrap_err().to_string().contains("--top-p"));

@@ -612,7 +612,7 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
         let samples = if epoch % config.pred_period == 0 {
             // Seeded by the epoch too, so that a resumed run prints the same samples.
             let sampler = Sampler { seed: config.seed.wrapping_add(epoch as u64), ..config.sampler };
-            let options = Generate { num_chars: config.pred_len, samples: 1, stop: None, sampler };
+            let options = Generate { num_chars: config.pred_len, samples: 1, stop: None, sampler, probs: false };
             let s: Result<Vec<String>> =
                 config.prefixes.iter().map(|p| Ok(generate(model, vocab, p, &options, &mut |_, _| {})?.remove(0).text)).collect();
             Some(s?)
