@@ -391,7 +391,7 @@ fn fused_backend_trains_the_same_model() {
     let perplexities = |backend: &str| -> Vec<f64> {
         let r = env.train(&["--cell", "gru", "--backend", backend, "--out", backend, "--epochs", "4", "--pred-period", "1"]);
         assert_eq!(r.code, 0, "{backend}: {}", r.stderr);
-        r.stdout.lines().filter_map(|l| l.split(", perplexity ").nth(1)).map(|p| p.split(',').next().unwrap().parse().unwrap()).collect()
+        reported_perplexities(&r.stdout)
     };
     let (scratch, fused) = (perplexities("scratch"), perplexities("fused"));
     assert_eq!(scratch.len(), 4);
@@ -402,6 +402,42 @@ fn fused_backend_trains_the_same_model() {
     assert_eq!(json["model"]["backend"], "fused");
     let predict = |m: &str| env.run(&["predict", "--model", m, "--prefix", "分开", "--num-chars", "10"]).stdout;
     assert_eq!(predict("fused"), predict("scratch"));
+}
+
+/// The report lines' perplexities.
+fn reported_perplexities(stdout: &str) -> Vec<f64> {
+    stdout.lines().filter_map(|l| l.split(", perplexity ").nth(1)).map(|p| p.split(',').next().unwrap().parse().unwrap()).collect()
+}
+
+#[test]
+fn bf16_training_follows_fp32_is_recorded_and_resumes_exactly() {
+    let env = Env::new();
+    for cell in ["rnn", "gru"] {
+        let run = |dtype: &str, out: &str| {
+            let r = env.train(&["--cell", cell, "--dtype", dtype, "--out", out, "--epochs", "4", "--pred-period", "1"]);
+            assert_eq!(r.code, 0, "{cell} {dtype}: {}", r.stderr);
+            r
+        };
+        let fp32 = reported_perplexities(&run("fp32", &format!("{cell}-fp32")).stdout);
+        let bf16_run = run("bf16", &format!("{cell}-bf16"));
+        assert!(bf16_run.stderr.contains("bf16 output layer"), "{}", bf16_run.stderr);
+        let bf16 = reported_perplexities(&bf16_run.stdout);
+        assert_eq!(fp32.len(), 4);
+        for (a, b) in fp32.iter().zip(&bf16) {
+            // bfloat16 keeps 8 significant bits: the curves agree to about a percent, not to the last digit.
+            assert!((a - b).abs() < 0.02 * a, "{cell}: fp32 {fp32:?} vs bf16 {bf16:?}");
+        }
+        assert_ne!(fp32, bf16, "{cell}: bf16 should round differently");
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path(&format!("{cell}-bf16/model.json"))).unwrap()).unwrap();
+        assert_eq!(json["train"]["precision"], "bf16");
+    }
+    // A resumed bf16 run ends exactly where a straight one does; its precision cannot be changed.
+    let straight = env.train(&["--dtype", "bf16", "--out", "straight", "--epochs", "4", "--pred-period", "1"]);
+    assert_eq!(env.train(&["--dtype", "bf16", "--out", "resumed", "--epochs", "2", "--pred-period", "1"]).code, 0);
+    let resumed = env.run(&["train", "--resume", "resumed", "--epochs", "4", "--device", "cpu"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert_eq!(reported_perplexities(&resumed.stdout), reported_perplexities(&straight.stdout)[2..]);
+    assert_eq!(env.run(&["train", "--resume", "resumed", "--epochs", "5", "--dtype", "fp32"]).code, 2);
 }
 
 #[test]
