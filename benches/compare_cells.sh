@@ -3,7 +3,7 @@
 # input under one fixed budget, then the two initialisations for each cell. Prints markdown tables.
 # Usage: bash benches/compare_cells.sh [CORPUS]   (LIMIT=50000 EPOCHS=10 by default; about 15 minutes on 2 cores)
 # SECTIONS="cells init dropout deep" chooses the tables (default: the first three); LIMIT=all trains on the
-# whole corpus; THREADS=N sets the CPU threads.
+# whole corpus; THREADS=N sets the CPU threads; CELLS="rnn" limits the cells (default: rnn gru lstm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=${1:-data/yuanqu.txt}
@@ -37,12 +37,13 @@ run() { # prints: best validation perplexity, its epoch, characters per second
 }
 
 sections=${SECTIONS:-cells init dropout}
+cells=${CELLS:-rnn gru lstm}
 echo "Corpus $corpus, first $limit characters (10% held out), $epochs epochs, Adam lr 0.002, hidden 256, init uniform."
 if [[ $sections == *cells* ]]; then
 echo
 echo "| cell | layers | input | best val perplexity | at epoch | training chars/s |"
 echo "| --- | ---: | --- | ---: | ---: | ---: |"
-for cell in rnn gru lstm; do
+for cell in $cells; do
     for layers in 1 2; do
         for embed in 0 64; do
             input=$([ "$embed" = 0 ] && echo one-hot || echo "embedding $embed")
@@ -57,7 +58,7 @@ echo "Initialisation, 1 layer, embedding 64, same budget:"
 echo
 echo "| cell | init | best val perplexity | at epoch | training chars/s |"
 echo "| --- | --- | ---: | ---: | ---: |"
-for cell in rnn gru lstm; do
+for cell in $cells; do
     for init in normal uniform; do
         echo "| $cell | $init | $(run --cell "$cell" --embed 64 --init "$init") |"
     done
@@ -69,7 +70,7 @@ echo "2 layers, embedding 64, dropout 0.3, same budget:"
 echo
 echo "| cell | best val perplexity | at epoch | training chars/s |"
 echo "| --- | ---: | ---: | ---: |"
-for cell in rnn gru lstm; do
+for cell in $cells; do
     echo "| $cell | $(run --cell "$cell" --layers 2 --embed 64 --dropout 0.3 --init uniform) |"
 done
 fi
@@ -79,7 +80,7 @@ echo "2 layers, embedding 64, same budget:"
 echo
 echo "| cell | best val perplexity | at epoch | training chars/s |"
 echo "| --- | ---: | ---: | ---: |"
-for cell in rnn gru lstm; do
+for cell in $cells; do
     echo "| $cell | $(run --cell "$cell" --layers 2 --embed 64 --init uniform) |"
 done
 fi
