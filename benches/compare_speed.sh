@@ -107,9 +107,9 @@ done
 $CHARRNN train --corpus "$corpus" --limit-chars "$limit" --epochs 1 --val-frac 0 --pred-len 0 --device "$device" \
     --out "$tmp/p" --quiet
 for r in $(seq "$rounds"); do
-    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 5000 --device "$device"
+    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 5000 --device "$device" --threads "$threads"
     cut -d' ' -f1 "$tmp/t" >>"$tmp/predict.charrnn"
-    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 10 --device "$device"
+    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 10 --device "$device" --threads "$threads"
     cut -d' ' -f1 "$tmp/t" >>"$tmp/start.charrnn"
     timed "$tmp/t" "$py" benches/reference_textbook.py --corpus "$corpus" --limit-chars "$limit" --predict 5000 \
         --threads "$threads" --device "$device"

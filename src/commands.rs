@@ -428,6 +428,8 @@ pub struct PredictJob {
     pub model: Option<PathBuf>,
     /// Where to compute.
     pub device: DeviceSpec,
+    /// libtorch's CPU threads (`None`: one per core).
+    pub threads: Option<usize>,
     /// Text to continue.
     pub prefix: String,
     /// Prefix characters outside the vocabulary.
@@ -448,6 +450,7 @@ pub struct PredictOutcome {
 /// Runs `charrnn predict`: `on_char(i, c)` sees each character of sample `i`'s text as soon as it is known:
 /// the prefix (without skipped characters) first, then each generated character.
 pub fn run_predict(job: &PredictJob, on_char: &mut dyn FnMut(usize, char)) -> Result<PredictOutcome> {
+    set_threads(job.threads)?;
     let loaded = load_model(job.model.as_deref(), job.device)?;
     let mut warnings = Vec::new();
     let mut prefix = job.prefix.clone();
@@ -483,6 +486,8 @@ pub struct EvalJob {
     pub limit_chars: Option<usize>,
     /// Where to compute.
     pub device: DeviceSpec,
+    /// libtorch's CPU threads (`None`: one per core).
+    pub threads: Option<usize>,
     /// Read the text as one stream instead of in windows of the training context.
     pub stream: bool,
 }
@@ -510,6 +515,7 @@ pub fn run_eval(job: &EvalJob) -> Result<EvalReport> {
     if job.limit_chars == Some(0) {
         return Err(Error::config("--limit-chars", "must be at least 1"));
     }
+    set_threads(job.threads)?;
     let loaded = load_model(job.model.as_deref(), job.device)?;
     let trained = &loaded.file.corpus;
     let (path, mut options) = match &job.corpus {

@@ -306,6 +306,9 @@ struct PredictArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_name = "D")]
     device: DeviceSpec,
+    /// CPU threads for libtorch [default: one per core].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -329,6 +332,9 @@ struct EvalArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_name = "D")]
     device: DeviceSpec,
+    /// CPU threads for libtorch [default: one per core].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 impl TrainArgs {
@@ -620,6 +626,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let job = PredictJob {
         model: args.model,
         device: args.device,
+        threads: args.threads,
         prefix: args.prefix,
         unknown: match args.unknown {
             UnknownArg::Error => UnknownChars::Error,
@@ -661,6 +668,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         corpus: args.corpus,
         limit_chars: args.limit_chars,
         device: args.device,
+        threads: args.threads,
         stream: args.stream,
     };
     let r = charrnn::run_eval(&job)?;

@@ -230,6 +230,24 @@ fn bad_hyperparameters_fail_cleanly() {
 }
 
 #[test]
+fn predict_and_eval_take_a_thread_count() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "2", "--out", "m"]).code, 0);
+    let predict = |extra: &[&str]| {
+        let mut args = vec!["predict", "--model", "m", "--prefix", "分开", "--num-chars", "12"];
+        args.extend_from_slice(extra);
+        let r = env.run(&args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stdout
+    };
+    assert_eq!(predict(&["--threads", "1"]), predict(&[]));
+    let eval = env.run(&["eval", "--model", "m", "--threads", "1"]);
+    assert_eq!(eval.code, 0, "{}", eval.stderr);
+    env.fails(&["eval", "--model", "m", "--threads", "0"], "--threads");
+    env.fails(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3", "--threads", "0"], "--threads");
+}
+
+#[test]
 fn unavailable_devices_are_refused() {
     let env = Env::new();
     let r = env.run(&["train", "--corpus", "lyrics.txt", "--device", "tpu"]);
