@@ -14,6 +14,8 @@ use std::path::Path;
 use tch::Device;
 
 fn textbook_workload(c: &mut Criterion) {
+    // The allocator and MKL settings the CLI runs with.
+    charrnn::prepare_process();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/yuanqu.txt");
     let text = read_corpus(&path, &CorpusOptions { keep_newlines: false, limit_chars: Some(10_000) }).unwrap();
     let vocab = Vocabulary::from_text(&text);

@@ -37,7 +37,7 @@ pub use commands::{
     UnknownChars, LAST_DIR, METRICS_FILE, PLOT_FILE,
 };
 pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
-pub use device::{device_name, load_cuda_backend, set_threads, CudaStatus, DeviceSpec};
+pub use device::{device_name, load_cuda_backend, prepare_process, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
 pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State};

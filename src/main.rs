@@ -734,12 +734,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn main() -> ExitCode {
-    // With MKL's default dynamic threading, a busy machine can make a matrix product use fewer threads,
-    // which changes the order of its sums: the same seed would then not always give the same bits, and a
-    // resumed run could drift from an uninterrupted one. Set before libtorch (and MKL in it) starts.
-    if std::env::var_os("MKL_DYNAMIC").is_none() {
-        std::env::set_var("MKL_DYNAMIC", "FALSE");
-    }
+    // Before libtorch (and MKL in it) starts, and before any other thread.
+    charrnn::prepare_process();
     // libtorch failures that tch turns into panics still get one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
