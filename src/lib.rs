@@ -46,6 +46,6 @@ pub use predict::{generate, predict, Generate, Sample, Sampler};
 pub use rng::{Rng, Stream};
 pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use train::{
-    carry_state, clip_gradients, train, train_step, BestEpoch, EpochReport, Position, Progress, RunInfo, SaveReason, StepOutput, TrainConfig, TrainObserver,
+    carry_state, clip_factor, train, train_step, BestEpoch, EpochReport, Position, Progress, RunInfo, SaveReason, StepOutput, TrainConfig, TrainObserver,
     TrainState, TrainSummary, AUTO_CHECKPOINT_SECS,
 };

@@ -287,7 +287,7 @@ pub fn carry_state(state: &State) -> State {
 /// The gradients' global L2 norm `||g||` (over all of them together) and the clipping factor
 /// `min(theta / ||g||, 1)` that scales them to a norm of at most `theta`: scalar Float tensors, left on the
 /// device (no read-back).
-pub fn clip_gradients(grads: &[Tensor], theta: f64) -> (Tensor, Tensor) {
+pub fn clip_factor(grads: &[Tensor], theta: f64) -> (Tensor, Tensor) {
     let _guard = tch::no_grad_guard();
     let squares: Vec<Tensor> = grads
         .iter()
@@ -334,7 +334,7 @@ pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &S
         loss.backward();
         (loss.detach(), params.iter().map(|p| p.grad()).collect(), h)
     };
-    let (grad_norm, scale) = clip_gradients(&grads, clip);
+    let (grad_norm, scale) = clip_factor(&grads, clip);
     optimizer.step(&params, &grads, &scale);
     StepOutput { loss, grad_norm, grads, state }
 }
@@ -668,7 +668,7 @@ mod tests {
         let (_, grads) = model_with_grads();
         let before = norm(&grads);
         assert!(before > 1e-3, "test needs a gradient larger than theta, got {before}");
-        let (reported, scale) = clip_gradients(&grads, 1e-3);
+        let (reported, scale) = clip_factor(&grads, 1e-3);
         assert!((reported.double_value(&[]) - before).abs() < 1e-6 * before);
         let clipped: Vec<Tensor> = grads.iter().map(|g| g * &scale).collect();
         assert!((norm(&clipped) - 1e-3).abs() <= 1e-3 * 1e-5);
@@ -680,7 +680,7 @@ mod tests {
     #[test]
     fn clipping_leaves_small_gradients_alone() {
         let (_, grads) = model_with_grads();
-        let (_, scale) = clip_gradients(&grads, 1e6);
+        let (_, scale) = clip_factor(&grads, 1e6);
         assert_eq!(scale.double_value(&[]), 1.0);
     }
 

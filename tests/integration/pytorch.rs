@@ -1,5 +1,5 @@
 //! Cross-checks against PyTorch itself, run with the project's `.venv` interpreter.
-use charrnn::{clip_gradients, cross_entropy, step_major, train_step, Cell, ModelConfig, Optimizer, OptimizerKind, Precision, RnnModel, State};
+use charrnn::{clip_factor, cross_entropy, step_major, train_step, Cell, ModelConfig, Optimizer, OptimizerKind, Precision, RnnModel, State};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -80,7 +80,7 @@ fn one_training_step_matches_pytorch() {
         let loss = first.loss.double_value(&[]);
         let ref_loss = reference["loss"].as_f64().unwrap();
         assert!((loss - ref_loss).abs() <= 1e-5, "{name}: loss {loss} vs PyTorch {ref_loss}");
-        let (_, factor) = clip_gradients(&first.grads, clip);
+        let (_, factor) = clip_factor(&first.grads, clip);
         let mut grad_norm_sq = 0.0f64;
         for ((pname, _), g) in model.named_parameters().into_iter().zip(&first.grads) {
             let clipped = g * &factor;
