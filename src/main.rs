@@ -195,7 +195,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     clip: f64,
     /// Precision of the output layer's matrix products: fp32, or bf16 (bfloat16 operands, float32
-    /// results: about 3x the matrix speed on CPUs with AMX or AVX512-BF16, and on GPUs).
+    /// accumulation: several times the matrix-product rate on CPUs with AMX or AVX512-BF16, and on GPUs).
     #[arg(long, value_enum, default_value = "fp32")]
     dtype: DtypeArg,
     /// Passes over the corpus, in all (a resumed run's earlier epochs count) [default: 250].
@@ -700,6 +700,12 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
         writeln!(out, "parameters {}", grouped(m.parameters))?;
         writeln!(out, "vocabulary {} characters", grouped(c.vocab_size as u64))?;
         writeln!(out, "epochs {} of {}", f.epoch, f.train.epochs)?;
+        let t = &f.train;
+        let optimizer = match t.optimizer {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+        };
+        writeln!(out, "training {optimizer} lr {}, clip {}, {} output layer", t.lr, t.clip, t.precision.name())?;
         if let Some(p) = f.perplexity {
             writeln!(out, "training perplexity {p:.6}")?;
         }

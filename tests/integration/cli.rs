@@ -584,10 +584,13 @@ fn train_logs_metrics_and_draws_its_chart_and_plot_overlays_runs() {
 #[test]
 fn info_summarises_a_model_and_completions_print_scripts() {
     let env = Env::new();
-    assert_eq!(env.train(&["--epochs", "2", "--out", "m", "--cell", "lstm", "--layers", "2"]).code, 0);
+    assert_eq!(env.train(&["--epochs", "2", "--out", "m", "--cell", "lstm", "--layers", "2", "--dtype", "bf16"]).code, 0);
     let r = env.run(&["info", "--model", "m"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    for needle in ["network lstm, 2 layers of 32 units, one-hot input", "parameters ", "vocabulary 30 characters", "epochs 2 of 2", "training perplexity", "fnv1a64:"] {
+    for needle in [
+        "network lstm, 2 layers of 32 units, one-hot input", "parameters ", "vocabulary 30 characters", "epochs 2 of 2",
+        "training sgd lr 1, clip 1, bf16 output layer", "training perplexity", "fnv1a64:",
+    ] {
         assert!(r.stdout.contains(needle), "{needle:?} not in {}", r.stdout);
     }
     let loaded = charrnn::checkpoint::load(&env.path("m"), tch::Device::Cpu).unwrap();
