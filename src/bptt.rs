@@ -1,17 +1,18 @@
-//! Backpropagation through time written out for the tanh RNN (the textbook's cell): a minibatch's loss and
-//! gradients without autograd.
+//! Backpropagation through time written out for the tanh RNN (the textbook's cell) and the GRU: a
+//! minibatch's loss and gradients without autograd.
 //!
 //! Autograd records every operation of every time step and replays each backward; written out, the
-//! backward pass is one matrix product and one multiply per step and layer, the weight gradients are one
-//! large product each over all steps, and the softmax's gradient is computed in the logits' buffer.
+//! backward pass is a matrix product and a few in-place multiplies per step and layer (the factors that do
+//! not depend on the incoming gradient are computed for all steps at once beforehand), the weight gradients
+//! are one large product each over all steps, and the softmax's gradient is computed in the logits' buffer.
 //! `gradients_equal_autograds` checks every gradient against autograd's.
-use crate::model::{step_major, Backend, Cell, ModelConfig, Precision, RnnModel, State, B_H, W_HH, W_XH};
+use crate::model::{step_major, Backend, Cell, ModelConfig, Precision, RnnModel, State, B_H, B_HN, W_HH, W_XH};
 use tch::{Kind, Tensor};
 
-/// Whether [`loss_and_grads`] computes this model: the tanh cell, written out (the scratch backend), without
-/// dropout. Other models train through autograd.
+/// Whether [`loss_and_grads`] computes this model: the tanh RNN or the GRU, written out (the scratch
+/// backend), without dropout. Other models train through autograd.
 pub fn supports(config: &ModelConfig) -> bool {
-    config.cell == Cell::Rnn && config.backend == Backend::Scratch && config.dropout == 0.0
+    matches!(config.cell, Cell::Rnn | Cell::Gru) && config.backend == Backend::Scratch && config.dropout == 0.0
 }
 
 /// What one pass over a minibatch gives.
@@ -22,6 +23,16 @@ pub struct Pass {
     pub grads: Vec<Tensor>,
     /// The final state, `[layers, batch, H]`, not attached to any graph.
     pub state: State,
+}
+
+/// What a layer's forward pass keeps for its backward pass.
+struct Tape {
+    /// The layer's states `[steps + 1, batch, H]`; row 0 is the initial state, so that step t reads row t
+    /// and writes row t + 1, and the backward pass finds every h_{t-1} in place.
+    hs: Tensor,
+    /// For a GRU: the gates r, z and the candidate n side by side, `[steps, batch, 3H]`, and
+    /// `h W_hn + b_hn`, `[steps, batch, H]`.
+    gru: Option<(Tensor, Tensor)>,
 }
 
 /// Forward pass, mean cross-entropy and its gradients for a model that [`supports`] accepts.
@@ -39,27 +50,21 @@ pub fn loss_and_grads(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state
     // The embedding rows of the inputs, [n, D], when there is an embedding.
     let embedded = (c.embed > 0).then(|| params[0].index_select(0, &ids));
 
-    // Forward. Each layer's states go to one buffer [steps + 1, batch, H] whose row 0 is the initial state,
-    // so that step t reads row t and writes row t + 1, and the backward pass finds every h_{t-1} in place.
-    let mut states: Vec<Tensor> = Vec::with_capacity(c.layers);
+    // Forward, layer by layer: the input projections x W_xh + b_h of all steps at once, [steps, batch, kH],
+    // then the recurrence.
+    let mut tapes: Vec<Tape> = Vec::with_capacity(c.layers);
     for l in 0..c.layers {
-        let (w_xh, w_hh, b_h) = (model.layer_param(l, W_XH), model.layer_param(l, W_HH), model.layer_param(l, B_H));
+        let (w_xh, b_h) = (model.layer_param(l, W_XH), model.layer_param(l, B_H));
         let projected = match (l, &embedded) {
             // One-hot rows times W_xh are rows of W_xh.
             (0, None) => w_xh.index_select(0, &ids) + b_h,
             (0, Some(rows)) => b_h.addmm(rows, w_xh),
-            _ => b_h.addmm(&outputs(&states[l - 1], steps, n, h), w_xh),
+            _ => b_h.addmm(&outputs(&tapes[l - 1].hs, steps, n, h), w_xh),
         }
-        .view([steps, batch, h]);
-        let hs = Tensor::empty([steps + 1, batch, h], (Kind::Float, model.device()));
-        hs.get(0).copy_(&state.h.get(l as i64));
-        for t in 0..steps {
-            let mut next = projected.get(t).addmm_out(&hs.get(t + 1), &hs.get(t), w_hh);
-            let _ = next.tanh_();
-        }
-        states.push(hs);
+        .view([steps, batch, -1]);
+        tapes.push(forward_layer(model, l, &projected, &state.h.get(l as i64)));
     }
-    let top = outputs(&states[c.layers - 1], steps, n, h);
+    let top = outputs(&tapes[c.layers - 1].hs, steps, n, h);
     let (w_hq, b_q) = (model.output_weight(), model.output_bias());
     // The output layer's operands at `precision`: `top [n, H]`, `w [H, V]`.
     let kind = match precision {
@@ -96,43 +101,128 @@ pub fn loss_and_grads(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state
     let last = grads.len();
     grads[last - 1] = d.sum_dim_intlist(0, false, Kind::Float) * inv_n;
     grads[last - 2] = top_k.tr().mm(&d).to_kind(Kind::Float) * inv_n;
-    // The gradient reaching each layer's outputs, [steps, batch, H]; the loop below turns it, in place, into
-    // the gradient of the layer's pre-activations (x W_xh + h W_hh + b_h).
+    // The gradient reaching the top layer's outputs, [steps, batch, H].
     let mut d_out = (d.mm(&w_k.tr()).to_kind(Kind::Float) * inv_n).view([steps, batch, h]);
     drop(d);
 
     for l in (0..c.layers).rev() {
-        let (w_xh, w_hh) = (model.layer_param(l, W_XH), model.layer_param(l, W_HH));
-        let hs = &states[l];
-        // tanh'(a) = 1 - tanh(a)^2, for all steps at once.
-        let mut slope = hs.narrow(0, 1, steps).square();
-        let _ = slope.neg_().g_add_scalar_(1.0);
-        let w_hh_t = w_hh.tr();
-        // d a_t = (d out_t + d a_{t+1} W_hh^T) * tanh'(a_t), from the last step back.
-        let _ = d_out.get(steps - 1).g_mul_(&slope.get(steps - 1));
-        for t in (1..steps).rev() {
-            let mut before = d_out.get(t - 1);
-            let _ = before.addmm_(&d_out.get(t), &w_hh_t);
-            let _ = before.g_mul_(&slope.get(t - 1));
-        }
-        let d_a = d_out.view([n, h]);
-        grads[model.layer_index(l, W_HH)] = hs.narrow(0, 0, steps).reshape([n, h]).tr().mm(&d_a);
-        grads[model.layer_index(l, B_H)] = d_a.sum_dim_intlist(0, false, Kind::Float);
+        let w_xh = model.layer_param(l, W_XH);
+        // The gradient of the layer's input projection, [n, kH].
+        let d_pre = backward_layer(model, l, &tapes[l], d_out.shallow_clone(), &mut grads);
+        grads[model.layer_index(l, B_H)] = d_pre.sum_dim_intlist(0, false, Kind::Float);
         let w_xh_grad = model.layer_index(l, W_XH);
         match (l, &embedded) {
-            (0, None) => grads[w_xh_grad] = scatter_rows(w_xh, &ids, &d_a),
+            (0, None) => grads[w_xh_grad] = scatter_rows(w_xh, &ids, &d_pre),
             (0, Some(rows)) => {
-                grads[w_xh_grad] = rows.tr().mm(&d_a);
-                grads[0] = scatter_rows(params[0], &ids, &d_a.mm(&w_xh.tr()));
+                grads[w_xh_grad] = rows.tr().mm(&d_pre);
+                grads[0] = scatter_rows(params[0], &ids, &d_pre.mm(&w_xh.tr()));
             }
             _ => {
-                grads[w_xh_grad] = outputs(&states[l - 1], steps, n, h).tr().mm(&d_a);
-                d_out = d_a.mm(&w_xh.tr()).view([steps, batch, h]);
+                grads[w_xh_grad] = outputs(&tapes[l - 1].hs, steps, n, h).tr().mm(&d_pre);
+                d_out = d_pre.mm(&w_xh.tr()).view([steps, batch, h]);
             }
         }
     }
-    let end: Vec<Tensor> = states.iter().map(|hs| hs.get(steps)).collect();
+    let end: Vec<Tensor> = tapes.iter().map(|t| t.hs.get(steps)).collect();
     Pass { loss, grads, state: State { h: Tensor::stack(&end, 0), c: None } }
+}
+
+/// Layer `l`'s recurrence from its input projection `projected` `[steps, batch, kH]` and initial state `h0`
+/// `[batch, H]`.
+fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor) -> Tape {
+    let (steps, batch, h) = (projected.size()[0], projected.size()[1], model.config().hidden as i64);
+    let w_hh = model.layer_param(l, W_HH);
+    let hs = Tensor::empty([steps + 1, batch, h], (Kind::Float, projected.device()));
+    hs.get(0).copy_(h0);
+    match model.config().cell {
+        Cell::Rnn => {
+            // h_t = tanh(x_t W_xh + b_h + h_{t-1} W_hh)
+            for t in 0..steps {
+                let mut next = projected.get(t).addmm_out(&hs.get(t + 1), &hs.get(t), w_hh);
+                let _ = next.tanh_();
+            }
+            Tape { hs, gru: None }
+        }
+        Cell::Gru => {
+            let b_hn = model.layer_param(l, B_HN);
+            let gates = Tensor::empty([steps, batch, 3 * h], (Kind::Float, projected.device()));
+            let hn = Tensor::empty([steps, batch, h], (Kind::Float, projected.device()));
+            let hw = Tensor::empty([batch, 3 * h], (Kind::Float, projected.device()));
+            for t in 0..steps {
+                let (x, g, hn_t) = (projected.get(t), gates.get(t), hn.get(t));
+                let _ = hs.get(t).mm_out(&hw, w_hh);
+                // r, z = σ(x W_xr + h W_hr + b_r), σ(x W_xz + h W_hz + b_z)
+                let mut rz = x.narrow(1, 0, 2 * h).add_out(&g.narrow(1, 0, 2 * h), &hw.narrow(1, 0, 2 * h));
+                let _ = rz.sigmoid_();
+                // n = tanh(x W_xn + b_n + r (h W_hn + b_hn))
+                let _ = hw.narrow(1, 2 * h, h).add_out(&hn_t, b_hn);
+                let mut cand = x.narrow(1, 2 * h, h).addcmul_out(&g.narrow(1, 2 * h, h), &g.narrow(1, 0, h), &hn_t);
+                let _ = cand.tanh_();
+                // h' = n + z (h - n)
+                let _ = cand.lerp_tensor_out(&hs.get(t + 1), &hs.get(t), &g.narrow(1, h, h));
+            }
+            Tape { hs, gru: Some((gates, hn)) }
+        }
+        Cell::Lstm => unreachable!("supports() excludes the LSTM"),
+    }
+}
+
+/// Layer `l`'s backward pass from the gradient reaching its outputs, `d_out` `[steps, batch, H]` (used as
+/// working space). Puts the gradients of `W_hh` (and a GRU's `b_hn`) into `grads`, and returns the gradient of
+/// the layer's input projection `x W_xh + b_h`, `[steps * batch, kH]`.
+fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads: &mut [Tensor]) -> Tensor {
+    let (steps, batch, h) = (d_out.size()[0], d_out.size()[1], model.config().hidden as i64);
+    let n = steps * batch;
+    let w_hh_t = model.layer_param(l, W_HH).tr();
+    let h_prev = tape.hs.narrow(0, 0, steps);
+    match &tape.gru {
+        None => {
+            // tanh'(a) = 1 - tanh(a)^2, for all steps at once.
+            let mut slope = tape.hs.narrow(0, 1, steps).square();
+            let _ = slope.neg_().g_add_scalar_(1.0);
+            // d a_t = (d out_t + d a_{t+1} W_hh^T) tanh'(a_t), from the last step back, in place.
+            let _ = d_out.get(steps - 1).g_mul_(&slope.get(steps - 1));
+            for t in (1..steps).rev() {
+                let mut before = d_out.get(t - 1);
+                let _ = before.addmm_(&d_out.get(t), &w_hh_t);
+                let _ = before.g_mul_(&slope.get(t - 1));
+            }
+            let d_a = d_out.view([n, h]);
+            grads[model.layer_index(l, W_HH)] = h_prev.reshape([n, h]).tr().mm(&d_a);
+            d_a
+        }
+        Some((gates, hn)) => {
+            let (r, z, cand) = (gates.narrow(2, 0, h), gates.narrow(2, h, h), gates.narrow(2, 2 * h, h));
+            // With g the gradient reaching h_t: d a_n = g (1 - z)(1 - n^2), d a_z = g (h_{t-1} - n) z (1 - z),
+            // d a_r = d a_n (h W_hn + b_hn) r (1 - r), and the gradient of h W_hn + b_hn is d a_n r. The
+            // factors after g and d a_n, for all steps at once:
+            let n_slope = (cand.square().neg() + 1.0) * (z.neg() + 1.0);
+            let z_slope = (&h_prev - &cand) * &z * (z.neg() + 1.0);
+            let r_slope = hn * &r * (r.neg() + 1.0);
+            // The gradients of x W_x + b_h and of h W_hh (+ b_hn) per step: [d a_r, d a_z, d a_n] and
+            // [d a_r, d a_z, d a_n r].
+            let d_x = Tensor::empty([steps, batch, 3 * h], (Kind::Float, d_out.device()));
+            let d_h = Tensor::empty([steps, batch, 3 * h], (Kind::Float, d_out.device()));
+            for t in (0..steps).rev() {
+                let (g, dx, dh) = (d_out.get(t), d_x.get(t), d_h.get(t));
+                let d_an = g.mul_out(&dx.narrow(1, 2 * h, h), &n_slope.get(t));
+                let _ = d_an.mul_out(&dh.narrow(1, 2 * h, h), &r.get(t));
+                let _ = g.mul_out(&dh.narrow(1, h, h), &z_slope.get(t));
+                let _ = d_an.mul_out(&dh.narrow(1, 0, h), &r_slope.get(t));
+                if t > 0 {
+                    // The gradient reaching h_{t-1}: g z + [d a_r, d a_z, d hn] W_hh^T, added to d out_{t-1}.
+                    let mut before = d_out.get(t - 1);
+                    let _ = before.addcmul_(&g, &z.get(t));
+                    let _ = before.addmm_(&dh, &w_hh_t);
+                }
+            }
+            d_x.narrow(2, 0, 2 * h).copy_(&d_h.narrow(2, 0, 2 * h));
+            let d_h = d_h.view([n, 3 * h]);
+            grads[model.layer_index(l, W_HH)] = h_prev.reshape([n, h]).tr().mm(&d_h);
+            grads[model.layer_index(l, B_HN)] = d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float);
+            d_x.view([n, 3 * h])
+        }
+    }
 }
 
 /// The gradient of a table (`like`, `[V, k]`) whose rows `ids` (`[n]`) were gathered, given the rows'
@@ -166,8 +256,8 @@ mod tests {
 
     #[test]
     fn gradients_equal_autograds() {
-        for (layers, embed) in [(1, 0), (3, 0), (2, 5)] {
-            let config = ModelConfig { layers, embed, ..ModelConfig::rnn(13, 9) };
+        for (cell, layers, embed) in [(Cell::Rnn, 1, 0), (Cell::Rnn, 3, 0), (Cell::Rnn, 2, 5), (Cell::Gru, 1, 0), (Cell::Gru, 3, 0), (Cell::Gru, 2, 5)] {
+            let config = ModelConfig { cell, layers, embed, ..ModelConfig::rnn(13, 9) };
             let model = RnnModel::new(config, 2, Device::Cpu).unwrap();
             // Weights well above the textbook's 0.01, so that every path of the gradient matters.
             let values: Vec<Tensor> = model.parameters().iter().map(|p| p.detach() * 60.0 + 0.02).collect();
@@ -178,7 +268,7 @@ mod tests {
             let state = State { h: Tensor::randn([layers as i64, 4, 9], (Kind::Float, Device::Cpu)) * 0.5, c: None };
             let (loss, grads, end) = autograd(&model, &inputs, &targets, &state);
             let pass = loss_and_grads(&model, &inputs, &targets, &state, Precision::Fp32);
-            let what = format!("{layers} layers, embed {embed}");
+            let what = format!("{cell:?}, {layers} layers, embed {embed}");
             assert!((pass.loss.double_value(&[]) - loss).abs() < 1e-6, "{what}: loss");
             assert!(pass.state.h.allclose(&end, 1e-6, 1e-6, false), "{what}: final state");
             for ((name, _), (ours, theirs)) in model.named_parameters().iter().zip(pass.grads.iter().zip(&grads)) {
@@ -208,10 +298,11 @@ mod tests {
     }
 
     #[test]
-    fn only_the_written_out_tanh_cell_without_dropout_is_supported() {
+    fn only_the_written_out_rnn_and_gru_without_dropout_are_supported() {
         let base = ModelConfig::rnn(5, 4);
         assert!(supports(&base) && supports(&ModelConfig { layers: 2, embed: 3, ..base }));
-        assert!(!supports(&ModelConfig { cell: Cell::Gru, ..base }));
+        assert!(supports(&ModelConfig { cell: Cell::Gru, ..base }));
+        assert!(!supports(&ModelConfig { cell: Cell::Lstm, ..base }));
         assert!(!supports(&ModelConfig { dropout: 0.1, ..base }));
         assert!(!supports(&ModelConfig { backend: Backend::Fused, ..base }));
     }

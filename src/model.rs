@@ -108,7 +108,7 @@ enum First {
 pub(crate) const W_XH: usize = 0;
 pub(crate) const W_HH: usize = 1;
 pub(crate) const B_H: usize = 2;
-const B_HN: usize = 3;
+pub(crate) const B_HN: usize = 3;
 
 /// The precision of the output layer's matrix products in training (forward and both backward products),
 /// which at the textbook's sizes are nine tenths of the arithmetic.
