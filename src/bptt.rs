@@ -1,5 +1,5 @@
-//! Backpropagation through time written out for the tanh RNN (the textbook's cell) and the GRU: a
-//! minibatch's loss and gradients without autograd.
+//! Backpropagation through time written out for every cell (the textbook's tanh RNN, the GRU and the LSTM):
+//! a minibatch's loss and gradients without autograd.
 //!
 //! Autograd records every operation of every time step and replays each backward; written out, the
 //! backward pass is a matrix product and a few in-place multiplies per step and layer (the factors that do
@@ -9,10 +9,10 @@
 use crate::model::{step_major, Backend, Cell, ModelConfig, Precision, RnnModel, State, B_H, B_HN, W_HH, W_XH};
 use tch::{Kind, Tensor};
 
-/// Whether [`loss_and_grads`] computes this model: the tanh RNN or the GRU, written out (the scratch
-/// backend), without dropout. Other models train through autograd.
+/// Whether [`loss_and_grads`] computes this model: any cell written out (the scratch backend), without
+/// dropout. Other models train through autograd.
 pub fn supports(config: &ModelConfig) -> bool {
-    matches!(config.cell, Cell::Rnn | Cell::Gru) && config.backend == Backend::Scratch && config.dropout == 0.0
+    config.backend == Backend::Scratch && config.dropout == 0.0
 }
 
 /// What one pass over a minibatch gives.
@@ -30,16 +30,26 @@ struct Tape {
     /// The layer's states `[steps + 1, batch, H]`; row 0 is the initial state, so that step t reads row t
     /// and writes row t + 1, and the backward pass finds every h_{t-1} in place.
     hs: Tensor,
-    /// For a GRU: the gates r, z and the candidate n side by side, `[steps, batch, 3H]`, and
-    /// `h W_hn + b_hn`, `[steps, batch, H]`.
-    gru: Option<(Tensor, Tensor)>,
+    /// The cell's saved values.
+    cell: Saved,
+}
+
+/// What a cell's backward pass needs besides the states.
+enum Saved {
+    Rnn,
+    /// The gates r, z and the candidate n side by side, `[steps, batch, 3H]`, and `h W_hn + b_hn`,
+    /// `[steps, batch, H]`.
+    Gru { gates: Tensor, hn: Tensor },
+    /// The activated gates i, f, g, o side by side, `[steps, batch, 4H]`, and the memory cells
+    /// `[steps + 1, batch, H]` (row 0 the initial one).
+    Lstm { gates: Tensor, cs: Tensor },
 }
 
 /// Forward pass, mean cross-entropy and its gradients for a model that [`supports`] accepts.
 ///
-/// `inputs`, `targets`: Int64 `[batch, steps]`; `state.h`: the initial state `[layers, batch, H]`, treated as
-/// a constant (truncated BPTT: no gradient flows into it). The output layer's three products are at
-/// `precision`.
+/// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: the initial state (`h` and an LSTM's `c`, each
+/// `[layers, batch, H]`), treated as a constant (truncated BPTT: no gradient flows into it). The output
+/// layer's three products are at `precision`.
 pub fn loss_and_grads(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, precision: Precision) -> Pass {
     let _guard = tch::no_grad_guard();
     let c = model.config();
@@ -62,7 +72,8 @@ pub fn loss_and_grads(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state
             _ => b_h.addmm(&outputs(&tapes[l - 1].hs, steps, n, h), w_xh),
         }
         .view([steps, batch, -1]);
-        tapes.push(forward_layer(model, l, &projected, &state.h.get(l as i64)));
+        let c0 = state.c.as_ref().map(|c| c.get(l as i64));
+        tapes.push(forward_layer(model, l, &projected, &state.h.get(l as i64), c0.as_ref()));
     }
     let top = outputs(&tapes[c.layers - 1].hs, steps, n, h);
     let (w_hq, b_q) = (model.output_weight(), model.output_bias());
@@ -124,12 +135,19 @@ pub fn loss_and_grads(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state
         }
     }
     let end: Vec<Tensor> = tapes.iter().map(|t| t.hs.get(steps)).collect();
-    Pass { loss, grads, state: State { h: Tensor::stack(&end, 0), c: None } }
+    let cells: Vec<Tensor> = tapes
+        .iter()
+        .filter_map(|t| match &t.cell {
+            Saved::Lstm { cs, .. } => Some(cs.get(steps)),
+            _ => None,
+        })
+        .collect();
+    Pass { loss, grads, state: State { h: Tensor::stack(&end, 0), c: (!cells.is_empty()).then(|| Tensor::stack(&cells, 0)) } }
 }
 
 /// Layer `l`'s recurrence from its input projection `projected` `[steps, batch, kH]` and initial state `h0`
-/// `[batch, H]`.
-fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor) -> Tape {
+/// (and an LSTM's `c0`), `[batch, H]`.
+fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor, c0: Option<&Tensor>) -> Tape {
     let (steps, batch, h) = (projected.size()[0], projected.size()[1], model.config().hidden as i64);
     let w_hh = model.layer_param(l, W_HH);
     let hs = Tensor::empty([steps + 1, batch, h], (Kind::Float, projected.device()));
@@ -141,7 +159,7 @@ fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor) ->
                 let mut next = projected.get(t).addmm_out(&hs.get(t + 1), &hs.get(t), w_hh);
                 let _ = next.tanh_();
             }
-            Tape { hs, gru: None }
+            Tape { hs, cell: Saved::Rnn }
         }
         Cell::Gru => {
             let b_hn = model.layer_param(l, B_HN);
@@ -161,9 +179,28 @@ fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor) ->
                 // h' = n + z (h - n)
                 let _ = cand.lerp_tensor_out(&hs.get(t + 1), &hs.get(t), &g.narrow(1, h, h));
             }
-            Tape { hs, gru: Some((gates, hn)) }
+            Tape { hs, cell: Saved::Gru { gates, hn } }
         }
-        Cell::Lstm => unreachable!("supports() excludes the LSTM"),
+        Cell::Lstm => {
+            let gates = Tensor::empty([steps, batch, 4 * h], (Kind::Float, projected.device()));
+            let cs = Tensor::empty([steps + 1, batch, h], (Kind::Float, projected.device()));
+            cs.get(0).copy_(c0.expect("an LSTM state has a memory cell"));
+            for t in 0..steps {
+                let g = gates.get(t);
+                // i, f, g, o = σ, σ, tanh, σ of x W_x + b + h W_hh
+                let _ = projected.get(t).addmm_out(&g, &hs.get(t), w_hh);
+                let _ = g.narrow(1, 0, 2 * h).sigmoid_();
+                let _ = g.narrow(1, 2 * h, h).tanh_();
+                let _ = g.narrow(1, 3 * h, h).sigmoid_();
+                // c' = f c + i g; h' = o tanh(c')
+                let c_next = cs.get(t + 1);
+                let _ = g.narrow(1, h, h).mul_out(&c_next, &cs.get(t));
+                let _ = c_next.shallow_clone().addcmul_(&g.narrow(1, 0, h), &g.narrow(1, 2 * h, h));
+                let mut h_next = c_next.tanh_out(&hs.get(t + 1));
+                let _ = h_next.g_mul_(&g.narrow(1, 3 * h, h));
+            }
+            Tape { hs, cell: Saved::Lstm { gates, cs } }
+        }
     }
 }
 
@@ -175,8 +212,8 @@ fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads:
     let n = steps * batch;
     let w_hh_t = model.layer_param(l, W_HH).tr();
     let h_prev = tape.hs.narrow(0, 0, steps);
-    match &tape.gru {
-        None => {
+    match &tape.cell {
+        Saved::Rnn => {
             // tanh'(a) = 1 - tanh(a)^2, for all steps at once.
             let mut slope = tape.hs.narrow(0, 1, steps).square();
             let _ = slope.neg_().g_add_scalar_(1.0);
@@ -191,7 +228,7 @@ fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads:
             grads[model.layer_index(l, W_HH)] = h_prev.reshape([n, h]).tr().mm(&d_a);
             d_a
         }
-        Some((gates, hn)) => {
+        Saved::Gru { gates, hn } => {
             let (r, z, cand) = (gates.narrow(2, 0, h), gates.narrow(2, h, h), gates.narrow(2, 2 * h, h));
             // With g the gradient reaching h_t: d a_n = g (1 - z)(1 - n^2), d a_z = g (h_{t-1} - n) z (1 - z),
             // d a_r = d a_n (h W_hn + b_hn) r (1 - r), and the gradient of h W_hn + b_hn is d a_n r. The
@@ -222,6 +259,37 @@ fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads:
             grads[model.layer_index(l, B_HN)] = d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float);
             d_x.view([n, 3 * h])
         }
+        Saved::Lstm { gates, cs } => {
+            let (i, f, g, o) = (gates.narrow(2, 0, h), gates.narrow(2, h, h), gates.narrow(2, 2 * h, h), gates.narrow(2, 3 * h, h));
+            let c_prev = cs.narrow(0, 0, steps);
+            let tanh_c = cs.narrow(0, 1, steps).tanh();
+            // With dh the gradient reaching h_t and dc the one reaching c_t (from step t + 1, plus
+            // dh o (1 - tanh(c)^2) through h_t): d a_o = dh tanh(c) o (1 - o), d a_i = dc g i (1 - i),
+            // d a_f = dc c_{t-1} f (1 - f), d a_g = dc i (1 - g^2); c_{t-1} gets dc f. The factors after dh
+            // and dc, for all steps at once:
+            let o_slope = &tanh_c * &o * (o.neg() + 1.0);
+            let c_slope = (tanh_c.square().neg() + 1.0) * &o;
+            let i_slope = &g * &i * (i.neg() + 1.0);
+            let f_slope = &c_prev * &f * (f.neg() + 1.0);
+            let g_slope = (g.square().neg() + 1.0) * &i;
+            let d_a = Tensor::empty([steps, batch, 4 * h], (Kind::Float, d_out.device()));
+            let d_c = Tensor::zeros([batch, h], (Kind::Float, d_out.device()));
+            for t in (0..steps).rev() {
+                let (dh, da) = (d_out.get(t), d_a.get(t));
+                let _ = dh.mul_out(&da.narrow(1, 3 * h, h), &o_slope.get(t));
+                let dc = d_c.shallow_clone().addcmul_(&dh, &c_slope.get(t));
+                let _ = dc.mul_out(&da.narrow(1, 0, h), &i_slope.get(t));
+                let _ = dc.mul_out(&da.narrow(1, h, h), &f_slope.get(t));
+                let _ = dc.mul_out(&da.narrow(1, 2 * h, h), &g_slope.get(t));
+                if t > 0 {
+                    let _ = d_c.shallow_clone().g_mul_(&f.get(t));
+                    let _ = d_out.get(t - 1).addmm_(&da, &w_hh_t);
+                }
+            }
+            let d_a = d_a.view([n, 4 * h]);
+            grads[model.layer_index(l, W_HH)] = h_prev.reshape([n, h]).tr().mm(&d_a);
+            d_a
+        }
     }
 }
 
@@ -244,19 +312,20 @@ mod tests {
     use crate::model::cross_entropy;
     use tch::Device;
 
-    fn autograd(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State) -> (f64, Vec<Tensor>, Tensor) {
+    fn autograd(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State) -> (f64, Vec<Tensor>, State) {
         for p in model.parameters() {
             p.shallow_clone().zero_grad();
         }
         let (logits, end) = model.forward(inputs, state, true);
         let loss = cross_entropy(&logits, &step_major(targets));
         loss.backward();
-        (loss.double_value(&[]), model.parameters().iter().map(|p| p.grad().copy()).collect(), end.h.detach())
+        (loss.double_value(&[]), model.parameters().iter().map(|p| p.grad().copy()).collect(), end.detach())
     }
 
     #[test]
     fn gradients_equal_autograds() {
-        for (cell, layers, embed) in [(Cell::Rnn, 1, 0), (Cell::Rnn, 3, 0), (Cell::Rnn, 2, 5), (Cell::Gru, 1, 0), (Cell::Gru, 3, 0), (Cell::Gru, 2, 5)] {
+        let cases = [Cell::Rnn, Cell::Gru, Cell::Lstm].into_iter().flat_map(|cell| [(cell, 1, 0), (cell, 3, 0), (cell, 2, 5)]);
+        for (cell, layers, embed) in cases {
             let config = ModelConfig { cell, layers, embed, ..ModelConfig::rnn(13, 9) };
             let model = RnnModel::new(config, 2, Device::Cpu).unwrap();
             // Weights well above the textbook's 0.01, so that every path of the gradient matters.
@@ -265,12 +334,16 @@ mod tests {
             tch::manual_seed(3);
             let inputs = Tensor::randint(13, [4, 7], (Kind::Int64, Device::Cpu));
             let targets = Tensor::randint(13, [4, 7], (Kind::Int64, Device::Cpu));
-            let state = State { h: Tensor::randn([layers as i64, 4, 9], (Kind::Float, Device::Cpu)) * 0.5, c: None };
+            let random = || Tensor::randn([layers as i64, 4, 9], (Kind::Float, Device::Cpu)) * 0.5;
+            let state = State { h: random(), c: (cell == Cell::Lstm).then(random) };
             let (loss, grads, end) = autograd(&model, &inputs, &targets, &state);
             let pass = loss_and_grads(&model, &inputs, &targets, &state, Precision::Fp32);
             let what = format!("{cell:?}, {layers} layers, embed {embed}");
             assert!((pass.loss.double_value(&[]) - loss).abs() < 1e-6, "{what}: loss");
-            assert!(pass.state.h.allclose(&end, 1e-6, 1e-6, false), "{what}: final state");
+            assert!(pass.state.h.allclose(&end.h, 1e-6, 1e-6, false), "{what}: final state");
+            if let Some(c) = &end.c {
+                assert!(pass.state.c.as_ref().unwrap().allclose(c, 1e-6, 1e-6, false), "{what}: final memory cell");
+            }
             for ((name, _), (ours, theirs)) in model.named_parameters().iter().zip(pass.grads.iter().zip(&grads)) {
                 assert!(theirs.abs().max().double_value(&[]) > 1e-4, "{what}: {name}'s gradient should not vanish");
                 assert!(ours.allclose(theirs, 1e-4, 1e-6, false), "{what}: gradient of {name}");
@@ -298,11 +371,10 @@ mod tests {
     }
 
     #[test]
-    fn only_the_written_out_rnn_and_gru_without_dropout_are_supported() {
+    fn every_written_out_cell_without_dropout_is_supported() {
         let base = ModelConfig::rnn(5, 4);
         assert!(supports(&base) && supports(&ModelConfig { layers: 2, embed: 3, ..base }));
-        assert!(supports(&ModelConfig { cell: Cell::Gru, ..base }));
-        assert!(!supports(&ModelConfig { cell: Cell::Lstm, ..base }));
+        assert!(supports(&ModelConfig { cell: Cell::Gru, ..base }) && supports(&ModelConfig { cell: Cell::Lstm, ..base }));
         assert!(!supports(&ModelConfig { dropout: 0.1, ..base }));
         assert!(!supports(&ModelConfig { backend: Backend::Fused, ..base }));
     }
