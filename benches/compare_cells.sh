@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validation perplexity and training throughput of every cell (rnn, gru, lstm) x 1/2 layers x one-hot/embedding
 # input under one fixed budget, then the two initialisations for each cell. Prints markdown tables.
-# Usage: bash benches/compare_cells.sh [CORPUS]   (LIMIT=50000 EPOCHS=10 by default; about 15 minutes on 2 cores)
+# Usage: bash benches/compare_cells.sh [CORPUS]   (LIMIT=50000 EPOCHS=10 by default; about 8 minutes on 2 cores)
 # SECTIONS="cells init dropout deep" chooses the tables (default: the first three); LIMIT=all trains on the
 # whole corpus; THREADS=N sets the CPU threads; CELLS="rnn" limits the cells (default: rnn gru lstm).
 set -euo pipefail
