@@ -78,10 +78,7 @@ pub fn loss_and_grads(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state
     let top = outputs(&tapes[c.layers - 1].hs, steps, n, h);
     let (w_hq, b_q) = (model.output_weight(), model.output_bias());
     // The output layer's operands at `precision`: `top [n, H]`, `w [H, V]`.
-    let kind = match precision {
-        Precision::Fp32 => Kind::Float,
-        Precision::Bf16 => Kind::BFloat16,
-    };
+    let kind = precision.kind();
     let (top_k, w_k) = (top.to_kind(kind), w_hq.to_kind(kind));
     let logits = b_q.to_kind(kind).addmm(&top_k, &w_k);
 

@@ -132,13 +132,18 @@ impl Precision {
         }
     }
 
-    /// `a b` (Float `[n, k]` times `[k, m]`, either possibly a transposed view) at this precision: a Float
-    /// `[n, m]` result.
-    pub(crate) fn mm(self, a: &Tensor, b: &Tensor) -> Tensor {
+    /// The element kind of the products' operands.
+    pub(crate) fn kind(self) -> Kind {
         match self {
-            Precision::Fp32 => a.mm(b),
-            Precision::Bf16 => a.to_kind(Kind::BFloat16).mm(&b.to_kind(Kind::BFloat16)).to_kind(Kind::Float),
+            Precision::Fp32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
         }
+    }
+
+    /// `a b` (Float `[n, k]` times `[k, m]`, either possibly a transposed view) at this precision: a Float
+    /// `[n, m]` result (for float32 the casts are no-ops).
+    pub(crate) fn mm(self, a: &Tensor, b: &Tensor) -> Tensor {
+        a.to_kind(self.kind()).mm(&b.to_kind(self.kind())).to_kind(Kind::Float)
     }
 }
 
