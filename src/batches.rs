@@ -42,8 +42,12 @@ impl Sampling {
         // The largest steps (batch) that fits with the other as given, computed directly: searching would
         // take forever for absurd values.
         let (max_steps, max_batch) = match self {
-            Sampling::Random => ((len.saturating_sub(1) / batch.max(1)).min(steps), (len.saturating_sub(1) / steps.max(1)).min(batch)),
-            Sampling::Consecutive => ((len / batch.max(1)).saturating_sub(1).min(steps), (len / steps.saturating_add(1)).min(batch)),
+            Sampling::Random => {
+                ((len.saturating_sub(1) / batch.max(1)).min(steps), (len.saturating_sub(1) / steps.max(1)).min(batch))
+            }
+            Sampling::Consecutive => {
+                ((len / batch.max(1)).saturating_sub(1).min(steps), (len / steps.saturating_add(1)).min(batch))
+            }
         };
         let (max_steps, max_batch) = (Some(max_steps).filter(|&s| s > 0), Some(max_batch).filter(|&b| b > 0));
         debug_assert!(max_steps.is_none_or(|s| self.batches_per_epoch(len, batch, s) > 0));
@@ -62,7 +66,14 @@ impl Sampling {
     /// `corpus` holds character indices. Returns `(inputs, targets)`, each Int64 of shape
     /// `[n_batches, batch, steps]` on `device`, where `targets` is `inputs` shifted one character on.
     /// Random sampling draws its shuffle from `rng`; consecutive sampling uses no randomness.
-    pub fn epoch(self, corpus: &[i64], batch: usize, steps: usize, rng: &mut Rng, device: Device) -> Result<(Tensor, Tensor)> {
+    pub fn epoch(
+        self,
+        corpus: &[i64],
+        batch: usize,
+        steps: usize,
+        rng: &mut Rng,
+        device: Device,
+    ) -> Result<(Tensor, Tensor)> {
         self.check_fits(corpus.len(), batch, steps)?;
         let n = self.batches_per_epoch(corpus.len(), batch, steps);
         // Start offset of every (batch, row) sequence, minibatch-major.

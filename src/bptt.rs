@@ -39,10 +39,16 @@ enum Saved {
     Rnn,
     /// The gates r, z and the candidate n side by side, `[steps, batch, 3H]`, and `h W_hn + b_hn`,
     /// `[steps, batch, H]`.
-    Gru { gates: Tensor, hn: Tensor },
+    Gru {
+        gates: Tensor,
+        hn: Tensor,
+    },
     /// The activated gates i, f, g, o side by side, `[steps, batch, 4H]`, and the memory cells
     /// `[steps + 1, batch, H]` (row 0 the initial one).
-    Lstm { gates: Tensor, cs: Tensor },
+    Lstm {
+        gates: Tensor,
+        cs: Tensor,
+    },
 }
 
 /// Forward pass, mean cross-entropy and its gradients for a model that [`supports`] accepts.
@@ -50,7 +56,13 @@ enum Saved {
 /// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: the initial state (`h` and an LSTM's `c`, each
 /// `[layers, batch, H]`), treated as a constant (truncated BPTT: no gradient flows into it). The output
 /// layer's three products are at `precision`.
-pub fn loss_and_grads(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, precision: Precision) -> Pass {
+pub fn loss_and_grads(
+    model: &RnnModel,
+    inputs: &Tensor,
+    targets: &Tensor,
+    state: &State,
+    precision: Precision,
+) -> Pass {
     let _guard = tch::no_grad_guard();
     let c = model.config();
     let params = model.parameters();
@@ -139,7 +151,11 @@ pub fn loss_and_grads(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state
             _ => None,
         })
         .collect();
-    Pass { loss, grads, state: State { h: Tensor::stack(&end, 0), c: (!cells.is_empty()).then(|| Tensor::stack(&cells, 0)) } }
+    Pass {
+        loss,
+        grads,
+        state: State { h: Tensor::stack(&end, 0), c: (!cells.is_empty()).then(|| Tensor::stack(&cells, 0)) },
+    }
 }
 
 /// Layer `l`'s recurrence from its input projection `projected` `[steps, batch, kH]` and initial state `h0`
@@ -257,7 +273,8 @@ fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads:
             d_x.view([n, 3 * h])
         }
         Saved::Lstm { gates, cs } => {
-            let (i, f, g, o) = (gates.narrow(2, 0, h), gates.narrow(2, h, h), gates.narrow(2, 2 * h, h), gates.narrow(2, 3 * h, h));
+            let (i, f, g, o) =
+                (gates.narrow(2, 0, h), gates.narrow(2, h, h), gates.narrow(2, 2 * h, h), gates.narrow(2, 3 * h, h));
             let c_prev = cs.narrow(0, 0, steps);
             let tanh_c = cs.narrow(0, 1, steps).tanh();
             // With dh the gradient reaching h_t and dc the one reaching c_t (from step t + 1, plus
@@ -321,7 +338,8 @@ mod tests {
 
     #[test]
     fn gradients_equal_autograds() {
-        let cases = [Cell::Rnn, Cell::Gru, Cell::Lstm].into_iter().flat_map(|cell| [(cell, 1, 0), (cell, 3, 0), (cell, 2, 5)]);
+        let cases =
+            [Cell::Rnn, Cell::Gru, Cell::Lstm].into_iter().flat_map(|cell| [(cell, 1, 0), (cell, 3, 0), (cell, 2, 5)]);
         for (cell, layers, embed) in cases {
             let config = ModelConfig { cell, layers, embed, ..ModelConfig::rnn(13, 9) };
             let model = RnnModel::new(config, 2, Device::Cpu).unwrap();
@@ -371,7 +389,9 @@ mod tests {
     fn every_written_out_cell_without_dropout_is_supported() {
         let base = ModelConfig::rnn(5, 4);
         assert!(supports(&base) && supports(&ModelConfig { layers: 2, embed: 3, ..base }));
-        assert!(supports(&ModelConfig { cell: Cell::Gru, ..base }) && supports(&ModelConfig { cell: Cell::Lstm, ..base }));
+        assert!(
+            supports(&ModelConfig { cell: Cell::Gru, ..base }) && supports(&ModelConfig { cell: Cell::Lstm, ..base })
+        );
         assert!(!supports(&ModelConfig { dropout: 0.1, ..base }));
         assert!(!supports(&ModelConfig { backend: Backend::Fused, ..base }));
     }

@@ -143,7 +143,11 @@ fn fresh_name(dir: &Path, kind: &str, epoch: usize) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let mut n = 0u32;
     loop {
-        let name = format!("{kind}-e{epoch}-{:x}{}.safetensors", nanos ^ std::process::id() as u128, if n == 0 { String::new() } else { format!("-{n}") });
+        let name = format!(
+            "{kind}-e{epoch}-{:x}{}.safetensors",
+            nanos ^ std::process::id() as u128,
+            if n == 0 { String::new() } else { format!("-{n}") }
+        );
         if !dir.join(&name).exists() {
             return name;
         }
@@ -154,7 +158,8 @@ fn fresh_name(dir: &Path, kind: &str, epoch: usize) -> String {
 /// Saves `model` to the folder `dir` (created if needed), describing it with `file` (whose `weights` and
 /// `weights_bytes` are filled in here). Crash-safe: see the module documentation.
 pub fn save(dir: &Path, model: &RnnModel, file: ModelFile) -> Result<()> {
-    let params: Vec<(String, Tensor)> = model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
+    let params: Vec<(String, Tensor)> =
+        model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
     save_parts(dir, &params, file, None)
 }
 
@@ -188,7 +193,8 @@ pub fn save_parts(dir: &Path, params: &[(String, Tensor)], file: ModelFile, stat
 fn write_tensors(dir: &Path, kind: &str, epoch: usize, tensors: &[(String, Tensor)]) -> Result<(String, u64)> {
     let name = fresh_name(dir, kind, epoch);
     let path = dir.join(&name);
-    let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    let cpu: Vec<(String, Tensor)> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
     write_atomic(&path, |tmp| Tensor::write_safetensors(&cpu, tmp).map_err(Error::from))?;
     let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
     Ok((name, bytes))
@@ -255,7 +261,13 @@ pub fn read_model_file(dir: &Path) -> Result<ModelFile> {
         return Err(Error::bad_model(&path, format!("format is {:?}, expected {FORMAT:?}", file.format)));
     }
     if file.version > VERSION {
-        return Err(Error::bad_model(&path, format!("format version {} is newer than this charrnn understands ({VERSION}); upgrade charrnn", file.version)));
+        return Err(Error::bad_model(
+            &path,
+            format!(
+                "format version {} is newer than this charrnn understands ({VERSION}); upgrade charrnn",
+                file.version
+            ),
+        ));
     }
     Ok(file)
 }
@@ -275,15 +287,22 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     let needed = file.model.parameter_count().and_then(|n| n.checked_mul(4));
     if needed.is_none_or(|n| n > file.weights_bytes) {
         let claim = needed.map_or("more bytes than fit in 64 bits".to_string(), |n| format!("{n} bytes"));
-        return Err(Error::bad_model(&json, format!("the model it describes needs {claim} of weights but the weights file has {}", file.weights_bytes)));
+        return Err(Error::bad_model(
+            &json,
+            format!("the model it describes needs {claim} of weights but the weights file has {}", file.weights_bytes),
+        ));
     }
     if !is_plain_name(&file.weights) {
         return Err(Error::bad_model(&json, format!("weights file name {:?} is not a plain file name", file.weights)));
     }
     let weights = dir.join(&file.weights);
-    let size = std::fs::metadata(&weights).map_err(|e| Error::bad_model(&weights, format!("cannot read it ({e})")))?.len();
+    let size =
+        std::fs::metadata(&weights).map_err(|e| Error::bad_model(&weights, format!("cannot read it ({e})")))?.len();
     if size != file.weights_bytes {
-        return Err(Error::bad_model(&weights, format!("truncated or altered: {size} bytes, model.json says {}", file.weights_bytes)));
+        return Err(Error::bad_model(
+            &weights,
+            format!("truncated or altered: {size} bytes, model.json says {}", file.weights_bytes),
+        ));
     }
     let mut model = RnnModel::zeros(file.model, device)?;
     model.load_weights(&weights)?;
@@ -302,9 +321,13 @@ pub fn load_state(dir: &Path, loaded: &LoadedModel, device: Device) -> Result<Tr
     let path = dir.join(&resume.state);
     let size = std::fs::metadata(&path).map_err(|e| Error::bad_model(&path, format!("cannot read it ({e})")))?.len();
     if size != resume.state_bytes {
-        return Err(Error::bad_model(&path, format!("truncated or altered: {size} bytes, model.json says {}", resume.state_bytes)));
+        return Err(Error::bad_model(
+            &path,
+            format!("truncated or altered: {size} bytes, model.json says {}", resume.state_bytes),
+        ));
     }
-    let tensors = Tensor::read_safetensors(&path).map_err(|e| Error::bad_model(&path, format!("cannot read the training state ({e})")))?;
+    let tensors = Tensor::read_safetensors(&path)
+        .map_err(|e| Error::bad_model(&path, format!("cannot read the training state ({e})")))?;
     let tensors = tensors.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
     Ok(TrainState { position: resume.position.clone(), tensors })
 }
@@ -379,7 +402,15 @@ mod tests {
         use crate::model::{Backend, Cell, Init};
         for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
             for backend in [Backend::Scratch, Backend::Fused] {
-                let config = ModelConfig { cell, backend, layers: 2, embed: 3, dropout: 0.1, init: Init::Uniform, ..ModelConfig::rnn(4, 6) };
+                let config = ModelConfig {
+                    cell,
+                    backend,
+                    layers: 2,
+                    embed: 3,
+                    dropout: 0.1,
+                    init: Init::Uniform,
+                    ..ModelConfig::rnn(4, 6)
+                };
                 let dir = tempfile::tempdir().unwrap();
                 let (model, file) = sample_of(1, config);
                 save(dir.path(), &model, file).unwrap();

@@ -58,11 +58,8 @@ pub fn default_out(corpus: &Path) -> PathBuf {
 
 /// The prefixes to report: the textbook's where the vocabulary allows, else the corpus's first character.
 fn default_prefixes(vocab: &Vocabulary, text: &str) -> Vec<String> {
-    let textbook: Vec<String> = TrainConfig::default()
-        .prefixes
-        .into_iter()
-        .filter(|p| vocab.encode(p, "the prefix").is_ok())
-        .collect();
+    let textbook: Vec<String> =
+        TrainConfig::default().prefixes.into_iter().filter(|p| vocab.encode(p, "the prefix").is_ok()).collect();
     if textbook.is_empty() {
         text.chars().take(1).map(String::from).collect()
     } else {
@@ -150,14 +147,20 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     let path = job.corpus.clone().unwrap_or_else(|| file.corpus.path.clone());
     let text = match read_corpus(&path, &file.corpus.options) {
         Err(Error::Io { path, source }) if job.corpus.is_none() => {
-            let reason = format!("the run's corpus {} cannot be read ({source}); if it moved, pass --corpus FILE", path.display());
+            let reason = format!(
+                "the run's corpus {} cannot be read ({source}); if it moved, pass --corpus FILE",
+                path.display()
+            );
             return Err(Error::config("--corpus", reason));
         }
         text => text?,
     };
     let hash = text_hash(&text);
     if file.corpus.hash.as_deref().is_some_and(|h| h != hash) || text.chars().count() != file.corpus.chars {
-        let reason = format!("{} is not the text the run trained on (its length or fingerprint differs); resume needs the same corpus", path.display());
+        let reason = format!(
+            "{} is not the text the run trained on (its length or fingerprint differs); resume needs the same corpus",
+            path.display()
+        );
         return Err(Error::config("--corpus", reason));
     }
     let vocab = loaded.vocab.clone();
@@ -196,10 +199,22 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
     let val_frac = config.resolved_val_frac(run.ids.len());
     let n_val = (run.ids.len() as f64 * val_frac).round() as usize;
     if val_frac > 0.0 && n_val < 2 {
-        return Err(Error::config("--val-frac", format!("{val_frac} of {} characters leaves fewer than 2 to validate on", run.ids.len())));
+        return Err(Error::config(
+            "--val-frac",
+            format!("{val_frac} of {} characters leaves fewer than 2 to validate on", run.ids.len()),
+        ));
     }
     let (train_ids, val_ids) = run.ids.split_at(run.ids.len() - n_val);
-    let mut saver = Saver { inner: observer, out: &run.out, template: &run.template, n_val, saved: run.saved, best_saved: None, recorded: false, pending_metrics: Vec::new() };
+    let mut saver = Saver {
+        inner: observer,
+        out: &run.out,
+        template: &run.template,
+        n_val,
+        saved: run.saved,
+        best_saved: None,
+        recorded: false,
+        pending_metrics: Vec::new(),
+    };
     let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut saver);
     let (saved, recorded) = (saver.saved, saver.recorded);
     let summary = match result {
@@ -215,7 +230,10 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
     };
     let mut warnings = Vec::new();
     if !recorded {
-        warnings.push(format!("could not record {} as the last model; pass --model to predict and eval", run.out.display()));
+        warnings.push(format!(
+            "could not record {} as the last model; pass --model to predict and eval",
+            run.out.display()
+        ));
     }
     Ok(TrainOutcome {
         out: run.out.clone(),
@@ -360,8 +378,14 @@ impl TrainObserver for Saver<'_> {
     fn checkpoint(&mut self, model: &RnnModel, state: &TrainState, why: SaveReason) -> Result<()> {
         self.inner.checkpoint(model, state, why)?;
         let p = &state.position;
-        let params: Vec<(String, Tensor)> = model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
-        let mut file = ModelFile { epoch: p.epoch, perplexity: p.perplexity, validation: self.validation(p.val_perplexity, p.epoch), ..self.template.clone() };
+        let params: Vec<(String, Tensor)> =
+            model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
+        let mut file = ModelFile {
+            epoch: p.epoch,
+            perplexity: p.perplexity,
+            validation: self.validation(p.val_perplexity, p.epoch),
+            ..self.template.clone()
+        };
         // The model to use: with validation the best epoch (rewritten only when it changes), else the latest.
         match &p.best {
             Some(best) if self.best_saved != Some(best.epoch) => {
@@ -389,7 +413,10 @@ impl TrainObserver for Saver<'_> {
         append_metrics(self.out, &self.pending_metrics)?;
         self.pending_metrics.clear();
         if why != SaveReason::Periodic {
-            let label = self.out.file_name().map_or_else(|| self.out.display().to_string(), |n| n.to_string_lossy().into_owned());
+            let label = self
+                .out
+                .file_name()
+                .map_or_else(|| self.out.display().to_string(), |n| n.to_string_lossy().into_owned());
             let curve = curve_of(self.out, label)?;
             if !curve.points.is_empty() {
                 write_perplexity_svg(&[curve], &self.out.join(PLOT_FILE))?;
@@ -527,13 +554,15 @@ pub fn run_eval(job: &EvalJob) -> Result<EvalReport> {
     }
     let text = match read_corpus(&path, &options) {
         Err(Error::Io { path, source }) if job.corpus.is_none() => {
-            let reason = format!("the training corpus {} cannot be read ({source}); pass --corpus FILE", path.display());
+            let reason =
+                format!("the training corpus {} cannot be read ({source}); pass --corpus FILE", path.display());
             return Err(Error::config("--corpus", reason));
         }
         text => text?,
     };
     let ids = loaded.vocab.encode(&text, "the corpus")?;
-    let context = if job.stream { ids.len() - 1 } else { loaded.file.train.eval_context(trained.chars).min(ids.len() - 1) };
+    let context =
+        if job.stream { ids.len() - 1 } else { loaded.file.train.eval_context(trained.chars).min(ids.len() - 1) };
     let evaluation = evaluate(&loaded.model, &ids, context)?;
     Ok(EvalReport {
         corpus: path,

@@ -201,7 +201,12 @@ mod tests {
 
     #[test]
     fn device_specs_parse_and_print() {
-        for (s, d) in [("auto", DeviceSpec::Auto), ("cpu", DeviceSpec::Cpu), ("cuda:0", DeviceSpec::Cuda(0)), ("cuda:3", DeviceSpec::Cuda(3))] {
+        for (s, d) in [
+            ("auto", DeviceSpec::Auto),
+            ("cpu", DeviceSpec::Cpu),
+            ("cuda:0", DeviceSpec::Cuda(0)),
+            ("cuda:3", DeviceSpec::Cuda(3)),
+        ] {
             assert_eq!(s.parse::<DeviceSpec>().unwrap(), d);
             assert_eq!(d.to_string(), s);
         }
@@ -229,7 +234,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (bus, model) in [("0000:41:00.0", "NVIDIA H200"), ("0000:01:00.0", "NVIDIA H100 80GB HBM3")] {
             std::fs::create_dir(dir.path().join(bus)).unwrap();
-            std::fs::write(dir.path().join(bus).join("information"), format!("Model: \t\t {model}\nIRQ: 12\n")).unwrap();
+            std::fs::write(dir.path().join(bus).join("information"), format!("Model: \t\t {model}\nIRQ: 12\n"))
+                .unwrap();
         }
         assert_eq!(gpu_names(dir.path()), vec!["NVIDIA H100 80GB HBM3".to_string(), "NVIDIA H200".to_string()]);
         assert!(gpu_names(&dir.path().join("missing")).is_empty());

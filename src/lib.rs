@@ -33,19 +33,20 @@ mod train;
 
 pub use batches::{rows, Sampling};
 pub use commands::{
-    default_out, info, load_model, run_eval, run_predict, run_resume, run_train, EvalJob, EvalReport, Info, MetricsLine, ModelSummary, PredictJob, model_summary, read_metrics, run_plot, PredictOutcome, ResumeJob, TrainJob, TrainOutcome,
-    UnknownChars, LAST_DIR, METRICS_FILE, PLOT_FILE,
+    default_out, info, load_model, model_summary, read_metrics, run_eval, run_plot, run_predict, run_resume, run_train,
+    EvalJob, EvalReport, Info, MetricsLine, ModelSummary, PredictJob, PredictOutcome, ResumeJob, TrainJob,
+    TrainOutcome, UnknownChars, LAST_DIR, METRICS_FILE, PLOT_FILE,
 };
 pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, load_cuda_backend, prepare_process, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
 pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State};
+pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use plot::{perplexity_svg, Curve};
 pub use predict::{generate, predict, Generate, Sample, Sampler};
 pub use rng::{Rng, Stream};
-pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use train::{
-    carry_state, clip_factor, train, train_step, BestEpoch, EpochReport, Position, Progress, RunInfo, SaveReason, StepOutput, TrainConfig, TrainObserver,
-    TrainState, TrainSummary, AUTO_CHECKPOINT_SECS,
+    carry_state, clip_factor, train, train_step, BestEpoch, EpochReport, Position, Progress, RunInfo, SaveReason,
+    StepOutput, TrainConfig, TrainObserver, TrainState, TrainSummary, AUTO_CHECKPOINT_SECS,
 };

@@ -1,8 +1,8 @@
 //! The `charrnn` command: parses arguments, calls the library, renders progress and maps errors to exit codes.
 use anyhow::Context;
 use charrnn::{
-    Backend, Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Generate, Init, LrDecay, OptimizerKind, Precision, PredictJob, Progress, ResumeJob,
-    Sampler, Sampling, TrainConfig, TrainJob, TrainObserver, UnknownChars,
+    Backend, Cell, CorpusOptions, DeviceSpec, EpochReport, EvalJob, Generate, Init, LrDecay, OptimizerKind, Precision,
+    PredictJob, Progress, ResumeJob, Sampler, Sampling, TrainConfig, TrainJob, TrainObserver, UnknownChars,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -65,10 +65,14 @@ Ctrl-C (or SIGTERM) finishes the current minibatch, saves a resumable checkpoint
     #[command(after_help = "Examples:\n  charrnn info\n  charrnn info --model runs/yuanqu")]
     Info(InfoArgs),
     /// Chart training and validation perplexity per epoch of one or more runs (SVG, log scale).
-    #[command(after_help = "Examples:\n  charrnn plot --model runs/yuanqu\n  charrnn plot --model runs/rnn --model runs/gru --out cells.svg")]
+    #[command(
+        after_help = "Examples:\n  charrnn plot --model runs/yuanqu\n  charrnn plot --model runs/rnn --model runs/gru --out cells.svg"
+    )]
     Plot(PlotArgs),
     /// Print a shell completion script.
-    #[command(after_help = "Examples:\n  charrnn completions bash > ~/.local/share/bash-completion/completions/charrnn\n  charrnn completions zsh > ~/.zfunc/_charrnn\n  charrnn completions fish > ~/.config/fish/completions/charrnn.fish")]
+    #[command(
+        after_help = "Examples:\n  charrnn completions bash > ~/.local/share/bash-completion/completions/charrnn\n  charrnn completions zsh > ~/.zfunc/_charrnn\n  charrnn completions fish > ~/.config/fish/completions/charrnn.fish"
+    )]
     Completions {
         /// The shell.
         #[arg(value_enum)]
@@ -339,7 +343,14 @@ struct EvalArgs {
 
 impl TrainArgs {
     fn into_resume_job(self, dir: PathBuf) -> ResumeJob {
-        ResumeJob { dir, epochs: self.epochs, checkpoint_every: self.checkpoint_every, corpus: self.corpus, device: self.device, threads: self.threads }
+        ResumeJob {
+            dir,
+            epochs: self.epochs,
+            checkpoint_every: self.checkpoint_every,
+            corpus: self.corpus,
+            device: self.device,
+            threads: self.threads,
+        }
     }
 
     fn into_job(self, corpus: PathBuf) -> TrainJob {
@@ -422,7 +433,14 @@ impl Reporter {
     fn new(signal: Arc<AtomicUsize>, quiet: bool, verbose: bool) -> Self {
         let tty = std::io::stderr().is_terminal() && !quiet;
         Reporter {
-            tty, bar: None, last_draw: Instant::now(), write_error: None, signal, quiet, verbose, chars_per_batch: 0,
+            tty,
+            bar: None,
+            last_draw: Instant::now(),
+            write_error: None,
+            signal,
+            quiet,
+            verbose,
+            chars_per_batch: 0,
             bar_start: (Instant::now(), 0),
         }
     }
@@ -461,8 +479,11 @@ fn describe_run(i: &charrnn::RunInfo) -> String {
     let c = &i.config;
     let input = if i.model.embed > 0 { format!("embedding {}", i.model.embed) } else { "one-hot".into() };
     let dropout = if i.model.dropout > 0.0 { format!(", dropout {}", i.model.dropout) } else { String::new() };
-    let resumed = i.resumed_at.map(|(e, b)| format!(", resuming after epoch {e}{}", if b > 0 { format!(" minibatch {b}") } else { String::new() }));
-    let precision = if c.precision == Precision::Fp32 { String::new() } else { format!(", {} output layer", c.precision.name()) };
+    let resumed = i.resumed_at.map(|(e, b)| {
+        format!(", resuming after epoch {e}{}", if b > 0 { format!(" minibatch {b}") } else { String::new() })
+    });
+    let precision =
+        if c.precision == Precision::Fp32 { String::new() } else { format!(", {} output layer", c.precision.name()) };
     format!(
         "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}{precision}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epoch{}{}",
         i.device,
@@ -516,7 +537,8 @@ impl TrainObserver for Reporter {
         let bar = self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::new((p.epochs * p.batches) as u64);
             bar.set_style(
-                ProgressStyle::with_template("{msg} [{elapsed_precise}<{eta_precise}] {wide_bar}").expect("valid template"),
+                ProgressStyle::with_template("{msg} [{elapsed_precise}<{eta_precise}] {wide_bar}")
+                    .expect("valid template"),
             );
             // A resumed run starts part of the way in; its speed counts from here.
             bar.set_position(position.saturating_sub(1));
@@ -529,10 +551,16 @@ impl TrainObserver for Reporter {
         if self.last_draw.elapsed() >= Duration::from_millis(200) || p.batch == p.batches {
             self.last_draw = Instant::now();
             let (since, from) = self.bar_start;
-            let speed = (position - from) as f64 * self.chars_per_batch as f64 / since.elapsed().as_secs_f64().max(1e-9);
+            let speed =
+                (position - from) as f64 * self.chars_per_batch as f64 / since.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
                 "epoch {}/{} minibatch {}/{} perplexity {:.3} {} chars/s",
-                p.epoch, p.epochs, p.batch, p.batches, p.running_perplexity(), grouped(speed as u64)
+                p.epoch,
+                p.epochs,
+                p.batch,
+                p.batches,
+                p.running_perplexity(),
+                grouped(speed as u64)
             ));
         }
     }
@@ -571,7 +599,8 @@ fn catch_stop_signals() -> std::io::Result<Arc<AtomicUsize>> {
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let mut reporter = Reporter::new(catch_stop_signals().context("cannot install the Ctrl-C handler")?, args.quiet, args.verbose);
+    let mut reporter =
+        Reporter::new(catch_stop_signals().context("cannot install the Ctrl-C handler")?, args.quiet, args.verbose);
     let (outcome, what) = match args.resume.clone() {
         Some(dir) => {
             let what = format!("resuming {} failed", dir.display());
@@ -600,7 +629,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(best) = outcome.best_epoch.filter(|&b| b != outcome.epochs) {
-        eprintln!("kept epoch {best}, the best by validation perplexity; the last epoch's model is in {}", outcome.out.join(charrnn::LAST_DIR).display());
+        eprintln!(
+            "kept epoch {best}, the best by validation perplexity; the last epoch's model is in {}",
+            outcome.out.join(charrnn::LAST_DIR).display()
+        );
     }
     eprintln!(
         "saved model to {} ({} epochs on {}, perplexity {:.6})",
@@ -632,7 +664,13 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
             UnknownArg::Error => UnknownChars::Error,
             UnknownArg::Skip => UnknownChars::Skip,
         },
-        generate: Generate { num_chars: args.num_chars, samples: args.samples, stop: args.stop, sampler: args.draw.sampler(args.seed), probs: args.json },
+        generate: Generate {
+            num_chars: args.num_chars,
+            samples: args.samples,
+            stop: args.stop,
+            sampler: args.draw.sampler(args.seed),
+            probs: args.json,
+        },
     };
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
@@ -696,7 +734,13 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
             Backend::Fused => "fused",
         };
         let layers = if c.layers == 1 { "1 layer".to_string() } else { format!("{} layers", c.layers) };
-        writeln!(out, "network {}, {layers} of {} units, {input} input, dropout {}, {backend} backend", c.cell.name(), c.hidden, c.dropout)?;
+        writeln!(
+            out,
+            "network {}, {layers} of {} units, {input} input, dropout {}, {backend} backend",
+            c.cell.name(),
+            c.hidden,
+            c.dropout
+        )?;
         writeln!(out, "parameters {}", grouped(m.parameters))?;
         writeln!(out, "vocabulary {} characters", grouped(c.vocab_size as u64))?;
         writeln!(out, "epochs {} of {}", f.epoch, f.train.epochs)?;
@@ -710,7 +754,13 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
             writeln!(out, "training perplexity {p:.6}")?;
         }
         if let Some(v) = &f.validation {
-            writeln!(out, "validation perplexity {:.6} (epoch {}, {} characters held out)", v.perplexity, v.epoch, grouped(v.chars as u64))?;
+            writeln!(
+                out,
+                "validation perplexity {:.6} (epoch {}, {} characters held out)",
+                v.perplexity,
+                v.epoch,
+                grouped(v.chars as u64)
+            )?;
         }
         let hash = f.corpus.hash.as_deref().unwrap_or("not recorded");
         writeln!(out, "corpus {} ({} characters, {hash})", f.corpus.path.display(), grouped(f.corpus.chars as u64))?;

@@ -55,7 +55,8 @@ pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluat
     // Full windows, `rows` at a time, then the shorter last window on its own.
     let full = n / w;
     let rows_per_call = (EVAL_POSITIONS / w.min(EVAL_POSITIONS)).max(1);
-    let mut windows: Vec<(usize, usize, usize)> = (0..full).step_by(rows_per_call).map(|r| (r * w, (full - r).min(rows_per_call), w)).collect();
+    let mut windows: Vec<(usize, usize, usize)> =
+        (0..full).step_by(rows_per_call).map(|r| (r * w, (full - r).min(rows_per_call), w)).collect();
     if n % w > 0 {
         windows.push((full * w, 1, n % w));
     }

@@ -150,7 +150,16 @@ impl Precision {
 impl ModelConfig {
     /// A textbook RNN (one layer, one-hot input, no dropout) of `hidden` units over `vocab_size` characters.
     pub fn rnn(vocab_size: usize, hidden: usize) -> Self {
-        ModelConfig { vocab_size, hidden, cell: Cell::Rnn, layers: 1, embed: 0, dropout: 0.0, backend: Backend::Scratch, init: Init::Normal }
+        ModelConfig {
+            vocab_size,
+            hidden,
+            cell: Cell::Rnn,
+            layers: 1,
+            embed: 0,
+            dropout: 0.0,
+            backend: Backend::Scratch,
+            init: Init::Normal,
+        }
     }
 
     /// Checks the shape is usable.
@@ -170,20 +179,31 @@ impl ModelConfig {
     /// The number of parameters, computed without building the shapes; `None` if it does not fit in a
     /// `u64` (a model file claiming such a model is refused before anything is allocated).
     pub fn parameter_count(&self) -> Option<u64> {
-        let (v, h, k, d, l) = (self.vocab_size as u64, self.hidden as u64, self.cell.blocks() as u64, self.embed as u64, self.layers as u64);
+        let (v, h, k, d, l) = (
+            self.vocab_size as u64,
+            self.hidden as u64,
+            self.cell.blocks() as u64,
+            self.embed as u64,
+            self.layers as u64,
+        );
         let kh = k.checked_mul(h)?;
         let gru = if self.cell == Cell::Gru { h } else { 0 };
         let first_input = if d > 0 { d } else { v };
         let embedding = v.checked_mul(d)?;
         // Each layer: W_xh [I, kH], W_hh [H, kH], b_h [kH] and for a GRU b_hn [H].
         let first = first_input.checked_add(h)?.checked_add(1)?.checked_mul(kh)?.checked_add(gru)?;
-        let upper = h.checked_mul(2)?.checked_add(1)?.checked_mul(kh)?.checked_add(gru)?.checked_mul(l.checked_sub(1)?)?;
+        let upper =
+            h.checked_mul(2)?.checked_add(1)?.checked_mul(kh)?.checked_add(gru)?.checked_mul(l.checked_sub(1)?)?;
         let output = h.checked_add(1)?.checked_mul(v)?;
         embedding.checked_add(first)?.checked_add(upper)?.checked_add(output)
     }
 
     fn per_layer(&self) -> usize {
-        if self.cell == Cell::Gru { 4 } else { 3 }
+        if self.cell == Cell::Gru {
+            4
+        } else {
+            3
+        }
     }
 
     /// Names and shapes of the parameters, in the order they are saved: the embedding `E [V, D]` when
@@ -198,7 +218,13 @@ impl ModelConfig {
         }
         for l in 0..self.layers {
             let suffix = if l == 0 { String::new() } else { format!("_l{l}") };
-            let input = if l > 0 { h } else if d > 0 { d } else { v };
+            let input = if l > 0 {
+                h
+            } else if d > 0 {
+                d
+            } else {
+                v
+            };
             specs.push((format!("W_xh{suffix}"), vec![input, k * h]));
             specs.push((format!("W_hh{suffix}"), vec![h, k * h]));
             specs.push((format!("b_h{suffix}"), vec![k * h]));
@@ -263,7 +289,10 @@ impl RnnModel {
             let mut values: Vec<f32> = Vec::new();
             // --hidden decides this size: running out of memory must be an error, not an abort.
             values.try_reserve_exact(n).map_err(|_| {
-                Error::config("--hidden", format!("a {shape:?} weight matrix does not fit in memory; use a smaller --hidden"))
+                Error::config(
+                    "--hidden",
+                    format!("a {shape:?} weight matrix does not fit in memory; use a smaller --hidden"),
+                )
             })?;
             let mut draw = |f: &mut dyn FnMut(&mut Rng) -> f64| values.extend((0..n).map(|_| f(&mut rng) as f32));
             match (name, config.init) {
@@ -281,7 +310,11 @@ impl RnnModel {
 
     /// A model with every parameter zero (a uniform predictor), for instance to load weights into.
     pub fn zeros(config: ModelConfig, device: Device) -> Result<Self> {
-        let params = config.param_specs().iter().map(|(_, s)| Tensor::f_zeros(s.as_slice(), (Kind::Float, Device::Cpu))).collect::<std::result::Result<Vec<_>, _>>()?;
+        let params = config
+            .param_specs()
+            .iter()
+            .map(|(_, s)| Tensor::f_zeros(s.as_slice(), (Kind::Float, Device::Cpu)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Self::from_tensors(config, params, device)
     }
 
@@ -293,7 +326,10 @@ impl RnnModel {
         let root = vs.root();
         let specs = config.param_specs();
         if params.len() != specs.len() {
-            return Err(Error::config("model", format!("{} parameters given, a {} needs {}", params.len(), config.cell.name(), specs.len())));
+            return Err(Error::config(
+                "model",
+                format!("{} parameters given, a {} needs {}", params.len(), config.cell.name(), specs.len()),
+            ));
         }
         let mut vars = Vec::with_capacity(specs.len());
         for ((name, shape), t) in specs.iter().zip(params.iter()) {
@@ -350,7 +386,10 @@ impl RnnModel {
     /// Replaces the parameter values with `values` (in [`ModelConfig::param_specs`] order, same shapes).
     pub fn set_parameters(&self, values: &[Tensor]) -> Result<()> {
         if values.len() != self.params.len() {
-            return Err(Error::config("model", format!("{} values for {} parameters", values.len(), self.params.len())));
+            return Err(Error::config(
+                "model",
+                format!("{} values for {} parameters", values.len(), self.params.len()),
+            ));
         }
         let _guard = tch::no_grad_guard();
         for (p, v) in self.params.iter().zip(values) {
@@ -418,7 +457,11 @@ impl RnnModel {
         let (mut hs, mut cs) = (Vec::with_capacity(c.layers), Vec::new());
         for l in 0..c.layers {
             // One-hot input: its product with W_xh is a row gather.
-            let projection = if l == 0 && c.embed == 0 { self.layer_param(0, W_XH).index_select(0, x) } else { input.mm(self.layer_param(l, W_XH)) };
+            let projection = if l == 0 && c.embed == 0 {
+                self.layer_param(0, W_XH).index_select(0, x)
+            } else {
+                input.mm(self.layer_param(l, W_XH))
+            };
             let xw = projection + self.layer_param(l, B_H);
             let cell = state.c.as_ref().map(|c| c.get(l as i64));
             let (h, cell) = self.cell_step(l, &xw, &state.h.get(l as i64), cell.as_ref());
@@ -441,17 +484,27 @@ impl RnnModel {
 
     /// [`RnnModel::forward`] with the output layer's product at `precision` (autograd follows the casts, so
     /// the backward products are at that precision too).
-    pub(crate) fn forward_at(&self, inputs: &Tensor, state: &State, train: bool, precision: Precision) -> (Tensor, State) {
+    pub(crate) fn forward_at(
+        &self,
+        inputs: &Tensor,
+        state: &State,
+        train: bool,
+        precision: Precision,
+    ) -> (Tensor, State) {
         let c = &self.config;
         let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
         let ids = inputs.transpose(0, 1).reshape([-1]);
         let (mut hs, state) = match (c.backend, c.embed > 0) {
-            (Backend::Scratch, true) => self.recur_scratch(First::Rows(self.params[0].index_select(0, &ids)), steps, batch, state, train),
+            (Backend::Scratch, true) => {
+                self.recur_scratch(First::Rows(self.params[0].index_select(0, &ids)), steps, batch, state, train)
+            }
             // One-hot rows times W_xh are rows of W_xh: gathered, not multiplied (the same numbers, V times
             // less work; `an_embedding_equals_one_hot_times_the_table` checks the identity).
             (Backend::Scratch, false) => self.recur_scratch(First::Ids(ids), steps, batch, state, train),
             // [steps * batch, I]: embedding rows, or one-hot rows (the textbook's X) for libtorch's kernels.
-            (Backend::Fused, true) => self.recur_fused(self.params[0].index_select(0, &ids), steps, batch, state, train),
+            (Backend::Fused, true) => {
+                self.recur_fused(self.params[0].index_select(0, &ids), steps, batch, state, train)
+            }
             (Backend::Fused, false) => self.recur_fused(one_hot(&ids, c.vocab_size), steps, batch, state, train),
         };
         if c.dropout > 0.0 {
@@ -506,7 +559,12 @@ impl RnnModel {
                 Cell::Gru => Tensor::cat(&[&b_h.zeros_like().narrow(0, 0, 2 * h), self.layer_param(l, B_HN)], 0),
                 _ => b_h.zeros_like(),
             };
-            flat.extend([self.layer_param(l, W_XH).tr().contiguous(), self.layer_param(l, W_HH).tr().contiguous(), b_h.shallow_clone(), b_hh]);
+            flat.extend([
+                self.layer_param(l, W_XH).tr().contiguous(),
+                self.layer_param(l, W_HH).tr().contiguous(),
+                b_h.shallow_clone(),
+                b_hh,
+            ]);
         }
         let input = xs.view([steps, batch, -1]);
         let (layers, p) = (c.layers as i64, c.dropout);
@@ -537,8 +595,16 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
 
 /// A copy of the tensor called `name` in `tensors`, on `like`'s device, if it is Float and shaped like `like`;
 /// else a message saying what is missing or wrong (for reading saved training state).
-pub(crate) fn take_named(tensors: &[(String, Tensor)], name: &str, like: &Tensor) -> std::result::Result<Tensor, String> {
-    let t = tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| format!("the training state lacks {name}"))?;
+pub(crate) fn take_named(
+    tensors: &[(String, Tensor)],
+    name: &str,
+    like: &Tensor,
+) -> std::result::Result<Tensor, String> {
+    let t = tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| format!("the training state lacks {name}"))?;
     if t.size() != like.size() || t.kind() != Kind::Float {
         return Err(format!("{name} is {:?} {:?}, expected Float {:?}", t.kind(), t.size(), like.size()));
     }
@@ -598,7 +664,8 @@ mod tests {
 
     #[test]
     fn uniform_initialisation_fills_plus_minus_one_over_root_h() {
-        let m = RnnModel::new(ModelConfig { init: Init::Uniform, ..ModelConfig::rnn(50, 100) }, 1, Device::Cpu).unwrap();
+        let m =
+            RnnModel::new(ModelConfig { init: Init::Uniform, ..ModelConfig::rnn(50, 100) }, 1, Device::Cpu).unwrap();
         for (name, p) in m.named_parameters() {
             let (lo, hi) = (p.min().double_value(&[]), p.max().double_value(&[]));
             assert!(lo >= -0.1 && hi <= 0.1, "{name}: [{lo}, {hi}]");
@@ -616,7 +683,12 @@ mod tests {
             assert_eq!(named[1].1.size(), vec![5, 5 * k]);
             assert_eq!(m.begin_state(3).c.is_some(), cell == Cell::Lstm);
         }
-        let deep = RnnModel::new(ModelConfig { layers: 3, embed: 4, cell: Cell::Gru, ..ModelConfig::rnn(7, 5) }, 0, Device::Cpu).unwrap();
+        let deep = RnnModel::new(
+            ModelConfig { layers: 3, embed: 4, cell: Cell::Gru, ..ModelConfig::rnn(7, 5) },
+            0,
+            Device::Cpu,
+        )
+        .unwrap();
         let names: Vec<String> = deep.named_parameters().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names[..6], ["E", "W_xh", "W_hh", "b_h", "b_hn", "W_xh_l1"]);
         assert_eq!(names.len(), 1 + 3 * 4 + 2);
@@ -676,7 +748,8 @@ mod tests {
 
     #[test]
     fn dropout_acts_in_training_only() {
-        let m = RnnModel::new(ModelConfig { dropout: 0.5, layers: 2, ..ModelConfig::rnn(7, 16) }, 0, Device::Cpu).unwrap();
+        let m =
+            RnnModel::new(ModelConfig { dropout: 0.5, layers: 2, ..ModelConfig::rnn(7, 16) }, 0, Device::Cpu).unwrap();
         let inputs = Tensor::from_slice(&[1i64, 2, 3, 6]).view([2, 2]);
         let s = m.begin_state(2);
         let (eval_a, _) = m.forward(&inputs, &s, false);

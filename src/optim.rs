@@ -61,7 +61,8 @@ impl Optimizer {
         let adam = match kind {
             OptimizerKind::Sgd => None,
             OptimizerKind::Adam => {
-                let zeros = || model.parameters().iter().map(|p| p.f_zeros_like()).collect::<std::result::Result<Vec<_>, _>>();
+                let zeros =
+                    || model.parameters().iter().map(|p| p.f_zeros_like()).collect::<std::result::Result<Vec<_>, _>>();
                 Some(AdamState { step: 0, m: zeros()?, v: zeros()? })
             }
         };
@@ -117,7 +118,12 @@ impl Optimizer {
 
     /// Restores what [`Optimizer::state`] returned: `step` and the moments looked up by name in `tensors`,
     /// checked against the parameters' shapes.
-    pub fn restore(&mut self, step: u64, names: &[String], tensors: &[(String, Tensor)]) -> std::result::Result<(), String> {
+    pub fn restore(
+        &mut self,
+        step: u64,
+        names: &[String],
+        tensors: &[(String, Tensor)],
+    ) -> std::result::Result<(), String> {
         let Some(adam) = &mut self.adam else {
             return Ok(());
         };

@@ -54,7 +54,8 @@ pub fn perplexity_svg(curves: &[Curve]) -> Result<String> {
             .map_err(|e| draw_error(&e))?;
         for (i, curve) in curves.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
-            let train: Vec<(usize, f64)> = curve.points.iter().filter(|p| p.1.is_finite()).map(|p| (p.0, p.1)).collect();
+            let train: Vec<(usize, f64)> =
+                curve.points.iter().filter(|p| p.1.is_finite()).map(|p| (p.0, p.1)).collect();
             chart
                 .draw_series(LineSeries::new(train, color.stroke_width(2)))
                 .map_err(|e| draw_error(&e))?

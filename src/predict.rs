@@ -31,7 +31,10 @@ impl Sampler {
     /// Checks the settings are in range.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(Error::config("--temperature", format!("must be 0 (greedy) or more, got {}", self.temperature)));
+            return Err(Error::config(
+                "--temperature",
+                format!("must be 0 (greedy) or more, got {}", self.temperature),
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::config("--top-p", format!("must be above 0 and at most 1, got {}", self.top_p)));
@@ -150,7 +153,13 @@ pub struct Sample {
 /// Sample `i` draws from its own generator seeded with `sampler.seed + i`, and the warm-up runs once for
 /// all samples, so a batch of N gives the texts of N single runs with seeds `seed .. seed + N` (up to the
 /// rounding of a batched matrix product, which can differ from a single row's in the last bit).
-pub fn generate(model: &RnnModel, vocab: &Vocabulary, prefix: &str, options: &Generate, on_char: &mut dyn FnMut(usize, char)) -> Result<Vec<Sample>> {
+pub fn generate(
+    model: &RnnModel,
+    vocab: &Vocabulary,
+    prefix: &str,
+    options: &Generate,
+    on_char: &mut dyn FnMut(usize, char),
+) -> Result<Vec<Sample>> {
     if prefix.is_empty() {
         return Err(Error::config("--prefix", "must not be empty"));
     }
@@ -169,8 +178,11 @@ pub fn generate(model: &RnnModel, vocab: &Vocabulary, prefix: &str, options: &Ge
     let expand = |t: &Tensor| t.repeat([1, n as i64, 1]);
     state = crate::model::State { h: expand(&state.h), c: state.c.as_ref().map(expand) };
     let mut x = Tensor::from_slice(&vec![ids[ids.len() - 1]; n]).to_device(device);
-    let mut rngs: Vec<Rng> = (0..n).map(|i| Rng::for_stream(options.sampler.seed.wrapping_add(i as u64), Stream::Sample)).collect();
-    let mut samples: Vec<Sample> = (0..n).map(|_| Sample { text: prefix.to_string(), generated: String::new(), probs: Vec::new(), stopped: false }).collect();
+    let mut rngs: Vec<Rng> =
+        (0..n).map(|i| Rng::for_stream(options.sampler.seed.wrapping_add(i as u64), Stream::Sample)).collect();
+    let mut samples: Vec<Sample> = (0..n)
+        .map(|_| Sample { text: prefix.to_string(), generated: String::new(), probs: Vec::new(), stopped: false })
+        .collect();
     let v = vocab.len();
     for _ in 0..options.num_chars {
         let (y, next) = model.step(&x, &state);
@@ -312,7 +324,18 @@ mod tests {
             // The fewest: without its least likely member the kept set would fall short of p.
             let least = kept.iter().map(|&i| p[i]).fold(f64::INFINITY, f64::min);
             assert!(kept.len() == 1 || mass - least < top_p, "p {top_p}: kept {kept:?}");
-            assert_eq!(kept.len(), sorted.iter().scan(0.0, |m, x| { let before = *m; *m += x; Some(before) }).take_while(|&b| b < top_p).count());
+            assert_eq!(
+                kept.len(),
+                sorted
+                    .iter()
+                    .scan(0.0, |m, x| {
+                        let before = *m;
+                        *m += x;
+                        Some(before)
+                    })
+                    .take_while(|&b| b < top_p)
+                    .count()
+            );
         }
     }
 
@@ -354,12 +377,16 @@ mod tests {
         }
         assert!(out.iter().any(|s| s.stopped));
         // Without probs: the same texts, no probabilities.
-        let plain = generate(&model, &vocab, "b", &Generate { probs: false, ..options.clone() }, &mut |_, _| {}).unwrap();
+        let plain =
+            generate(&model, &vocab, "b", &Generate { probs: false, ..options.clone() }, &mut |_, _| {}).unwrap();
         for (p, s) in plain.iter().zip(&out) {
             assert_eq!((&p.text, p.probs.len()), (&s.text, 0));
         }
         assert!(generate(&model, &vocab, "b", &Generate { samples: 0, ..options.clone() }, &mut |_, _| {}).is_err());
         let bad = Sampler { top_p: 0.0, ..sampler };
-        assert!(generate(&model, &vocab, "b", &Generate { sampler: bad, ..options }, &mut |_, _| {}).unwrap_err().to_string().contains("--top-p"));
+        assert!(generate(&model, &vocab, "b", &Generate { sampler: bad, ..options }, &mut |_, _| {})
+            .unwrap_err()
+            .to_string()
+            .contains("--top-p"));
     }
 }

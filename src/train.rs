@@ -1,12 +1,14 @@
 //! Training: truncated BPTT over minibatches, gradient clipping and SGD, reported through an observer.
 use crate::batches::Sampling;
+use crate::bptt;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, perplexity};
-use crate::bptt;
-use crate::model::{cross_entropy, step_major, take_named, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State};
-use crate::predict::{generate, Generate, Sampler};
+use crate::model::{
+    cross_entropy, step_major, take_named, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State,
+};
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
+use crate::predict::{generate, Generate, Sampler};
 use crate::rng::{Rng, Stream};
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -320,7 +322,15 @@ pub struct StepOutput {
 /// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: `[layers, batch, H]` tensors. The tanh cell without
 /// dropout takes the written-out backward pass ([`crate::bptt`]); other models, autograd. The output layer's
 /// products are at `precision`.
-pub fn train_step(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State, clip: f64, precision: Precision, optimizer: &mut Optimizer) -> StepOutput {
+pub fn train_step(
+    model: &RnnModel,
+    inputs: &Tensor,
+    targets: &Tensor,
+    state: &State,
+    clip: f64,
+    precision: Precision,
+    optimizer: &mut Optimizer,
+) -> StepOutput {
     let params = model.parameters();
     let (loss, grads, state) = if bptt::supports(&model.config()) {
         let pass = bptt::loss_and_grads(model, inputs, targets, state, precision);
@@ -402,7 +412,9 @@ pub struct TrainState {
 /// The seed of libtorch's generator (dropout masks) for minibatch `batch` (from 0) of `epoch` (from 1): a
 /// function of the position only, so that a resumed run draws the same masks.
 fn minibatch_seed(seed: u64, epoch: usize, batch: usize) -> i64 {
-    let mut r = Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (batch as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F));
+    let mut r = Rng::new(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (batch as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F),
+    );
     (r.next_u64() >> 1) as i64
 }
 
@@ -447,7 +459,10 @@ impl Run {
         run.loss_sum = take_named(&state.tensors, "loss_sum", &run.loss_sum)?;
         run.grad_norm_sum = take_named(&state.tensors, "grad_norm_sum", &run.grad_norm_sum)?;
         if p.best.is_some() {
-            let best = names.iter().zip(model.parameters()).map(|(n, param)| take_named(&state.tensors, &format!("best.{n}"), param));
+            let best = names
+                .iter()
+                .zip(model.parameters())
+                .map(|(n, param)| take_named(&state.tensors, &format!("best.{n}"), param));
             run.best_params = Some(best.collect::<std::result::Result<Vec<_>, String>>()?);
         }
         if p.batch > 0 && config.sampling == Sampling::Consecutive {
@@ -506,7 +521,15 @@ impl Run {
 /// kept in the checkpoints. The observer gets a checkpoint every `config.checkpoint_every` epochs, after
 /// the last epoch, and when it asks to stop. A non-finite loss or gradient norm stops training with
 /// [`Error::Diverged`] before anything of that epoch is checkpointed.
-pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], config: &TrainConfig, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
+pub fn train(
+    model: &RnnModel,
+    vocab: &Vocabulary,
+    corpus: &[i64],
+    val: &[i64],
+    config: &TrainConfig,
+    resume: Option<&TrainState>,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary> {
     config.validate()?;
     config.sampling.check_fits(corpus.len(), config.batch, config.steps)?;
     for p in &config.prefixes {
@@ -519,11 +542,21 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
             let run = Run::resume(model, config, state).map_err(|r| Error::config("training state", r))?;
             let p = &run.position;
             if p.batch >= batches {
-                return Err(Error::config("training state", format!("it stands at minibatch {} of an epoch of {batches}", p.batch)));
+                return Err(Error::config(
+                    "training state",
+                    format!("it stands at minibatch {} of an epoch of {batches}", p.batch),
+                ));
             }
             if (p.epoch, p.batch) >= (config.epochs, 0) {
-                let at = if p.batch > 0 { format!("epoch {} minibatch {}", p.epoch + 1, p.batch) } else { format!("{} epochs", p.epoch) };
-                return Err(Error::config("--epochs", format!("the run already stands at {at}; ask for more than {} epochs", p.epoch.max(config.epochs))));
+                let at = if p.batch > 0 {
+                    format!("epoch {} minibatch {}", p.epoch + 1, p.batch)
+                } else {
+                    format!("{} epochs", p.epoch)
+                };
+                return Err(Error::config(
+                    "--epochs",
+                    format!("the run already stands at {at}; ask for more than {} epochs", p.epoch.max(config.epochs)),
+                ));
             }
             run
         }
@@ -565,19 +598,39 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
                 Sampling::Random => model.begin_state(config.batch),
                 Sampling::Consecutive => carry_state(&state),
             };
-            let out = train_step(model, &xs.get(i as i64), &ys.get(i as i64), &input_state, config.clip, config.precision, &mut run.optimizer);
+            let out = train_step(
+                model,
+                &xs.get(i as i64),
+                &ys.get(i as i64),
+                &input_state,
+                config.clip,
+                config.precision,
+                &mut run.optimizer,
+            );
             state = out.state;
             let _ = run.loss_sum.shallow_clone().f_add_(&out.loss)?;
             let _ = run.grad_norm_sum.shallow_clone().f_add_(&out.grad_norm)?;
             run.position.batch = i + 1;
-            observer.minibatch(&Progress { epoch, epochs: config.epochs, batch: i + 1, batches, loss_sum: &run.loss_sum });
+            observer.minibatch(&Progress {
+                epoch,
+                epochs: config.epochs,
+                batch: i + 1,
+                batches,
+                loss_sum: &run.loss_sum,
+            });
             stop = observer.stop_requested();
             if stop.is_some() && i + 1 < batches {
                 run.check_finite(epoch)?;
                 run.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
                 let carried = (config.sampling == Sampling::Consecutive).then(|| state.detach());
                 observer.checkpoint(model, &run.snapshot(model, carried.as_ref()), SaveReason::Interrupted)?;
-                return Err(Error::Interrupted { signal: stop.unwrap_or(0), epoch, batch: i + 1, batches, saved: None });
+                return Err(Error::Interrupted {
+                    signal: stop.unwrap_or(0),
+                    epoch,
+                    batch: i + 1,
+                    batches,
+                    saved: None,
+                });
             }
             if stop.is_some() {
                 break;
@@ -613,8 +666,11 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
             // Seeded by the epoch too, so that a resumed run prints the same samples.
             let sampler = Sampler { seed: config.seed.wrapping_add(epoch as u64), ..config.sampler };
             let options = Generate { num_chars: config.pred_len, samples: 1, stop: None, sampler, probs: false };
-            let s: Result<Vec<String>> =
-                config.prefixes.iter().map(|p| Ok(generate(model, vocab, p, &options, &mut |_, _| {})?.remove(0).text)).collect();
+            let s: Result<Vec<String>> = config
+                .prefixes
+                .iter()
+                .map(|p| Ok(generate(model, vocab, p, &options, &mut |_, _| {})?.remove(0).text))
+                .collect();
             Some(s?)
         } else {
             None
@@ -622,12 +678,25 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
         let grad_norm = norm_total / batches as f64;
         let chars = (batches - first) * config.batch * config.steps;
         let elapsed = run.position.elapsed;
-        observer.epoch(&EpochReport { epoch, perplexity: last, val_perplexity, grad_norm, lr, seconds, chars, elapsed, samples });
+        observer.epoch(&EpochReport {
+            epoch,
+            perplexity: last,
+            val_perplexity,
+            grad_norm,
+            lr,
+            seconds,
+            chars,
+            elapsed,
+            samples,
+        });
         let reason = if epoch == config.epochs {
             Some(SaveReason::Final)
         } else if stop.is_some() {
             Some(SaveReason::Interrupted)
-        } else if config.checkpoint_every.map_or(last_save.elapsed().as_secs() >= AUTO_CHECKPOINT_SECS, |n| epoch % n == 0) {
+        } else if config
+            .checkpoint_every
+            .map_or(last_save.elapsed().as_secs() >= AUTO_CHECKPOINT_SECS, |n| epoch % n == 0)
+        {
             Some(SaveReason::Periodic)
         } else {
             None
@@ -641,7 +710,12 @@ pub fn train(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], val: &[i64], 
         }
     }
     let p = &run.position;
-    Ok(TrainSummary { epochs: p.epoch, perplexity: p.perplexity.unwrap_or(f64::NAN), val_perplexity: p.val_perplexity, best: p.best.clone() })
+    Ok(TrainSummary {
+        epochs: p.epoch,
+        perplexity: p.perplexity.unwrap_or(f64::NAN),
+        val_perplexity: p.val_perplexity,
+        best: p.best.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -725,7 +799,11 @@ mod tests {
         assert_eq!(auto.resolved_val_frac(20_000), 0.1);
         let set = TrainConfig { val_frac: Some(0.25), ..Default::default() };
         assert_eq!(set.resolved_val_frac(100), 0.25);
-        assert!(TrainConfig { val_frac: Some(1.0), ..Default::default() }.validate().unwrap_err().to_string().contains("--val-frac"));
+        assert!(TrainConfig { val_frac: Some(1.0), ..Default::default() }
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--val-frac"));
     }
 
     /// Records reports and copies of every checkpoint (model parameters and training state).
@@ -776,8 +854,16 @@ mod tests {
         let (train_ids, val_ids) = ids.split_at(300);
         let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
         let config = TrainConfig {
-            hidden: 16, steps: 6, batch: 4, lr: 1.0, clip: 1.0, epochs: 8,
-            prefixes: vec!["ab".into()], pred_period: 4, pred_len: 3, ..Default::default()
+            hidden: 16,
+            steps: 6,
+            batch: 4,
+            lr: 1.0,
+            clip: 1.0,
+            epochs: 8,
+            prefixes: vec!["ab".into()],
+            pred_period: 4,
+            pred_len: 3,
+            ..Default::default()
         };
         let mut rec = Recorder::default();
         let summary = train(&model, &vocab, train_ids, val_ids, &config, None, &mut rec).unwrap();
@@ -790,7 +876,11 @@ mod tests {
         let (why, _, position, tensors) = rec.checkpoints.last().unwrap();
         assert_eq!((*why, position.best.as_ref()), (SaveReason::Final, Some(&best)));
         let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
-        let params = names.iter().zip(model.parameters()).map(|(n, p)| take_named(tensors, &format!("best.{n}"), p).unwrap()).collect();
+        let params = names
+            .iter()
+            .zip(model.parameters())
+            .map(|(n, p)| take_named(tensors, &format!("best.{n}"), p).unwrap())
+            .collect();
         let kept = RnnModel::from_tensors(model.config(), params, Device::Cpu).unwrap();
         let again = evaluate(&kept, val_ids, config.eval_context(train_ids.len())).unwrap().perplexity();
         assert!((again - best.val_perplexity).abs() < 1e-9 * again, "{again} vs {}", best.val_perplexity);
@@ -809,14 +899,38 @@ mod tests {
 
     #[test]
     fn a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() {
-        let base = TrainConfig { hidden: 12, steps: 5, batch: 3, epochs: 5, prefixes: vec!["ab".into()], pred_period: 1, pred_len: 4, ..Default::default() };
+        let base = TrainConfig {
+            hidden: 12,
+            steps: 5,
+            batch: 3,
+            epochs: 5,
+            prefixes: vec!["ab".into()],
+            pred_period: 1,
+            pred_len: 4,
+            ..Default::default()
+        };
         let configs = [
             TrainConfig { lr: 1.0, clip: 1.0, ..base.clone() },
             TrainConfig {
-                cell: Cell::Gru, layers: 2, embed: 4, dropout: 0.3, optimizer: OptimizerKind::Adam, lr: 0.01,
-                sampling: Sampling::Consecutive, val_frac: Some(0.1), init: Init::Uniform, ..base.clone()
+                cell: Cell::Gru,
+                layers: 2,
+                embed: 4,
+                dropout: 0.3,
+                optimizer: OptimizerKind::Adam,
+                lr: 0.01,
+                sampling: Sampling::Consecutive,
+                val_frac: Some(0.1),
+                init: Init::Uniform,
+                ..base.clone()
             },
-            TrainConfig { cell: Cell::Lstm, optimizer: OptimizerKind::Adam, lr: 0.01, lr_decay: crate::LrDecay { factor: 0.5, every: 2 }, sampling: Sampling::Consecutive, ..base.clone() },
+            TrainConfig {
+                cell: Cell::Lstm,
+                optimizer: OptimizerKind::Adam,
+                lr: 0.01,
+                lr_decay: crate::LrDecay { factor: 0.5, every: 2 },
+                sampling: Sampling::Consecutive,
+                ..base.clone()
+            },
         ];
         for config in configs {
             let (straight, full, result) = run(&config, None);
@@ -830,12 +944,22 @@ mod tests {
                 assert!(matches!(result, Err(Error::Interrupted { signal: 2, .. })), "{result:?}");
                 let (why, params, position, tensors) = first.checkpoints.last().unwrap();
                 assert_eq!(*why, SaveReason::Interrupted);
-                let resumed = RnnModel::from_tensors(straight.config(), params.iter().map(|t| t.copy()).collect(), Device::Cpu).unwrap();
-                let state = TrainState { position: position.clone(), tensors: tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect() };
+                let resumed =
+                    RnnModel::from_tensors(straight.config(), params.iter().map(|t| t.copy()).collect(), Device::Cpu)
+                        .unwrap();
+                let state = TrainState {
+                    position: position.clone(),
+                    tensors: tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect(),
+                };
                 let mut rest = Recorder::default();
                 train(&resumed, &vocab, train_ids, val_ids, &config, Some(&state), &mut rest).unwrap();
                 for (a, b) in straight.parameters().iter().zip(resumed.parameters()) {
-                    assert!(a.equal(b), "{:?} {:?} stopped after {stop_after}: parameters differ", config.cell, config.sampling);
+                    assert!(
+                        a.equal(b),
+                        "{:?} {:?} stopped after {stop_after}: parameters differ",
+                        config.cell,
+                        config.sampling
+                    );
                 }
                 let printed = |r: &EpochReport| (r.epoch, r.perplexity, r.val_perplexity, r.samples.clone());
                 let tail: Vec<_> = full.reports.iter().skip(first.reports.len()).map(printed).collect();
@@ -846,7 +970,17 @@ mod tests {
 
     #[test]
     fn divergence_stops_training_naming_the_epoch_and_saves_nothing_after_it() {
-        let config = TrainConfig { hidden: 12, steps: 5, batch: 3, epochs: 6, lr: 1.0, clip: 1.0, checkpoint_every: Some(1), prefixes: vec!["ab".into()], ..Default::default() };
+        let config = TrainConfig {
+            hidden: 12,
+            steps: 5,
+            batch: 3,
+            epochs: 6,
+            lr: 1.0,
+            clip: 1.0,
+            checkpoint_every: Some(1),
+            prefixes: vec!["ab".into()],
+            ..Default::default()
+        };
         let (vocab, ids) = corpus();
         let model = RnnModel::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
         let mut rec = Recorder { poison_after: Some(2), ..Default::default() };
@@ -867,7 +1001,17 @@ mod tests {
 
     #[test]
     fn checkpoints_come_every_n_epochs_at_the_end_and_on_request() {
-        let config = TrainConfig { hidden: 8, steps: 5, batch: 3, epochs: 7, lr: 1.0, clip: 1.0, checkpoint_every: Some(3), prefixes: vec!["ab".into()], ..Default::default() };
+        let config = TrainConfig {
+            hidden: 8,
+            steps: 5,
+            batch: 3,
+            epochs: 7,
+            lr: 1.0,
+            clip: 1.0,
+            checkpoint_every: Some(3),
+            prefixes: vec!["ab".into()],
+            ..Default::default()
+        };
         let (_, rec, result) = run(&config, None);
         result.unwrap();
         let at: Vec<(SaveReason, usize, usize)> = rec.checkpoints.iter().map(|c| (c.0, c.2.epoch, c.2.batch)).collect();
@@ -904,14 +1048,27 @@ mod tests {
         let ids = vocab.encode(&text, "t").unwrap();
         let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
         let config = TrainConfig {
-            hidden: 16, steps: 6, batch: 4, lr: 1.0, clip: 1.0, epochs: 30,
-            prefixes: vec!["ab".into()], pred_period: 10, pred_len: 5, ..Default::default()
+            hidden: 16,
+            steps: 6,
+            batch: 4,
+            lr: 1.0,
+            clip: 1.0,
+            epochs: 30,
+            prefixes: vec!["ab".into()],
+            pred_period: 10,
+            pred_len: 5,
+            ..Default::default()
         };
         let mut rec = Record(Vec::new(), 0);
         let summary = train(&model, &vocab, &ids, &[], &config, None, &mut rec).unwrap();
         assert_eq!(rec.0.len(), 30);
         assert_eq!(rec.1, 30 * Sampling::Random.batches_per_epoch(ids.len(), 4, 6));
-        assert!(rec.0[0].perplexity > 3.0 && summary.perplexity < 2.0, "{} -> {}", rec.0[0].perplexity, summary.perplexity);
+        assert!(
+            rec.0[0].perplexity > 3.0 && summary.perplexity < 2.0,
+            "{} -> {}",
+            rec.0[0].perplexity,
+            summary.perplexity
+        );
         let with_samples: Vec<usize> = rec.0.iter().filter(|r| r.samples.is_some()).map(|r| r.epoch).collect();
         assert_eq!(with_samples, vec![10, 20, 30]);
         assert_eq!(rec.0[29].samples.as_ref().unwrap()[0].chars().count(), 7);

@@ -9,9 +9,39 @@ use tch::Device;
 /// A run that trains a small two-layer GRU with Adam and dropout, saving a checkpoint after every epoch;
 /// `epochs` is large, so it runs until stopped.
 const LONG_RUN: &[&str] = &[
-    "train", "--corpus", "lyrics.txt", "--cell", "gru", "--layers", "2", "--embed", "8", "--dropout", "0.2", "--hidden", "48",
-    "--optimizer", "adam", "--lr", "0.01", "--steps", "5", "--batch", "4", "--epochs", "100000", "--pred-period", "1",
-    "--pred-len", "4", "--checkpoint-every", "1", "--device", "cpu", "--out", "m",
+    "train",
+    "--corpus",
+    "lyrics.txt",
+    "--cell",
+    "gru",
+    "--layers",
+    "2",
+    "--embed",
+    "8",
+    "--dropout",
+    "0.2",
+    "--hidden",
+    "48",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.01",
+    "--steps",
+    "5",
+    "--batch",
+    "4",
+    "--epochs",
+    "100000",
+    "--pred-period",
+    "1",
+    "--pred-len",
+    "4",
+    "--checkpoint-every",
+    "1",
+    "--device",
+    "cpu",
+    "--out",
+    "m",
 ];
 
 fn spawn(env: &Env, args: &[&str]) -> Child {
@@ -83,7 +113,20 @@ fn position(dir: &Path) -> (usize, usize) {
 #[test]
 fn ten_epochs_then_resume_to_twenty_equals_twenty_straight() {
     let env = Env::new();
-    let extra = ["--optimizer", "adam", "--lr", "0.01", "--sampling", "consecutive", "--batch", "2", "--val-frac", "0.2", "--pred-period", "1"];
+    let extra = [
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--sampling",
+        "consecutive",
+        "--batch",
+        "2",
+        "--val-frac",
+        "0.2",
+        "--pred-period",
+        "1",
+    ];
     let straight = env.train(&[&extra[..], &["--out", "a"]].concat());
     assert_eq!(straight.code, 0, "{}", straight.stderr);
     let first = env.train(&[&extra[..], &["--out", "b", "--epochs", "10"]].concat());
@@ -136,7 +179,11 @@ fn ctrl_c_and_sigterm_checkpoint_exit_130_and_143_and_resume_exactly() {
         let straight = env.run(&straight_args);
         assert_eq!(straight.code, 0, "{}", straight.stderr);
         assert_same_parameters(&env.path("s/last"), &env.path("m/last"));
-        assert_eq!(reports_after(&resumed.stdout, epoch), reports_after(&straight.stdout, epoch), "stopped at {epoch}+{batch}");
+        assert_eq!(
+            reports_after(&resumed.stdout, epoch),
+            reports_after(&straight.stdout, epoch),
+            "stopped at {epoch}+{batch}"
+        );
     }
 }
 
@@ -172,7 +219,11 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
     let delays_ms = [300u64, 3, 41, 17, 88, 0, 59, 26, 71];
     for (i, delay) in delays_ms.iter().enumerate() {
         let before = modified(&pointer);
-        let child = if before.is_some() { spawn(&env, &["train", "--resume", "m", "--epochs", "100000"]) } else { spawn(&env, LONG_RUN) };
+        let child = if before.is_some() {
+            spawn(&env, &["train", "--resume", "m", "--epochs", "100000"])
+        } else {
+            spawn(&env, LONG_RUN)
+        };
         if i > 0 {
             let start = Instant::now();
             while modified(&pointer) == before {
@@ -188,8 +239,10 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
             let model = checkpoint::load(&env.path("m"), Device::Cpu);
             assert!(model.is_ok(), "kill {i}: the model does not load: {}", model.err().unwrap());
             let last = env.path("m/last");
-            let loaded = checkpoint::load(&last, Device::Cpu).unwrap_or_else(|e| panic!("kill {i}: last does not load: {e}"));
-            checkpoint::load_state(&last, &loaded, Device::Cpu).unwrap_or_else(|e| panic!("kill {i}: state does not load: {e}"));
+            let loaded =
+                checkpoint::load(&last, Device::Cpu).unwrap_or_else(|e| panic!("kill {i}: last does not load: {e}"));
+            checkpoint::load_state(&last, &loaded, Device::Cpu)
+                .unwrap_or_else(|e| panic!("kill {i}: state does not load: {e}"));
         } else {
             assert_eq!(i, 0, "kill {i}: the model folder is gone");
         }
@@ -199,12 +252,15 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
     let r = env.run(&["train", "--resume", "m", "--epochs", &total.to_string()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let log = std::fs::read_to_string(env.path("m").join(charrnn::METRICS_FILE)).unwrap();
-    let epochs: Vec<usize> = log.lines().map(|l| serde_json::from_str::<charrnn::MetricsLine>(l).unwrap().epoch).collect();
+    let epochs: Vec<usize> =
+        log.lines().map(|l| serde_json::from_str::<charrnn::MetricsLine>(l).unwrap().epoch).collect();
     assert_eq!(epochs, (1..=total).collect::<Vec<_>>());
     // The saves' own files only: no leftover temporaries or orphaned weights.
     for dir in ["m", "m/last"] {
-        let names: Vec<String> = std::fs::read_dir(env.path(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        let loose: Vec<&String> = names.iter().filter(|n| n.starts_with('.') || n.matches(".safetensors").count() > 1).collect();
+        let names: Vec<String> =
+            std::fs::read_dir(env.path(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let loose: Vec<&String> =
+            names.iter().filter(|n| n.starts_with('.') || n.matches(".safetensors").count() > 1).collect();
         assert!(loose.is_empty(), "{dir}: {loose:?}");
         let tensors = names.iter().filter(|n| n.ends_with(".safetensors")).count();
         assert_eq!(tensors, if dir == "m" { 1 } else { 2 }, "{dir}: {names:?}");
@@ -214,7 +270,10 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
 #[test]
 fn divergence_is_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let env = Env::new();
-    let r = env.fails(&[&env_train_args()[..], &["--lr", "1e30", "--clip", "1e30", "--out", "d"]].concat(), "diverged in epoch 1");
+    let r = env.fails(
+        &[&env_train_args()[..], &["--lr", "1e30", "--clip", "1e30", "--out", "d"]].concat(),
+        "diverged in epoch 1",
+    );
     assert!(r.stderr.contains("--lr") && r.stderr.contains("nothing of this run was saved"), "{}", r.stderr);
     assert!(!env.path("d").exists());
     // When a resumed run diverges, the checkpoint it started from stays as it was. (NaN weights make
@@ -226,7 +285,8 @@ fn divergence_is_a_clear_error_and_keeps_the_last_good_checkpoint() {
     tch::no_grad(|| {
         let _ = loaded.model.parameters()[0].shallow_clone().fill_(f64::NAN);
     });
-    let params: Vec<(String, tch::Tensor)> = loaded.model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
+    let params: Vec<(String, tch::Tensor)> =
+        loaded.model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
     checkpoint::save_parts(&last, &params, loaded.file.clone(), Some(&state)).unwrap();
     let before = std::fs::read(last.join("model.json")).unwrap();
     let r = env.fails(&["train", "--resume", "g", "--epochs", "4"], "diverged in epoch 3");

@@ -3,7 +3,8 @@ use assert_cmd::Command;
 use std::path::{Path, PathBuf};
 
 /// A lyric-like corpus big enough for small minibatches.
-pub(crate) const LYRICS: &str = "分开 不分开 我不能再想 我不 我不 我不要再想你 不知不觉 你已经离开我 不知不觉 我跟了这节奏\n\
+pub(crate) const LYRICS: &str =
+    "分开 不分开 我不能再想 我不 我不 我不要再想你 不知不觉 你已经离开我 不知不觉 我跟了这节奏\n\
 后知后觉 又过了一个秋 后知后觉 我该好好生活 我该好好生活 不知不觉 你已经离开我\n";
 
 pub(crate) struct Env {
@@ -54,7 +55,11 @@ impl Env {
     pub(crate) fn fails(&self, args: &[&str], needle: &str) -> Run {
         let r = self.run(args);
         assert_ne!(r.code, 0, "{args:?} should fail");
-        let error = r.stderr.strip_prefix(r.stderr.lines().next().filter(|l| l.starts_with("training on ")).unwrap_or("")).unwrap_or(&r.stderr).trim_start();
+        let error = r
+            .stderr
+            .strip_prefix(r.stderr.lines().next().filter(|l| l.starts_with("training on ")).unwrap_or(""))
+            .unwrap_or(&r.stderr)
+            .trim_start();
         assert!(error.starts_with("error:"), "{args:?}: stderr {:?}", r.stderr);
         assert_eq!(error.trim_end().lines().count(), 1, "{args:?}: the error must be one line: {:?}", r.stderr);
         assert!(r.stderr.contains(needle), "{args:?}: stderr {:?} lacks {needle:?}", r.stderr);
@@ -66,8 +71,27 @@ impl Env {
 /// `train` with small settings that fit the test corpus.
 pub(crate) fn env_train_args() -> Vec<&'static str> {
     vec![
-        "train", "--corpus", "lyrics.txt", "--hidden", "32", "--steps", "5", "--batch", "4", "--epochs", "20",
-        "--lr", "1", "--clip", "1", "--pred-period", "10", "--pred-len", "8", "--device", "cpu",
+        "train",
+        "--corpus",
+        "lyrics.txt",
+        "--hidden",
+        "32",
+        "--steps",
+        "5",
+        "--batch",
+        "4",
+        "--epochs",
+        "20",
+        "--lr",
+        "1",
+        "--clip",
+        "1",
+        "--pred-period",
+        "10",
+        "--pred-len",
+        "8",
+        "--device",
+        "cpu",
     ]
 }
 
@@ -110,7 +134,8 @@ fn train_predict_eval_round_trip() {
     let files = model_files(&env.path("runs/lyrics"));
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(files[0] == "model.json" && files[1].ends_with(".safetensors"), "{files:?}");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("runs/lyrics/model.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("runs/lyrics/model.json")).unwrap()).unwrap();
     assert_eq!(json["epoch"], 20);
     assert_eq!(json["train"]["hidden"], 32);
     assert_eq!(json["model"]["vocab_size"].as_u64().unwrap() as usize, json["vocab"].as_str().unwrap().chars().count());
@@ -127,7 +152,11 @@ fn train_predict_eval_round_trip() {
     // eval on the training corpus: text and JSON agree.
     let e = env.run(&["eval"]);
     assert_eq!(e.code, 0, "{}", e.stderr);
-    assert!(e.stdout.contains("perplexity ") && e.stdout.contains("nats/char") && e.stdout.contains("bits per character"), "{}", e.stdout);
+    assert!(
+        e.stdout.contains("perplexity ") && e.stdout.contains("nats/char") && e.stdout.contains("bits per character"),
+        "{}",
+        e.stdout
+    );
     let j = env.run(&["eval", "--json"]);
     let v: serde_json::Value = serde_json::from_str(j.stdout.trim()).unwrap();
     let ppl = v["perplexity"].as_f64().unwrap();
@@ -157,7 +186,8 @@ fn consecutive_sampling_and_newlines_are_recorded_and_honoured() {
     assert_eq!(json["train"]["sampling"], "consecutive");
     assert_eq!(json["corpus"]["options"]["keep_newlines"], true);
     assert!(json["vocab"].as_str().unwrap().contains('\n'));
-    let v: serde_json::Value = serde_json::from_str(env.run(&["eval", "--model", "m", "--json"]).stdout.trim()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(env.run(&["eval", "--model", "m", "--json"]).stdout.trim()).unwrap();
     assert_eq!(v["chars"], 300);
     // Consecutive sampling saw whole rows: 300 characters / --batch 4.
     assert_eq!(v["context"], 75);
@@ -194,7 +224,11 @@ fn info_reports_versions_cuda_and_device() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains(&format!("charrnn {}", env!("CARGO_PKG_VERSION"))));
     assert!(r.stdout.contains("libtorch 2.13.0"), "{}", r.stdout);
-    assert!(r.stdout.lines().any(|l| l.starts_with("cuda available") || l.starts_with("cuda not available: ")), "{}", r.stdout);
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with("cuda available") || l.starts_with("cuda not available: ")),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.lines().any(|l| l == "auto device cpu" || l.starts_with("auto device cuda:")));
     assert!(r.stdout.lines().any(|l| l.starts_with("cpu threads ")));
 }
@@ -217,11 +251,33 @@ fn bad_corpora_fail_cleanly_and_write_nothing() {
 #[test]
 fn bad_hyperparameters_fail_cleanly() {
     let env = Env::new();
-    for (flag, value) in [("--val-frac", "1"), ("--val-frac", "-0.1"), ("--val-frac", "0.0001"), ("--lr-decay", "0"), ("--lr-decay", "1.5"), ("--lr-decay-every", "0"), ("--layers", "0"), ("--dropout", "1"), ("--dropout", "-0.2"), ("--hidden", "0"), ("--steps", "0"), ("--batch", "0"), ("--epochs", "0"), ("--lr", "0"), ("--lr", "-1"), ("--clip", "-0.5"), ("--pred-period", "0"), ("--threads", "0")] {
+    for (flag, value) in [
+        ("--val-frac", "1"),
+        ("--val-frac", "-0.1"),
+        ("--val-frac", "0.0001"),
+        ("--lr-decay", "0"),
+        ("--lr-decay", "1.5"),
+        ("--lr-decay-every", "0"),
+        ("--layers", "0"),
+        ("--dropout", "1"),
+        ("--dropout", "-0.2"),
+        ("--hidden", "0"),
+        ("--steps", "0"),
+        ("--batch", "0"),
+        ("--epochs", "0"),
+        ("--lr", "0"),
+        ("--lr", "-1"),
+        ("--clip", "-0.5"),
+        ("--pred-period", "0"),
+        ("--threads", "0"),
+    ] {
         env.fails(&["train", "--corpus", "lyrics.txt", flag, value], flag);
     }
     // clap rejects non-numbers and unknown choices itself (exit 2, usage on stderr).
-    for args in [&["train", "--corpus", "lyrics.txt", "--hidden", "-3"][..], &["train", "--corpus", "lyrics.txt", "--sampling", "shuffled"]] {
+    for args in [
+        &["train", "--corpus", "lyrics.txt", "--hidden", "-3"][..],
+        &["train", "--corpus", "lyrics.txt", "--sampling", "shuffled"],
+    ] {
         let r = env.run(args);
         assert_eq!(r.code, 2, "{args:?}");
         assert!(r.stderr.starts_with("error:"), "{}", r.stderr);
@@ -327,7 +383,8 @@ fn gated_cells_train_save_and_load() {
     for cell in ["gru", "lstm"] {
         let r = env.train(&["--cell", cell, "--out", cell, "--epochs", "3"]);
         assert_eq!(r.code, 0, "{cell}: {}", r.stderr);
-        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path(cell).join("model.json")).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(env.path(cell).join("model.json")).unwrap()).unwrap();
         assert_eq!(json["model"]["cell"], cell);
         let p = env.run(&["predict", "--model", cell, "--prefix", "分开", "--num-chars", "5"]);
         assert_eq!(p.code, 0, "{cell}: {}", p.stderr);
@@ -340,7 +397,20 @@ fn gated_cells_train_save_and_load() {
 #[test]
 fn deep_embedded_models_with_dropout_round_trip() {
     let env = Env::new();
-    let r = env.train(&["--cell", "lstm", "--layers", "2", "--embed", "8", "--dropout", "0.3", "--out", "deep", "--epochs", "3"]);
+    let r = env.train(&[
+        "--cell",
+        "lstm",
+        "--layers",
+        "2",
+        "--embed",
+        "8",
+        "--dropout",
+        "0.3",
+        "--out",
+        "deep",
+        "--epochs",
+        "3",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("deep/model.json")).unwrap()).unwrap();
     assert_eq!(json["model"]["layers"], 2);
@@ -395,7 +465,8 @@ fn validation_keeps_the_best_epoch_and_the_last_one_apart() {
     assert_eq!(json["epoch"], best);
     let held_out = ((LYRICS.chars().count() * 6) as f64 * 0.2).round() as u64;
     assert_eq!(json["validation"]["chars"].as_u64().unwrap(), held_out);
-    let last: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("v/last/model.json")).unwrap()).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("v/last/model.json")).unwrap()).unwrap();
     assert_eq!(last["epoch"], 12);
     assert_eq!(last["validation"]["epoch"], 12);
     for model in ["v", "v/last"] {
@@ -407,7 +478,18 @@ fn validation_keeps_the_best_epoch_and_the_last_one_apart() {
 fn fused_backend_trains_the_same_model() {
     let env = Env::new();
     let perplexities = |backend: &str| -> Vec<f64> {
-        let r = env.train(&["--cell", "gru", "--backend", backend, "--out", backend, "--epochs", "4", "--pred-period", "1"]);
+        let r = env.train(&[
+            "--cell",
+            "gru",
+            "--backend",
+            backend,
+            "--out",
+            backend,
+            "--epochs",
+            "4",
+            "--pred-period",
+            "1",
+        ]);
         assert_eq!(r.code, 0, "{backend}: {}", r.stderr);
         reported_perplexities(&r.stdout)
     };
@@ -416,7 +498,8 @@ fn fused_backend_trains_the_same_model() {
     for (a, b) in scratch.iter().zip(&fused) {
         assert!((a - b).abs() < 1e-4 * a, "{scratch:?} vs {fused:?}");
     }
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("fused/model.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("fused/model.json")).unwrap()).unwrap();
     assert_eq!(json["model"]["backend"], "fused");
     let predict = |m: &str| env.run(&["predict", "--model", m, "--prefix", "分开", "--num-chars", "10"]).stdout;
     assert_eq!(predict("fused"), predict("scratch"));
@@ -424,7 +507,11 @@ fn fused_backend_trains_the_same_model() {
 
 /// The report lines' perplexities.
 fn reported_perplexities(stdout: &str) -> Vec<f64> {
-    stdout.lines().filter_map(|l| l.split(", perplexity ").nth(1)).map(|p| p.split(',').next().unwrap().parse().unwrap()).collect()
+    stdout
+        .lines()
+        .filter_map(|l| l.split(", perplexity ").nth(1))
+        .map(|p| p.split(',').next().unwrap().parse().unwrap())
+        .collect()
 }
 
 #[test]
@@ -446,7 +533,8 @@ fn bf16_training_follows_fp32_is_recorded_and_resumes_exactly() {
             assert!((a - b).abs() < 0.02 * a, "{cell}: fp32 {fp32:?} vs bf16 {bf16:?}");
         }
         assert_ne!(fp32, bf16, "{cell}: bf16 should round differently");
-        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path(&format!("{cell}-bf16/model.json"))).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(env.path(&format!("{cell}-bf16/model.json"))).unwrap()).unwrap();
         assert_eq!(json["train"]["precision"], "bf16");
     }
     // A resumed bf16 run ends exactly where a straight one does; its precision cannot be changed.
@@ -510,13 +598,35 @@ fn predict_samples_with_seeds_batches_streams_stops_and_reports_probabilities() 
     env.fails(&["predict", "--model", "m", "--prefix", "分开XY", "--num-chars", "3"], "'X', 'Y'");
     let r = env.run(&["predict", "--model", "m", "--prefix", "分开XY", "--num-chars", "3", "--unknown", "skip"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.starts_with("分开") && r.stderr.contains("warning: dropped") && r.stderr.contains("'X'"), "{} {}", r.stdout, r.stderr);
-    let streamed = env.run(&["predict", "--model", "m", "--prefix", "分开XY", "--num-chars", "3", "--unknown", "skip", "--stream"]);
+    assert!(
+        r.stdout.starts_with("分开") && r.stderr.contains("warning: dropped") && r.stderr.contains("'X'"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let streamed = env.run(&[
+        "predict",
+        "--model",
+        "m",
+        "--prefix",
+        "分开XY",
+        "--num-chars",
+        "3",
+        "--unknown",
+        "skip",
+        "--stream",
+    ]);
     assert_eq!(streamed.stdout, r.stdout, "streaming writes the prefix without the skipped characters");
-    env.fails(&["predict", "--model", "m", "--prefix", "XY", "--num-chars", "3", "--unknown", "skip"], "none of its characters");
+    env.fails(
+        &["predict", "--model", "m", "--prefix", "XY", "--num-chars", "3", "--unknown", "skip"],
+        "none of its characters",
+    );
     let r = env.run(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3", "--stream", "--samples", "2"]);
     assert!(r.code == 2 && r.stderr.starts_with("error: --stream writes a single sample"), "{} {}", r.code, r.stderr);
-    env.fails(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3", "--temperature", "-1"], "--temperature");
+    env.fails(
+        &["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3", "--temperature", "-1"],
+        "--temperature",
+    );
 }
 
 #[test]
@@ -538,18 +648,29 @@ fn chart_series(svg: &str) -> (Vec<String>, Vec<String>) {
     let doc = roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("not XML: {e}"));
     let mut series: Vec<String> = doc
         .descendants()
-        .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2") && n.attribute("points").is_some_and(|p| p.split(' ').filter(|s| !s.is_empty()).count() > 2))
+        .filter(|n| {
+            n.has_tag_name("polyline")
+                && n.attribute("stroke-width") == Some("2")
+                && n.attribute("points").is_some_and(|p| p.split(' ').filter(|s| !s.is_empty()).count() > 2)
+        })
         .map(|n| n.attribute("stroke").unwrap().to_string())
         .collect();
     series.dedup();
-    let labels = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(|t| t.trim().to_string()).collect();
+    let labels = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(|t| t.trim().to_string())
+        .collect();
     (series, labels)
 }
 
 #[test]
 fn train_logs_metrics_and_draws_its_chart_and_plot_overlays_runs() {
     let env = Env::new();
-    for (out, extra) in [("a", vec!["--val-frac", "0.2"]), ("b", vec!["--cell", "gru", "--val-frac", "0.2"]), ("c", vec![])] {
+    for (out, extra) in
+        [("a", vec!["--val-frac", "0.2"]), ("b", vec!["--cell", "gru", "--val-frac", "0.2"]), ("c", vec![])]
+    {
         let r = env.train(&[&["--epochs", "6", "--out", out][..], &extra[..]].concat());
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
@@ -558,11 +679,14 @@ fn train_logs_metrics_and_draws_its_chart_and_plot_overlays_runs() {
     assert_eq!(lines.len(), 6);
     for (i, m) in lines.iter().enumerate() {
         assert_eq!(m["epoch"], i + 1);
-        for key in ["train_perplexity", "val_perplexity", "learning_rate", "grad_norm", "chars_per_sec", "elapsed_sec"] {
+        for key in ["train_perplexity", "val_perplexity", "learning_rate", "grad_norm", "chars_per_sec", "elapsed_sec"]
+        {
             assert!(m[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {m}");
         }
     }
-    let c: serde_json::Value = serde_json::from_str(std::fs::read_to_string(env.path("c/metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(env.path("c/metrics.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap();
     assert!(c.get("val_perplexity").is_none(), "no split, no validation: {c}");
     // train's own chart: one run, its training and validation series.
     let (series, labels) = chart_series(&std::fs::read_to_string(env.path("a/perplexity.svg")).unwrap());
@@ -584,12 +708,20 @@ fn train_logs_metrics_and_draws_its_chart_and_plot_overlays_runs() {
 #[test]
 fn info_summarises_a_model_and_completions_print_scripts() {
     let env = Env::new();
-    assert_eq!(env.train(&["--epochs", "2", "--out", "m", "--cell", "lstm", "--layers", "2", "--dtype", "bf16"]).code, 0);
+    assert_eq!(
+        env.train(&["--epochs", "2", "--out", "m", "--cell", "lstm", "--layers", "2", "--dtype", "bf16"]).code,
+        0
+    );
     let r = env.run(&["info", "--model", "m"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     for needle in [
-        "network lstm, 2 layers of 32 units, one-hot input", "parameters ", "vocabulary 30 characters", "epochs 2 of 2",
-        "training sgd lr 1, clip 1, bf16 output layer", "training perplexity", "fnv1a64:",
+        "network lstm, 2 layers of 32 units, one-hot input",
+        "parameters ",
+        "vocabulary 30 characters",
+        "epochs 2 of 2",
+        "training sgd lr 1, clip 1, bf16 output layer",
+        "training perplexity",
+        "fnv1a64:",
     ] {
         assert!(r.stdout.contains(needle), "{needle:?} not in {}", r.stdout);
     }
@@ -609,7 +741,10 @@ fn info_summarises_a_model_and_completions_print_scripts() {
 
 fn group(n: i64) -> String {
     let s = n.to_string();
-    s.chars().enumerate().flat_map(|(i, c)| ((i > 0 && (s.len() - i) % 3 == 0).then_some(',')).into_iter().chain([c])).collect()
+    s.chars()
+        .enumerate()
+        .flat_map(|(i, c)| ((i > 0 && (s.len() - i) % 3 == 0).then_some(',')).into_iter().chain([c]))
+        .collect()
 }
 
 #[test]
@@ -617,7 +752,12 @@ fn train_echoes_its_configuration_and_quiet_and_verbose_do_what_they_say() {
     let env = Env::new();
     let r = env.train(&["--epochs", "3", "--out", "n"]);
     let first = r.stderr.lines().next().unwrap();
-    assert!(first.starts_with("training on cpu: corpus ") && first.contains("parameters") && first.contains("minibatches of 4x5 per epoch"), "{first}");
+    assert!(
+        first.starts_with("training on cpu: corpus ")
+            && first.contains("parameters")
+            && first.contains("minibatches of 4x5 per epoch"),
+        "{first}"
+    );
     let q = env.train(&["--epochs", "3", "--out", "q", "--quiet"]);
     assert_eq!((q.code, q.stdout.as_str(), q.stderr.as_str()), (0, "", ""));
     let v = env.train(&["--epochs", "3", "--out", "v", "--verbose"]);

@@ -18,8 +18,12 @@ fn corpus_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..300),
         "[\\PC\n\r ]{0,200}".prop_map(String::into_bytes),
-        ("[\\PC\n]{0,100}", prop::collection::vec(any::<u8>(), 0..4), "[\\PC]{0,50}")
-            .prop_map(|(a, junk, b)| [a.into_bytes(), junk, b.into_bytes()].concat()),
+        ("[\\PC\n]{0,100}", prop::collection::vec(any::<u8>(), 0..4), "[\\PC]{0,50}").prop_map(|(a, junk, b)| [
+            a.into_bytes(),
+            junk,
+            b.into_bytes()
+        ]
+        .concat()),
     ]
 }
 
@@ -84,10 +88,30 @@ proptest! {
 
 /// The places in model.json a mutation may hit.
 const FIELDS: &[&str] = &[
-    "/format", "/version", "/vocab", "/model/vocab_size", "/model/hidden", "/model/cell", "/model/layers", "/model/embed",
-    "/model/dropout", "/model/backend", "/weights", "/weights_bytes", "/epoch", "/train/steps", "/train/batch",
-    "/train/sampling", "/train/optimizer", "/resume/state", "/resume/state_bytes", "/resume/position/epoch",
-    "/resume/position/batch", "/resume/position/optimizer_step", "/resume/position/best", "/corpus/chars",
+    "/format",
+    "/version",
+    "/vocab",
+    "/model/vocab_size",
+    "/model/hidden",
+    "/model/cell",
+    "/model/layers",
+    "/model/embed",
+    "/model/dropout",
+    "/model/backend",
+    "/weights",
+    "/weights_bytes",
+    "/epoch",
+    "/train/steps",
+    "/train/batch",
+    "/train/sampling",
+    "/train/optimizer",
+    "/resume/state",
+    "/resume/state_bytes",
+    "/resume/position/epoch",
+    "/resume/position/batch",
+    "/resume/position/optimizer_step",
+    "/resume/position/best",
+    "/corpus/chars",
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -96,7 +120,16 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        prop_oneof![Just(0u64), Just(1), Just(2), Just(1 << 20), Just(1 << 40), Just(1_000_000_000_000), Just(u64::MAX)].prop_map(Value::from),
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(2),
+            Just(1 << 20),
+            Just(1 << 40),
+            Just(1_000_000_000_000),
+            Just(u64::MAX)
+        ]
+        .prop_map(Value::from),
         any::<f64>().prop_filter("JSON has no NaN or infinity", |x| x.is_finite()).prop_map(Value::from),
         "[\\PC]{0,12}".prop_map(Value::from),
         Just(Value::from("../../etc/passwd")),
@@ -115,12 +148,26 @@ fn model_copy() -> tempfile::TempDir {
         let corpus = dir.path().join("c.txt");
         std::fs::write(&corpus, TEXT.repeat(8)).unwrap();
         let config = TrainConfig {
-            hidden: 8, cell: charrnn::Cell::Gru, layers: 2, embed: 3, steps: 4, batch: 2, epochs: 2,
-            optimizer: charrnn::OptimizerKind::Adam, lr: 0.01, val_frac: Some(0.2), prefixes: vec!["分开".into()], ..Default::default()
+            hidden: 8,
+            cell: charrnn::Cell::Gru,
+            layers: 2,
+            embed: 3,
+            steps: 4,
+            batch: 2,
+            epochs: 2,
+            optimizer: charrnn::OptimizerKind::Adam,
+            lr: 0.01,
+            val_frac: Some(0.2),
+            prefixes: vec!["分开".into()],
+            ..Default::default()
         };
         let job = charrnn::TrainJob {
-            corpus, corpus_options: CorpusOptions::default(), out: Some(dir.path().join("m")), device: charrnn::DeviceSpec::Cpu,
-            threads: None, config,
+            corpus,
+            corpus_options: CorpusOptions::default(),
+            out: Some(dir.path().join("m")),
+            device: charrnn::DeviceSpec::Cpu,
+            threads: None,
+            config,
         };
         charrnn::run_train(&job, &mut ()).unwrap();
         dir

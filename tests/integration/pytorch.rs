@@ -1,5 +1,8 @@
 //! Cross-checks against PyTorch itself, run with the project's `.venv` interpreter.
-use charrnn::{clip_factor, cross_entropy, step_major, train_step, Cell, ModelConfig, Optimizer, OptimizerKind, Precision, RnnModel, State};
+use charrnn::{
+    clip_factor, cross_entropy, step_major, train_step, Cell, ModelConfig, Optimizer, OptimizerKind, Precision,
+    RnnModel, State,
+};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -84,7 +87,11 @@ fn one_training_step_matches_pytorch() {
         let mut grad_norm_sq = 0.0f64;
         for ((pname, _), g) in model.named_parameters().into_iter().zip(&first.grads) {
             let clipped = g * &factor;
-            assert_close(&format!("{name}: clipped grad of {pname}"), &clipped, &from_json(&reference[format!("grad_{pname}")]));
+            assert_close(
+                &format!("{name}: clipped grad of {pname}"),
+                &clipped,
+                &from_json(&reference[format!("grad_{pname}")]),
+            );
             grad_norm_sq += clipped.square().sum(Kind::Double).double_value(&[]);
         }
         for _ in 1..updates {
@@ -110,7 +117,10 @@ fn cell_gradients_match_pytorch_layers() {
         tch::no_grad(|| {
             for (name, p) in model.named_parameters() {
                 if name.starts_with('b') {
-                    let _ = p.shallow_clone().f_copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.3)).unwrap();
+                    let _ = p
+                        .shallow_clone()
+                        .f_copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.3))
+                        .unwrap();
                 }
             }
         });
