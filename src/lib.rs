@@ -29,6 +29,8 @@ mod optim;
 mod plot;
 mod predict;
 mod rng;
+#[cfg(test)]
+mod testutil;
 mod train;
 
 pub use batches::{rows, Sampling};
