@@ -29,9 +29,19 @@ impl Evaluation {
     }
 }
 
-/// Positions (rows x steps) scored per forward call by [`evaluate`]; the state carries across calls, so
-/// this bounds memory (the logits are positions x V floats) without changing the result.
+/// Positions (rows x steps) scored per forward call by [`evaluate`] at most; the state carries across calls,
+/// so this bounds memory without changing the result.
 const EVAL_POSITIONS: usize = 16_384;
+
+/// Logits (positions x V floats) computed per forward call at most: 64 MiB, so that a large vocabulary
+/// scores fewer positions per call instead of needing more memory (16,384 positions of a 65,536-character
+/// vocabulary would be 4.3 GB).
+const EVAL_LOGITS: usize = 1 << 24;
+
+/// Positions per forward call for a vocabulary of `vocab` characters.
+fn positions_per_call(vocab: usize) -> usize {
+    (EVAL_LOGITS / vocab.max(1)).clamp(1, EVAL_POSITIONS)
+}
 
 /// Evaluates `model` on `ids` (character indices, at least 2): the mean cross-entropy of predicting
 /// `ids[t + 1]` from the characters before it, for every t.
@@ -54,7 +64,8 @@ pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluat
     let total = Tensor::zeros([], (Kind::Double, device));
     // Full windows, `rows` at a time, then the shorter last window on its own.
     let full = n / w;
-    let rows_per_call = (EVAL_POSITIONS / w.min(EVAL_POSITIONS)).max(1);
+    let positions = positions_per_call(model.config().vocab_size);
+    let rows_per_call = (positions / w.min(positions)).max(1);
     let mut windows: Vec<(usize, usize, usize)> =
         (0..full).step_by(rows_per_call).map(|r| (r * w, (full - r).min(rows_per_call), w)).collect();
     if n % w > 0 {
@@ -66,7 +77,7 @@ pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluat
         let y = text.narrow(0, start as i64 + 1, span).view([rows as i64, len as i64]);
         let mut h = model.begin_state(rows);
         // Long single streams run faster in moderate chunks (measured: 512 steps beat 10,000 in one call).
-        let steps_per_call = (EVAL_POSITIONS / rows).clamp(1, 512);
+        let steps_per_call = (positions / rows).clamp(1, 512);
         for t in (0..len).step_by(steps_per_call) {
             let k = steps_per_call.min(len - t) as i64;
             let (logits, h_next) = model.forward(&x.narrow(1, t as i64, k), &h, false);
@@ -129,6 +140,34 @@ mod tests {
         assert!((windowed.cross_entropy - sum / 102.0).abs() < 1e-5, "{} vs {}", windowed.cross_entropy, sum / 102.0);
         let stream = evaluate(&model, &ids, usize::MAX).unwrap();
         assert!((windowed.cross_entropy - stream.cross_entropy).abs() > 1e-4, "windows must differ from one stream");
+    }
+
+    #[test]
+    fn logits_per_call_stay_bounded_for_any_vocabulary() {
+        for vocab in [1, 30, 1027, 65_536, 70_000, 1 << 20, 1 << 30] {
+            let p = positions_per_call(vocab);
+            assert!(p >= 1 && p <= EVAL_POSITIONS, "{vocab}: {p}");
+            assert!(p == 1 || p * vocab <= EVAL_LOGITS, "{vocab}: {p} positions of {vocab} logits");
+        }
+        assert_eq!(positions_per_call(30), EVAL_POSITIONS, "small vocabularies keep the full chunk");
+        // A vocabulary beyond 16 bits, evaluated in several calls: a uniform model scores ln V exactly.
+        let vocab = 70_000;
+        let model = RnnModel::zeros(ModelConfig::rnn(vocab, 2), Device::Cpu).unwrap();
+        let ids: Vec<i64> = (0..700).map(|i| (i * 997 % vocab) as i64).collect();
+        let e = evaluate(&model, &ids, usize::MAX).unwrap();
+        assert!(positions_per_call(vocab) < 699, "the text must take several calls");
+        assert!((e.cross_entropy / (vocab as f64).ln() - 1.0).abs() < 1e-5, "{}", e.perplexity());
+    }
+
+    #[test]
+    fn evaluation_has_no_dropout() {
+        // In one process the dropout masks would change from call to call.
+        let model =
+            RnnModel::new(ModelConfig { dropout: 0.5, layers: 2, ..ModelConfig::rnn(5, 16) }, 1, Device::Cpu).unwrap();
+        let scaled: Vec<Tensor> = model.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
+        model.set_parameters(&scaled).unwrap();
+        let ids: Vec<i64> = (0..200).map(|i| (i * 3 % 5) as i64).collect();
+        assert_eq!(evaluate(&model, &ids, 10).unwrap(), evaluate(&model, &ids, 10).unwrap());
     }
 
     #[test]

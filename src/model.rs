@@ -715,7 +715,12 @@ mod tests {
                 state = next;
                 // The same sums, but the output layer's product has other shapes (2 rows, not 8), which a BLAS
                 // may block differently: V + H = 12 terms, up to 4 steps × 2 layers deep.
-                assert_close_to(&format!("{config:?} step {t}"), &y, &logits.narrow(0, t * 2, 2), fp32_reorder_bound(12, 9));
+                assert_close_to(
+                    &format!("{config:?} step {t}"),
+                    &y,
+                    &logits.narrow(0, t * 2, 2),
+                    fp32_reorder_bound(12, 9),
+                );
             }
             assert_close_to(&format!("{config:?} final state"), &state.h, &end.h, fp32_reorder_bound(12, 8));
         }

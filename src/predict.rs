@@ -244,20 +244,47 @@ mod tests {
         assert_eq!(predict(&model, &vocab, "ab", 0).unwrap(), "ab");
     }
 
+    /// A one-hot rnn over "abcdef" that, after reading character i, gives its highest logit to character
+    /// `(i + 2) mod 6`: W_xh = 5 I (so h = tanh(5) e_i, the state's one-hot copy of the input), W_hh = 0,
+    /// W_hq = 10 P with P the shift by two.
+    fn shift_by_two() -> (RnnModel, Vocabulary) {
+        let eye = Tensor::eye(6, (Kind::Float, Device::Cpu));
+        let shift = eye.roll([2], [1]);
+        let zeros = || Tensor::zeros([6], (Kind::Float, Device::Cpu));
+        let params = vec![&eye * 5.0, eye.zeros_like(), zeros(), shift * 10.0, zeros()];
+        (RnnModel::from_tensors(ModelConfig::rnn(6, 6), params, Device::Cpu).unwrap(), Vocabulary::from_text("abcdef"))
+    }
+
     #[test]
-    fn prediction_follows_the_argmax_of_each_step() {
-        let (model, vocab) = setup();
-        let out = predict(&model, &vocab, "ca", 4).unwrap();
-        let ids = vocab.encode(&out, "t").unwrap();
-        let _guard = tch::no_grad_guard();
-        let mut h = model.begin_state(1);
-        for t in 0..ids.len() - 1 {
-            let (y, h1) = model.step(&Tensor::from_slice(&[ids[t]]), &h);
-            h = h1;
-            if t >= 1 {
-                assert_eq!(y.argmax(1, false).int64_value(&[0]), ids[t + 1], "position {}", t + 1);
-            }
-        }
+    fn prediction_feeds_each_chosen_character_back() {
+        let (model, vocab) = shift_by_two();
+        // Worked by hand: after "ca" comes a + 2 = c, then e, a, c, e.
+        assert_eq!(predict(&model, &vocab, "ca", 5).unwrap(), "caceace");
+        // The whole prefix is read: its last character decides the first one generated.
+        assert_eq!(predict(&model, &vocab, "ac", 3).unwrap(), "aceac");
+        let options = Generate { num_chars: 3, samples: 1, probs: true, ..Default::default() };
+        let probs = &generate(&model, &vocab, "f", &options, &mut |_, _| {}).unwrap()[0].probs;
+        // Each step's logits are 10 tanh(5) for the chosen character and 0 for the five others.
+        let top = 10.0 * 5f64.tanh();
+        let expected = top.exp() / (top.exp() + 5.0);
+        assert!(probs.iter().all(|p| (p - expected).abs() < 1e-5), "{probs:?} vs {expected}");
+    }
+
+    #[test]
+    fn generation_has_no_dropout() {
+        // In one process the dropout masks would change from call to call.
+        let vocab = Vocabulary::from_text("abcdef");
+        let model =
+            RnnModel::new(ModelConfig { dropout: 0.5, layers: 2, ..ModelConfig::rnn(6, 16) }, 1, Device::Cpu).unwrap();
+        let scaled: Vec<Tensor> = model.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
+        model.set_parameters(&scaled).unwrap();
+        let options = Generate { num_chars: 20, samples: 2, probs: true, ..Default::default() };
+        let a = generate(&model, &vocab, "ab", &options, &mut |_, _| {}).unwrap();
+        assert_eq!(a, generate(&model, &vocab, "ab", &options, &mut |_, _| {}).unwrap());
+        // Two greedy rows of one batch: the same text, and probabilities that differ at most in float32's last
+        // digits (a BLAS may round the rows of one product differently), where masks would change them by 1e-2.
+        assert_eq!(a[0].text, a[1].text);
+        assert!(a[0].probs.iter().zip(&a[1].probs).all(|(p, q)| (p - q).abs() < 1e-5), "{:?} vs {:?}", a[0], a[1]);
     }
 
     #[test]

@@ -17,5 +17,9 @@ pub(crate) fn fp32_reorder_bound(terms: usize, depth: usize) -> f64 {
 pub(crate) fn assert_close_to(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor, bound: f64) {
     let diff = (ours - theirs).abs().max().double_value(&[]);
     let scale = theirs.abs().max().double_value(&[]);
-    assert!(diff <= bound * scale, "{what}: max difference {diff:e} exceeds {:e} (bound {bound:e} × magnitude {scale:e})", bound * scale);
+    assert!(
+        diff <= bound * scale,
+        "{what}: max difference {diff:e} exceeds {:e} (bound {bound:e} × magnitude {scale:e})",
+        bound * scale
+    );
 }

@@ -969,6 +969,56 @@ mod tests {
     }
 
     #[test]
+    fn consecutive_sampling_carries_the_state_across_minibatches_and_resets_it_each_epoch() {
+        let (vocab, ids) = corpus();
+        // A clipping threshold of 1e-30 makes every update vanish below float32's resolution of the weights,
+        // so each epoch's perplexity is that of the same fixed model.
+        let config = TrainConfig {
+            hidden: 8,
+            steps: 5,
+            batch: 3,
+            epochs: 2,
+            lr: 1.0,
+            clip: 1e-30,
+            sampling: Sampling::Consecutive,
+            prefixes: vec!["ab".into()],
+            pred_period: 1000,
+            ..Default::default()
+        };
+        let model = RnnModel::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        // Weights 60 times the textbook's, so that the state carries enough to matter.
+        let scaled: Vec<Tensor> = model.parameters().into_iter().map(|p| p.detach() * 60.0).collect();
+        model.set_parameters(&scaled).unwrap();
+        let mut rec = Recorder::default();
+        train(&model, &vocab, &ids, &[], &config, None, &mut rec).unwrap();
+        // Worked out directly: the corpus cut into 3 rows of 120, each read as one stream of 23 × 5 inputs
+        // from a zero state (carried from minibatch to minibatch), or from a zero state at every minibatch.
+        let _guard = tch::no_grad_guard();
+        let rows = |shift: usize| {
+            let v: Vec<i64> = (0..3).flat_map(|r| ids[r * 120 + shift..r * 120 + shift + 115].to_vec()).collect();
+            Tensor::from_slice(&v).view([3, 115])
+        };
+        let (x, y) = (rows(0), rows(1));
+        let (logits, _) = model.forward(&x, &model.begin_state(3), false);
+        let carried = cross_entropy(&logits, &step_major(&y)).double_value(&[]).exp();
+        let reset = (0..23)
+            .map(|i| {
+                let (logits, _) = model.forward(&x.narrow(1, i * 5, 5), &model.begin_state(3), false);
+                cross_entropy(&logits, &step_major(&y.narrow(1, i * 5, 5))).double_value(&[])
+            })
+            .sum::<f64>();
+        let reset = (reset / 23.0).exp();
+        // Float32 losses of 345 positions, summed over 23 minibatches: good to about 1e-6 relative.
+        assert!((carried - reset).abs() > 1e-3 * carried, "the test needs a state that matters: {carried} vs {reset}");
+        let reported: Vec<f64> = rec.reports.iter().map(|r| r.perplexity).collect();
+        assert!(
+            (reported[0] - carried).abs() < 1e-5 * carried,
+            "epoch 1: {reported:?} vs carried {carried}, reset {reset}"
+        );
+        assert_eq!(reported[1], reported[0], "epoch 2 starts again from a zero state");
+    }
+
+    #[test]
     fn divergence_stops_training_naming_the_epoch_and_saves_nothing_after_it() {
         let config = TrainConfig {
             hidden: 12,

@@ -1,5 +1,5 @@
 //! Checkpoints end to end: exact resume, Ctrl-C and SIGTERM, SIGKILL at random moments, divergence.
-use crate::cli::{env_train_args, Env};
+use crate::cli::{env_train_args, Env, LYRICS};
 use charrnn::checkpoint;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -132,7 +132,7 @@ fn ten_epochs_then_resume_to_twenty_equals_twenty_straight() {
     let first = env.train(&[&extra[..], &["--out", "b", "--epochs", "10"]].concat());
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(position(&env.path("b")), (10, 0));
-    let rest = env.run(&["train", "--resume", "b", "--epochs", "20"]);
+    let rest = env.run(&["train", "--resume", "b", "--epochs", "20", "--device", "cpu"]);
     assert_eq!(rest.code, 0, "{}", rest.stderr);
     assert_eq!(reports_after(&first.stdout, 0), reports_after(&straight.stdout, 0)[..10]);
     assert_eq!(reports_after(&rest.stdout, 10), reports_after(&straight.stdout, 10));
@@ -172,7 +172,7 @@ fn ctrl_c_and_sigterm_checkpoint_exit_130_and_143_and_resume_exactly() {
         // Continue two epochs past the stop, and compare with a run that never stopped.
         let (epoch, batch) = position(&env.path("m"));
         let total = (epoch + 2).to_string();
-        let resumed = env.run(&["train", "--resume", "m", "--epochs", &total]);
+        let resumed = env.run(&["train", "--resume", "m", "--epochs", &total, "--device", "cpu"]);
         assert_eq!(resumed.code, 0, "{}", resumed.stderr);
         let mut straight_args: Vec<&str> = LONG_RUN.to_vec();
         straight_args.extend(["--out", "s", "--epochs", &total]);
@@ -196,12 +196,21 @@ fn a_second_ctrl_c_exits_at_once_and_the_last_checkpoint_still_loads() {
     signal(&child, "INT");
     let (status, stderr) = finish(child);
     assert_eq!(status, Some(130), "{stderr}");
-    for dir in ["m", "m/last"] {
-        let p = env.run(&["predict", "--model", dir, "--prefix", "分开", "--num-chars", "3"]);
-        assert_eq!(p.code, 0, "{dir}: {}", p.stderr);
-    }
-    let resumed = env.run(&["train", "--resume", "m", "--epochs", &(position(&env.path("m")).0 + 1).to_string()]);
+    // Without validation the model and the resumable checkpoint hold the same epoch's weights.
+    let outputs: Vec<String> = ["m", "m/last"]
+        .iter()
+        .map(|dir| {
+            let p = env.run(&["predict", "--model", dir, "--prefix", "分开", "--num-chars", "12", "--json"]);
+            assert_eq!(p.code, 0, "{dir}: {}", p.stderr);
+            p.stdout
+        })
+        .collect();
+    assert_eq!(outputs[0], outputs[1], "the model and its checkpoint disagree");
+    assert_same_parameters(&env.path("m"), &env.path("m/last"));
+    let next = position(&env.path("m")).0 + 1;
+    let resumed = env.run(&["train", "--resume", "m", "--epochs", &next.to_string(), "--device", "cpu"]);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert_eq!(position(&env.path("m")), (next, 0), "the resumed run ends after the epoch it was asked for");
 }
 
 /// When `path` was last modified, if it exists.
@@ -220,7 +229,7 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
     for (i, delay) in delays_ms.iter().enumerate() {
         let before = modified(&pointer);
         let child = if before.is_some() {
-            spawn(&env, &["train", "--resume", "m", "--epochs", "100000"])
+            spawn(&env, &["train", "--resume", "m", "--epochs", "100000", "--device", "cpu"])
         } else {
             spawn(&env, LONG_RUN)
         };
@@ -249,7 +258,7 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
     }
     // Whatever the kills left, the run continues and finishes, and its log has each epoch once.
     let total = position(&env.path("m")).0 + 1;
-    let r = env.run(&["train", "--resume", "m", "--epochs", &total.to_string()]);
+    let r = env.run(&["train", "--resume", "m", "--epochs", &total.to_string(), "--device", "cpu"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let log = std::fs::read_to_string(env.path("m").join(charrnn::METRICS_FILE)).unwrap();
     let epochs: Vec<usize> =
@@ -289,7 +298,21 @@ fn divergence_is_a_clear_error_and_keeps_the_last_good_checkpoint() {
         loaded.model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
     checkpoint::save_parts(&last, &params, loaded.file.clone(), Some(&state)).unwrap();
     let before = std::fs::read(last.join("model.json")).unwrap();
-    let r = env.fails(&["train", "--resume", "g", "--epochs", "4"], "diverged in epoch 3");
+    let r = env.fails(&["train", "--resume", "g", "--epochs", "4", "--device", "cpu"], "diverged in epoch 3");
     assert!(r.stderr.contains("the last good checkpoint (2 epochs) is kept in g"), "{}", r.stderr);
     assert_eq!(std::fs::read(last.join("model.json")).unwrap(), before);
+}
+
+#[test]
+fn resume_refuses_a_changed_corpus() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "2", "--out", "m"]).code, 0);
+    let before = std::fs::read(env.path("m/last/model.json")).unwrap();
+    // The same length with two characters swapped: only the fingerprint tells.
+    env.write("lyrics.txt", LYRICS.repeat(6).replacen("分开", "开分", 1).as_bytes());
+    env.fails(&["train", "--resume", "m", "--epochs", "4", "--device", "cpu"], "is not the text the run trained on");
+    env.write("longer.txt", LYRICS.repeat(7).as_bytes());
+    let args = ["train", "--resume", "m", "--epochs", "4", "--corpus", "longer.txt", "--device", "cpu"];
+    env.fails(&args, "longer.txt is not the text the run trained on");
+    assert_eq!(std::fs::read(env.path("m/last/model.json")).unwrap(), before, "the checkpoint is left as it was");
 }
