@@ -19,6 +19,8 @@ demo: build
 	$(CHARRNN) eval --model runs/demo
 
 test: setup
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
 	cargo test --release --all-targets
 	cargo test --release --doc
 

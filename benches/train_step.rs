@@ -70,7 +70,7 @@ fn textbook_workload(c: &mut Criterion) {
     let mut adam = Optimizer::new(OptimizerKind::Adam, &gru, 0.002).unwrap();
     let state = gru.begin_state(32);
     for precision in [Precision::Fp32, Precision::Bf16] {
-        g.bench_function(format!("train_step {} (chars)", precision.name()), |b| {
+        g.bench_function(format!("train_step {} (chars)", precision), |b| {
             b.iter(|| train_step(&gru, &x, &y, &state, 1.0, precision, &mut adam))
         });
     }

@@ -4,7 +4,7 @@ use crate::rng::Rng;
 use tch::{Device, Kind, Tensor};
 
 /// How minibatches are cut from the corpus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Sampling {
     /// Non-overlapping subsequences in random order; each minibatch starts from a zero state.
@@ -16,14 +16,6 @@ pub enum Sampling {
 }
 
 impl Sampling {
-    /// The name used on the command line and in model files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Sampling::Random => "random",
-            Sampling::Consecutive => "consecutive",
-        }
-    }
-
     /// Minibatches per epoch for a corpus of `len` indices (0 if none fits).
     pub fn batches_per_epoch(self, len: usize, batch: usize, steps: usize) -> usize {
         match self {
@@ -58,7 +50,7 @@ impl Sampling {
             (None, Some(s)) => format!("try --steps {s}"),
             (None, None) => "use a longer corpus or smaller --batch and --steps".to_string(),
         };
-        Err(Error::CorpusTooShort { chars: len, batch, steps, sampling: self.name(), hint })
+        Err(Error::CorpusTooShort { chars: len, batch, steps, sampling: self, hint })
     }
 
     /// One epoch of minibatches.

@@ -439,7 +439,7 @@ pub fn load_model(model_dir: Option<&Path>, device: DeviceSpec) -> Result<Loaded
 }
 
 /// What to do with prefix characters the model does not know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum UnknownChars {
     /// Refuse the prefix, naming them.
     #[default]

@@ -35,8 +35,8 @@ pub enum Error {
         batch: usize,
         /// Requested steps per sequence.
         steps: usize,
-        /// The sampler's name.
-        sampling: &'static str,
+        /// The minibatch order.
+        sampling: crate::batches::Sampling,
         /// Which settings would fit.
         hint: String,
     },

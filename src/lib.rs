@@ -16,6 +16,19 @@
 //! ```
 #![deny(missing_docs)]
 
+/// `Display` for the enums that the command line takes: the name clap parses (which serde writes too:
+/// both follow the variant's name, lower-cased; `names_agree` in the tests checks it).
+macro_rules! display_as_value_enum {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let value = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+                f.write_str(value.get_name())
+            }
+        }
+    )*};
+}
+
 mod batches;
 pub mod bptt;
 pub mod checkpoint;
@@ -31,6 +44,7 @@ mod predict;
 mod rng;
 #[cfg(test)]
 mod testutil;
+
 mod train;
 
 pub use batches::{rows, Sampling};
@@ -50,5 +64,34 @@ pub use predict::{generate, predict, Generate, Sample, Sampler};
 pub use rng::{Rng, Stream};
 pub use train::{
     carry_state, clip_factor, train, train_step, BestEpoch, EpochReport, Position, Progress, RunInfo, SaveReason,
-    StepOutput, TrainConfig, TrainObserver, TrainState, TrainSummary, AUTO_CHECKPOINT_SECS,
+    StepOutput, TrainConfig, TrainObserver, TrainState, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC,
+    DEFAULT_VAL_MIN_CHARS,
 };
+
+display_as_value_enum!(Cell, Init, Backend, OptimizerKind, Precision, Sampling, UnknownChars);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    fn agree<T: ValueEnum + serde::Serialize + std::fmt::Display>() {
+        for v in T::value_variants() {
+            assert_eq!(
+                serde_json::to_value(v).unwrap(),
+                v.to_string(),
+                "model files and the command line name it alike"
+            );
+        }
+    }
+
+    #[test]
+    fn names_agree() {
+        agree::<Cell>();
+        agree::<Init>();
+        agree::<Backend>();
+        agree::<OptimizerKind>();
+        agree::<Precision>();
+        agree::<Sampling>();
+    }
+}

@@ -68,7 +68,7 @@ pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluat
     let rows_per_call = (positions / w.min(positions)).max(1);
     let mut windows: Vec<(usize, usize, usize)> =
         (0..full).step_by(rows_per_call).map(|r| (r * w, (full - r).min(rows_per_call), w)).collect();
-    if n % w > 0 {
+    if !n.is_multiple_of(w) {
         windows.push((full * w, 1, n % w));
     }
     for (start, rows, len) in windows {
@@ -146,7 +146,7 @@ mod tests {
     fn logits_per_call_stay_bounded_for_any_vocabulary() {
         for vocab in [1, 30, 1027, 65_536, 70_000, 1 << 20, 1 << 30] {
             let p = positions_per_call(vocab);
-            assert!(p >= 1 && p <= EVAL_POSITIONS, "{vocab}: {p}");
+            assert!((1..=EVAL_POSITIONS).contains(&p), "{vocab}: {p}");
             assert!(p == 1 || p * vocab <= EVAL_LOGITS, "{vocab}: {p} positions of {vocab} logits");
         }
         assert_eq!(positions_per_call(30), EVAL_POSITIONS, "small vocabularies keep the full chunk");

@@ -7,7 +7,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 /// The recurrent cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Cell {
     /// `h = tanh(x W_xh + h W_hh + b_h)` (the textbook's RNN).
@@ -32,15 +32,6 @@ impl Cell {
             Cell::Lstm => 4,
         }
     }
-
-    /// The name used on the command line and in model files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Cell::Rnn => "rnn",
-            Cell::Gru => "gru",
-            Cell::Lstm => "lstm",
-        }
-    }
 }
 
 fn one() -> usize {
@@ -48,7 +39,7 @@ fn one() -> usize {
 }
 
 /// How parameters start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
     /// The textbook's: weights N(0, 0.01), biases 0.
@@ -59,7 +50,7 @@ pub enum Init {
 }
 
 /// How the recurrence is computed; both give the same function of the same parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// The cells written out in tensor operations, one time step at a time ([`Cell`]'s equations).
@@ -112,7 +103,7 @@ pub(crate) const B_HN: usize = 3;
 
 /// The precision of the output layer's matrix products in training (forward and both backward products),
 /// which at the textbook's sizes are nine tenths of the arithmetic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Float32 throughout.
@@ -124,14 +115,6 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The name used on the command line and in model files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-
     /// The element kind of the products' operands.
     pub(crate) fn kind(self) -> Kind {
         match self {
@@ -328,7 +311,7 @@ impl RnnModel {
         if params.len() != specs.len() {
             return Err(Error::config(
                 "model",
-                format!("{} parameters given, a {} needs {}", params.len(), config.cell.name(), specs.len()),
+                format!("{} parameters given, a {} needs {}", params.len(), config.cell, specs.len()),
             ));
         }
         let mut vars = Vec::with_capacity(specs.len());

@@ -4,7 +4,7 @@ use crate::model::{take_named, Init, RnnModel};
 use tch::Tensor;
 
 /// Which update rule training uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// `p <- p - lr * grad` (the textbook's).

@@ -78,6 +78,12 @@ pub struct TrainConfig {
     pub checkpoint_every: Option<usize>,
 }
 
+/// With `val_frac: None`, the fraction held out of corpora of at least [`DEFAULT_VAL_MIN_CHARS`] characters.
+pub const DEFAULT_VAL_FRAC: f64 = 0.1;
+
+/// With `val_frac: None`, the shortest corpus (in characters) that gets a validation split.
+pub const DEFAULT_VAL_MIN_CHARS: usize = 20_000;
+
 /// With `checkpoint_every: None`, the least time between two checkpoints, in seconds.
 pub const AUTO_CHECKPOINT_SECS: u64 = 60;
 
@@ -94,7 +100,7 @@ impl Default for TrainConfig {
             steps: 35,
             batch: 32,
             optimizer: OptimizerKind::Sgd,
-            lr: 100.0,
+            lr: OptimizerKind::Sgd.default_lr(),
             lr_decay: LrDecay::default(),
             clip: 0.01,
             precision: Precision::Fp32,
@@ -119,7 +125,7 @@ impl TrainConfig {
     /// The validation fraction for a corpus of `chars` characters: the configured one, else 0.1 from 20,000
     /// characters on and 0 below.
     pub fn resolved_val_frac(&self, chars: usize) -> f64 {
-        self.val_frac.unwrap_or(if chars >= 20_000 { 0.1 } else { 0.0 })
+        self.val_frac.unwrap_or(if chars >= DEFAULT_VAL_MIN_CHARS { DEFAULT_VAL_FRAC } else { 0.0 })
     }
 
     /// The network these settings describe, over `vocab_size` characters.
@@ -806,11 +812,14 @@ mod tests {
             .contains("--val-frac"));
     }
 
+    /// A checkpoint as the recorder keeps it: why, the parameters, the position and the state's tensors.
+    type Checkpoint = (SaveReason, Vec<Tensor>, Position, Vec<(String, Tensor)>);
+
     /// Records reports and copies of every checkpoint (model parameters and training state).
     #[derive(Default)]
     struct Recorder {
         reports: Vec<EpochReport>,
-        checkpoints: Vec<(SaveReason, Vec<Tensor>, Position, Vec<(String, Tensor)>)>,
+        checkpoints: Vec<Checkpoint>,
         /// Ask to stop after this many minibatches in all (counted from this recorder's start).
         stop_after: Option<usize>,
         minibatches: usize,

@@ -821,7 +821,7 @@ fn group(n: i64) -> String {
     let s = n.to_string();
     s.chars()
         .enumerate()
-        .flat_map(|(i, c)| ((i > 0 && (s.len() - i) % 3 == 0).then_some(',')).into_iter().chain([c]))
+        .flat_map(|(i, c)| ((i > 0 && (s.len() - i).is_multiple_of(3)).then_some(',')).into_iter().chain([c]))
         .collect()
 }
 

@@ -117,10 +117,7 @@ fn cell_gradients_match_pytorch_layers() {
         tch::no_grad(|| {
             for (name, p) in model.named_parameters() {
                 if name.starts_with('b') {
-                    let _ = p
-                        .shallow_clone()
-                        .f_copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.3))
-                        .unwrap();
+                    p.shallow_clone().f_copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.3)).unwrap();
                 }
             }
         });
@@ -133,7 +130,7 @@ fn cell_gradients_match_pytorch_layers() {
             *c = Tensor::randn([1, batch, h as i64], (Kind::Float, Device::Cpu)) * 0.5;
         }
         let mut input = json!({
-            "cell": cell.name(), "inputs": charrnn::rows(&inputs), "targets": charrnn::rows(&targets),
+            "cell": cell.to_string(), "inputs": charrnn::rows(&inputs), "targets": charrnn::rows(&targets),
             "h": to_json(&state.h.get(0)),
         });
         if let Some(c) = &state.c {

@@ -1,0 +1,500 @@
+//! The command line's schema (clap), and its conversion into the library's jobs. Defaults are read from
+//! the library (`TrainConfig::default()`, `OptimizerKind::default_lr`, ...), never written here.
+use charrnn::{
+    Backend, Cell, CorpusOptions, DeviceSpec, EvalJob, Generate, Init, LrDecay, OptimizerKind, Precision, PredictJob,
+    ResumeJob, Sampler, Sampling, TrainConfig, TrainJob, UnknownChars,
+};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const EXAMPLES: &str = "\
+Examples:
+  charrnn train --corpus data/yuanqu.txt --limit-chars 10000
+  charrnn predict --prefix 分开 --num-chars 10
+  charrnn eval --json
+  charrnn info
+  charrnn plot --model runs/yuanqu
+  charrnn completions bash";
+
+/// Character-level RNN trainer and sampler (the textbook char-RNN on libtorch).
+#[derive(Parser)]
+#[command(name = "charrnn", version, after_help = EXAMPLES, args_override_self = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train a model on a text file and save it.
+    #[command(after_help = "Examples:
+  charrnn train --corpus data/yuanqu.txt --limit-chars 10000
+  charrnn train --corpus lyrics.txt --sampling consecutive --epochs 100 --prefix 分开 --prefix 不分开
+  charrnn train --corpus lyrics.txt --cell lstm --layers 2 --embed 64 --dropout 0.2 --hidden 128
+  charrnn train --corpus lyrics.txt --cell gru --optimizer adam --lr-decay 0.5 --lr-decay-every 10
+  charrnn train --corpus lyrics.txt --cell lstm --backend fused --val-frac 0.1
+  charrnn train --corpus notes.txt --keep-newlines --hidden 128 --out runs/notes --device cpu --threads 2
+  charrnn train --corpus big.txt --cell lstm --optimizer adam --epochs 50 --checkpoint-every 5
+  charrnn train --resume runs/big --epochs 80
+
+Ctrl-C (or SIGTERM) finishes the current minibatch, saves a resumable checkpoint and exits with status 130
+(143); a second Ctrl-C exits at once, leaving the last complete checkpoint.")]
+    Train(TrainArgs),
+    /// Generate text after a prefix: greedily, or sampled with a temperature, top-k and top-p.
+    #[command(after_help = "Examples:
+  charrnn predict --prefix 分开 --num-chars 10
+  charrnn predict --model runs/yuanqu --prefix 不分开 --num-chars 50
+  charrnn predict --prefix 分开 --num-chars 100 --temperature 0.8 --top-k 40 --seed 7 --samples 5
+  charrnn predict --prefix 分开 --num-chars 2000 --temperature 1 --top-p 0.9 --stream --stop 。
+  charrnn predict --prefix 分开x --num-chars 20 --unknown skip --json")]
+    Predict(PredictArgs),
+    /// Measure a model's perplexity on a text.
+    #[command(after_help = "Examples:
+  charrnn eval
+  charrnn eval --model runs/yuanqu --corpus other.txt --limit-chars 5000 --json
+  charrnn eval --stream")]
+    Eval(EvalArgs),
+    /// Show versions, CUDA and cuDNN availability, the device `auto` picks and CPU threads; or summarise a
+    /// model.
+    #[command(after_help = "Examples:\n  charrnn info\n  charrnn info --model runs/yuanqu")]
+    Info(InfoArgs),
+    /// Chart training and validation perplexity per epoch of one or more runs (SVG, log scale).
+    #[command(
+        after_help = "Examples:\n  charrnn plot --model runs/yuanqu\n  charrnn plot --model runs/rnn --model runs/gru --out cells.svg"
+    )]
+    Plot(PlotArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  charrnn completions bash > ~/.local/share/bash-completion/completions/charrnn\n  charrnn completions zsh > ~/.zfunc/_charrnn\n  charrnn completions fish > ~/.config/fish/completions/charrnn.fish"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Summarise this model folder instead (cell, sizes, parameters, vocabulary, epochs, perplexities, corpus).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// A model folder whose metrics.jsonl to draw; repeat for several runs on one chart.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub model: Vec<PathBuf>,
+    /// The SVG file to write.
+    #[arg(long, value_name = "FILE", default_value = "perplexity.svg")]
+    pub out: PathBuf,
+}
+
+/// Where libtorch computes (shared by train, predict and eval).
+#[derive(Args)]
+pub struct DeviceArgs {
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t = DeviceSpec::Auto, value_name = "D")]
+    pub device: DeviceSpec,
+    /// CPU threads for libtorch [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// The textbook's settings, which every default of `train` comes from.
+fn textbook() -> TrainConfig {
+    TrainConfig::default()
+}
+
+/// `charrnn train`: the flags that a resumed run accepts are the plain fields of this struct; every flag that
+/// describes a new run lives in [`NewRunArgs`] or [`DrawArgs`], whose groups `--resume` conflicts with as a
+/// whole, so a flag added there can never be silently ignored by a resumed run. (clap gives no group to a
+/// struct with a flattened struct inside, hence two groups side by side.)
+#[derive(Args)]
+pub struct TrainArgs {
+    /// UTF-8 text to train on (with --resume: only if it moved; it must be the same text).
+    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    pub corpus: Option<PathBuf>,
+    /// Continue the run saved in this model folder exactly where it stopped, with its settings; only
+    /// --epochs (the new total), --checkpoint-every, --corpus, --device, --threads, --quiet and --verbose
+    /// may be given with it.
+    #[arg(long, value_name = "DIR", conflicts_with_all = [NEW_RUN, DRAW])]
+    pub resume: Option<PathBuf>,
+    #[arg(long, value_name = "N", help = epochs_help())]
+    pub epochs: Option<usize>,
+    /// Save a checkpoint every N epochs (always after the last, and on Ctrl-C) [default: at the end of
+    /// each epoch that ends a minute or more after the previous checkpoint].
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Print nothing but warnings and errors (no configuration line, reports, bar or summary).
+    #[arg(long, short, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print a report line every epoch, with the learning rate, gradient norm and speed.
+    #[arg(long, short)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub new: NewRunArgs,
+    /// How the reports' predictions choose characters (seeded by --seed and the epoch); part of a new run.
+    #[command(flatten)]
+    pub draw: DrawArgs,
+}
+
+/// The argument group of [`NewRunArgs`].
+const NEW_RUN: &str = "new-run";
+/// The argument group of [`DrawArgs`].
+const DRAW: &str = "draw";
+
+/// The flags that describe a new run (refused with `--resume`, which keeps the run's own).
+#[derive(Args)]
+#[group(id = NEW_RUN, multiple = true)]
+pub struct NewRunArgs {
+    /// Model folder to write [default: runs/<corpus file stem>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Hidden units.
+    #[arg(long, default_value_t = textbook().hidden)]
+    pub hidden: usize,
+    /// Recurrent cell: rnn (the textbook's tanh RNN), gru or lstm.
+    #[arg(long, value_enum, default_value_t = textbook().cell)]
+    pub cell: Cell,
+    /// Stacked recurrent layers.
+    #[arg(long, default_value_t = textbook().layers)]
+    pub layers: usize,
+    /// Learned embedding of this width instead of one-hot input (0 = one-hot).
+    #[arg(long, default_value_t = textbook().embed, value_name = "DIM")]
+    pub embed: usize,
+    /// Dropout probability between layers and before the output layer (training only).
+    #[arg(long, default_value_t = textbook().dropout, value_name = "P", allow_negative_numbers = true)]
+    pub dropout: f64,
+    #[arg(long, value_enum, help = init_help())]
+    pub init: Option<Init>,
+    /// Recurrence: scratch (the cells written out, step by step) or fused (libtorch's RNN/GRU/LSTM kernels;
+    /// cuDNN on a GPU). Same parameters, same results.
+    #[arg(long, value_enum, default_value_t = textbook().backend)]
+    pub backend: Backend,
+    /// Time steps per sequence (BPTT length).
+    #[arg(long, default_value_t = textbook().steps)]
+    pub steps: usize,
+    /// Sequences per minibatch.
+    #[arg(long, default_value_t = textbook().batch)]
+    pub batch: usize,
+    /// Update rule: sgd (the textbook's) or adam.
+    #[arg(long, value_enum, default_value_t = textbook().optimizer)]
+    pub optimizer: OptimizerKind,
+    #[arg(long, allow_negative_numbers = true, help = lr_help())]
+    pub lr: Option<f64>,
+    /// Multiply the learning rate by F every --lr-decay-every epochs (1 = no decay).
+    #[arg(long, default_value_t = textbook().lr_decay.factor, value_name = "F", allow_negative_numbers = true)]
+    pub lr_decay: f64,
+    /// Epochs between learning-rate decays.
+    #[arg(long, default_value_t = textbook().lr_decay.every, value_name = "N")]
+    pub lr_decay_every: usize,
+    /// Gradient clipping threshold on the global L2 norm.
+    #[arg(long, default_value_t = textbook().clip, allow_negative_numbers = true)]
+    pub clip: f64,
+    /// Precision of the output layer's matrix products: fp32, or bf16 (bfloat16 operands, float32
+    /// accumulation: faster where the CPU has AMX or AVX512-BF16, and on GPUs; much slower on CPUs without).
+    #[arg(long, value_enum, default_value_t = textbook().precision)]
+    pub dtype: Precision,
+    /// Minibatch sampler: random (fresh state per minibatch) or consecutive (state carried, detached).
+    #[arg(long, value_enum, default_value_t = textbook().sampling)]
+    pub sampling: Sampling,
+    /// Seed for initialisation and shuffling.
+    #[arg(long, default_value_t = textbook().seed)]
+    pub seed: u64,
+    /// Use only the first N characters of the corpus.
+    #[arg(long, value_name = "N")]
+    pub limit_chars: Option<usize>,
+    /// Keep newlines (by default each newline and carriage return becomes a space).
+    #[arg(long)]
+    pub keep_newlines: bool,
+    #[arg(long = "prefix", value_name = "P", help = prefix_help())]
+    pub prefixes: Vec<String>,
+    #[arg(long, value_name = "F", allow_negative_numbers = true, help = val_frac_help())]
+    pub val_frac: Option<f64>,
+    /// Epochs between reports.
+    #[arg(long, default_value_t = textbook().pred_period)]
+    pub pred_period: usize,
+    /// Characters predicted per prefix in reports.
+    #[arg(long, default_value_t = textbook().pred_len)]
+    pub pred_len: usize,
+}
+
+fn epochs_help() -> String {
+    format!(
+        "Passes over the corpus, in all (a resumed run's earlier epochs count) [default: {}; a resumed run keeps \
+         its own]",
+        textbook().epochs
+    )
+}
+
+fn init_help() -> String {
+    let (sgd, adam) = (OptimizerKind::Sgd, OptimizerKind::Adam);
+    format!(
+        "Initialisation: normal (the textbook's N(0, 0.01) weights, zero biases) or uniform (PyTorch's \
+         U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias) [default: {} with {sgd}, {} with {adam}]",
+        sgd.default_init(),
+        adam.default_init()
+    )
+}
+
+fn lr_help() -> String {
+    let (sgd, adam) = (OptimizerKind::Sgd, OptimizerKind::Adam);
+    format!("Learning rate [default: {} for {sgd}, {} for {adam}]", sgd.default_lr(), adam.default_lr())
+}
+
+fn prefix_help() -> String {
+    let quoted: Vec<String> = textbook().prefixes;
+    format!(
+        "Prefix to predict from at every report; repeat for several [default: {} when the corpus has them, else \
+         its first character]",
+        quoted.join(" and ")
+    )
+}
+
+fn val_frac_help() -> String {
+    format!(
+        "Hold out this fraction of the corpus (its end) for validation; the best epoch by validation perplexity is \
+         kept [default: {} from {} characters on, else 0]",
+        charrnn::DEFAULT_VAL_FRAC,
+        charrnn::DEFAULT_VAL_MIN_CHARS
+    )
+}
+
+/// How generated characters are chosen (shared by `predict` and the reports of `train`).
+#[derive(Args)]
+#[group(id = DRAW, multiple = true)]
+pub struct DrawArgs {
+    /// Softmax temperature: 0 takes the most likely character (greedy), 1 samples from the model, more
+    /// flattens its distribution.
+    #[arg(long, default_value_t = Sampler::default().temperature, value_name = "T", allow_negative_numbers = true)]
+    pub temperature: f64,
+    /// Sample only among the K most likely characters (0 = no limit).
+    #[arg(long, default_value_t = Sampler::default().top_k, value_name = "K")]
+    pub top_k: usize,
+    /// Sample only among the fewest most likely characters whose probabilities reach P (1 = no limit).
+    #[arg(long, default_value_t = Sampler::default().top_p, value_name = "P", allow_negative_numbers = true)]
+    pub top_p: f64,
+}
+
+impl DrawArgs {
+    fn sampler(&self, seed: u64) -> Sampler {
+        Sampler { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed }
+    }
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Model folder [default: the last model `train` wrote from this folder].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Text to continue.
+    #[arg(long, value_name = "P")]
+    pub prefix: String,
+    /// Characters to generate after the prefix.
+    #[arg(long, value_name = "N")]
+    pub num_chars: usize,
+    #[command(flatten)]
+    pub draw: DrawArgs,
+    /// Seed of the draws (sample i uses seed + i); the same seed, model and flags give the same text.
+    #[arg(long, default_value_t = Sampler::default().seed)]
+    pub seed: u64,
+    /// Independent samples, generated together as one batch and printed one per line.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub samples: usize,
+    /// Write characters as they are produced (one sample).
+    #[arg(long, conflicts_with = "json")]
+    pub stream: bool,
+    /// End a sample when it produces this string (kept in the text).
+    #[arg(long, value_name = "S")]
+    pub stop: Option<String>,
+    /// Print one JSON object per sample: the text and each generated character's probability.
+    #[arg(long)]
+    pub json: bool,
+    /// Prefix characters not in the model's vocabulary: error (name them) or skip (drop them, with a
+    /// warning).
+    #[arg(long, value_enum, default_value_t = UnknownChars::default())]
+    pub unknown: UnknownChars,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model folder [default: the last model `train` wrote from this folder].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Text to evaluate on [default: the training corpus, read with the training settings].
+    #[arg(long, value_name = "FILE")]
+    pub corpus: Option<PathBuf>,
+    /// Use only the first N characters.
+    #[arg(long, value_name = "N")]
+    pub limit_chars: Option<usize>,
+    /// Read the text as one stream; by default it is read in windows of the context the model was trained
+    /// with (--steps for random sampling, a whole row for consecutive), each from a zero state.
+    #[arg(long)]
+    pub stream: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// What `charrnn train` was asked to do.
+pub enum TrainTask {
+    /// A new run.
+    New(TrainJob),
+    /// Continue a saved run.
+    Resume(ResumeJob),
+}
+
+impl TrainArgs {
+    /// The job these flags describe (clap has already refused new-run flags with `--resume`).
+    pub fn into_task(self) -> TrainTask {
+        let (device, threads) = (self.device.device, self.device.threads);
+        if let Some(dir) = self.resume {
+            let epochs = self.epochs;
+            let (checkpoint_every, corpus) = (self.checkpoint_every, self.corpus);
+            return TrainTask::Resume(ResumeJob { dir, epochs, checkpoint_every, corpus, device, threads });
+        }
+        let n = self.new;
+        let corpus = self.corpus.expect("clap requires --corpus without --resume");
+        TrainTask::New(TrainJob {
+            corpus,
+            corpus_options: CorpusOptions { keep_newlines: n.keep_newlines, limit_chars: n.limit_chars },
+            out: n.out,
+            device,
+            threads,
+            config: TrainConfig {
+                hidden: n.hidden,
+                cell: n.cell,
+                layers: n.layers,
+                embed: n.embed,
+                dropout: n.dropout,
+                init: n.init.unwrap_or(n.optimizer.default_init()),
+                backend: n.backend,
+                steps: n.steps,
+                batch: n.batch,
+                optimizer: n.optimizer,
+                lr: n.lr.unwrap_or(n.optimizer.default_lr()),
+                lr_decay: LrDecay { factor: n.lr_decay, every: n.lr_decay_every },
+                clip: n.clip,
+                precision: n.dtype,
+                epochs: self.epochs.unwrap_or(textbook().epochs),
+                sampling: n.sampling,
+                seed: n.seed,
+                prefixes: n.prefixes,
+                val_frac: n.val_frac,
+                pred_period: n.pred_period,
+                pred_len: n.pred_len,
+                sampler: self.draw.sampler(n.seed),
+                checkpoint_every: self.checkpoint_every,
+            },
+        })
+    }
+}
+
+impl PredictArgs {
+    /// The library's job.
+    pub fn job(&self) -> PredictJob {
+        PredictJob {
+            model: self.model.clone(),
+            device: self.device.device,
+            threads: self.device.threads,
+            prefix: self.prefix.clone(),
+            unknown: self.unknown,
+            generate: Generate {
+                num_chars: self.num_chars,
+                samples: self.samples,
+                stop: self.stop.clone(),
+                sampler: self.draw.sampler(self.seed),
+                probs: self.json,
+            },
+        }
+    }
+}
+
+impl EvalArgs {
+    /// The library's job.
+    pub fn job(&self) -> EvalJob {
+        EvalJob {
+            model: self.model.clone(),
+            corpus: self.corpus.clone(),
+            limit_chars: self.limit_chars,
+            device: self.device.device,
+            threads: self.device.threads,
+            stream: self.stream,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The flags a resumed run accepts (besides --resume itself and --help).
+    const RESUMABLE: [&str; 7] = ["corpus", "epochs", "checkpoint-every", "device", "threads", "quiet", "verbose"];
+
+    /// `charrnn train --resume m` plus one flag (with a value it accepts, if it takes one).
+    fn with_resume(arg: &clap::Arg) -> Vec<String> {
+        let long = arg.get_long().expect("train's flags are long");
+        let mut argv = vec!["charrnn".to_string(), "train".into(), "--resume".into(), "m".into(), format!("--{long}")];
+        if arg.get_action().takes_values() {
+            let value = arg.get_possible_values().first().map_or("1".to_string(), |v| v.get_name().to_string());
+            argv.push(if long == "device" { "cpu".into() } else { value });
+        }
+        argv
+    }
+
+    #[test]
+    fn every_train_flag_outside_the_resumable_set_is_refused_with_resume() {
+        let cli = Cli::command();
+        let train = cli.find_subcommand("train").unwrap();
+        let mut refused = 0;
+        for arg in train.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["resume", "help"].contains(&long) {
+                continue;
+            }
+            let argv = with_resume(arg);
+            let result = Cli::command().try_get_matches_from(&argv);
+            if RESUMABLE.contains(&long) {
+                assert!(result.is_ok(), "{argv:?}: {}", result.err().unwrap());
+            } else {
+                let err = result.err().unwrap_or_else(|| panic!("{argv:?} was accepted"));
+                assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{argv:?}");
+                assert!(err.to_string().contains(&format!("--{long}")), "{argv:?}: {err}");
+                refused += 1;
+            }
+        }
+        // The 27 flags of a new run, --out to --top-p (so the walk saw them all).
+        assert_eq!(refused, 27);
+    }
+
+    #[test]
+    fn defaults_come_from_the_library() {
+        let cli = Cli::try_parse_from(["charrnn", "train", "--corpus", "x.txt"]).unwrap();
+        let Command::Train(args) = cli.command else { panic!("train") };
+        let TrainTask::New(job) = args.into_task() else { panic!("a new run") };
+        let mut expected = TrainConfig::default();
+        // Two settings follow the optimizer, and report prefixes are chosen from the corpus.
+        expected.init = expected.optimizer.default_init();
+        expected.prefixes = Vec::new();
+        assert_eq!(job.config, expected);
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_its_epochs_unless_given() {
+        for (argv, epochs) in [(vec!["--epochs", "9"], Some(9)), (vec![], None)] {
+            let all = [&["charrnn", "train", "--resume", "m"][..], &argv].concat();
+            let Command::Train(args) = Cli::try_parse_from(&all).unwrap().command else { panic!("train") };
+            let TrainTask::Resume(job) = args.into_task() else { panic!("a resumed run") };
+            assert_eq!(job.epochs, epochs);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The `charrnn` command: parses arguments (args.rs), calls the library, shows the results (render.rs) and
+//! maps errors to exit codes.
+mod args;
+mod render;
+
+use anyhow::Context;
+use args::{Cli, Command, EvalArgs, InfoArgs, PlotArgs, PredictArgs, TrainArgs, TrainTask};
+use clap::{CommandFactory, Parser};
+use render::Reporter;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+
+/// Makes the first SIGINT or SIGTERM a request (recorded in the returned number, which the training loop
+/// polls after each minibatch) and a second one an immediate exit with status 128 + signal.
+fn catch_stop_signals() -> std::io::Result<Arc<AtomicUsize>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let received = Arc::new(AtomicUsize::new(0));
+    let once = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Handlers run in the order registered: the exit checks the flag before this signal sets it.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&once))?;
+        signal_hook::flag::register(sig, Arc::clone(&once))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&received), sig as usize)?;
+    }
+    Ok(received)
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let signal = catch_stop_signals().context("cannot install the Ctrl-C handler")?;
+    let mut reporter = Reporter::new(signal, args.quiet, args.verbose);
+    let (outcome, what) = match args.into_task() {
+        TrainTask::Resume(job) => {
+            let what = format!("resuming {} failed", job.dir.display());
+            (charrnn::run_resume(&job, &mut reporter), what)
+        }
+        TrainTask::New(job) => {
+            let what = format!("training on {} failed", job.corpus.display());
+            (charrnn::run_train(&job, &mut reporter), what)
+        }
+    };
+    if let Some(bar) = &reporter.bar {
+        bar.finish_and_clear();
+    }
+    let outcome = match outcome {
+        Err(e @ charrnn::Error::Interrupted { .. }) => return Err(e.into()),
+        other => other.context(what)?,
+    };
+    if let Some(e) = reporter.write_error {
+        return Err(e.into());
+    }
+    render::train_outcome(&outcome, reporter.quiet);
+    Ok(())
+}
+
+fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    if args.stream && args.samples > 1 {
+        let msg = format!("--stream writes a single sample; drop --stream or --samples {}", args.samples);
+        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+    }
+    let mut out = std::io::stdout().lock();
+    let mut write_error = None;
+    let outcome = charrnn::run_predict(&args.job(), &mut |_, c| {
+        if args.stream && write_error.is_none() {
+            if let Err(e) = write!(out, "{c}").and_then(|_| out.flush()) {
+                write_error = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    Ok(render::predict_outcome(&mut out, &outcome, args.json, args.stream)?)
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let report = charrnn::run_eval(&args.job())?;
+    Ok(render::eval_report(&mut std::io::stdout().lock(), &report, args.json)?)
+}
+
+fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match args.model {
+        Some(dir) => render::model_summary(&mut out, &charrnn::model_summary(Some(&dir))?)?,
+        None => render::system_info(&mut out, &charrnn::info())?,
+    }
+    Ok(())
+}
+
+fn plot(args: PlotArgs) -> anyhow::Result<()> {
+    charrnn::run_plot(&args.model, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+fn main() -> ExitCode {
+    // Before libtorch (and MKL in it) starts, and before any other thread.
+    charrnn::prepare_process();
+    // libtorch failures that tch turns into panics still get one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        eprintln!("error: internal error: {}", msg.lines().next().unwrap_or(msg));
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train(a),
+        Command::Predict(a) => predict(a),
+        Command::Eval(a) => eval(a),
+        Command::Info(a) => info(a),
+        Command::Plot(a) => plot(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "charrnn", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(&charrnn::Error::Interrupted { signal, .. }) = e.downcast_ref() {
+                eprintln!("stopped: {e}");
+                return ExitCode::from((128 + signal).clamp(0, 255) as u8);
+            }
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! What `charrnn` shows: the training progress bar and report lines, and the output of predict, eval and
+//! info. Samples and results go to stdout, progress and diagnostics to stderr.
+use charrnn::{
+    EpochReport, EvalReport, Info, ModelSummary, Precision, PredictOutcome, Progress, RunInfo, TrainObserver,
+    TrainOutcome,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Prints the textbook's report lines to stdout and, on a terminal, a progress bar on stderr; passes on
+/// the signal that asked training to stop.
+pub struct Reporter {
+    /// Whether stderr is a terminal (else no bar is drawn).
+    tty: bool,
+    pub bar: Option<ProgressBar>,
+    last_draw: Instant,
+    pub write_error: Option<std::io::Error>,
+    /// The number of the first SIGINT or SIGTERM received (0: none).
+    signal: Arc<AtomicUsize>,
+    pub quiet: bool,
+    verbose: bool,
+    /// Characters per minibatch (for the bar's speed).
+    chars_per_batch: usize,
+    /// When the bar started, and its position then.
+    bar_start: (Instant, u64),
+}
+
+impl Reporter {
+    pub fn new(signal: Arc<AtomicUsize>, quiet: bool, verbose: bool) -> Self {
+        let tty = std::io::stderr().is_terminal() && !quiet;
+        Reporter {
+            tty,
+            bar: None,
+            last_draw: Instant::now(),
+            write_error: None,
+            signal,
+            quiet,
+            verbose,
+            chars_per_batch: 0,
+            bar_start: (Instant::now(), 0),
+        }
+    }
+
+    fn print(&mut self, text: &str) {
+        let write = || -> std::io::Result<()> {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()
+        };
+        let result = match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        };
+        if let Err(e) = result {
+            self.write_error.get_or_insert(e);
+        }
+    }
+}
+
+/// `n` with thousands separators: 1234567 -> "1,234,567".
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The one line `train` prints before it starts: device, data, network, schedule.
+fn describe_run(i: &RunInfo) -> String {
+    let c = &i.config;
+    let input = if i.model.embed > 0 { format!("embedding {}", i.model.embed) } else { "one-hot".into() };
+    let dropout = if i.model.dropout > 0.0 { format!(", dropout {}", i.model.dropout) } else { String::new() };
+    let resumed = i.resumed_at.map(|(e, b)| {
+        format!(", resuming after epoch {e}{}", if b > 0 { format!(" minibatch {b}") } else { String::new() })
+    });
+    let precision =
+        if c.precision == Precision::Fp32 { String::new() } else { format!(", {} output layer", c.precision) };
+    format!(
+        "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}{precision}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epoch{}{}",
+        i.device,
+        grouped(i.corpus_chars as u64),
+        grouped(i.train_chars as u64),
+        grouped((i.corpus_chars - i.train_chars) as u64),
+        grouped(i.vocab_size as u64),
+        i.model.cell,
+        i.model.layers,
+        i.model.hidden,
+        grouped(i.parameters),
+        i.batches,
+        c.batch,
+        c.steps,
+        c.optimizer,
+        c.lr,
+        c.epochs,
+        if c.epochs == 1 { "" } else { "s" },
+        resumed.unwrap_or_default()
+    )
+}
+
+impl TrainObserver for Reporter {
+    fn begin(&mut self, info: &RunInfo) {
+        self.chars_per_batch = info.config.batch * info.config.steps;
+        if !self.quiet {
+            if let Some(bar) = &self.bar {
+                bar.suspend(|| eprintln!("{}", describe_run(info)));
+            } else {
+                eprintln!("{}", describe_run(info));
+            }
+        }
+    }
+
+    fn stop_requested(&mut self) -> Option<i32> {
+        match self.signal.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n as i32),
+        }
+    }
+
+    fn minibatch(&mut self, p: &Progress<'_>) {
+        if !self.tty {
+            return;
+        }
+        let position = ((p.epoch - 1) * p.batches + p.batch) as u64;
+        let bar_start = &mut self.bar_start;
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new((p.epochs * p.batches) as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{msg} [{elapsed_precise}<{eta_precise}] {wide_bar}")
+                    .expect("valid template"),
+            );
+            // A resumed run starts part of the way in; its speed counts from here.
+            bar.set_position(position.saturating_sub(1));
+            bar.reset_eta();
+            *bar_start = (Instant::now(), position.saturating_sub(1));
+            bar
+        });
+        bar.set_position(position);
+        // Reading the perplexity waits for the device; do it only as often as a person can read it.
+        if self.last_draw.elapsed() >= Duration::from_millis(200) || p.batch == p.batches {
+            self.last_draw = Instant::now();
+            let (since, from) = self.bar_start;
+            let speed =
+                (position - from) as f64 * self.chars_per_batch as f64 / since.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "epoch {}/{} minibatch {}/{} perplexity {:.3} {} chars/s",
+                p.epoch,
+                p.epochs,
+                p.batch,
+                p.batches,
+                p.running_perplexity(),
+                grouped(speed as u64)
+            ));
+        }
+    }
+
+    fn epoch(&mut self, r: &EpochReport) {
+        if self.quiet || (r.samples.is_none() && !self.verbose) {
+            return;
+        }
+        let val = r.val_perplexity.map(|v| format!(", val perplexity {v:.6}")).unwrap_or_default();
+        let mut text = format!("epoch {}, perplexity {:.6}{val}, time {:.2} sec", r.epoch, r.perplexity, r.seconds);
+        if self.verbose {
+            let speed = r.chars as f64 / r.seconds.max(1e-9);
+            text.push_str(&format!(", lr {}, grad norm {:.6}, {} chars/s", r.lr, r.grad_norm, grouped(speed as u64)));
+        }
+        text.push('\n');
+        for s in r.samples.iter().flatten() {
+            text.push_str(&format!(" - {s}\n"));
+        }
+        self.print(&text);
+    }
+}
+
+/// After training: warnings, where the kept model is, and the one-line summary (all on stderr).
+pub fn train_outcome(outcome: &TrainOutcome, quiet: bool) {
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
+    if quiet {
+        return;
+    }
+    if let Some(best) = outcome.best_epoch.filter(|&b| b != outcome.epochs) {
+        let last = outcome.out.join(charrnn::LAST_DIR);
+        eprintln!(
+            "kept epoch {best}, the best by validation perplexity; the last epoch's model is in {}",
+            last.display()
+        );
+    }
+    eprintln!(
+        "saved model to {} ({} epochs on {}, perplexity {:.6})",
+        outcome.out.display(),
+        outcome.epochs,
+        outcome.device,
+        outcome.perplexity
+    );
+}
+
+/// `predict`'s samples: one per line, one JSON object per line with `json`, or (`streamed`: the text is
+/// already out) the line's end.
+pub fn predict_outcome(
+    out: &mut impl Write,
+    outcome: &PredictOutcome,
+    json: bool,
+    streamed: bool,
+) -> std::io::Result<()> {
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
+    for (i, s) in outcome.samples.iter().enumerate() {
+        if json {
+            let line = serde_json::json!({ "sample": i, "text": s.text, "generated": s.generated, "probs": s.probs, "stopped": s.stopped });
+            writeln!(out, "{line}")?;
+        } else if streamed {
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", s.text)?;
+        }
+    }
+    Ok(())
+}
+
+/// `eval`'s report, as text or one JSON object.
+pub fn eval_report(out: &mut impl Write, r: &EvalReport, json: bool) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{}", serde_json::to_string(r).expect("the report serialises"));
+    }
+    writeln!(out, "corpus {} ({} characters, read in windows of {})", r.corpus.display(), r.chars, r.context)?;
+    writeln!(out, "perplexity {:.6}", r.perplexity)?;
+    writeln!(out, "cross-entropy {:.6} nats/char", r.evaluation.cross_entropy)?;
+    writeln!(out, "bits per character {:.6}", r.bits_per_char)
+}
+
+/// `info --model`: a model folder's summary.
+pub fn model_summary(out: &mut impl Write, m: &ModelSummary) -> std::io::Result<()> {
+    let (f, c) = (&m.file, &m.file.model);
+    let input = if c.embed > 0 { format!("embedding {}", c.embed) } else { "one-hot".into() };
+    writeln!(out, "model {}", m.dir.display())?;
+    let layers = if c.layers == 1 { "1 layer".to_string() } else { format!("{} layers", c.layers) };
+    writeln!(
+        out,
+        "network {}, {layers} of {} units, {input} input, dropout {}, {} backend",
+        c.cell, c.hidden, c.dropout, c.backend
+    )?;
+    writeln!(out, "parameters {}", grouped(m.parameters))?;
+    writeln!(out, "vocabulary {} characters", grouped(c.vocab_size as u64))?;
+    writeln!(out, "epochs {} of {}", f.epoch, f.train.epochs)?;
+    let t = &f.train;
+    writeln!(out, "training {} lr {}, clip {}, {} output layer", t.optimizer, t.lr, t.clip, t.precision)?;
+    if let Some(p) = f.perplexity {
+        writeln!(out, "training perplexity {p:.6}")?;
+    }
+    if let Some(v) = &f.validation {
+        let held = grouped(v.chars as u64);
+        writeln!(out, "validation perplexity {:.6} (epoch {}, {held} characters held out)", v.perplexity, v.epoch)?;
+    }
+    let hash = f.corpus.hash.as_deref().unwrap_or("not recorded");
+    writeln!(out, "corpus {} ({} characters, {hash})", f.corpus.path.display(), grouped(f.corpus.chars as u64))?;
+    writeln!(out, "trained on {} with charrnn {}", f.device, f.charrnn_version)?;
+    if let Some(r) = &f.resume {
+        writeln!(out, "resumable at epoch {} minibatch {}", r.position.epoch, r.position.batch)?;
+    }
+    Ok(())
+}
+
+/// `info`: versions, CUDA and the CPU threads.
+pub fn system_info(out: &mut impl Write, i: &Info) -> std::io::Result<()> {
+    let cuda = match i.cuda.missing_reason() {
+        None if i.cuda.gpu_names.is_empty() => format!("available ({} device(s))", i.cuda.devices),
+        None => format!("available ({} device(s): {})", i.cuda.devices, i.cuda.gpu_names.join(", ")),
+        Some(why) => format!("not available: {why}"),
+    };
+    writeln!(out, "charrnn {}", i.charrnn)?;
+    writeln!(out, "libtorch {}", i.libtorch)?;
+    writeln!(out, "cuda {cuda}")?;
+    writeln!(out, "cudnn {}", if i.cudnn { "available" } else { "not available" })?;
+    writeln!(out, "auto device {}", i.auto_device)?;
+    writeln!(out, "cpu threads {}", i.cpu_threads)
+}
