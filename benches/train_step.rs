@@ -6,8 +6,8 @@
 //! Run: `make bench` (or `cargo bench --bench train_step`). CPU only; libtorch's CPU ops are synchronous,
 //! so reading the clock after each call measures finished work.
 use charrnn::{
-    evaluate, generate, predict, read_corpus, train_step, Cell, CorpusOptions, Generate, Init, ModelConfig, Optimizer,
-    OptimizerKind, Precision, Rng, RnnModel, Sampler, Sampling, Vocabulary,
+    evaluate, generate, predict, read_corpus, train_step, Arch, Cell, CorpusOptions, Generate, Init, ModelConfig,
+    Optimizer, OptimizerKind, Precision, Rng, RnnModel, Sampler, Sampling, Vocabulary,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::path::Path;
@@ -59,13 +59,10 @@ fn textbook_workload(c: &mut Criterion) {
     let mut g = c.benchmark_group("gru 2x512");
     g.sample_size(10);
     g.throughput(Throughput::Elements(32 * 35));
-    let config = ModelConfig {
-        cell: Cell::Gru,
-        layers: 2,
-        embed: 256,
-        init: Init::Uniform,
-        ..ModelConfig::rnn(vocab.len(), 512)
-    };
+    let config = ModelConfig::new(
+        vocab.len(),
+        Arch { cell: Cell::Gru, layers: 2, embed: 256, init: Init::Uniform, ..Arch::rnn(512) },
+    );
     let gru = RnnModel::new(config, 0, Device::Cpu).unwrap();
     let mut adam = Optimizer::new(OptimizerKind::Adam, &gru, 0.002).unwrap();
     let state = gru.begin_state(32);

@@ -1,7 +1,7 @@
 //! Train a tiny char-RNN on a string in memory with the library API, then predict from it.
 //!
 //! Run: `cargo run --release --example tiny`
-use charrnn::{predict, train, EpochReport, ModelConfig, RnnModel, Sampling, TrainConfig, TrainObserver, Vocabulary};
+use charrnn::{predict, train, Arch, EpochReport, RnnModel, Sampling, TrainConfig, TrainObserver, Vocabulary};
 
 struct PrintEvery;
 
@@ -18,7 +18,7 @@ fn main() -> charrnn::Result<()> {
     let vocab = Vocabulary::from_text(&text);
     let ids = vocab.encode(&text, "the corpus")?;
     let config = TrainConfig {
-        hidden: 64,
+        arch: Arch::rnn(64),
         steps: 8,
         batch: 4,
         lr: 1.0,
@@ -30,7 +30,8 @@ fn main() -> charrnn::Result<()> {
         pred_len: 12,
         ..Default::default()
     };
-    let model = RnnModel::new(ModelConfig::rnn(vocab.len(), config.hidden), 0, tch::Device::Cpu)?;
+    // The model the configuration describes (train refuses any other).
+    let model = RnnModel::new(config.model_config(vocab.len()), 0, tch::Device::Cpu)?;
     let summary = train(&model, &vocab, &ids, &[], &config, None, &mut PrintEvery)?;
     println!("final perplexity {:.3}", summary.perplexity);
     println!("{}", predict(&model, &vocab, "不知", 12)?);

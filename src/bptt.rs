@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 /// Whether [`loss_and_grads`] computes this model: any cell written out (the scratch backend), without
 /// dropout. Other models train through autograd.
 pub fn supports(config: &ModelConfig) -> bool {
-    config.backend == Backend::Scratch && config.dropout == 0.0
+    config.arch.backend == Backend::Scratch && config.arch.dropout == 0.0
 }
 
 /// What one pass over a minibatch gives.
@@ -67,15 +67,15 @@ pub fn loss_and_grads(
     let c = model.config();
     let params = model.parameters();
     let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
-    let (h, n) = (c.hidden as i64, batch * steps);
+    let (h, n) = (c.arch.hidden as i64, batch * steps);
     let ids = step_major(inputs);
     // The embedding rows of the inputs, [n, D], when there is an embedding.
-    let embedded = (c.embed > 0).then(|| params[0].index_select(0, &ids));
+    let embedded = (c.arch.embed > 0).then(|| params[0].index_select(0, &ids));
 
     // Forward, layer by layer: the input projections x W_xh + b_h of all steps at once, [steps, batch, kH],
     // then the recurrence.
-    let mut tapes: Vec<Tape> = Vec::with_capacity(c.layers);
-    for l in 0..c.layers {
+    let mut tapes: Vec<Tape> = Vec::with_capacity(c.arch.layers);
+    for l in 0..c.arch.layers {
         let (w_xh, b_h) = (model.layer_param(l, W_XH), model.layer_param(l, B_H));
         let projected = match (l, &embedded) {
             // One-hot rows times W_xh are rows of W_xh.
@@ -87,7 +87,7 @@ pub fn loss_and_grads(
         let c0 = state.c.as_ref().map(|c| c.get(l as i64));
         tapes.push(forward_layer(model, l, &projected, &state.h.get(l as i64), c0.as_ref()));
     }
-    let top = outputs(&tapes[c.layers - 1].hs, steps, n, h);
+    let top = outputs(&tapes[c.arch.layers - 1].hs, steps, n, h);
     let (w_hq, b_q) = (model.output_weight(), model.output_bias());
     // The output layer's operands at `precision`: `top [n, H]`, `w [H, V]`.
     let kind = precision.kind();
@@ -125,7 +125,7 @@ pub fn loss_and_grads(
     let mut d_out = (d.mm(&w_k.tr()).to_kind(Kind::Float) * inv_n).view([steps, batch, h]);
     drop(d);
 
-    for l in (0..c.layers).rev() {
+    for l in (0..c.arch.layers).rev() {
         let w_xh = model.layer_param(l, W_XH);
         // The gradient of the layer's input projection, [n, kH].
         let d_pre = backward_layer(model, l, &tapes[l], d_out.shallow_clone(), &mut grads);
@@ -161,11 +161,11 @@ pub fn loss_and_grads(
 /// Layer `l`'s recurrence from its input projection `projected` `[steps, batch, kH]` and initial state `h0`
 /// (and an LSTM's `c0`), `[batch, H]`.
 fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor, c0: Option<&Tensor>) -> Tape {
-    let (steps, batch, h) = (projected.size()[0], projected.size()[1], model.config().hidden as i64);
+    let (steps, batch, h) = (projected.size()[0], projected.size()[1], model.config().arch.hidden as i64);
     let w_hh = model.layer_param(l, W_HH);
     let hs = Tensor::empty([steps + 1, batch, h], (Kind::Float, projected.device()));
     hs.get(0).copy_(h0);
-    match model.config().cell {
+    match model.config().arch.cell {
         Cell::Rnn => {
             // h_t = tanh(x_t W_xh + b_h + h_{t-1} W_hh)
             for t in 0..steps {
@@ -221,7 +221,7 @@ fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor, c0
 /// working space). Puts the gradients of `W_hh` (and a GRU's `b_hn`) into `grads`, and returns the gradient of
 /// the layer's input projection `x W_xh + b_h`, `[steps * batch, kH]`.
 fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads: &mut [Tensor]) -> Tensor {
-    let (steps, batch, h) = (d_out.size()[0], d_out.size()[1], model.config().hidden as i64);
+    let (steps, batch, h) = (d_out.size()[0], d_out.size()[1], model.config().arch.hidden as i64);
     let n = steps * batch;
     let w_hh_t = model.layer_param(l, W_HH).tr();
     let h_prev = tape.hs.narrow(0, 0, steps);
@@ -324,6 +324,7 @@ fn outputs(hs: &Tensor, steps: i64, n: i64, h: i64) -> Tensor {
 mod tests {
     use super::*;
     use crate::model::cross_entropy;
+    use crate::model::Arch;
     use crate::testutil::{assert_close_to, fp32_reorder_bound};
     use tch::Device;
 
@@ -342,7 +343,7 @@ mod tests {
         let cases =
             [Cell::Rnn, Cell::Gru, Cell::Lstm].into_iter().flat_map(|cell| [(cell, 1, 0), (cell, 3, 0), (cell, 2, 5)]);
         for (cell, layers, embed) in cases {
-            let config = ModelConfig { cell, layers, embed, ..ModelConfig::rnn(13, 9) };
+            let config = ModelConfig::new(13, Arch { cell, layers, embed, ..Arch::rnn(9) });
             let model = RnnModel::new(config, 2, Device::Cpu).unwrap();
             // Weights well above the textbook's 0.01, so that every path of the gradient matters.
             let values: Vec<Tensor> = model.parameters().iter().map(|p| p.detach() * 60.0 + 0.02).collect();
@@ -394,11 +395,12 @@ mod tests {
     #[test]
     fn every_written_out_cell_without_dropout_is_supported() {
         let base = ModelConfig::rnn(5, 4);
-        assert!(supports(&base) && supports(&ModelConfig { layers: 2, embed: 3, ..base }));
+        assert!(supports(&base) && supports(&ModelConfig { arch: Arch { layers: 2, embed: 3, ..base.arch }, ..base }));
         assert!(
-            supports(&ModelConfig { cell: Cell::Gru, ..base }) && supports(&ModelConfig { cell: Cell::Lstm, ..base })
+            supports(&ModelConfig { arch: Arch { cell: Cell::Gru, ..base.arch }, ..base })
+                && supports(&ModelConfig { arch: Arch { cell: Cell::Lstm, ..base.arch }, ..base })
         );
-        assert!(!supports(&ModelConfig { dropout: 0.1, ..base }));
-        assert!(!supports(&ModelConfig { backend: Backend::Fused, ..base }));
+        assert!(!supports(&ModelConfig { arch: Arch { dropout: 0.1, ..base.arch }, ..base }));
+        assert!(!supports(&ModelConfig { arch: Arch { backend: Backend::Fused, ..base.arch }, ..base }));
     }
 }

@@ -356,6 +356,7 @@ pub fn record_last_model(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::batches::Sampling;
+    use crate::model::Arch;
 
     fn sample(epoch: usize) -> (RnnModel, ModelFile) {
         sample_of(epoch, ModelConfig::rnn(4, 6))
@@ -370,7 +371,11 @@ mod tests {
             charrnn_version: "test".into(),
             vocab: vocab.chars().iter().collect(),
             model: config,
-            train: TrainConfig { hidden: 6, sampling: Sampling::Consecutive, ..Default::default() },
+            train: TrainConfig {
+                arch: Arch { hidden: 6, ..Arch::default() },
+                sampling: Sampling::Consecutive,
+                ..Default::default()
+            },
             corpus: CorpusInfo { path: "x.txt".into(), options: CorpusOptions::default(), chars: 4, hash: None },
             epoch,
             perplexity: Some(3.5),
@@ -402,15 +407,10 @@ mod tests {
         use crate::model::{Backend, Cell, Init};
         for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
             for backend in [Backend::Scratch, Backend::Fused] {
-                let config = ModelConfig {
-                    cell,
-                    backend,
-                    layers: 2,
-                    embed: 3,
-                    dropout: 0.1,
-                    init: Init::Uniform,
-                    ..ModelConfig::rnn(4, 6)
-                };
+                let config = ModelConfig::new(
+                    4,
+                    Arch { cell, backend, layers: 2, embed: 3, dropout: 0.1, init: Init::Uniform, ..Arch::rnn(6) },
+                );
                 let dir = tempfile::tempdir().unwrap();
                 let (model, file) = sample_of(1, config);
                 save(dir.path(), &model, file).unwrap();

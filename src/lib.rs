@@ -5,12 +5,12 @@
 //! backpropagation through time with detached state, greedy prefix-conditioned prediction and perplexity.
 //!
 //! ```no_run
-//! use charrnn::{train, predict, ModelConfig, RnnModel, TrainConfig, Vocabulary};
+//! use charrnn::{train, predict, Arch, RnnModel, TrainConfig, Vocabulary};
 //! let text = "分开 不分开 我不能再想 我不 我不 我不要再想你";
 //! let vocab = Vocabulary::from_text(text);
 //! let ids = vocab.encode(text, "the corpus").unwrap();
-//! let config = TrainConfig { hidden: 32, steps: 4, batch: 2, epochs: 50, ..Default::default() };
-//! let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 32), 0, tch::Device::Cpu).unwrap();
+//! let config = TrainConfig { arch: Arch::rnn(32), steps: 4, batch: 2, epochs: 50, ..Default::default() };
+//! let model = RnnModel::new(config.model_config(vocab.len()), 0, tch::Device::Cpu).unwrap();
 //! train(&model, &vocab, &ids, &[], &config, None, &mut ()).unwrap();
 //! println!("{}", predict(&model, &vocab, "分开", 10).unwrap());
 //! ```
@@ -57,7 +57,9 @@ pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, load_cuda_backend, prepare_process, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
 pub use metrics::{evaluate, perplexity, Evaluation};
-pub use model::{cross_entropy, one_hot, step_major, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State};
+pub use model::{
+    cross_entropy, one_hot, step_major, Arch, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State,
+};
 pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use plot::{perplexity_svg, Curve};
 pub use predict::{generate, predict, Generate, Sample, Sampler};

@@ -93,6 +93,7 @@ pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Arch;
     use crate::model::ModelConfig;
 
     #[test]
@@ -163,7 +164,8 @@ mod tests {
     fn evaluation_has_no_dropout() {
         // In one process the dropout masks would change from call to call.
         let model =
-            RnnModel::new(ModelConfig { dropout: 0.5, layers: 2, ..ModelConfig::rnn(5, 16) }, 1, Device::Cpu).unwrap();
+            RnnModel::new(ModelConfig::new(5, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 1, Device::Cpu)
+                .unwrap();
         let scaled: Vec<Tensor> = model.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
         model.set_parameters(&scaled).unwrap();
         let ids: Vec<i64> = (0..200).map(|i| (i * 3 % 5) as i64).collect();

@@ -60,12 +60,12 @@ pub enum Backend {
     Fused,
 }
 
-/// Shape of the network; saved with the model. Fields added after the first release default so that
-/// older models still load (as a one-layer, one-hot rnn).
+/// The network's architecture: everything about its shape except the vocabulary. Written once, it is
+/// flattened into both [`ModelConfig`] and [`crate::TrainConfig`] (so model.json's `model` and `train`
+/// sections keep the fields they always had). `Default` is the textbook's. Fields added after the first
+/// release default so that older models still load (as a one-layer, one-hot rnn).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ModelConfig {
-    /// Vocabulary size V: width of the one-hot input and of the output layer.
-    pub vocab_size: usize,
+pub struct Arch {
     /// Hidden units H of every layer.
     pub hidden: usize,
     /// The recurrent cell.
@@ -86,6 +86,52 @@ pub struct ModelConfig {
     /// How the parameters were initialised.
     #[serde(default)]
     pub init: Init,
+}
+
+impl Default for Arch {
+    fn default() -> Self {
+        Arch::rnn(256)
+    }
+}
+
+impl Arch {
+    /// A textbook RNN of `hidden` units: one layer, one-hot input, no dropout, written-out cells, N(0, 0.01)
+    /// weights.
+    pub fn rnn(hidden: usize) -> Self {
+        Arch {
+            hidden,
+            cell: Cell::Rnn,
+            layers: 1,
+            embed: 0,
+            dropout: 0.0,
+            backend: Backend::Scratch,
+            init: Init::Normal,
+        }
+    }
+
+    /// Checks the shape is usable.
+    pub fn validate(&self) -> Result<()> {
+        if self.hidden == 0 {
+            return Err(Error::config("--hidden", "must be at least 1"));
+        }
+        if self.layers == 0 {
+            return Err(Error::config("--layers", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config("--dropout", format!("must be at least 0 and below 1, got {}", self.dropout)));
+        }
+        Ok(())
+    }
+}
+
+/// Shape of the network; saved with the model.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    /// Vocabulary size V: width of the one-hot input and of the output layer.
+    pub vocab_size: usize,
+    /// Everything else about its shape.
+    #[serde(flatten)]
+    pub arch: Arch,
 }
 
 /// The first layer's input to [`RnnModel::recur_scratch`]: character indices (one-hot input, whose product
@@ -131,32 +177,22 @@ impl Precision {
 }
 
 impl ModelConfig {
+    /// The network `arch` over `vocab_size` characters.
+    pub fn new(vocab_size: usize, arch: Arch) -> Self {
+        ModelConfig { vocab_size, arch }
+    }
+
     /// A textbook RNN (one layer, one-hot input, no dropout) of `hidden` units over `vocab_size` characters.
     pub fn rnn(vocab_size: usize, hidden: usize) -> Self {
-        ModelConfig {
-            vocab_size,
-            hidden,
-            cell: Cell::Rnn,
-            layers: 1,
-            embed: 0,
-            dropout: 0.0,
-            backend: Backend::Scratch,
-            init: Init::Normal,
-        }
+        ModelConfig::new(vocab_size, Arch::rnn(hidden))
     }
 
     /// Checks the shape is usable.
     pub fn validate(&self) -> Result<()> {
-        if self.vocab_size == 0 || self.hidden == 0 {
-            return Err(Error::config("--hidden", "the vocabulary and --hidden must be at least 1"));
+        if self.vocab_size == 0 {
+            return Err(Error::config("--corpus", "the vocabulary must have at least 1 character"));
         }
-        if self.layers == 0 {
-            return Err(Error::config("--layers", "must be at least 1"));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config("--dropout", format!("must be at least 0 and below 1, got {}", self.dropout)));
-        }
-        Ok(())
+        self.arch.validate()
     }
 
     /// The number of parameters, computed without building the shapes; `None` if it does not fit in a
@@ -164,13 +200,13 @@ impl ModelConfig {
     pub fn parameter_count(&self) -> Option<u64> {
         let (v, h, k, d, l) = (
             self.vocab_size as u64,
-            self.hidden as u64,
-            self.cell.blocks() as u64,
-            self.embed as u64,
-            self.layers as u64,
+            self.arch.hidden as u64,
+            self.arch.cell.blocks() as u64,
+            self.arch.embed as u64,
+            self.arch.layers as u64,
         );
         let kh = k.checked_mul(h)?;
-        let gru = if self.cell == Cell::Gru { h } else { 0 };
+        let gru = if self.arch.cell == Cell::Gru { h } else { 0 };
         let first_input = if d > 0 { d } else { v };
         let embedding = v.checked_mul(d)?;
         // Each layer: W_xh [I, kH], W_hh [H, kH], b_h [kH] and for a GRU b_hn [H].
@@ -182,7 +218,7 @@ impl ModelConfig {
     }
 
     fn per_layer(&self) -> usize {
-        if self.cell == Cell::Gru {
+        if self.arch.cell == Cell::Gru {
             4
         } else {
             3
@@ -194,12 +230,13 @@ impl ModelConfig {
     /// it), `W_hh [H, kH]`, `b_h [kH]` (k = [`Cell::blocks`]) and for a GRU `b_hn [H]`, named with a
     /// `_l{l}` suffix above the first layer; then the output layer `W_hq [H, V]`, `b_q [V]`.
     pub fn param_specs(&self) -> Vec<(String, Vec<i64>)> {
-        let (v, h, k, d) = (self.vocab_size as i64, self.hidden as i64, self.cell.blocks() as i64, self.embed as i64);
+        let (v, h, k, d) =
+            (self.vocab_size as i64, self.arch.hidden as i64, self.arch.cell.blocks() as i64, self.arch.embed as i64);
         let mut specs = Vec::new();
         if d > 0 {
             specs.push(("E".to_string(), vec![v, d]));
         }
-        for l in 0..self.layers {
+        for l in 0..self.arch.layers {
             let suffix = if l == 0 { String::new() } else { format!("_l{l}") };
             let input = if l > 0 {
                 h
@@ -211,7 +248,7 @@ impl ModelConfig {
             specs.push((format!("W_xh{suffix}"), vec![input, k * h]));
             specs.push((format!("W_hh{suffix}"), vec![h, k * h]));
             specs.push((format!("b_h{suffix}"), vec![k * h]));
-            if self.cell == Cell::Gru {
+            if self.arch.cell == Cell::Gru {
                 specs.push((format!("b_hn{suffix}"), vec![h]));
             }
         }
@@ -266,7 +303,7 @@ impl RnnModel {
     pub fn new(config: ModelConfig, seed: u64, device: Device) -> Result<Self> {
         config.validate()?;
         let mut rng = Rng::for_stream(seed, Stream::Init);
-        let bound = 1.0 / (config.hidden as f64).sqrt();
+        let bound = 1.0 / (config.arch.hidden as f64).sqrt();
         let mut init = |name: &str, shape: &[i64]| -> Result<Tensor> {
             let n = shape.iter().product::<i64>() as usize;
             let mut values: Vec<f32> = Vec::new();
@@ -278,7 +315,7 @@ impl RnnModel {
                 )
             })?;
             let mut draw = |f: &mut dyn FnMut(&mut Rng) -> f64| values.extend((0..n).map(|_| f(&mut rng) as f32));
-            match (name, config.init) {
+            match (name, config.arch.init) {
                 // The embedding is a lookup table: N(0, 1), like torch.nn.Embedding.
                 ("E", _) => draw(&mut |r| r.normal()),
                 (_, Init::Normal) if name.starts_with('b') => draw(&mut |_| 0.0),
@@ -311,7 +348,7 @@ impl RnnModel {
         if params.len() != specs.len() {
             return Err(Error::config(
                 "model",
-                format!("{} parameters given, a {} needs {}", params.len(), config.cell, specs.len()),
+                format!("{} parameters given, a {} needs {}", params.len(), config.arch.cell, specs.len()),
             ));
         }
         let mut vars = Vec::with_capacity(specs.len());
@@ -348,7 +385,7 @@ impl RnnModel {
     /// The position in [`ModelConfig::param_specs`] of parameter `which` (W_XH, W_HH, B_H, B_HN) of layer
     /// `l`.
     pub(crate) fn layer_index(&self, l: usize, which: usize) -> usize {
-        usize::from(self.config.embed > 0) + l * self.config.per_layer() + which
+        usize::from(self.config.arch.embed > 0) + l * self.config.per_layer() + which
     }
 
     /// Parameter `which` of layer `l` (no lookup by name: this is called at every time step).
@@ -402,15 +439,16 @@ impl RnnModel {
     /// The initial state: zeros, `[L, batch, H]` each.
     pub fn begin_state(&self, batch: usize) -> State {
         let c = &self.config;
-        let zeros = || Tensor::zeros([c.layers as i64, batch as i64, c.hidden as i64], (Kind::Float, self.device()));
-        State { h: zeros(), c: (c.cell == Cell::Lstm).then(zeros) }
+        let zeros =
+            || Tensor::zeros([c.arch.layers as i64, batch as i64, c.arch.hidden as i64], (Kind::Float, self.device()));
+        State { h: zeros(), c: (c.arch.cell == Cell::Lstm).then(zeros) }
     }
 
     /// Advances layer `l`'s cell one step given its input projection `xw = x W_xh + b_h` (Float
     /// `[batch, kH]`) and its state `h` (and `c`), each `[batch, H]`. Returns the new `(h, c)`.
     fn cell_step(&self, l: usize, xw: &Tensor, h: &Tensor, c: Option<&Tensor>) -> (Tensor, Option<Tensor>) {
         let hw = h.mm(self.layer_param(l, W_HH));
-        match self.config.cell {
+        match self.config.arch.cell {
             Cell::Rnn => ((xw + hw).tanh(), None),
             Cell::Gru => {
                 let (x3, h3) = (xw.chunk(3, 1), hw.chunk(3, 1));
@@ -436,11 +474,11 @@ impl RnnModel {
     /// single step: prediction runs one step per character).
     pub fn step(&self, x: &Tensor, state: &State) -> (Tensor, State) {
         let c = &self.config;
-        let mut input = if c.embed > 0 { self.params[0].index_select(0, x) } else { Tensor::new() };
-        let (mut hs, mut cs) = (Vec::with_capacity(c.layers), Vec::new());
-        for l in 0..c.layers {
+        let mut input = if c.arch.embed > 0 { self.params[0].index_select(0, x) } else { Tensor::new() };
+        let (mut hs, mut cs) = (Vec::with_capacity(c.arch.layers), Vec::new());
+        for l in 0..c.arch.layers {
             // One-hot input: its product with W_xh is a row gather.
-            let projection = if l == 0 && c.embed == 0 {
+            let projection = if l == 0 && c.arch.embed == 0 {
                 self.layer_param(0, W_XH).index_select(0, x)
             } else {
                 input.mm(self.layer_param(l, W_XH))
@@ -477,7 +515,7 @@ impl RnnModel {
         let c = &self.config;
         let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
         let ids = inputs.transpose(0, 1).reshape([-1]);
-        let (mut hs, state) = match (c.backend, c.embed > 0) {
+        let (mut hs, state) = match (c.arch.backend, c.arch.embed > 0) {
             (Backend::Scratch, true) => {
                 self.recur_scratch(First::Rows(self.params[0].index_select(0, &ids)), steps, batch, state, train)
             }
@@ -490,9 +528,9 @@ impl RnnModel {
             }
             (Backend::Fused, false) => self.recur_fused(one_hot(&ids, c.vocab_size), steps, batch, state, train),
         };
-        if c.dropout > 0.0 {
+        if c.arch.dropout > 0.0 {
             // Before the output layer (between layers it is applied by the recurrence).
-            hs = hs.dropout(c.dropout, train);
+            hs = hs.dropout(c.arch.dropout, train);
         }
         let logits = precision.mm(&hs, self.output_weight()) + self.output_bias();
         (logits, state)
@@ -503,11 +541,11 @@ impl RnnModel {
     /// top layer's states `[steps * batch, H]` and the final state.
     fn recur_scratch(&self, first: First, steps: i64, batch: i64, state: &State, train: bool) -> (Tensor, State) {
         let c = &self.config;
-        let (mut hs_end, mut cs_end) = (Vec::with_capacity(c.layers), Vec::new());
+        let (mut hs_end, mut cs_end) = (Vec::with_capacity(c.arch.layers), Vec::new());
         let mut xs = Tensor::new();
-        for l in 0..c.layers {
-            if l > 0 && c.dropout > 0.0 {
-                xs = xs.dropout(c.dropout, train);
+        for l in 0..c.arch.layers {
+            if l > 0 && c.arch.dropout > 0.0 {
+                xs = xs.dropout(c.arch.dropout, train);
             }
             let projection = match (l, &first) {
                 (0, First::Ids(ids)) => self.layer_param(0, W_XH).index_select(0, ids),
@@ -522,7 +560,7 @@ impl RnnModel {
                 (h, cell) = self.cell_step(l, &xw.get(t), &h, cell.as_ref());
                 outs.push(h.shallow_clone());
             }
-            xs = Tensor::stack(&outs, 0).view([steps * batch, c.hidden as i64]);
+            xs = Tensor::stack(&outs, 0).view([steps * batch, c.arch.hidden as i64]);
             hs_end.push(h);
             cs_end.extend(cell);
         }
@@ -534,11 +572,11 @@ impl RnnModel {
     /// `weight_hh = W_hh^T`, `bias_ih = b_h`, `bias_hh = 0`, or `[0, 0, b_hn]` for a GRU).
     fn recur_fused(&self, xs: Tensor, steps: i64, batch: i64, state: &State, train: bool) -> (Tensor, State) {
         let c = &self.config;
-        let h = c.hidden as i64;
-        let mut flat = Vec::with_capacity(4 * c.layers);
-        for l in 0..c.layers {
+        let h = c.arch.hidden as i64;
+        let mut flat = Vec::with_capacity(4 * c.arch.layers);
+        for l in 0..c.arch.layers {
             let b_h = self.layer_param(l, B_H);
-            let b_hh = match c.cell {
+            let b_hh = match c.arch.cell {
                 Cell::Gru => Tensor::cat(&[&b_h.zeros_like().narrow(0, 0, 2 * h), self.layer_param(l, B_HN)], 0),
                 _ => b_h.zeros_like(),
             };
@@ -550,8 +588,8 @@ impl RnnModel {
             ]);
         }
         let input = xs.view([steps, batch, -1]);
-        let (layers, p) = (c.layers as i64, c.dropout);
-        let (out, state) = match c.cell {
+        let (layers, p) = (c.arch.layers as i64, c.arch.dropout);
+        let (out, state) = match c.arch.cell {
             Cell::Rnn => {
                 let (out, h_n) = input.rnn_tanh(&state.h, &flat, true, layers, p, train, false, false);
                 (out, State { h: h_n, c: None })
@@ -605,19 +643,19 @@ mod tests {
     use crate::testutil::{assert_close_to, fp32_reorder_bound};
 
     fn small(cell: Cell) -> RnnModel {
-        RnnModel::new(ModelConfig { cell, ..ModelConfig::rnn(7, 5) }, 0, Device::Cpu).unwrap()
+        RnnModel::new(ModelConfig::new(7, Arch { cell, ..Arch::rnn(5) }), 0, Device::Cpu).unwrap()
     }
 
     #[test]
     fn parameter_count_matches_the_shapes_and_refuses_overflow() {
         for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
             for (layers, embed) in [(1, 0), (3, 0), (2, 5)] {
-                let c = ModelConfig { cell, layers, embed, ..ModelConfig::rnn(7, 4) };
+                let c = ModelConfig::new(7, Arch { cell, layers, embed, ..Arch::rnn(4) });
                 let counted: i64 = c.param_specs().iter().map(|(_, s)| s.iter().product::<i64>()).sum();
                 assert_eq!(c.parameter_count(), Some(counted as u64), "{cell:?} {layers} {embed}");
             }
         }
-        let huge = ModelConfig { hidden: 1 << 40, layers: 1 << 30, ..ModelConfig::rnn(1_000_000_000_000, 1) };
+        let huge = ModelConfig::new(1_000_000_000_000, Arch { hidden: 1 << 40, layers: 1 << 30, ..Arch::rnn(1) });
         assert_eq!(huge.parameter_count(), None);
     }
 
@@ -648,8 +686,8 @@ mod tests {
 
     #[test]
     fn uniform_initialisation_fills_plus_minus_one_over_root_h() {
-        let m =
-            RnnModel::new(ModelConfig { init: Init::Uniform, ..ModelConfig::rnn(50, 100) }, 1, Device::Cpu).unwrap();
+        let m = RnnModel::new(ModelConfig::new(50, Arch { init: Init::Uniform, ..Arch::rnn(100) }), 1, Device::Cpu)
+            .unwrap();
         for (name, p) in m.named_parameters() {
             let (lo, hi) = (p.min().double_value(&[]), p.max().double_value(&[]));
             assert!(lo >= -0.1 && hi <= 0.1, "{name}: [{lo}, {hi}]");
@@ -668,7 +706,7 @@ mod tests {
             assert_eq!(m.begin_state(3).c.is_some(), cell == Cell::Lstm);
         }
         let deep = RnnModel::new(
-            ModelConfig { layers: 3, embed: 4, cell: Cell::Gru, ..ModelConfig::rnn(7, 5) },
+            ModelConfig::new(7, Arch { layers: 3, embed: 4, cell: Cell::Gru, ..Arch::rnn(5) }),
             0,
             Device::Cpu,
         )
@@ -684,9 +722,9 @@ mod tests {
     #[test]
     fn forward_equals_the_step_applied_in_turn() {
         let configs = [Cell::Rnn, Cell::Gru, Cell::Lstm]
-            .map(|cell| ModelConfig { cell, ..ModelConfig::rnn(7, 5) })
+            .map(|cell| ModelConfig::new(7, Arch { cell, ..Arch::rnn(5) }))
             .into_iter()
-            .chain([ModelConfig { cell: Cell::Lstm, layers: 2, embed: 3, ..ModelConfig::rnn(7, 5) }]);
+            .chain([ModelConfig::new(7, Arch { cell: Cell::Lstm, layers: 2, embed: 3, ..Arch::rnn(5) })]);
         for config in configs {
             let m = RnnModel::new(config, 0, Device::Cpu).unwrap();
             let inputs = Tensor::from_slice(&[1i64, 2, 3, 4, 0, 6, 5, 5]).view([2, 4]);
@@ -727,7 +765,7 @@ mod tests {
         let table = Tensor::randn([7, 3], (Kind::Float, Device::Cpu));
         let x = Tensor::from_slice(&[4i64, 0, 6, 4]);
         assert!(one_hot(&x, 7).mm(&table).allclose(&table.index_select(0, &x), 1e-6, 1e-7, false));
-        let embedded = RnnModel::new(ModelConfig { embed: 3, ..ModelConfig::rnn(7, 5) }, 0, Device::Cpu).unwrap();
+        let embedded = RnnModel::new(ModelConfig::new(7, Arch { embed: 3, ..Arch::rnn(5) }), 0, Device::Cpu).unwrap();
         let p = embedded.parameters();
         let folded: Vec<Tensor> = std::iter::once(p[0].mm(p[1])).chain(p[2..].iter().map(|t| t.detach())).collect();
         let one_hot_model = RnnModel::from_tensors(ModelConfig::rnn(7, 5), folded, Device::Cpu).unwrap();
@@ -739,8 +777,8 @@ mod tests {
 
     #[test]
     fn dropout_acts_in_training_only() {
-        let m =
-            RnnModel::new(ModelConfig { dropout: 0.5, layers: 2, ..ModelConfig::rnn(7, 16) }, 0, Device::Cpu).unwrap();
+        let m = RnnModel::new(ModelConfig::new(7, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 0, Device::Cpu)
+            .unwrap();
         let inputs = Tensor::from_slice(&[1i64, 2, 3, 6]).view([2, 2]);
         let s = m.begin_state(2);
         let (eval_a, _) = m.forward(&inputs, &s, false);
@@ -754,12 +792,13 @@ mod tests {
     fn fused_and_scratch_backends_agree_on_outputs_and_gradients() {
         for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
             for (layers, embed) in [(1, 0), (2, 3)] {
-                let scratch_config = ModelConfig { cell, layers, embed, ..ModelConfig::rnn(7, 6) };
+                let scratch_config = ModelConfig::new(7, Arch { cell, layers, embed, ..Arch::rnn(6) });
                 let scratch = RnnModel::new(scratch_config, 3, Device::Cpu).unwrap();
                 // Weights and biases large enough for the gates and b_hn to matter.
                 let values: Vec<Tensor> = scratch.parameters().iter().map(|p| p.detach() * 40.0 + 0.05).collect();
                 scratch.set_parameters(&values).unwrap();
-                let fused_config = ModelConfig { backend: Backend::Fused, ..scratch_config };
+                let fused_config =
+                    ModelConfig { arch: Arch { backend: Backend::Fused, ..scratch_config.arch }, ..scratch_config };
                 let fused = RnnModel::from_tensors(fused_config, values, Device::Cpu).unwrap();
                 let inputs = Tensor::from_slice(&[1i64, 2, 3, 4, 0, 6, 5, 5, 2, 2, 1, 0]).view([3, 4]);
                 let targets = (&inputs + 1).remainder(7);
@@ -813,9 +852,9 @@ mod tests {
     #[test]
     fn bad_shapes_are_refused() {
         for (config, flag) in [
-            (ModelConfig { layers: 0, ..ModelConfig::rnn(7, 5) }, "--layers"),
-            (ModelConfig { dropout: 1.0, ..ModelConfig::rnn(7, 5) }, "--dropout"),
-            (ModelConfig { dropout: -0.1, ..ModelConfig::rnn(7, 5) }, "--dropout"),
+            (ModelConfig::new(7, Arch { layers: 0, ..Arch::rnn(5) }), "--layers"),
+            (ModelConfig::new(7, Arch { dropout: 1.0, ..Arch::rnn(5) }), "--dropout"),
+            (ModelConfig::new(7, Arch { dropout: -0.1, ..Arch::rnn(5) }), "--dropout"),
             (ModelConfig::rnn(7, 0), "--hidden"),
         ] {
             let err = RnnModel::new(config, 0, Device::Cpu).err().unwrap().to_string();

@@ -225,6 +225,7 @@ pub fn predict(model: &RnnModel, vocab: &Vocabulary, prefix: &str, num_chars: us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Arch;
     use crate::model::ModelConfig;
     use tch::Device;
 
@@ -275,7 +276,8 @@ mod tests {
         // In one process the dropout masks would change from call to call.
         let vocab = Vocabulary::from_text("abcdef");
         let model =
-            RnnModel::new(ModelConfig { dropout: 0.5, layers: 2, ..ModelConfig::rnn(6, 16) }, 1, Device::Cpu).unwrap();
+            RnnModel::new(ModelConfig::new(6, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 1, Device::Cpu)
+                .unwrap();
         let scaled: Vec<Tensor> = model.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
         model.set_parameters(&scaled).unwrap();
         let options = Generate { num_chars: 20, samples: 2, probs: true, ..Default::default() };

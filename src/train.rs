@@ -4,9 +4,7 @@ use crate::bptt;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, perplexity};
-use crate::model::{
-    cross_entropy, step_major, take_named, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State,
-};
+use crate::model::{cross_entropy, step_major, take_named, Arch, ModelConfig, Precision, RnnModel, State};
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::predict::{generate, Generate, Sampler};
 use crate::rng::{Rng, Stream};
@@ -16,26 +14,9 @@ use tch::{Kind, Tensor};
 /// Training hyperparameters. `Default` is the textbook's setting (Dive into Deep Learning, 1st ed., §6.4).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
-    /// Hidden units H.
-    pub hidden: usize,
-    /// The recurrent cell.
-    #[serde(default)]
-    pub cell: Cell,
-    /// Stacked recurrent layers.
-    #[serde(default = "one")]
-    pub layers: usize,
-    /// Embedding width; 0 feeds one-hot vectors.
-    #[serde(default)]
-    pub embed: usize,
-    /// Dropout between layers and before the output layer (training only).
-    #[serde(default)]
-    pub dropout: f64,
-    /// How the recurrence is computed.
-    #[serde(default)]
-    pub backend: Backend,
-    /// How the parameters start.
-    #[serde(default)]
-    pub init: Init,
+    /// The network to train (its architecture; the vocabulary comes from the corpus).
+    #[serde(flatten)]
+    pub arch: Arch,
     /// Time steps per sequence (BPTT length).
     pub steps: usize,
     /// Sequences per minibatch.
@@ -90,13 +71,7 @@ pub const AUTO_CHECKPOINT_SECS: u64 = 60;
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            hidden: 256,
-            cell: Cell::Rnn,
-            layers: 1,
-            embed: 0,
-            dropout: 0.0,
-            backend: Backend::Scratch,
-            init: Init::Normal,
+            arch: Arch::default(),
             steps: 35,
             batch: 32,
             optimizer: OptimizerKind::Sgd,
@@ -117,10 +92,6 @@ impl Default for TrainConfig {
     }
 }
 
-fn one() -> usize {
-    1
-}
-
 impl TrainConfig {
     /// The validation fraction for a corpus of `chars` characters: the configured one, else 0.1 from 20,000
     /// characters on and 0 below.
@@ -130,14 +101,12 @@ impl TrainConfig {
 
     /// The network these settings describe, over `vocab_size` characters.
     pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
-        let (hidden, cell, layers, embed, dropout, backend, init) =
-            (self.hidden, self.cell, self.layers, self.embed, self.dropout, self.backend, self.init);
-        ModelConfig { vocab_size, hidden, cell, layers, embed, dropout, backend, init }
+        ModelConfig::new(vocab_size, self.arch)
     }
 
     /// Checks every value is in range (positive sizes, finite positive rates).
     pub fn validate(&self) -> Result<()> {
-        self.model_config(1).validate()?;
+        self.arch.validate()?;
         self.lr_decay.validate()?;
         if let Some(f) = self.val_frac {
             if !(0.0..1.0).contains(&f) {
@@ -145,7 +114,6 @@ impl TrainConfig {
             }
         }
         let positive = [
-            ("--hidden", self.hidden),
             ("--steps", self.steps),
             ("--batch", self.batch),
             ("--epochs", self.epochs),
@@ -537,6 +505,12 @@ pub fn train(
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
     config.validate()?;
+    let expected = config.model_config(vocab.len());
+    if model.config() != expected {
+        let reason =
+            format!("the model is {:?} but the configuration and vocabulary describe {expected:?}", model.config());
+        return Err(Error::config("model", reason));
+    }
     config.sampling.check_fits(corpus.len(), config.batch, config.steps)?;
     for p in &config.prefixes {
         vocab.encode(p, "the prefix")?;
@@ -597,7 +571,7 @@ pub fn train(
         let mut state = run.carried.take().unwrap_or_else(|| model.begin_state(config.batch));
         let mut stop = None;
         for i in first..batches {
-            if config.dropout > 0.0 {
+            if config.arch.dropout > 0.0 {
                 tch::manual_seed(minibatch_seed(config.seed, epoch, i));
             }
             let input_state = match config.sampling {
@@ -727,6 +701,7 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Cell, Init};
     use tch::Device;
 
     fn norm(grads: &[Tensor]) -> f64 {
@@ -770,7 +745,8 @@ mod tests {
         let y = step_major(&(&x + 1).remainder(6));
         let reached = |t: &Tensor| t.grad().defined() && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
         for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
-            let m = RnnModel::new(ModelConfig { cell, layers: 2, ..ModelConfig::rnn(6, 4) }, 1, Device::Cpu).unwrap();
+            let m =
+                RnnModel::new(ModelConfig::new(6, Arch { cell, layers: 2, ..Arch::rnn(4) }), 1, Device::Cpu).unwrap();
             for detach in [true, false] {
                 let zeros = m.begin_state(2);
                 let s0 = State { h: zeros.h.set_requires_grad(true), c: zeros.c.map(|c| c.set_requires_grad(true)) };
@@ -863,7 +839,7 @@ mod tests {
         let (train_ids, val_ids) = ids.split_at(300);
         let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
         let config = TrainConfig {
-            hidden: 16,
+            arch: Arch { hidden: 16, ..Arch::default() },
             steps: 6,
             batch: 4,
             lr: 1.0,
@@ -909,7 +885,7 @@ mod tests {
     #[test]
     fn a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does() {
         let base = TrainConfig {
-            hidden: 12,
+            arch: Arch { hidden: 12, ..Arch::default() },
             steps: 5,
             batch: 3,
             epochs: 5,
@@ -921,19 +897,15 @@ mod tests {
         let configs = [
             TrainConfig { lr: 1.0, clip: 1.0, ..base.clone() },
             TrainConfig {
-                cell: Cell::Gru,
-                layers: 2,
-                embed: 4,
-                dropout: 0.3,
+                arch: Arch { cell: Cell::Gru, layers: 2, embed: 4, dropout: 0.3, init: Init::Uniform, ..base.arch },
                 optimizer: OptimizerKind::Adam,
                 lr: 0.01,
                 sampling: Sampling::Consecutive,
                 val_frac: Some(0.1),
-                init: Init::Uniform,
                 ..base.clone()
             },
             TrainConfig {
-                cell: Cell::Lstm,
+                arch: Arch { cell: Cell::Lstm, ..base.arch },
                 optimizer: OptimizerKind::Adam,
                 lr: 0.01,
                 lr_decay: crate::LrDecay { factor: 0.5, every: 2 },
@@ -966,7 +938,7 @@ mod tests {
                     assert!(
                         a.equal(b),
                         "{:?} {:?} stopped after {stop_after}: parameters differ",
-                        config.cell,
+                        config.arch.cell,
                         config.sampling
                     );
                 }
@@ -983,7 +955,7 @@ mod tests {
         // A clipping threshold of 1e-30 makes every update vanish below float32's resolution of the weights,
         // so each epoch's perplexity is that of the same fixed model.
         let config = TrainConfig {
-            hidden: 8,
+            arch: Arch { hidden: 8, ..Arch::default() },
             steps: 5,
             batch: 3,
             epochs: 2,
@@ -1030,7 +1002,7 @@ mod tests {
     #[test]
     fn divergence_stops_training_naming_the_epoch_and_saves_nothing_after_it() {
         let config = TrainConfig {
-            hidden: 12,
+            arch: Arch { hidden: 12, ..Arch::default() },
             steps: 5,
             batch: 3,
             epochs: 6,
@@ -1061,7 +1033,7 @@ mod tests {
     #[test]
     fn checkpoints_come_every_n_epochs_at_the_end_and_on_request() {
         let config = TrainConfig {
-            hidden: 8,
+            arch: Arch { hidden: 8, ..Arch::default() },
             steps: 5,
             batch: 3,
             epochs: 7,
@@ -1079,6 +1051,32 @@ mod tests {
         assert!(matches!(result, Err(Error::Interrupted { epoch: 1, batch: 5, .. })), "{result:?}");
         let at: Vec<(SaveReason, usize, usize)> = rec.checkpoints.iter().map(|c| (c.0, c.2.epoch, c.2.batch)).collect();
         assert_eq!(at, vec![(SaveReason::Interrupted, 0, 5)]);
+    }
+
+    #[test]
+    fn a_model_unlike_the_configuration_is_refused() {
+        let (vocab, ids) = corpus();
+        let config = TrainConfig {
+            arch: Arch::rnn(8),
+            steps: 5,
+            batch: 3,
+            epochs: 1,
+            prefixes: vec!["ab".into()],
+            ..Default::default()
+        };
+        let others = [
+            ModelConfig::new(vocab.len(), Arch { cell: Cell::Gru, ..config.arch }),
+            ModelConfig::new(vocab.len(), Arch::rnn(9)),
+            ModelConfig::new(vocab.len(), Arch { embed: 2, ..config.arch }),
+            ModelConfig::new(vocab.len() + 1, config.arch),
+        ];
+        for other in others {
+            let model = RnnModel::new(other, 0, Device::Cpu).unwrap();
+            let err = train(&model, &vocab, &ids, &[], &config, None, &mut ()).unwrap_err().to_string();
+            assert!(err.contains("invalid model") && err.contains("configuration"), "{other:?}: {err}");
+        }
+        let model = RnnModel::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        assert!(train(&model, &vocab, &ids, &[], &config, None, &mut ()).is_ok());
     }
 
     #[test]
@@ -1107,7 +1105,7 @@ mod tests {
         let ids = vocab.encode(&text, "t").unwrap();
         let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
         let config = TrainConfig {
-            hidden: 16,
+            arch: Arch { hidden: 16, ..Arch::default() },
             steps: 6,
             batch: 4,
             lr: 1.0,

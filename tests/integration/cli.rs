@@ -408,7 +408,7 @@ fn retraining_replaces_the_model_whole() {
     let files = model_files(&env.path("m"));
     assert_eq!(files.len(), 2, "old weights must be gone: {files:?}");
     let loaded = charrnn::checkpoint::load(&env.path("m"), tch::Device::Cpu).unwrap();
-    assert_eq!(loaded.model.config().hidden, 16);
+    assert_eq!(loaded.model.config().arch.hidden, 16);
     assert_eq!(loaded.file.epoch, 2);
     assert_eval_agrees_with_predict(&env, "m");
     // A train that fails validation leaves the existing model untouched.

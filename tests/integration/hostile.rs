@@ -2,7 +2,7 @@
 //! an error, never a panic, a hang or an allocation the files do not justify. `PROPTEST_CASES` sets how
 //! many cases each property tries (CI runs the default below).
 use charrnn::checkpoint::{self, MODEL_JSON};
-use charrnn::{read_corpus, CorpusOptions, Error, RnnModel, TrainConfig, Vocabulary};
+use charrnn::{read_corpus, Arch, CorpusOptions, Error, RnnModel, TrainConfig, Vocabulary};
 use proptest::prelude::*;
 use serde_json::Value;
 use std::path::Path;
@@ -148,10 +148,7 @@ fn model_copy() -> tempfile::TempDir {
         let corpus = dir.path().join("c.txt");
         std::fs::write(&corpus, TEXT.repeat(8)).unwrap();
         let config = TrainConfig {
-            hidden: 8,
-            cell: charrnn::Cell::Gru,
-            layers: 2,
-            embed: 3,
+            arch: Arch { hidden: 8, cell: charrnn::Cell::Gru, layers: 2, embed: 3, ..Arch::default() },
             steps: 4,
             batch: 2,
             epochs: 2,

@@ -1,6 +1,6 @@
 //! Cross-checks against PyTorch itself, run with the project's `.venv` interpreter.
 use charrnn::{
-    clip_factor, cross_entropy, step_major, train_step, Cell, ModelConfig, Optimizer, OptimizerKind, Precision,
+    clip_factor, cross_entropy, step_major, train_step, Arch, Cell, ModelConfig, Optimizer, OptimizerKind, Precision,
     RnnModel, State,
 };
 use serde_json::{json, Value};
@@ -111,7 +111,7 @@ fn one_training_step_matches_pytorch() {
 fn cell_gradients_match_pytorch_layers() {
     let (v, h, batch, steps) = (11usize, 8usize, 3i64, 6i64);
     for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
-        let model = RnnModel::new(ModelConfig { cell, ..ModelConfig::rnn(v, h) }, 4, Device::Cpu).unwrap();
+        let model = RnnModel::new(ModelConfig::new(v, Arch { cell, ..Arch::rnn(h) }), 4, Device::Cpu).unwrap();
         scale(&model, 40.0);
         // Non-zero biases, so that a misplaced bias would show.
         tch::no_grad(|| {

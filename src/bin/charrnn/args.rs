@@ -1,8 +1,8 @@
 //! The command line's schema (clap), and its conversion into the library's jobs. Defaults are read from
 //! the library (`TrainConfig::default()`, `OptimizerKind::default_lr`, ...), never written here.
 use charrnn::{
-    Backend, Cell, CorpusOptions, DeviceSpec, EvalJob, Generate, Init, LrDecay, OptimizerKind, Precision, PredictJob,
-    ResumeJob, Sampler, Sampling, TrainConfig, TrainJob, UnknownChars,
+    Arch, Backend, Cell, CorpusOptions, DeviceSpec, EvalJob, Generate, Init, LrDecay, OptimizerKind, Precision,
+    PredictJob, ResumeJob, Sampler, Sampling, TrainConfig, TrainJob, UnknownChars,
 };
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -155,25 +155,25 @@ pub struct NewRunArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Hidden units.
-    #[arg(long, default_value_t = textbook().hidden)]
+    #[arg(long, default_value_t = textbook().arch.hidden)]
     pub hidden: usize,
     /// Recurrent cell: rnn (the textbook's tanh RNN), gru or lstm.
-    #[arg(long, value_enum, default_value_t = textbook().cell)]
+    #[arg(long, value_enum, default_value_t = textbook().arch.cell)]
     pub cell: Cell,
     /// Stacked recurrent layers.
-    #[arg(long, default_value_t = textbook().layers)]
+    #[arg(long, default_value_t = textbook().arch.layers)]
     pub layers: usize,
     /// Learned embedding of this width instead of one-hot input (0 = one-hot).
-    #[arg(long, default_value_t = textbook().embed, value_name = "DIM")]
+    #[arg(long, default_value_t = textbook().arch.embed, value_name = "DIM")]
     pub embed: usize,
     /// Dropout probability between layers and before the output layer (training only).
-    #[arg(long, default_value_t = textbook().dropout, value_name = "P", allow_negative_numbers = true)]
+    #[arg(long, default_value_t = textbook().arch.dropout, value_name = "P", allow_negative_numbers = true)]
     pub dropout: f64,
     #[arg(long, value_enum, help = init_help())]
     pub init: Option<Init>,
     /// Recurrence: scratch (the cells written out, step by step) or fused (libtorch's RNN/GRU/LSTM kernels;
     /// cuDNN on a GPU). Same parameters, same results.
-    #[arg(long, value_enum, default_value_t = textbook().backend)]
+    #[arg(long, value_enum, default_value_t = textbook().arch.backend)]
     pub backend: Backend,
     /// Time steps per sequence (BPTT length).
     #[arg(long, default_value_t = textbook().steps)]
@@ -370,13 +370,15 @@ impl TrainArgs {
             device,
             threads,
             config: TrainConfig {
-                hidden: n.hidden,
-                cell: n.cell,
-                layers: n.layers,
-                embed: n.embed,
-                dropout: n.dropout,
-                init: n.init.unwrap_or(n.optimizer.default_init()),
-                backend: n.backend,
+                arch: Arch {
+                    hidden: n.hidden,
+                    cell: n.cell,
+                    layers: n.layers,
+                    embed: n.embed,
+                    dropout: n.dropout,
+                    init: n.init.unwrap_or(n.optimizer.default_init()),
+                    backend: n.backend,
+                },
                 steps: n.steps,
                 batch: n.batch,
                 optimizer: n.optimizer,
@@ -483,7 +485,7 @@ mod tests {
         let TrainTask::New(job) = args.into_task() else { panic!("a new run") };
         let mut expected = TrainConfig::default();
         // Two settings follow the optimizer, and report prefixes are chosen from the corpus.
-        expected.init = expected.optimizer.default_init();
+        expected.arch.init = expected.optimizer.default_init();
         expected.prefixes = Vec::new();
         assert_eq!(job.config, expected);
     }

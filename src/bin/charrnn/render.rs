@@ -76,8 +76,9 @@ fn grouped(n: u64) -> String {
 /// The one line `train` prints before it starts: device, data, network, schedule.
 fn describe_run(i: &RunInfo) -> String {
     let c = &i.config;
-    let input = if i.model.embed > 0 { format!("embedding {}", i.model.embed) } else { "one-hot".into() };
-    let dropout = if i.model.dropout > 0.0 { format!(", dropout {}", i.model.dropout) } else { String::new() };
+    let input = if i.model.arch.embed > 0 { format!("embedding {}", i.model.arch.embed) } else { "one-hot".into() };
+    let dropout =
+        if i.model.arch.dropout > 0.0 { format!(", dropout {}", i.model.arch.dropout) } else { String::new() };
     let resumed = i.resumed_at.map(|(e, b)| {
         format!(", resuming after epoch {e}{}", if b > 0 { format!(" minibatch {b}") } else { String::new() })
     });
@@ -90,9 +91,9 @@ fn describe_run(i: &RunInfo) -> String {
         grouped(i.train_chars as u64),
         grouped((i.corpus_chars - i.train_chars) as u64),
         grouped(i.vocab_size as u64),
-        i.model.cell,
-        i.model.layers,
-        i.model.hidden,
+        i.model.arch.cell,
+        i.model.arch.layers,
+        i.model.arch.hidden,
         grouped(i.parameters),
         i.batches,
         c.batch,
@@ -241,13 +242,13 @@ pub fn eval_report(out: &mut impl Write, r: &EvalReport, json: bool) -> std::io:
 /// `info --model`: a model folder's summary.
 pub fn model_summary(out: &mut impl Write, m: &ModelSummary) -> std::io::Result<()> {
     let (f, c) = (&m.file, &m.file.model);
-    let input = if c.embed > 0 { format!("embedding {}", c.embed) } else { "one-hot".into() };
+    let input = if c.arch.embed > 0 { format!("embedding {}", c.arch.embed) } else { "one-hot".into() };
     writeln!(out, "model {}", m.dir.display())?;
-    let layers = if c.layers == 1 { "1 layer".to_string() } else { format!("{} layers", c.layers) };
+    let layers = if c.arch.layers == 1 { "1 layer".to_string() } else { format!("{} layers", c.arch.layers) };
     writeln!(
         out,
         "network {}, {layers} of {} units, {input} input, dropout {}, {} backend",
-        c.cell, c.hidden, c.dropout, c.backend
+        c.arch.cell, c.arch.hidden, c.arch.dropout, c.arch.backend
     )?;
     writeln!(out, "parameters {}", grouped(m.parameters))?;
     writeln!(out, "vocabulary {} characters", grouped(c.vocab_size as u64))?;
