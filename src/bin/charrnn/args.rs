@@ -347,7 +347,7 @@ pub struct EvalArgs {
 /// What `charrnn train` was asked to do.
 pub enum TrainTask {
     /// A new run.
-    New(TrainJob),
+    New(Box<TrainJob>),
     /// Continue a saved run.
     Resume(ResumeJob),
 }
@@ -363,7 +363,7 @@ impl TrainArgs {
         }
         let n = self.new;
         let corpus = self.corpus.expect("clap requires --corpus without --resume");
-        TrainTask::New(TrainJob {
+        TrainTask::New(Box::new(TrainJob {
             corpus,
             corpus_options: CorpusOptions { keep_newlines: n.keep_newlines, limit_chars: n.limit_chars },
             out: n.out,
@@ -396,7 +396,7 @@ impl TrainArgs {
                 sampler: self.draw.sampler(n.seed),
                 checkpoint_every: self.checkpoint_every,
             },
-        })
+        }))
     }
 }
 
