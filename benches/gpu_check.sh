@@ -4,8 +4,9 @@
 # loads libtorch_cuda.so at run time), that a model trained on the CPU resumes, predicts and evaluates on the
 # GPU, that CPU and GPU training agree, and the fused (cuDNN) and bf16 paths; then runs benches/compare_speed.sh
 # with DEVICE=cuda on two workloads.
+# Any failed step or disagreement stops it with a FAIL line and a non-zero status.
 # Usage: CHARRNN=path/to/charrnn [PY=python3] bash benches/gpu_check.sh
-set -uo pipefail
+set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PY:-python3}
 bin=${CHARRNN:?set CHARRNN to the binary}
@@ -13,14 +14,22 @@ export LD_LIBRARY_PATH="$("$py" -c 'import os, torch; print(os.path.dirname(torc
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 step() { echo; echo "== $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# The cross-entropy `eval --json` reports for model folder $1 (evaluated on the CPU).
+cross_entropy() { $bin eval --model "$1" --device cpu --json | "$py" -c 'import json, sys; print(json.load(sys.stdin)["cross_entropy"])'; }
+# Whether $1 and $2 agree to the fraction $3 of $1.
+agree() { "$py" -c 'import sys; a, b, r = map(float, sys.argv[1:]); sys.exit(abs(a - b) > r * a)' "$1" "$2" "$3"; }
 nvidia-smi -L
 step info
-$bin info
+$bin info | tee "$tmp/info"
+grep -q '^cuda available' "$tmp/info" || fail "charrnn does not find CUDA"
+grep -q '^auto device cuda' "$tmp/info" || fail "--device auto does not pick the GPU"
 step "trained 2 epochs on the CPU, resumed to 4 on the GPU, predict and eval on the GPU"
 $bin train --corpus data/yuanqu.txt --limit-chars 10000 --epochs 2 --pred-period 1 --pred-len 0 --device cpu --out "$tmp/r"
 $bin train --resume "$tmp/r" --epochs 4 --device cuda
 $bin predict --model "$tmp/r" --prefix 分开 --num-chars 20 --device cuda
 $bin eval --model "$tmp/r" --device cuda
+[ "$(grep -c '"epoch": 4' "$tmp/r/model.json")" -ge 1 ] || fail "the resumed run did not reach epoch 4"
 for dtype in fp32 bf16; do
     for device in cpu cuda; do
         step "10 epochs, $dtype, on $device"
@@ -28,6 +37,11 @@ for dtype in fp32 bf16; do
             --device $device --out "$tmp/$dtype-$device" -q
         $bin info --model "$tmp/$dtype-$device" | grep -i perplexity
     done
+    # The same seed on both devices: the same model up to rounding (fp32), or bfloat16's wider rounding.
+    cpu=$(cross_entropy "$tmp/$dtype-cpu"); gpu=$(cross_entropy "$tmp/$dtype-cuda")
+    tolerance=$([ $dtype = fp32 ] && echo 0.001 || echo 0.05)
+    agree "$cpu" "$gpu" "$tolerance" || fail "$dtype: CPU cross-entropy $cpu, GPU $gpu (tolerance $tolerance)"
+    echo "$dtype: CPU and GPU cross-entropy $cpu and $gpu agree within $tolerance"
 done
 step "2-layer GRU, fused backend (cuDNN), Adam, 2 epochs on the GPU"
 $bin train --corpus data/yuanqu.txt --limit-chars 50000 --cell gru --layers 2 --embed 64 --backend fused --optimizer adam \

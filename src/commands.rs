@@ -3,7 +3,8 @@ use crate::checkpoint::{self, CorpusInfo, LoadedModel, ModelFile, ValidationInfo
 use crate::corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
-use crate::metrics::{evaluate, Evaluation};
+use crate::eval::{evaluate, Evaluation};
+use crate::metrics::{append_metrics, read_metrics, trim_metrics, MetricsLine};
 use crate::model::RnnModel;
 use crate::plot::{write_perplexity_svg, Curve};
 use crate::predict::{generate, Generate, Sample};
@@ -265,42 +266,6 @@ struct Saver<'a> {
 /// The chart `train` draws in the model folder when it finishes or is interrupted.
 pub const PLOT_FILE: &str = "perplexity.svg";
 
-/// The per-epoch log in a model folder: one JSON object ([`MetricsLine`]) per line.
-pub const METRICS_FILE: &str = "metrics.jsonl";
-
-/// One epoch in [`METRICS_FILE`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct MetricsLine {
-    /// The epoch, from 1.
-    pub epoch: usize,
-    /// exp of the mean training loss over the epoch's minibatches.
-    pub train_perplexity: f64,
-    /// Perplexity on the held-out text, with validation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub val_perplexity: Option<f64>,
-    /// The epoch's learning rate.
-    pub learning_rate: f64,
-    /// Mean over the minibatches of the gradient's global norm before clipping.
-    pub grad_norm: f64,
-    /// Characters trained per second of training.
-    pub chars_per_sec: f64,
-    /// Training time since the run began (across resumes), in seconds.
-    pub elapsed_sec: f64,
-}
-
-/// Reads `dir/metrics.jsonl`.
-pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsLine>> {
-    let path = dir.join(METRICS_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        let reason = format!("{} cannot be read ({e}); pass the folder given to train's --out (models trained before charrnn kept this log have none)", path.display());
-        Error::config("--model", reason)
-    })?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::bad_model(&path, format!("line {}: {e}", i + 1))))
-        .collect()
-}
-
 /// The chart's curve of the run in `dir`, labelled `label`.
 fn curve_of(dir: &Path, label: String) -> Result<Curve> {
     let points = read_metrics(dir)?.into_iter().map(|m| (m.epoch, m.train_perplexity, m.val_perplexity)).collect();
@@ -314,31 +279,6 @@ pub fn run_plot(models: &[PathBuf], out: &Path) -> Result<()> {
     }
     let curves = models.iter().map(|m| curve_of(m, m.display().to_string())).collect::<Result<Vec<_>>>()?;
     write_perplexity_svg(&curves, out)
-}
-
-/// Appends `lines` to `dir/metrics.jsonl` and fsyncs it.
-fn append_metrics(dir: &Path, lines: &[String]) -> Result<()> {
-    use std::io::Write;
-    let path = dir.join(METRICS_FILE);
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))
-}
-
-/// Drops the lines of `dir/metrics.jsonl` after `epoch` (written before a crash, for epochs that a resumed
-/// run trains again); the file is replaced atomically.
-fn trim_metrics(dir: &Path, epoch: usize) -> Result<()> {
-    let path = dir.join(METRICS_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-    let keep: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.epoch <= epoch))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if keep != text {
-        checkpoint::write_bytes_atomic(&path, keep.as_bytes())?;
-    }
-    Ok(())
 }
 
 impl Saver<'_> {

@@ -142,9 +142,8 @@ pub fn load_cuda_backend() -> bool {
 ///   the same bits and a resumed run could drift from an uninterrupted one.
 /// - glibc's allocator keeps blocks up to 32 MB on its heap and returns freed memory to the system only
 ///   beyond 1 GB. With its defaults a training step's large tensors (the logits, 8 MB at the textbook's
-///   sizes) come from fresh memory maps that are page-faulted in and given back at every step; measured on
-///   the textbook workload: 90,000–101,000 → 139,000 characters/s with `--dtype bf16`, 66,000–71,000 →
-///   76,000 in float32, peak RSS unchanged.
+///   sizes) come from fresh memory maps that are page-faulted in and given back at every step (what that
+///   costs is measured in the README's benchmarks).
 pub fn prepare_process() {
     if std::env::var_os("MKL_DYNAMIC").is_none() {
         std::env::set_var("MKL_DYNAMIC", "FALSE");

@@ -36,6 +36,7 @@ mod commands;
 mod corpus;
 mod device;
 mod error;
+mod eval;
 mod metrics;
 mod model;
 mod optim;
@@ -49,14 +50,15 @@ mod train;
 
 pub use batches::{rows, Sampling};
 pub use commands::{
-    default_out, info, load_model, model_summary, read_metrics, run_eval, run_plot, run_predict, run_resume, run_train,
-    EvalJob, EvalReport, Info, MetricsLine, ModelSummary, PredictJob, PredictOutcome, ResumeJob, TrainJob,
-    TrainOutcome, UnknownChars, LAST_DIR, METRICS_FILE, PLOT_FILE,
+    default_out, info, load_model, model_summary, run_eval, run_plot, run_predict, run_resume, run_train, EvalJob,
+    EvalReport, Info, ModelSummary, PredictJob, PredictOutcome, ResumeJob, TrainJob, TrainOutcome, UnknownChars,
+    LAST_DIR, PLOT_FILE,
 };
 pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, load_cuda_backend, prepare_process, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
-pub use metrics::{evaluate, perplexity, Evaluation};
+pub use eval::{evaluate, perplexity, Evaluation};
+pub use metrics::{read_metrics, MetricsLine, METRICS_FILE};
 pub use model::{
     cross_entropy, one_hot, step_major, Arch, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State,
 };

@@ -1,180 +1,66 @@
-//! Perplexity and related measures of a model on a text.
+//! The metrics log: one JSON line per epoch in a model folder (`metrics.jsonl`), written as training
+//! checkpoints and read by `plot`.
+use crate::checkpoint;
 use crate::error::{Error, Result};
-use crate::model::{cross_entropy, step_major, RnnModel};
-use tch::{Device, Kind, Tensor};
+use std::path::Path;
 
-/// Perplexity from a mean cross-entropy in nats: `exp(loss)`.
-pub fn perplexity(mean_loss: f64) -> f64 {
-    mean_loss.exp()
+/// The per-epoch log in a model folder: one JSON object ([`MetricsLine`]) per line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// One epoch in [`METRICS_FILE`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricsLine {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// exp of the mean training loss over the epoch's minibatches.
+    pub train_perplexity: f64,
+    /// Perplexity on the held-out text, with validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_perplexity: Option<f64>,
+    /// The epoch's learning rate.
+    pub learning_rate: f64,
+    /// Mean over the minibatches of the gradient's global norm before clipping.
+    pub grad_norm: f64,
+    /// Characters trained per second of training.
+    pub chars_per_sec: f64,
+    /// Training time since the run began (across resumes), in seconds.
+    pub elapsed_sec: f64,
 }
 
-/// How well a model predicts a text, each character from all those before it.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Evaluation {
-    /// Characters predicted (the text's length minus one).
-    pub predictions: usize,
-    /// Mean cross-entropy, nats per character.
-    pub cross_entropy: f64,
+/// Reads `dir/metrics.jsonl`.
+pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsLine>> {
+    let path = dir.join(METRICS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let reason = format!("{} cannot be read ({e}); pass the folder given to train's --out (models trained before charrnn kept this log have none)", path.display());
+        Error::config("--model", reason)
+    })?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::bad_model(&path, format!("line {}: {e}", i + 1))))
+        .collect()
 }
 
-impl Evaluation {
-    /// `exp(cross_entropy)`.
-    pub fn perplexity(&self) -> f64 {
-        perplexity(self.cross_entropy)
-    }
-
-    /// Cross-entropy in bits per character.
-    pub fn bits_per_char(&self) -> f64 {
-        self.cross_entropy / std::f64::consts::LN_2
-    }
+/// Appends `lines` to `dir/metrics.jsonl` and fsyncs it.
+pub(crate) fn append_metrics(dir: &Path, lines: &[String]) -> Result<()> {
+    use std::io::Write;
+    let path = dir.join(METRICS_FILE);
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))
 }
 
-/// Positions (rows x steps) scored per forward call by [`evaluate`] at most; the state carries across calls,
-/// so this bounds memory without changing the result.
-const EVAL_POSITIONS: usize = 16_384;
-
-/// Logits (positions x V floats) computed per forward call at most: 64 MiB, so that a large vocabulary
-/// scores fewer positions per call instead of needing more memory (16,384 positions of a 65,536-character
-/// vocabulary would be 4.3 GB).
-const EVAL_LOGITS: usize = 1 << 24;
-
-/// Positions per forward call for a vocabulary of `vocab` characters.
-fn positions_per_call(vocab: usize) -> usize {
-    (EVAL_LOGITS / vocab.max(1)).clamp(1, EVAL_POSITIONS)
-}
-
-/// Evaluates `model` on `ids` (character indices, at least 2): the mean cross-entropy of predicting
-/// `ids[t + 1]` from the characters before it, for every t.
-///
-/// The text is cut into windows of `context` characters, each read from a zero state, the way the model
-/// saw text in training (see [`crate::TrainConfig::eval_context`]); `context >= ids.len() - 1` reads the
-/// whole text as one stream. Windows are scored side by side as a batch.
-pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluation> {
-    if ids.len() < 2 {
-        return Err(Error::config("--corpus", "needs at least 2 characters to evaluate"));
+/// Drops the lines of `dir/metrics.jsonl` after `epoch` (written before a crash, for epochs that a resumed
+/// run trains again); the file is replaced atomically.
+pub(crate) fn trim_metrics(dir: &Path, epoch: usize) -> Result<()> {
+    let path = dir.join(METRICS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let keep: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.epoch <= epoch))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if keep != text {
+        checkpoint::write_bytes_atomic(&path, keep.as_bytes())?;
     }
-    if context == 0 {
-        return Err(Error::config("context", "must be at least 1"));
-    }
-    let _guard = tch::no_grad_guard();
-    let device = model.device();
-    let text = Tensor::from_slice(ids).to_device(device);
-    let n = ids.len() - 1;
-    let w = context.min(n);
-    let total = Tensor::zeros([], (Kind::Double, device));
-    // Full windows, `rows` at a time, then the shorter last window on its own.
-    let full = n / w;
-    let positions = positions_per_call(model.config().vocab_size);
-    let rows_per_call = (positions / w.min(positions)).max(1);
-    let mut windows: Vec<(usize, usize, usize)> =
-        (0..full).step_by(rows_per_call).map(|r| (r * w, (full - r).min(rows_per_call), w)).collect();
-    if !n.is_multiple_of(w) {
-        windows.push((full * w, 1, n % w));
-    }
-    for (start, rows, len) in windows {
-        let span = (rows * len) as i64;
-        let x = text.narrow(0, start as i64, span).view([rows as i64, len as i64]);
-        let y = text.narrow(0, start as i64 + 1, span).view([rows as i64, len as i64]);
-        let mut h = model.begin_state(rows);
-        // Long single streams run faster in moderate chunks (measured: 512 steps beat 10,000 in one call).
-        let steps_per_call = (positions / rows).clamp(1, 512);
-        for t in (0..len).step_by(steps_per_call) {
-            let k = steps_per_call.min(len - t) as i64;
-            let (logits, h_next) = model.forward(&x.narrow(1, t as i64, k), &h, false);
-            h = h_next;
-            let ce = cross_entropy(&logits, &step_major(&y.narrow(1, t as i64, k))).to_kind(Kind::Double);
-            let _ = total.shallow_clone().f_add_(&(ce * (rows as i64 * k) as f64))?;
-        }
-    }
-    let sum = total.to_device(Device::Cpu).double_value(&[]);
-    Ok(Evaluation { predictions: n, cross_entropy: sum / n as f64 })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Arch;
-    use crate::model::ModelConfig;
-
-    #[test]
-    fn a_uniform_model_has_perplexity_equal_to_the_vocabulary_size() {
-        let config = ModelConfig::rnn(37, 8);
-        let model = RnnModel::zeros(config, Device::Cpu).unwrap();
-        let ids: Vec<i64> = (0..1500).map(|i| (i * 7 % 37) as i64).collect();
-        let e = evaluate(&model, &ids, 35).unwrap();
-        assert_eq!(e.predictions, 1499);
-        // Float32 logits: log-softmax of equal values is -ln 37 to about 1e-6 relative.
-        assert!((e.perplexity() / 37.0 - 1.0).abs() < 1e-5, "{}", e.perplexity());
-        assert!((e.bits_per_char() - 37f64.log2()).abs() < 1e-5);
-    }
-
-    /// Cross-entropy summed over `ids` read from a zero state in one forward pass: the reference.
-    fn one_pass_sum(model: &RnnModel, ids: &[i64]) -> f64 {
-        let n = ids.len() as i64 - 1;
-        let t = Tensor::from_slice(ids);
-        let (logits, _) = model.forward(&t.narrow(0, 0, n).view([1, n]), &model.begin_state(1), false);
-        cross_entropy(&logits, &t.narrow(0, 1, n)).double_value(&[]) * n as f64
-    }
-
-    #[test]
-    fn one_stream_equals_a_single_pass_despite_chunking() {
-        let model = RnnModel::new(ModelConfig::rnn(5, 6), 9, Device::Cpu).unwrap();
-        let ids: Vec<i64> = (0..EVAL_POSITIONS * 2 + 17).map(|i| (i * i % 5) as i64).collect();
-        let stream = evaluate(&model, &ids, usize::MAX).unwrap();
-        let _guard = tch::no_grad_guard();
-        let whole = one_pass_sum(&model, &ids) / (ids.len() - 1) as f64;
-        assert!((stream.cross_entropy - whole).abs() < 1e-5, "{} vs {whole}", stream.cross_entropy);
-    }
-
-    #[test]
-    fn windows_are_read_from_a_zero_state_each() {
-        // Weights 50x the textbook's, so that the state carries enough to tell windows from one stream.
-        let config = ModelConfig::rnn(5, 6);
-        let small = RnnModel::new(config, 9, Device::Cpu).unwrap();
-        let scaled = small.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
-        let model = RnnModel::from_tensors(config, scaled, Device::Cpu).unwrap();
-        let ids: Vec<i64> = (0..103).map(|i| (i * 3 % 5) as i64).collect();
-        let windowed = evaluate(&model, &ids, 10).unwrap();
-        // Windows of 10 targets: ids[10k ..= 10k + 10], the last one with the 2 that remain.
-        let _guard = tch::no_grad_guard();
-        let sum: f64 = (0..11).map(|k| one_pass_sum(&model, &ids[10 * k..(10 * k + 11).min(103)])).sum();
-        assert!((windowed.cross_entropy - sum / 102.0).abs() < 1e-5, "{} vs {}", windowed.cross_entropy, sum / 102.0);
-        let stream = evaluate(&model, &ids, usize::MAX).unwrap();
-        assert!((windowed.cross_entropy - stream.cross_entropy).abs() > 1e-4, "windows must differ from one stream");
-    }
-
-    #[test]
-    fn logits_per_call_stay_bounded_for_any_vocabulary() {
-        for vocab in [1, 30, 1027, 65_536, 70_000, 1 << 20, 1 << 30] {
-            let p = positions_per_call(vocab);
-            assert!((1..=EVAL_POSITIONS).contains(&p), "{vocab}: {p}");
-            assert!(p == 1 || p * vocab <= EVAL_LOGITS, "{vocab}: {p} positions of {vocab} logits");
-        }
-        assert_eq!(positions_per_call(30), EVAL_POSITIONS, "small vocabularies keep the full chunk");
-        // A vocabulary beyond 16 bits, evaluated in several calls: a uniform model scores ln V exactly.
-        let vocab = 70_000;
-        let model = RnnModel::zeros(ModelConfig::rnn(vocab, 2), Device::Cpu).unwrap();
-        let ids: Vec<i64> = (0..700).map(|i| (i * 997 % vocab) as i64).collect();
-        let e = evaluate(&model, &ids, usize::MAX).unwrap();
-        assert!(positions_per_call(vocab) < 699, "the text must take several calls");
-        assert!((e.cross_entropy / (vocab as f64).ln() - 1.0).abs() < 1e-5, "{}", e.perplexity());
-    }
-
-    #[test]
-    fn evaluation_has_no_dropout() {
-        // In one process the dropout masks would change from call to call.
-        let model =
-            RnnModel::new(ModelConfig::new(5, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 1, Device::Cpu)
-                .unwrap();
-        let scaled: Vec<Tensor> = model.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
-        model.set_parameters(&scaled).unwrap();
-        let ids: Vec<i64> = (0..200).map(|i| (i * 3 % 5) as i64).collect();
-        assert_eq!(evaluate(&model, &ids, 10).unwrap(), evaluate(&model, &ids, 10).unwrap());
-    }
-
-    #[test]
-    fn one_character_cannot_be_evaluated() {
-        let model = RnnModel::new(ModelConfig::rnn(3, 2), 0, Device::Cpu).unwrap();
-        assert!(evaluate(&model, &[1], 35).is_err());
-    }
+    Ok(())
 }

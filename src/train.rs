@@ -3,7 +3,7 @@ use crate::batches::Sampling;
 use crate::bptt;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
-use crate::metrics::{evaluate, perplexity};
+use crate::eval::{evaluate, perplexity};
 use crate::model::{cross_entropy, step_major, take_named, Arch, ModelConfig, Precision, RnnModel, State};
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::predict::{generate, Generate, Sampler};
