@@ -6,7 +6,8 @@
 //! not depend on the incoming gradient are computed for all steps at once beforehand), the weight gradients
 //! are one large product each over all steps, and the softmax's gradient is computed in the logits' buffer.
 //! `gradients_equal_autograds` checks every gradient against autograd's.
-use crate::model::{step_major, Backend, Cell, ModelConfig, Precision, RnnModel, State, B_H, B_HN, W_HH, W_XH};
+use crate::model::{gru_bias, step_major, Backend, Cell, ModelConfig, Precision, RnnModel, State};
+use crate::params::Layer;
 use tch::{Kind, Tensor};
 
 /// Whether [`loss_and_grads`] computes this model: any cell written out (the scratch backend), without
@@ -65,18 +66,18 @@ pub fn loss_and_grads(
 ) -> Pass {
     let _guard = tch::no_grad_guard();
     let c = model.config();
-    let params = model.parameters();
+    let p = model.named();
     let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
     let (h, n) = (c.arch.hidden as i64, batch * steps);
     let ids = step_major(inputs);
     // The embedding rows of the inputs, [n, D], when there is an embedding.
-    let embedded = (c.arch.embed > 0).then(|| params[0].index_select(0, &ids));
+    let embedded = p.embedding.as_ref().map(|e| e.index_select(0, &ids));
 
     // Forward, layer by layer: the input projections x W_xh + b_h of all steps at once, [steps, batch, kH],
     // then the recurrence.
     let mut tapes: Vec<Tape> = Vec::with_capacity(c.arch.layers);
     for l in 0..c.arch.layers {
-        let (w_xh, b_h) = (model.layer_param(l, W_XH), model.layer_param(l, B_H));
+        let (w_xh, b_h) = (&p.layers[l].w_xh, &p.layers[l].b_h);
         let projected = match (l, &embedded) {
             // One-hot rows times W_xh are rows of W_xh.
             (0, None) => w_xh.index_select(0, &ids) + b_h,
@@ -88,7 +89,7 @@ pub fn loss_and_grads(
         tapes.push(forward_layer(model, l, &projected, &state.h.get(l as i64), c0.as_ref()));
     }
     let top = outputs(&tapes[c.arch.layers - 1].hs, steps, n, h);
-    let (w_hq, b_q) = (model.output_weight(), model.output_bias());
+    let (w_hq, b_q) = (&p.w_hq, &p.b_q);
     // The output layer's operands at `precision`: `top [n, H]`, `w [H, V]`.
     let kind = precision.kind();
     let (top_k, w_k) = (top.to_kind(kind), w_hq.to_kind(kind));
@@ -117,28 +118,27 @@ pub fn loss_and_grads(
     let _ = d.scatter_add_(1, &ys, &Tensor::full([n, 1], -1.0, (kind, d.device())));
     let inv_n = 1.0 / n as f64;
 
-    let mut grads: Vec<Tensor> = params.iter().map(|_| Tensor::new()).collect();
-    let last = grads.len();
-    grads[last - 1] = d.sum_dim_intlist(0, false, Kind::Float) * inv_n;
-    grads[last - 2] = top_k.tr().mm(&d).to_kind(Kind::Float) * inv_n;
+    let mut grads = p.map(|_| Tensor::new());
+    grads.b_q = d.sum_dim_intlist(0, false, Kind::Float) * inv_n;
+    grads.w_hq = top_k.tr().mm(&d).to_kind(Kind::Float) * inv_n;
     // The gradient reaching the top layer's outputs, [steps, batch, H].
     let mut d_out = (d.mm(&w_k.tr()).to_kind(Kind::Float) * inv_n).view([steps, batch, h]);
     drop(d);
 
     for l in (0..c.arch.layers).rev() {
-        let w_xh = model.layer_param(l, W_XH);
+        let w_xh = &p.layers[l].w_xh;
         // The gradient of the layer's input projection, [n, kH].
-        let d_pre = backward_layer(model, l, &tapes[l], d_out.shallow_clone(), &mut grads);
-        grads[model.layer_index(l, B_H)] = d_pre.sum_dim_intlist(0, false, Kind::Float);
-        let w_xh_grad = model.layer_index(l, W_XH);
-        match (l, &embedded) {
-            (0, None) => grads[w_xh_grad] = scatter_rows(w_xh, &ids, &d_pre),
-            (0, Some(rows)) => {
-                grads[w_xh_grad] = rows.tr().mm(&d_pre);
-                grads[0] = scatter_rows(params[0], &ids, &d_pre.mm(&w_xh.tr()));
+        let d_pre = backward_layer(model, l, &tapes[l], d_out.shallow_clone(), &mut grads.layers[l]);
+        let g = &mut grads.layers[l];
+        g.b_h = d_pre.sum_dim_intlist(0, false, Kind::Float);
+        match (l, &embedded, &p.embedding) {
+            (0, None, _) => g.w_xh = scatter_rows(w_xh, &ids, &d_pre),
+            (0, Some(rows), Some(table)) => {
+                g.w_xh = rows.tr().mm(&d_pre);
+                grads.embedding = Some(scatter_rows(table, &ids, &d_pre.mm(&w_xh.tr())));
             }
             _ => {
-                grads[w_xh_grad] = outputs(&tapes[l - 1].hs, steps, n, h).tr().mm(&d_pre);
+                g.w_xh = outputs(&tapes[l - 1].hs, steps, n, h).tr().mm(&d_pre);
                 d_out = d_pre.mm(&w_xh.tr()).view([steps, batch, h]);
             }
         }
@@ -153,7 +153,7 @@ pub fn loss_and_grads(
         .collect();
     Pass {
         loss,
-        grads,
+        grads: grads.into_vec(),
         state: State { h: Tensor::stack(&end, 0), c: (!cells.is_empty()).then(|| Tensor::stack(&cells, 0)) },
     }
 }
@@ -162,7 +162,7 @@ pub fn loss_and_grads(
 /// (and an LSTM's `c0`), `[batch, H]`.
 fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor, c0: Option<&Tensor>) -> Tape {
     let (steps, batch, h) = (projected.size()[0], projected.size()[1], model.config().arch.hidden as i64);
-    let w_hh = model.layer_param(l, W_HH);
+    let w_hh = &model.layer(l).w_hh;
     let hs = Tensor::empty([steps + 1, batch, h], (Kind::Float, projected.device()));
     hs.get(0).copy_(h0);
     match model.config().arch.cell {
@@ -175,7 +175,7 @@ fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor, c0
             Tape { hs, cell: Saved::Rnn }
         }
         Cell::Gru => {
-            let b_hn = model.layer_param(l, B_HN);
+            let b_hn = gru_bias(model.layer(l));
             let gates = Tensor::empty([steps, batch, 3 * h], (Kind::Float, projected.device()));
             let hn = Tensor::empty([steps, batch, h], (Kind::Float, projected.device()));
             let hw = Tensor::empty([batch, 3 * h], (Kind::Float, projected.device()));
@@ -218,12 +218,12 @@ fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor, c0
 }
 
 /// Layer `l`'s backward pass from the gradient reaching its outputs, `d_out` `[steps, batch, H]` (used as
-/// working space). Puts the gradients of `W_hh` (and a GRU's `b_hn`) into `grads`, and returns the gradient of
+/// working space). Puts the gradients of `W_hh` (and a GRU's `b_hn`) into `grads` (the layer's), and returns the gradient of
 /// the layer's input projection `x W_xh + b_h`, `[steps * batch, kH]`.
-fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads: &mut [Tensor]) -> Tensor {
+fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads: &mut Layer<Tensor>) -> Tensor {
     let (steps, batch, h) = (d_out.size()[0], d_out.size()[1], model.config().arch.hidden as i64);
     let n = steps * batch;
-    let w_hh_t = model.layer_param(l, W_HH).tr();
+    let w_hh_t = model.layer(l).w_hh.tr();
     let h_prev = tape.hs.narrow(0, 0, steps);
     match &tape.cell {
         Saved::Rnn => {
@@ -238,7 +238,7 @@ fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads:
                 let _ = before.g_mul_(&slope.get(t - 1));
             }
             let d_a = d_out.view([n, h]);
-            grads[model.layer_index(l, W_HH)] = h_prev.reshape([n, h]).tr().mm(&d_a);
+            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_a);
             d_a
         }
         Saved::Gru { gates, hn } => {
@@ -268,8 +268,8 @@ fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads:
             }
             d_x.narrow(2, 0, 2 * h).copy_(&d_h.narrow(2, 0, 2 * h));
             let d_h = d_h.view([n, 3 * h]);
-            grads[model.layer_index(l, W_HH)] = h_prev.reshape([n, h]).tr().mm(&d_h);
-            grads[model.layer_index(l, B_HN)] = d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float);
+            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_h);
+            grads.b_hn = Some(d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float));
             d_x.view([n, 3 * h])
         }
         Saved::Lstm { gates, cs } => {
@@ -301,7 +301,7 @@ fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads:
                 }
             }
             let d_a = d_a.view([n, 4 * h]);
-            grads[model.layer_index(l, W_HH)] = h_prev.reshape([n, h]).tr().mm(&d_a);
+            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_a);
             d_a
         }
     }

@@ -40,6 +40,7 @@ mod eval;
 mod metrics;
 mod model;
 mod optim;
+mod params;
 mod plot;
 mod predict;
 mod rng;

@@ -1,6 +1,7 @@
 //! The char-RNN: parameters, one-hot encoding and the recurrent cells (Dive into Deep Learning, "RNN
 //! from scratch", and its GRU and LSTM chapters), written out in tensor operations.
 use crate::error::{Error, Result};
+use crate::params::{Layer, Params};
 use crate::rng::{Rng, Stream};
 use std::collections::HashMap;
 use std::path::Path;
@@ -141,12 +142,6 @@ enum First {
     Rows(Tensor),
 }
 
-/// Index of each per-layer parameter within its layer's block of [`ModelConfig::param_specs`].
-pub(crate) const W_XH: usize = 0;
-pub(crate) const W_HH: usize = 1;
-pub(crate) const B_H: usize = 2;
-pub(crate) const B_HN: usize = 3;
-
 /// The precision of the output layer's matrix products in training (forward and both backward products),
 /// which at the textbook's sizes are nine tenths of the arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -217,43 +212,9 @@ impl ModelConfig {
         embedding.checked_add(first)?.checked_add(upper)?.checked_add(output)
     }
 
-    fn per_layer(&self) -> usize {
-        if self.arch.cell == Cell::Gru {
-            4
-        } else {
-            3
-        }
-    }
-
-    /// Names and shapes of the parameters, in the order they are saved: the embedding `E [V, D]` when
-    /// `embed > 0`; for each layer l, `W_xh [I, kH]` (I = D, or V one-hot, for the first layer and H above
-    /// it), `W_hh [H, kH]`, `b_h [kH]` (k = [`Cell::blocks`]) and for a GRU `b_hn [H]`, named with a
-    /// `_l{l}` suffix above the first layer; then the output layer `W_hq [H, V]`, `b_q [V]`.
+    /// Names and shapes of the parameters, in the order they are saved (see [`Params::specs`]).
     pub fn param_specs(&self) -> Vec<(String, Vec<i64>)> {
-        let (v, h, k, d) =
-            (self.vocab_size as i64, self.arch.hidden as i64, self.arch.cell.blocks() as i64, self.arch.embed as i64);
-        let mut specs = Vec::new();
-        if d > 0 {
-            specs.push(("E".to_string(), vec![v, d]));
-        }
-        for l in 0..self.arch.layers {
-            let suffix = if l == 0 { String::new() } else { format!("_l{l}") };
-            let input = if l > 0 {
-                h
-            } else if d > 0 {
-                d
-            } else {
-                v
-            };
-            specs.push((format!("W_xh{suffix}"), vec![input, k * h]));
-            specs.push((format!("W_hh{suffix}"), vec![h, k * h]));
-            specs.push((format!("b_h{suffix}"), vec![k * h]));
-            if self.arch.cell == Cell::Gru {
-                specs.push((format!("b_hn{suffix}"), vec![h]));
-            }
-        }
-        specs.extend([("W_hq".to_string(), vec![h, v]), ("b_q".to_string(), vec![v])]);
-        specs
+        Params::<()>::specs(self).into_vec()
     }
 }
 
@@ -292,7 +253,10 @@ pub fn one_hot(x: &Tensor, n_class: usize) -> Tensor {
 pub struct RnnModel {
     config: ModelConfig,
     vs: nn::VarStore,
+    /// The parameters in saved order (what the optimizer and checkpoints walk).
     params: Vec<Tensor>,
+    /// The same tensors by role (what the computations read).
+    named: Params<Tensor>,
 }
 
 impl RnnModel {
@@ -358,7 +322,8 @@ impl RnnModel {
             }
             vars.push(root.f_var_copy(name.as_str(), &t.to_kind(Kind::Float).to_device(device))?);
         }
-        Ok(RnnModel { config, vs, params: vars })
+        let named = Params::from_values(&Params::<()>::specs(&config), vars.iter().map(Tensor::shallow_clone));
+        Ok(RnnModel { config, vs, params: vars, named })
     }
 
     /// The network's shape.
@@ -382,25 +347,19 @@ impl RnnModel {
         self.config.param_specs().into_iter().map(|(name, _)| name).zip(self.parameters()).collect()
     }
 
-    /// The position in [`ModelConfig::param_specs`] of parameter `which` (W_XH, W_HH, B_H, B_HN) of layer
-    /// `l`.
-    pub(crate) fn layer_index(&self, l: usize, which: usize) -> usize {
-        usize::from(self.config.arch.embed > 0) + l * self.config.per_layer() + which
+    /// The parameters by role (shallow handles).
+    pub(crate) fn named(&self) -> &Params<Tensor> {
+        &self.named
     }
 
-    /// Parameter `which` of layer `l` (no lookup by name: this is called at every time step).
-    pub(crate) fn layer_param(&self, l: usize, which: usize) -> &Tensor {
-        &self.params[self.layer_index(l, which)]
+    /// The embedding table `E [V, D]` (only called with `embed > 0`).
+    fn embedding(&self) -> &Tensor {
+        self.named.embedding.as_ref().expect("a model with embed > 0 has an embedding")
     }
 
-    /// `W_hq [H, V]`.
-    pub(crate) fn output_weight(&self) -> &Tensor {
-        &self.params[self.params.len() - 2]
-    }
-
-    /// `b_q [V]`.
-    pub(crate) fn output_bias(&self) -> &Tensor {
-        &self.params[self.params.len() - 1]
+    /// Layer `l`'s parameters.
+    pub(crate) fn layer(&self, l: usize) -> &Layer<Tensor> {
+        &self.named.layers[l]
     }
 
     /// Replaces the parameter values with `values` (in [`ModelConfig::param_specs`] order, same shapes).
@@ -447,14 +406,14 @@ impl RnnModel {
     /// Advances layer `l`'s cell one step given its input projection `xw = x W_xh + b_h` (Float
     /// `[batch, kH]`) and its state `h` (and `c`), each `[batch, H]`. Returns the new `(h, c)`.
     fn cell_step(&self, l: usize, xw: &Tensor, h: &Tensor, c: Option<&Tensor>) -> (Tensor, Option<Tensor>) {
-        let hw = h.mm(self.layer_param(l, W_HH));
+        let hw = h.mm(&self.layer(l).w_hh);
         match self.config.arch.cell {
             Cell::Rnn => ((xw + hw).tanh(), None),
             Cell::Gru => {
                 let (x3, h3) = (xw.chunk(3, 1), hw.chunk(3, 1));
                 let r = (&x3[0] + &h3[0]).sigmoid();
                 let z = (&x3[1] + &h3[1]).sigmoid();
-                let n = (&x3[2] + r * (&h3[2] + self.layer_param(l, B_HN))).tanh();
+                let n = (&x3[2] + r * (&h3[2] + gru_bias(self.layer(l)))).tanh();
                 (&n + z * (h - &n), None)
             }
             Cell::Lstm => {
@@ -474,23 +433,23 @@ impl RnnModel {
     /// single step: prediction runs one step per character).
     pub fn step(&self, x: &Tensor, state: &State) -> (Tensor, State) {
         let c = &self.config;
-        let mut input = if c.arch.embed > 0 { self.params[0].index_select(0, x) } else { Tensor::new() };
+        let mut input = if c.arch.embed > 0 { self.embedding().index_select(0, x) } else { Tensor::new() };
         let (mut hs, mut cs) = (Vec::with_capacity(c.arch.layers), Vec::new());
         for l in 0..c.arch.layers {
             // One-hot input: its product with W_xh is a row gather.
             let projection = if l == 0 && c.arch.embed == 0 {
-                self.layer_param(0, W_XH).index_select(0, x)
+                self.layer(0).w_xh.index_select(0, x)
             } else {
-                input.mm(self.layer_param(l, W_XH))
+                input.mm(&self.layer(l).w_xh)
             };
-            let xw = projection + self.layer_param(l, B_H);
+            let xw = projection + &self.layer(l).b_h;
             let cell = state.c.as_ref().map(|c| c.get(l as i64));
             let (h, cell) = self.cell_step(l, &xw, &state.h.get(l as i64), cell.as_ref());
             input = h.shallow_clone();
             hs.push(h);
             cs.extend(cell);
         }
-        let y = input.mm(self.output_weight()) + self.output_bias();
+        let y = input.mm(&self.named.w_hq) + &self.named.b_q;
         (y, State { h: Tensor::stack(&hs, 0), c: (!cs.is_empty()).then(|| Tensor::stack(&cs, 0)) })
     }
 
@@ -517,14 +476,14 @@ impl RnnModel {
         let ids = inputs.transpose(0, 1).reshape([-1]);
         let (mut hs, state) = match (c.arch.backend, c.arch.embed > 0) {
             (Backend::Scratch, true) => {
-                self.recur_scratch(First::Rows(self.params[0].index_select(0, &ids)), steps, batch, state, train)
+                self.recur_scratch(First::Rows(self.embedding().index_select(0, &ids)), steps, batch, state, train)
             }
             // One-hot rows times W_xh are rows of W_xh: gathered, not multiplied (the same numbers, V times
             // less work; `an_embedding_equals_one_hot_times_the_table` checks the identity).
             (Backend::Scratch, false) => self.recur_scratch(First::Ids(ids), steps, batch, state, train),
             // [steps * batch, I]: embedding rows, or one-hot rows (the textbook's X) for libtorch's kernels.
             (Backend::Fused, true) => {
-                self.recur_fused(self.params[0].index_select(0, &ids), steps, batch, state, train)
+                self.recur_fused(self.embedding().index_select(0, &ids), steps, batch, state, train)
             }
             (Backend::Fused, false) => self.recur_fused(one_hot(&ids, c.vocab_size), steps, batch, state, train),
         };
@@ -532,7 +491,7 @@ impl RnnModel {
             // Before the output layer (between layers it is applied by the recurrence).
             hs = hs.dropout(c.arch.dropout, train);
         }
-        let logits = precision.mm(&hs, self.output_weight()) + self.output_bias();
+        let logits = precision.mm(&hs, &self.named.w_hq) + &self.named.b_q;
         (logits, state)
     }
 
@@ -548,11 +507,11 @@ impl RnnModel {
                 xs = xs.dropout(c.arch.dropout, train);
             }
             let projection = match (l, &first) {
-                (0, First::Ids(ids)) => self.layer_param(0, W_XH).index_select(0, ids),
-                (0, First::Rows(rows)) => rows.mm(self.layer_param(0, W_XH)),
-                _ => xs.mm(self.layer_param(l, W_XH)),
+                (0, First::Ids(ids)) => self.layer(0).w_xh.index_select(0, ids),
+                (0, First::Rows(rows)) => rows.mm(&self.layer(0).w_xh),
+                _ => xs.mm(&self.layer(l).w_xh),
             };
-            let xw = (projection + self.layer_param(l, B_H)).view([steps, batch, -1]);
+            let xw = (projection + &self.layer(l).b_h).view([steps, batch, -1]);
             let mut h = state.h.get(l as i64);
             let mut cell = state.c.as_ref().map(|c| c.get(l as i64));
             let mut outs = Vec::with_capacity(steps as usize);
@@ -575,17 +534,12 @@ impl RnnModel {
         let h = c.arch.hidden as i64;
         let mut flat = Vec::with_capacity(4 * c.arch.layers);
         for l in 0..c.arch.layers {
-            let b_h = self.layer_param(l, B_H);
+            let layer = self.layer(l);
             let b_hh = match c.arch.cell {
-                Cell::Gru => Tensor::cat(&[&b_h.zeros_like().narrow(0, 0, 2 * h), self.layer_param(l, B_HN)], 0),
-                _ => b_h.zeros_like(),
+                Cell::Gru => Tensor::cat(&[&layer.b_h.zeros_like().narrow(0, 0, 2 * h), gru_bias(layer)], 0),
+                _ => layer.b_h.zeros_like(),
             };
-            flat.extend([
-                self.layer_param(l, W_XH).tr().contiguous(),
-                self.layer_param(l, W_HH).tr().contiguous(),
-                b_h.shallow_clone(),
-                b_hh,
-            ]);
+            flat.extend([layer.w_xh.tr().contiguous(), layer.w_hh.tr().contiguous(), layer.b_h.shallow_clone(), b_hh]);
         }
         let input = xs.view([steps, batch, -1]);
         let (layers, p) = (c.arch.layers as i64, c.arch.dropout);
@@ -607,6 +561,11 @@ impl RnnModel {
         };
         (out.view([steps * batch, h]), state)
     }
+}
+
+/// A GRU layer's `b_hn`.
+pub(crate) fn gru_bias(layer: &Layer<Tensor>) -> &Tensor {
+    layer.b_hn.as_ref().expect("a GRU layer has b_hn")
 }
 
 /// Mean cross-entropy (nats) of `logits` `[n, V]` against Int64 `targets` `[n]`: a scalar Float tensor.
