@@ -10,7 +10,8 @@
 use crate::corpus::{CorpusOptions, Vocabulary};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, RnnModel};
-use crate::train::{Position, TrainConfig, TrainState};
+use crate::resume::{Position, TrainState};
+use crate::train::TrainConfig;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -207,7 +208,8 @@ fn save_into(dir: &Path, params: &[(String, Tensor)], mut file: ModelFile, state
     file.resume = None;
     let mut written = vec![weights];
     if let Some(state) = state {
-        match write_tensors(dir, "state", file.epoch, &state.tensors) {
+        let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+        match write_tensors(dir, "state", file.epoch, &state.to_named(&names)) {
             Ok((name, state_bytes)) => {
                 written.push(name.clone());
                 file.resume = Some(ResumeInfo { position: state.position.clone(), state: name, state_bytes });
@@ -309,8 +311,9 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     Ok(LoadedModel { model, vocab, file })
 }
 
-/// Reads the training state of the resumable checkpoint `dir` (loaded as `loaded`) onto `device`.
-pub fn load_state(dir: &Path, loaded: &LoadedModel, device: Device) -> Result<TrainState> {
+/// Reads the training state of the resumable checkpoint `dir` (loaded as `loaded`), onto the model's device,
+/// checked against the model and its training configuration.
+pub fn load_state(dir: &Path, loaded: &LoadedModel) -> Result<TrainState> {
     let json = dir.join(MODEL_JSON);
     let resume = loaded.file.resume.as_ref().ok_or_else(|| {
         Error::bad_model(&json, "it holds no training state to resume from (only <model>/last does, in models trained since checkpoints existed)")
@@ -328,8 +331,7 @@ pub fn load_state(dir: &Path, loaded: &LoadedModel, device: Device) -> Result<Tr
     }
     let tensors = Tensor::read_safetensors(&path)
         .map_err(|e| Error::bad_model(&path, format!("cannot read the training state ({e})")))?;
-    let tensors = tensors.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
-    Ok(TrainState { position: resume.position.clone(), tensors })
+    TrainState::from_named(resume.position.clone(), tensors, &loaded.model, &loaded.file.train)
 }
 
 /// The model folder to use: `given`, or the last one `train` wrote from this working directory.

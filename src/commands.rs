@@ -8,7 +8,8 @@ use crate::metrics::{append_metrics, read_metrics, trim_metrics, MetricsLine};
 use crate::model::RnnModel;
 use crate::plot::{write_perplexity_svg, Curve};
 use crate::predict::{generate, Generate, Sample};
-use crate::train::{train, EpochReport, Progress, RunInfo, SaveReason, TrainConfig, TrainObserver, TrainState};
+use crate::resume::TrainState;
+use crate::train::{train, EpochReport, Progress, RunInfo, SaveReason, TrainConfig, TrainObserver};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -143,7 +144,7 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
         return Err(Error::bad_model(&job.dir, why));
     }
     let loaded = checkpoint::load(&last, device)?;
-    let state = checkpoint::load_state(&last, &loaded, device)?;
+    let state = checkpoint::load_state(&last, &loaded)?;
     let file = loaded.file.clone();
     let path = job.corpus.clone().unwrap_or_else(|| file.corpus.path.clone());
     let text = match read_corpus(&path, &file.corpus.options) {
@@ -329,14 +330,11 @@ impl TrainObserver for Saver<'_> {
         // The model to use: with validation the best epoch (rewritten only when it changes), else the latest.
         match &p.best {
             Some(best) if self.best_saved != Some(best.epoch) => {
-                let best_params: Vec<(String, Tensor)> = params
-                    .iter()
-                    .map(|(n, _)| {
-                        let key = format!("best.{n}");
-                        let t = state.tensors.iter().find(|(k, _)| *k == key).map(|(_, t)| t.shallow_clone());
-                        t.map(|t| (n.clone(), t)).ok_or_else(|| Error::config("training state", format!("lacks {key}")))
-                    })
-                    .collect::<Result<_>>()?;
+                let kept = state.best.as_ref().ok_or_else(|| Error::TrainingState {
+                    reason: format!("it names epoch {} the best but holds no parameters of it", best.epoch),
+                })?;
+                let best_params: Vec<(String, Tensor)> =
+                    params.iter().zip(kept).map(|((n, _), t)| (n.clone(), t.shallow_clone())).collect();
                 let best_file = ModelFile {
                     epoch: best.epoch,
                     perplexity: Some(best.perplexity).filter(|x| x.is_finite()),

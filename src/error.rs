@@ -72,6 +72,12 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A checkpoint's training state does not fit the run it belongs to (a tensor missing or misshapen).
+    #[error("the training state cannot be used: {reason}; resume from an intact checkpoint or train again")]
+    TrainingState {
+        /// What is missing or wrong.
+        reason: String,
+    },
     /// Training produced a non-finite loss or gradient norm.
     #[error("training diverged in epoch {epoch}: {what} is not finite; {}; try a lower --lr or a smaller --clip", kept.as_deref().unwrap_or("nothing of this run was saved"))]
     Diverged {

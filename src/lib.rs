@@ -43,6 +43,7 @@ mod optim;
 mod params;
 mod plot;
 mod predict;
+mod resume;
 mod rng;
 #[cfg(test)]
 mod testutil;
@@ -66,11 +67,11 @@ pub use model::{
 pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use plot::{perplexity_svg, Curve};
 pub use predict::{generate, predict, Generate, Sample, Sampler};
+pub use resume::{BestEpoch, Moments, Position, TrainState};
 pub use rng::{Rng, Stream};
 pub use train::{
-    carry_state, clip_factor, train, train_step, BestEpoch, EpochReport, Position, Progress, RunInfo, SaveReason,
-    StepOutput, TrainConfig, TrainObserver, TrainState, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC,
-    DEFAULT_VAL_MIN_CHARS,
+    carry_state, clip_factor, train, train_step, EpochReport, Progress, RunInfo, SaveReason, StepOutput, TrainConfig,
+    TrainObserver, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC, DEFAULT_VAL_MIN_CHARS,
 };
 
 display_as_value_enum!(Cell, Init, Backend, OptimizerKind, Precision, Sampling, UnknownChars);

@@ -573,24 +573,6 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     logits.cross_entropy_for_logits(targets)
 }
 
-/// A copy of the tensor called `name` in `tensors`, on `like`'s device, if it is Float and shaped like `like`;
-/// else a message saying what is missing or wrong (for reading saved training state).
-pub(crate) fn take_named(
-    tensors: &[(String, Tensor)],
-    name: &str,
-    like: &Tensor,
-) -> std::result::Result<Tensor, String> {
-    let t = tensors
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t)
-        .ok_or_else(|| format!("the training state lacks {name}"))?;
-    if t.size() != like.size() || t.kind() != Kind::Float {
-        return Err(format!("{name} is {:?} {:?}, expected Float {:?}", t.kind(), t.size(), like.size()));
-    }
-    Ok(t.to_device(like.device()).copy())
-}
-
 /// Targets `[batch, steps]` reordered step-major, `[steps * batch]`, to line up with [`RnnModel::forward`].
 pub fn step_major(targets: &Tensor) -> Tensor {
     targets.transpose(0, 1).reshape([-1])

@@ -1,6 +1,7 @@
 //! Parameter updates: plain SGD (the textbook's) or Adam, and a step-wise learning-rate decay.
 use crate::error::{Error, Result};
-use crate::model::{take_named, Init, RnnModel};
+use crate::model::{Init, RnnModel};
+use crate::resume::Moments;
 use tch::Tensor;
 
 /// Which update rule training uses.
@@ -102,38 +103,27 @@ impl Optimizer {
         }
     }
 
-    /// The state to save with a checkpoint: Adam's update count (0 for SGD) and its moments, named
-    /// `adam.m.<parameter>` and `adam.v.<parameter>` after `names` (the parameters' names, in order).
-    pub fn state(&self, names: &[String]) -> (u64, Vec<(String, Tensor)>) {
-        let Some(adam) = &self.adam else {
-            return (0, Vec::new());
-        };
-        let named = |prefix: &str, ts: &[Tensor]| -> Vec<(String, Tensor)> {
-            names.iter().zip(ts).map(|(n, t)| (format!("adam.{prefix}.{n}"), t.shallow_clone())).collect()
-        };
-        let mut out = named("m", &adam.m);
-        out.extend(named("v", &adam.v));
-        (adam.step, out)
-    }
-
-    /// Restores what [`Optimizer::state`] returned: `step` and the moments looked up by name in `tensors`,
-    /// checked against the parameters' shapes.
-    pub fn restore(
-        &mut self,
-        step: u64,
-        names: &[String],
-        tensors: &[(String, Tensor)],
-    ) -> std::result::Result<(), String> {
-        let Some(adam) = &mut self.adam else {
-            return Ok(());
-        };
-        for (prefix, ts) in [("m", &mut adam.m), ("v", &mut adam.v)] {
-            for (n, t) in names.iter().zip(ts.iter_mut()) {
-                *t = take_named(tensors, &format!("adam.{prefix}.{n}"), t)?;
+    /// Adam's update count (0 for SGD) and its moments (shallow handles: they change with the next step).
+    pub fn state(&self) -> (u64, Option<Moments>) {
+        match &self.adam {
+            None => (0, None),
+            Some(adam) => {
+                let handles = |ts: &[Tensor]| ts.iter().map(Tensor::shallow_clone).collect();
+                (adam.step, Some(Moments { m: handles(&adam.m), v: handles(&adam.v) }))
             }
         }
-        adam.step = step;
-        Ok(())
+    }
+
+    /// Restores what [`Optimizer::state`] returned (copies of `moments`, which [`TrainState::from_named`]
+    /// checked against the parameters).
+    ///
+    /// [`TrainState::from_named`]: crate::TrainState::from_named
+    pub fn restore(&mut self, step: u64, moments: Option<&Moments>) {
+        if let (Some(adam), Some(moments)) = (&mut self.adam, moments) {
+            adam.m = moments.m.iter().map(Tensor::copy).collect();
+            adam.v = moments.v.iter().map(Tensor::copy).collect();
+            adam.step = step;
+        }
     }
 }
 

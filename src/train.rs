@@ -4,9 +4,10 @@ use crate::bptt;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, perplexity};
-use crate::model::{cross_entropy, step_major, take_named, Arch, ModelConfig, Precision, RnnModel, State};
+use crate::model::{cross_entropy, step_major, Arch, ModelConfig, Precision, RnnModel, State};
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::predict::{generate, Generate, Sampler};
+use crate::resume::{BestEpoch, Position, TrainState};
 use crate::rng::{Rng, Stream};
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -337,52 +338,6 @@ pub struct TrainSummary {
     pub best: Option<BestEpoch>,
 }
 
-/// The epoch with the lowest validation perplexity so far.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BestEpoch {
-    /// The epoch, from 1.
-    pub epoch: usize,
-    /// Its training perplexity.
-    pub perplexity: f64,
-    /// Its validation perplexity.
-    pub val_perplexity: f64,
-}
-
-/// Where a run stands, in numbers; with the tensors of a [`TrainState`] it is everything needed to
-/// continue the run exactly.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Position {
-    /// Epochs completed.
-    pub epoch: usize,
-    /// Minibatches of epoch `epoch + 1` already trained (0 at an epoch boundary).
-    pub batch: usize,
-    /// The shuffle generator's state before epoch `epoch + 1` draws its shuffle.
-    pub shuffle_rng: u64,
-    /// Adam's update count (0 with SGD).
-    pub optimizer_step: u64,
-    /// Training perplexity of epoch `epoch` (`None` before the first).
-    pub perplexity: Option<f64>,
-    /// Validation perplexity of epoch `epoch`, with validation.
-    pub val_perplexity: Option<f64>,
-    /// The best epoch so far by validation perplexity.
-    pub best: Option<BestEpoch>,
-    /// Seconds spent training (minibatches only) since the run began, across resumes.
-    #[serde(default)]
-    pub elapsed: f64,
-}
-
-/// A run's resumable state: its [`Position`] and these tensors (on the model's device), by name:
-/// `loss_sum` (the sum of the unfinished epoch's minibatch losses, scalar Float), `grad_norm_sum` (likewise
-/// for the gradient norms), Adam's `adam.m.<param>` and `adam.v.<param>`, with validation the best epoch's
-/// parameters `best.<param>`, and in the middle of a consecutive-sampling epoch the carried state `carry.h`
-/// (and `carry.c` for an LSTM). The model's own parameters are not included.
-pub struct TrainState {
-    /// The numbers.
-    pub position: Position,
-    /// The tensors.
-    pub tensors: Vec<(String, Tensor)>,
-}
-
 /// The seed of libtorch's generator (dropout masks) for minibatch `batch` (from 0) of `epoch` (from 1): a
 /// function of the position only, so that a resumed run draws the same masks.
 fn minibatch_seed(seed: u64, epoch: usize, batch: usize) -> i64 {
@@ -424,50 +379,30 @@ impl Run {
         })
     }
 
-    /// The run `state` describes, checked against `model` and `config`.
-    fn resume(model: &RnnModel, config: &TrainConfig, state: &TrainState) -> std::result::Result<Run, String> {
-        let mut run = Run::start(model, config).map_err(|e| e.to_string())?;
-        let p = &state.position;
-        let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
-        run.optimizer.restore(p.optimizer_step, &names, &state.tensors)?;
-        run.loss_sum = take_named(&state.tensors, "loss_sum", &run.loss_sum)?;
-        run.grad_norm_sum = take_named(&state.tensors, "grad_norm_sum", &run.grad_norm_sum)?;
-        if p.best.is_some() {
-            let best = names
-                .iter()
-                .zip(model.parameters())
-                .map(|(n, param)| take_named(&state.tensors, &format!("best.{n}"), param));
-            run.best_params = Some(best.collect::<std::result::Result<Vec<_>, String>>()?);
-        }
-        if p.batch > 0 && config.sampling == Sampling::Consecutive {
-            let fresh = model.begin_state(config.batch);
-            let h = take_named(&state.tensors, "carry.h", &fresh.h)?;
-            let c = fresh.c.as_ref().map(|c| take_named(&state.tensors, "carry.c", c)).transpose()?;
-            run.carried = Some(State { h, c });
-        }
-        run.position = p.clone();
+    /// The run `state` describes (copied: training goes on in its own tensors).
+    fn resume(model: &RnnModel, config: &TrainConfig, state: &TrainState) -> Result<Run> {
+        let mut run = Run::start(model, config)?;
+        run.optimizer.restore(state.position.optimizer_step, state.adam.as_ref());
+        run.loss_sum = state.loss_sum.copy();
+        run.grad_norm_sum = state.grad_norm_sum.copy();
+        run.best_params = state.best.as_ref().map(|b| b.iter().map(Tensor::copy).collect());
+        run.carried = state.carry.as_ref().map(|c| State { h: c.h.copy(), c: c.c.as_ref().map(Tensor::copy) });
+        run.position = state.position.clone();
         Ok(run)
     }
 
-    /// The resumable state (see [`TrainState`]); `state` is the carried state in the middle of a
-    /// consecutive-sampling epoch.
-    fn snapshot(&self, model: &RnnModel, state: Option<&State>) -> TrainState {
-        let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
-        let (step, mut tensors) = self.optimizer.state(&names);
-        let mut position = self.position.clone();
-        position.optimizer_step = step;
-        tensors.push(("loss_sum".into(), self.loss_sum.shallow_clone()));
-        tensors.push(("grad_norm_sum".into(), self.grad_norm_sum.shallow_clone()));
-        if let Some(best) = &self.best_params {
-            tensors.extend(names.iter().zip(best).map(|(n, t)| (format!("best.{n}"), t.shallow_clone())));
+    /// The resumable state (see [`TrainState`]), sharing this run's tensors; `carry` is the carried state in
+    /// the middle of a consecutive-sampling epoch.
+    fn snapshot(&self, carry: Option<&State>) -> TrainState {
+        let (step, adam) = self.optimizer.state();
+        TrainState {
+            position: Position { optimizer_step: step, ..self.position.clone() },
+            loss_sum: self.loss_sum.shallow_clone(),
+            grad_norm_sum: self.grad_norm_sum.shallow_clone(),
+            adam,
+            best: self.best_params.as_ref().map(|b| b.iter().map(Tensor::shallow_clone).collect()),
+            carry: carry.map(State::detach),
         }
-        if let Some(s) = state {
-            tensors.push(("carry.h".into(), s.h.detach()));
-            if let Some(c) = &s.c {
-                tensors.push(("carry.c".into(), c.detach()));
-            }
-        }
-        TrainState { position, tensors }
     }
 
     /// Fails with [`Error::Diverged`] if the loss or gradient sums are not finite.
@@ -519,7 +454,7 @@ pub fn train(
     let mut run = match resume {
         None => Run::start(model, config)?,
         Some(state) => {
-            let run = Run::resume(model, config, state).map_err(|r| Error::config("training state", r))?;
+            let run = Run::resume(model, config, state)?;
             let p = &run.position;
             if p.batch >= batches {
                 return Err(Error::config(
@@ -603,7 +538,7 @@ pub fn train(
                 run.check_finite(epoch)?;
                 run.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
                 let carried = (config.sampling == Sampling::Consecutive).then(|| state.detach());
-                observer.checkpoint(model, &run.snapshot(model, carried.as_ref()), SaveReason::Interrupted)?;
+                observer.checkpoint(model, &run.snapshot(carried.as_ref()), SaveReason::Interrupted)?;
                 return Err(Error::Interrupted {
                     signal: stop.unwrap_or(0),
                     epoch,
@@ -682,7 +617,7 @@ pub fn train(
             None
         };
         if let Some(why) = reason {
-            observer.checkpoint(model, &run.snapshot(model, None), why)?;
+            observer.checkpoint(model, &run.snapshot(None), why)?;
             last_save = Instant::now();
         }
         if let (Some(signal), SaveReason::Interrupted) = (stop, reason.unwrap_or(SaveReason::Final)) {
@@ -788,6 +723,11 @@ mod tests {
             .contains("--val-frac"));
     }
 
+    /// Copies of named tensors.
+    fn copies(tensors: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+        tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect()
+    }
+
     /// A checkpoint as the recorder keeps it: why, the parameters, the position and the state's tensors.
     type Checkpoint = (SaveReason, Vec<Tensor>, Position, Vec<(String, Tensor)>);
 
@@ -812,7 +752,9 @@ mod tests {
         }
         fn checkpoint(&mut self, model: &RnnModel, state: &TrainState, why: SaveReason) -> Result<()> {
             let params = model.parameters().iter().map(|p| p.detach().copy()).collect();
-            let tensors = state.tensors.iter().map(|(n, t)| (n.clone(), t.detach().copy())).collect();
+            // Through the state file's names, as a checkpoint keeps it.
+            let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+            let tensors = state.to_named(&names).into_iter().map(|(n, t)| (n, t.detach().copy())).collect();
             self.checkpoints.push((why, params, state.position.clone(), tensors));
             if self.poison_after == Some(state.position.epoch) {
                 tch::no_grad(|| {
@@ -860,12 +802,8 @@ mod tests {
         // The final checkpoint carries the best epoch's parameters, and they score the kept perplexity.
         let (why, _, position, tensors) = rec.checkpoints.last().unwrap();
         assert_eq!((*why, position.best.as_ref()), (SaveReason::Final, Some(&best)));
-        let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
-        let params = names
-            .iter()
-            .zip(model.parameters())
-            .map(|(n, p)| take_named(tensors, &format!("best.{n}"), p).unwrap())
-            .collect();
+        let state = TrainState::from_named(position.clone(), copies(tensors), &model, &config).unwrap();
+        let params = state.best.expect("the best epoch's parameters");
         let kept = RnnModel::from_tensors(model.config(), params, Device::Cpu).unwrap();
         let again = evaluate(&kept, val_ids, config.eval_context(train_ids.len())).unwrap().perplexity();
         assert!((again - best.val_perplexity).abs() < 1e-9 * again, "{again} vs {}", best.val_perplexity);
@@ -928,10 +866,7 @@ mod tests {
                 let resumed =
                     RnnModel::from_tensors(straight.config(), params.iter().map(|t| t.copy()).collect(), Device::Cpu)
                         .unwrap();
-                let state = TrainState {
-                    position: position.clone(),
-                    tensors: tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect(),
-                };
+                let state = TrainState::from_named(position.clone(), copies(tensors), &resumed, &config).unwrap();
                 let mut rest = Recorder::default();
                 train(&resumed, &vocab, train_ids, val_ids, &config, Some(&state), &mut rest).unwrap();
                 for (a, b) in straight.parameters().iter().zip(resumed.parameters()) {

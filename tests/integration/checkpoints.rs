@@ -196,7 +196,8 @@ fn a_second_ctrl_c_exits_at_once_and_the_last_checkpoint_still_loads() {
     signal(&child, "INT");
     let (status, stderr) = finish(child);
     assert_eq!(status, Some(130), "{stderr}");
-    // Without validation the model and the resumable checkpoint hold the same epoch's weights.
+    // Both load and predict. Without validation, where both hold the same epoch they hold the same weights
+    // (the second Ctrl-C may fall between writing the model and writing its checkpoint: then they differ).
     let outputs: Vec<String> = ["m", "m/last"]
         .iter()
         .map(|dir| {
@@ -205,8 +206,11 @@ fn a_second_ctrl_c_exits_at_once_and_the_last_checkpoint_still_loads() {
             p.stdout
         })
         .collect();
-    assert_eq!(outputs[0], outputs[1], "the model and its checkpoint disagree");
-    assert_same_parameters(&env.path("m"), &env.path("m/last"));
+    let epoch = |dir: &str| checkpoint::load(&env.path(dir), Device::Cpu).unwrap().file.epoch;
+    if epoch("m") == epoch("m/last") {
+        assert_eq!(outputs[0], outputs[1], "the model and its checkpoint disagree");
+        assert_same_parameters(&env.path("m"), &env.path("m/last"));
+    }
     let next = position(&env.path("m")).0 + 1;
     let resumed = env.run(&["train", "--resume", "m", "--epochs", &next.to_string(), "--device", "cpu"]);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
@@ -250,8 +254,7 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
             let last = env.path("m/last");
             let loaded =
                 checkpoint::load(&last, Device::Cpu).unwrap_or_else(|e| panic!("kill {i}: last does not load: {e}"));
-            checkpoint::load_state(&last, &loaded, Device::Cpu)
-                .unwrap_or_else(|e| panic!("kill {i}: state does not load: {e}"));
+            checkpoint::load_state(&last, &loaded).unwrap_or_else(|e| panic!("kill {i}: state does not load: {e}"));
         } else {
             assert_eq!(i, 0, "kill {i}: the model folder is gone");
         }
@@ -290,7 +293,7 @@ fn divergence_is_a_clear_error_and_keeps_the_last_good_checkpoint() {
     assert_eq!(env.train(&["--epochs", "2", "--out", "g"]).code, 0);
     let last = env.path("g/last");
     let loaded = checkpoint::load(&last, Device::Cpu).unwrap();
-    let state = checkpoint::load_state(&last, &loaded, Device::Cpu).unwrap();
+    let state = checkpoint::load_state(&last, &loaded).unwrap();
     tch::no_grad(|| {
         let _ = loaded.model.parameters()[0].shallow_clone().fill_(f64::NAN);
     });

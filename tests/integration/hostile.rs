@@ -191,7 +191,7 @@ fn load_everything(dir: &Path) -> Result<(), TestCaseError> {
     };
     let x = tch::Tensor::from_slice(&[0i64, 1]).view([1, 2]);
     let _ = loaded.model.forward(&x, &loaded.model.begin_state(1), false);
-    let state = match checkpoint::load_state(dir, &loaded, Device::Cpu) {
+    let state = match checkpoint::load_state(dir, &loaded) {
         Ok(state) => state,
         Err(e) => {
             prop_assert!(e.to_string().len() > 10, "{e}");
