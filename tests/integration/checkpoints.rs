@@ -319,3 +319,43 @@ fn resume_refuses_a_changed_corpus() {
     env.fails(&args, "longer.txt is not the text the run trained on");
     assert_eq!(std::fs::read(env.path("m/last/model.json")).unwrap(), before, "the checkpoint is left as it was");
 }
+
+/// Copies the folder `from` into `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A model folder that charrnn 0.1.0 wrote before the architecture, parameters and training state were
+/// restructured (tests/fixtures/v0.1.0-gru, with its README) still loads, scores its corpus as it did
+/// then, and resumes.
+#[test]
+fn a_model_folder_from_an_earlier_version_loads_evaluates_and_resumes() {
+    let env = Env::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v0.1.0-gru");
+    copy_dir(&fixture.join("model"), &env.path("old"));
+    std::fs::copy(fixture.join("lyrics.txt"), env.path("old-lyrics.txt")).unwrap();
+    let then: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture.join("eval.json")).unwrap()).unwrap();
+    let now = crate::cli::eval_json(&env, &["--model", "old", "--corpus", "old-lyrics.txt"]);
+    assert_eq!((&now["chars"], &now["context"]), (&then["chars"], &then["context"]));
+    // The same float32 sums, possibly in another order on another CPU: 557 predictions of 30 classes.
+    let (a, b) = (now["cross_entropy"].as_f64().unwrap(), then["cross_entropy"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-5 * b, "cross-entropy now {a}, then {b}");
+    let info = env.run(&["info", "--model", "old/last"]);
+    assert!(info.stdout.contains("network gru, 1 layer of 8 units"), "{}", info.stdout);
+    assert!(info.stdout.contains("resumable at epoch 3 minibatch 0"), "{}", info.stdout);
+    crate::cli::assert_eval_agrees_with_predict(&env, "old");
+    let r = env.run(&["train", "--resume", "old", "--epochs", "5", "--corpus", "old-lyrics.txt", "--device", "cpu"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(position(&env.path("old")), (5, 0));
+    let log = std::fs::read_to_string(env.path("old/metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 5, "the old run's 3 epochs and the 2 new ones: {log}");
+}
