@@ -439,6 +439,51 @@ pub fn train(
     resume: Option<&TrainState>,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
+    let batches = check_run(model, vocab, corpus, config)?;
+    let mut run = match resume {
+        None => Run::start(model, config)?,
+        Some(state) => Run::resume(model, config, state)?.check_position(config, batches)?,
+    };
+    let model_config = model.config();
+    observer.begin(&RunInfo {
+        device: crate::device::device_name(model.device()),
+        corpus_chars: corpus.len() + val.len(),
+        train_chars: corpus.len(),
+        vocab_size: vocab.len(),
+        model: model_config,
+        parameters: model_config.parameter_count().unwrap_or(0),
+        batches,
+        config: config.clone(),
+        resumed_at: resume.map(|s| (s.position.epoch, s.position.batch)),
+    });
+    // Validation reads the held-out text as evaluation reads text: in windows of the training context.
+    let validation = (val, config.eval_context(corpus.len()));
+    let mut last_save = Instant::now();
+    for epoch in run.position.epoch + 1..=config.epochs {
+        let trained = run.train_epoch(model, corpus, config, epoch, batches, observer)?;
+        let report = run.finish_epoch(model, vocab, validation, config, &trained)?;
+        observer.epoch(&report);
+        let reason = checkpoint_reason(config, epoch, trained.stop, last_save);
+        if let Some(why) = reason {
+            observer.checkpoint(model, &run.snapshot(None), why)?;
+            last_save = Instant::now();
+        }
+        if let (Some(signal), Some(SaveReason::Interrupted)) = (trained.stop, reason) {
+            return Err(Error::Interrupted { signal, epoch, batch: batches, batches, saved: None });
+        }
+    }
+    let p = &run.position;
+    Ok(TrainSummary {
+        epochs: p.epoch,
+        perplexity: p.perplexity.unwrap_or(f64::NAN),
+        val_perplexity: p.val_perplexity,
+        best: p.best.clone(),
+    })
+}
+
+/// Checks that `config` is valid, describes `model` over `vocab`, fits `corpus` and has prefixes in the
+/// vocabulary; returns the minibatches per epoch.
+fn check_run(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &TrainConfig) -> Result<usize> {
     config.validate()?;
     let expected = config.model_config(vocab.len());
     if model.config() != expected {
@@ -450,60 +495,108 @@ pub fn train(
     for p in &config.prefixes {
         vocab.encode(p, "the prefix")?;
     }
-    let batches = config.sampling.batches_per_epoch(corpus.len(), config.batch, config.steps);
-    let mut run = match resume {
-        None => Run::start(model, config)?,
-        Some(state) => {
-            let run = Run::resume(model, config, state)?;
-            let p = &run.position;
-            if p.batch >= batches {
-                return Err(Error::config(
-                    "training state",
-                    format!("it stands at minibatch {} of an epoch of {batches}", p.batch),
-                ));
-            }
-            if (p.epoch, p.batch) >= (config.epochs, 0) {
-                let at = if p.batch > 0 {
-                    format!("epoch {} minibatch {}", p.epoch + 1, p.batch)
-                } else {
-                    format!("{} epochs", p.epoch)
-                };
-                return Err(Error::config(
-                    "--epochs",
-                    format!("the run already stands at {at}; ask for more than {} epochs", p.epoch.max(config.epochs)),
-                ));
-            }
-            run
+    Ok(config.sampling.batches_per_epoch(corpus.len(), config.batch, config.steps))
+}
+
+/// Why a checkpoint is due after `epoch`, if one is: the last epoch, a stop requested at its end, or the
+/// checkpoint period (epochs, or else [`AUTO_CHECKPOINT_SECS`] since `last_save`).
+fn checkpoint_reason(config: &TrainConfig, epoch: usize, stop: Option<i32>, last_save: Instant) -> Option<SaveReason> {
+    if epoch == config.epochs {
+        Some(SaveReason::Final)
+    } else if stop.is_some() {
+        Some(SaveReason::Interrupted)
+    } else if config
+        .checkpoint_every
+        .map_or(last_save.elapsed().as_secs() >= AUTO_CHECKPOINT_SECS, |n| epoch.is_multiple_of(n))
+    {
+        Some(SaveReason::Periodic)
+    } else {
+        None
+    }
+}
+
+/// The report lines' predictions after `epoch`: one per configured prefix, every `pred_period` epochs.
+fn report_samples(
+    model: &RnnModel,
+    vocab: &Vocabulary,
+    config: &TrainConfig,
+    epoch: usize,
+) -> Result<Option<Vec<String>>> {
+    if !epoch.is_multiple_of(config.pred_period) {
+        return Ok(None);
+    }
+    // Seeded by the epoch too, so that a resumed run prints the same samples.
+    let sampler = Sampler { seed: config.seed.wrapping_add(epoch as u64), ..config.sampler };
+    let options = Generate { num_chars: config.pred_len, samples: 1, stop: None, sampler, probs: false };
+    let samples =
+        config.prefixes.iter().map(|p| Ok(generate(model, vocab, p, &options, &mut |_, _| {})?.remove(0).text));
+    samples.collect::<Result<Vec<String>>>().map(Some)
+}
+
+/// An epoch whose minibatches all ran (or that a stop request ended at its last minibatch).
+struct TrainedEpoch {
+    epoch: usize,
+    /// The epoch's learning rate.
+    lr: f64,
+    /// When it started, and the training time before it.
+    start: Instant,
+    elapsed_before: f64,
+    /// The first minibatch this run trained (not 0 in a resumed epoch).
+    first: usize,
+    batches: usize,
+    /// The shuffle generator after the epoch's shuffle.
+    rng: Rng,
+    /// The signal that asked to stop at the epoch's end, if any.
+    stop: Option<i32>,
+}
+
+impl Run {
+    /// Refuses a resumed run that stands outside an epoch of `batches` minibatches or already past
+    /// `config.epochs`.
+    fn check_position(self, config: &TrainConfig, batches: usize) -> Result<Run> {
+        let p = &self.position;
+        if p.batch >= batches {
+            let reason = format!("it stands at minibatch {} of an epoch of {batches}", p.batch);
+            return Err(Error::TrainingState { reason });
         }
-    };
-    let device = model.device();
-    let model_config = model.config();
-    observer.begin(&RunInfo {
-        device: crate::device::device_name(device),
-        corpus_chars: corpus.len() + val.len(),
-        train_chars: corpus.len(),
-        vocab_size: vocab.len(),
-        model: model_config,
-        parameters: model_config.parameter_count().unwrap_or(0),
-        batches,
-        config: config.clone(),
-        resumed_at: resume.map(|s| (s.position.epoch, s.position.batch)),
-    });
-    let context = config.eval_context(corpus.len());
-    let mut last_save = Instant::now();
-    for epoch in run.position.epoch + 1..=config.epochs {
+        if (p.epoch, p.batch) >= (config.epochs, 0) {
+            let at = if p.batch > 0 {
+                format!("epoch {} minibatch {}", p.epoch + 1, p.batch)
+            } else {
+                format!("{} epochs", p.epoch)
+            };
+            let reason =
+                format!("the run already stands at {at}; ask for more than {} epochs", p.epoch.max(config.epochs));
+            return Err(Error::config("--epochs", reason));
+        }
+        Ok(self)
+    }
+
+    /// Trains the minibatches of `epoch` from where the run stands. Random sampling starts each from a zero
+    /// state; consecutive sampling carries the state across them (detached), from a zero state at the
+    /// epoch's start. A stop requested before the last minibatch checkpoints the run and ends it with
+    /// [`Error::Interrupted`].
+    fn train_epoch(
+        &mut self,
+        model: &RnnModel,
+        corpus: &[i64],
+        config: &TrainConfig,
+        epoch: usize,
+        batches: usize,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<TrainedEpoch> {
         let start = Instant::now();
         let lr = config.lr_decay.lr_at(config.lr, epoch);
-        run.optimizer.set_lr(lr);
-        let mut rng = Rng::new(run.position.shuffle_rng);
-        let (xs, ys) = config.sampling.epoch(corpus, config.batch, config.steps, &mut rng, device)?;
-        let first = run.position.batch;
-        let elapsed_before = run.position.elapsed;
+        self.optimizer.set_lr(lr);
+        let mut rng = Rng::new(self.position.shuffle_rng);
+        let (xs, ys) = config.sampling.epoch(corpus, config.batch, config.steps, &mut rng, model.device())?;
+        let first = self.position.batch;
+        let elapsed_before = self.position.elapsed;
         if first == 0 {
-            let _ = run.loss_sum.zero_();
-            let _ = run.grad_norm_sum.zero_();
+            let _ = self.loss_sum.zero_();
+            let _ = self.grad_norm_sum.zero_();
         }
-        let mut state = run.carried.take().unwrap_or_else(|| model.begin_state(config.batch));
+        let mut state = self.carried.take().unwrap_or_else(|| model.begin_state(config.batch));
         let mut stop = None;
         for i in first..batches {
             if config.arch.dropout > 0.0 {
@@ -513,124 +606,79 @@ pub fn train(
                 Sampling::Random => model.begin_state(config.batch),
                 Sampling::Consecutive => carry_state(&state),
             };
-            let out = train_step(
-                model,
-                &xs.get(i as i64),
-                &ys.get(i as i64),
-                &input_state,
-                config.clip,
-                config.precision,
-                &mut run.optimizer,
-            );
+            let (x, y) = (xs.get(i as i64), ys.get(i as i64));
+            let out = train_step(model, &x, &y, &input_state, config.clip, config.precision, &mut self.optimizer);
             state = out.state;
-            let _ = run.loss_sum.shallow_clone().f_add_(&out.loss)?;
-            let _ = run.grad_norm_sum.shallow_clone().f_add_(&out.grad_norm)?;
-            run.position.batch = i + 1;
-            observer.minibatch(&Progress {
-                epoch,
-                epochs: config.epochs,
-                batch: i + 1,
-                batches,
-                loss_sum: &run.loss_sum,
-            });
+            let _ = self.loss_sum.shallow_clone().f_add_(&out.loss)?;
+            let _ = self.grad_norm_sum.shallow_clone().f_add_(&out.grad_norm)?;
+            self.position.batch = i + 1;
+            let progress = Progress { epoch, epochs: config.epochs, batch: i + 1, batches, loss_sum: &self.loss_sum };
+            observer.minibatch(&progress);
             stop = observer.stop_requested();
-            if stop.is_some() && i + 1 < batches {
-                run.check_finite(epoch)?;
-                run.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
+            if let Some(signal) = stop.filter(|_| i + 1 < batches) {
+                self.check_finite(epoch)?;
+                self.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
                 let carried = (config.sampling == Sampling::Consecutive).then(|| state.detach());
-                observer.checkpoint(model, &run.snapshot(carried.as_ref()), SaveReason::Interrupted)?;
-                return Err(Error::Interrupted {
-                    signal: stop.unwrap_or(0),
-                    epoch,
-                    batch: i + 1,
-                    batches,
-                    saved: None,
-                });
+                observer.checkpoint(model, &self.snapshot(carried.as_ref()), SaveReason::Interrupted)?;
+                return Err(Error::Interrupted { signal, epoch, batch: i + 1, batches, saved: None });
             }
             if stop.is_some() {
                 break;
             }
         }
-        let (loss_total, norm_total) = run.check_finite(epoch)?;
+        Ok(TrainedEpoch { epoch, lr, start, elapsed_before, first, batches, rng, stop })
+    }
+
+    /// Ends an epoch: checks the loss and gradient norms are finite, evaluates `val` in windows of
+    /// `context` (keeping the best epoch's parameters), moves the position to the epoch's end and makes its
+    /// report.
+    fn finish_epoch(
+        &mut self,
+        model: &RnnModel,
+        vocab: &Vocabulary,
+        (val, context): (&[i64], usize),
+        config: &TrainConfig,
+        t: &TrainedEpoch,
+    ) -> Result<EpochReport> {
+        let (epoch, batches) = (t.epoch, t.batches);
+        let (loss_total, norm_total) = self.check_finite(epoch)?;
         let last = perplexity(loss_total / batches as f64);
         if !last.is_finite() {
             // A mean loss above ~709 nats: far beyond any model that learns (a uniform guess scores ln V).
             return Err(Error::Diverged { epoch, what: "the training perplexity".into(), kept: None });
         }
         // Like the textbook, the reported time is the epoch's training, without validation and predictions.
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = t.start.elapsed().as_secs_f64();
         let mut val_perplexity = None;
         if val.len() >= 2 {
             let vp = evaluate(model, val, context)?.perplexity();
-            if run.position.best.as_ref().is_none_or(|b| vp < b.val_perplexity) {
-                run.best_params = Some(model.parameters().iter().map(|p| p.detach().copy()).collect());
-                run.position.best = Some(BestEpoch { epoch, perplexity: last, val_perplexity: vp });
+            if self.position.best.as_ref().is_none_or(|b| vp < b.val_perplexity) {
+                self.best_params = Some(model.parameters().iter().map(|p| p.detach().copy()).collect());
+                self.position.best = Some(BestEpoch { epoch, perplexity: last, val_perplexity: vp });
             }
             val_perplexity = Some(vp);
         }
-        run.position = Position {
+        self.position = Position {
             epoch,
             batch: 0,
-            shuffle_rng: rng.state(),
+            shuffle_rng: t.rng.state(),
             perplexity: Some(last),
             val_perplexity,
-            elapsed: elapsed_before + seconds,
-            ..run.position.clone()
+            elapsed: t.elapsed_before + seconds,
+            ..self.position.clone()
         };
-        let samples = if epoch % config.pred_period == 0 {
-            // Seeded by the epoch too, so that a resumed run prints the same samples.
-            let sampler = Sampler { seed: config.seed.wrapping_add(epoch as u64), ..config.sampler };
-            let options = Generate { num_chars: config.pred_len, samples: 1, stop: None, sampler, probs: false };
-            let s: Result<Vec<String>> = config
-                .prefixes
-                .iter()
-                .map(|p| Ok(generate(model, vocab, p, &options, &mut |_, _| {})?.remove(0).text))
-                .collect();
-            Some(s?)
-        } else {
-            None
-        };
-        let grad_norm = norm_total / batches as f64;
-        let chars = (batches - first) * config.batch * config.steps;
-        let elapsed = run.position.elapsed;
-        observer.epoch(&EpochReport {
+        Ok(EpochReport {
             epoch,
             perplexity: last,
             val_perplexity,
-            grad_norm,
-            lr,
+            grad_norm: norm_total / batches as f64,
+            lr: t.lr,
             seconds,
-            chars,
-            elapsed,
-            samples,
-        });
-        let reason = if epoch == config.epochs {
-            Some(SaveReason::Final)
-        } else if stop.is_some() {
-            Some(SaveReason::Interrupted)
-        } else if config
-            .checkpoint_every
-            .map_or(last_save.elapsed().as_secs() >= AUTO_CHECKPOINT_SECS, |n| epoch % n == 0)
-        {
-            Some(SaveReason::Periodic)
-        } else {
-            None
-        };
-        if let Some(why) = reason {
-            observer.checkpoint(model, &run.snapshot(None), why)?;
-            last_save = Instant::now();
-        }
-        if let (Some(signal), SaveReason::Interrupted) = (stop, reason.unwrap_or(SaveReason::Final)) {
-            return Err(Error::Interrupted { signal, epoch, batch: batches, batches, saved: None });
-        }
+            chars: (batches - t.first) * config.batch * config.steps,
+            elapsed: self.position.elapsed,
+            samples: report_samples(model, vocab, config, epoch)?,
+        })
     }
-    let p = &run.position;
-    Ok(TrainSummary {
-        epochs: p.epoch,
-        perplexity: p.perplexity.unwrap_or(f64::NAN),
-        val_perplexity: p.val_perplexity,
-        best: p.best.clone(),
-    })
 }
 
 #[cfg(test)]
