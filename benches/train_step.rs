@@ -6,8 +6,8 @@
 //! Run: `make bench` (or `cargo bench --bench train_step`). CPU only; libtorch's CPU ops are synchronous,
 //! so reading the clock after each call measures finished work.
 use charrnn::{
-    evaluate, generate, predict, read_corpus, train_step, Arch, Cell, CorpusOptions, Generate, Init, ModelConfig,
-    Optimizer, OptimizerKind, Precision, Rng, RnnModel, Sampler, Sampling, Vocabulary,
+    evaluate, generate, predict, read_corpus, train_step, Arch, BatchOrder, Cell, CorpusOptions, Dtype, Generate, Init,
+    ModelConfig, Network, Optimizer, OptimizerKind, Rng, Sampler, Vocabulary,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::path::Path;
@@ -20,8 +20,8 @@ fn textbook_workload(c: &mut Criterion) {
     let text = read_corpus(&path, &CorpusOptions { keep_newlines: false, limit_chars: Some(10_000) }).unwrap();
     let vocab = Vocabulary::from_text(&text);
     let ids = vocab.encode(&text, "the corpus").unwrap();
-    let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 256), 0, Device::Cpu).unwrap();
-    let (xs, ys) = Sampling::Random.epoch(&ids, 32, 35, &mut Rng::new(0), Device::Cpu).unwrap();
+    let model = Network::new(ModelConfig::rnn(vocab.len(), 256), 0, Device::Cpu).unwrap();
+    let (xs, ys) = BatchOrder::Random.epoch(&ids, 32, 35, &mut Rng::new(0), Device::Cpu).unwrap();
     let (x, y) = (xs.get(0), ys.get(0));
     let state = model.begin_state(32);
 
@@ -30,10 +30,10 @@ fn textbook_workload(c: &mut Criterion) {
     g.throughput(Throughput::Elements(32 * 35));
     let mut sgd = Optimizer::new(OptimizerKind::Sgd, &model, 100.0).unwrap();
     g.bench_function("train_step (chars)", |b| {
-        b.iter(|| train_step(&model, &x, &y, &state, 0.01, Precision::Fp32, &mut sgd))
+        b.iter(|| train_step(&model, &x, &y, &state, 0.01, Dtype::Fp32, &mut sgd))
     });
     g.bench_function("train_step bf16 (chars)", |b| {
-        b.iter(|| train_step(&model, &x, &y, &state, 0.01, Precision::Bf16, &mut sgd))
+        b.iter(|| train_step(&model, &x, &y, &state, 0.01, Dtype::Bf16, &mut sgd))
     });
     g.throughput(Throughput::Elements(50));
     g.bench_function("predict 50 (chars)", |b| b.iter(|| predict(&model, &vocab, "分开", 50).unwrap()));
@@ -63,10 +63,10 @@ fn textbook_workload(c: &mut Criterion) {
         vocab.len(),
         Arch { cell: Cell::Gru, layers: 2, embed: 256, init: Init::Uniform, ..Arch::rnn(512) },
     );
-    let gru = RnnModel::new(config, 0, Device::Cpu).unwrap();
+    let gru = Network::new(config, 0, Device::Cpu).unwrap();
     let mut adam = Optimizer::new(OptimizerKind::Adam, &gru, 0.002).unwrap();
     let state = gru.begin_state(32);
-    for precision in [Precision::Fp32, Precision::Bf16] {
+    for precision in [Dtype::Fp32, Dtype::Bf16] {
         g.bench_function(format!("train_step {} (chars)", precision), |b| {
             b.iter(|| train_step(&gru, &x, &y, &state, 1.0, precision, &mut adam))
         });

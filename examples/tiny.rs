@@ -1,7 +1,7 @@
 //! Train a tiny char-RNN on a string in memory with the library API, then predict from it.
 //!
 //! Run: `cargo run --release --example tiny`
-use charrnn::{predict, train, Arch, EpochReport, RnnModel, Sampling, TrainConfig, TrainObserver, Vocabulary};
+use charrnn::{predict, train, Arch, BatchOrder, EpochReport, Network, TrainConfig, TrainObserver, Vocabulary};
 
 struct PrintEvery;
 
@@ -20,18 +20,18 @@ fn main() -> charrnn::Result<()> {
     let config = TrainConfig {
         arch: Arch::rnn(64),
         steps: 8,
-        batch: 4,
+        batch_size: 4,
         lr: 1.0,
         clip: 1.0,
         epochs: 40,
-        sampling: Sampling::Consecutive,
+        batch_order: BatchOrder::Consecutive,
         prefixes: vec!["分开".into()],
         pred_period: 10,
         pred_len: 12,
         ..Default::default()
     };
     // The model the configuration describes (train refuses any other).
-    let model = RnnModel::new(config.model_config(vocab.len()), 0, tch::Device::Cpu)?;
+    let model = Network::new(config.model_config(vocab.len()), 0, tch::Device::Cpu)?;
     let summary = train(&model, &vocab, &ids, &[], &config, None, &mut PrintEvery)?;
     println!("final perplexity {:.3}", summary.perplexity);
     println!("{}", predict(&model, &vocab, "不知", 12)?);

@@ -6,7 +6,7 @@ use tch::{Device, Kind, Tensor};
 /// How minibatches are cut from the corpus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Sampling {
+pub enum BatchOrder {
     /// Non-overlapping subsequences in random order; each minibatch starts from a zero state.
     #[default]
     Random,
@@ -15,14 +15,14 @@ pub enum Sampling {
     Consecutive,
 }
 
-impl Sampling {
+impl BatchOrder {
     /// Minibatches per epoch for a corpus of `len` indices (0 if none fits).
     pub fn batches_per_epoch(self, len: usize, batch: usize, steps: usize) -> usize {
         match self {
             // (len - 1) / steps subsequences of `steps` inputs each, `batch` per minibatch.
-            Sampling::Random => len.saturating_sub(1) / steps / batch,
+            BatchOrder::Random => len.saturating_sub(1) / steps / batch,
             // `batch` rows of len / batch indices, each row cut into pieces of `steps` (+1 for targets).
-            Sampling::Consecutive => (len / batch).saturating_sub(1) / steps,
+            BatchOrder::Consecutive => (len / batch).saturating_sub(1) / steps,
         }
     }
 
@@ -34,10 +34,10 @@ impl Sampling {
         // The largest steps (batch) that fits with the other as given, computed directly: searching would
         // take forever for absurd values.
         let (max_steps, max_batch) = match self {
-            Sampling::Random => {
+            BatchOrder::Random => {
                 ((len.saturating_sub(1) / batch.max(1)).min(steps), (len.saturating_sub(1) / steps.max(1)).min(batch))
             }
-            Sampling::Consecutive => {
+            BatchOrder::Consecutive => {
                 ((len / batch.max(1)).saturating_sub(1).min(steps), (len / steps.saturating_add(1)).min(batch))
             }
         };
@@ -71,12 +71,12 @@ impl Sampling {
         // Start offset of every (batch, row) sequence, minibatch-major.
         let mut starts = Vec::with_capacity(n * batch);
         match self {
-            Sampling::Random => {
+            BatchOrder::Random => {
                 let mut examples: Vec<usize> = (0..(corpus.len() - 1) / steps).collect();
                 rng.shuffle(&mut examples);
                 starts.extend(examples[..n * batch].iter().map(|&e| e * steps));
             }
-            Sampling::Consecutive => {
+            BatchOrder::Consecutive => {
                 let row_len = corpus.len() / batch;
                 for i in 0..n {
                     starts.extend((0..batch).map(|r| r * row_len + i * steps));
@@ -112,7 +112,7 @@ mod tests {
     #[test]
     fn random_sampler_draws_distinct_aligned_subsequences() {
         let c = corpus(1000);
-        let (x, y) = Sampling::Random.epoch(&c, 4, 7, &mut Rng::new(0), Device::Cpu).unwrap();
+        let (x, y) = BatchOrder::Random.epoch(&c, 4, 7, &mut Rng::new(0), Device::Cpu).unwrap();
         // (1000 - 1) / 7 = 142 subsequences, 35 minibatches of 4.
         assert_eq!(x.size(), vec![35, 4, 7]);
         let mut seen = HashSet::new();
@@ -130,9 +130,9 @@ mod tests {
     #[test]
     fn random_sampler_shuffles_with_its_seed() {
         let c = corpus(1000);
-        let a = Sampling::Random.epoch(&c, 4, 7, &mut Rng::new(1), Device::Cpu).unwrap().0;
-        let b = Sampling::Random.epoch(&c, 4, 7, &mut Rng::new(1), Device::Cpu).unwrap().0;
-        let d = Sampling::Random.epoch(&c, 4, 7, &mut Rng::new(2), Device::Cpu).unwrap().0;
+        let a = BatchOrder::Random.epoch(&c, 4, 7, &mut Rng::new(1), Device::Cpu).unwrap().0;
+        let b = BatchOrder::Random.epoch(&c, 4, 7, &mut Rng::new(1), Device::Cpu).unwrap().0;
+        let d = BatchOrder::Random.epoch(&c, 4, 7, &mut Rng::new(2), Device::Cpu).unwrap().0;
         assert!(a.equal(&b));
         assert!(!a.equal(&d));
     }
@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn consecutive_sampler_continues_each_row() {
         let c = corpus(100);
-        let (x, y) = Sampling::Consecutive.epoch(&c, 3, 5, &mut Rng::new(0), Device::Cpu).unwrap();
+        let (x, y) = BatchOrder::Consecutive.epoch(&c, 3, 5, &mut Rng::new(0), Device::Cpu).unwrap();
         // rows of 100 / 3 = 33 indices; (33 - 1) / 5 = 6 minibatches.
         assert_eq!(x.size(), vec![6, 3, 5]);
         for r in 0..3i64 {
@@ -153,18 +153,18 @@ mod tests {
 
     #[test]
     fn too_short_corpus_says_what_fits() {
-        let err = Sampling::Random.check_fits(100, 32, 35).unwrap_err().to_string();
+        let err = BatchOrder::Random.check_fits(100, 32, 35).unwrap_err().to_string();
         assert!(err.contains("100 characters"), "{err}");
         assert!(err.contains("--batch 2") && err.contains("--steps 3"), "{err}");
-        let err = Sampling::Consecutive.check_fits(100, 32, 35).unwrap_err().to_string();
+        let err = BatchOrder::Consecutive.check_fits(100, 32, 35).unwrap_err().to_string();
         assert!(err.contains("--batch 2") && err.contains("--steps 2"), "{err}");
-        assert!(Sampling::Random.check_fits(32 * 35 + 1, 32, 35).is_ok());
-        assert!(Sampling::Random.check_fits(32 * 35, 32, 35).is_err());
+        assert!(BatchOrder::Random.check_fits(32 * 35 + 1, 32, 35).is_ok());
+        assert!(BatchOrder::Random.check_fits(32 * 35, 32, 35).is_err());
     }
 
     #[test]
     fn the_hint_is_the_largest_that_fits_even_for_absurd_sizes() {
-        for sampling in [Sampling::Random, Sampling::Consecutive] {
+        for sampling in [BatchOrder::Random, BatchOrder::Consecutive] {
             for len in [1, 2, 7, 40, 100] {
                 for (batch, steps) in [(1, 1), (3, 50), (32, 35), (7, 2), (200, 1)] {
                     let Err(err) = sampling.check_fits(len, batch, steps) else { continue };
@@ -184,7 +184,7 @@ mod tests {
             let err = sampling.check_fits(100, usize::MAX, usize::MAX).unwrap_err().to_string();
             assert!(err.contains("longer corpus"), "{err}");
             let err = sampling.check_fits(100, 1 << 60, 5).unwrap_err().to_string();
-            let want = if sampling == Sampling::Random { "try --batch 19" } else { "try --batch 16" };
+            let want = if sampling == BatchOrder::Random { "try --batch 19" } else { "try --batch 16" };
             assert!(err.contains(want), "{err}");
         }
     }

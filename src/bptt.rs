@@ -6,7 +6,7 @@
 //! not depend on the incoming gradient are computed for all steps at once beforehand), the weight gradients
 //! are one large product each over all steps, and the softmax's gradient is computed in the logits' buffer.
 //! `gradients_equal_autograds` checks every gradient against autograd's.
-use crate::model::{gru_bias, step_major, Backend, Cell, ModelConfig, Precision, RnnModel, State};
+use crate::model::{gru_bias, step_major, Backend, Cell, Dtype, ModelConfig, Network, State};
 use crate::params::Layer;
 use tch::{Kind, Tensor};
 
@@ -57,13 +57,7 @@ enum Saved {
 /// `inputs`, `targets`: Int64 `[batch, steps]`; `state`: the initial state (`h` and an LSTM's `c`, each
 /// `[layers, batch, H]`), treated as a constant (truncated BPTT: no gradient flows into it). The output
 /// layer's three products are at `precision`.
-pub fn loss_and_grads(
-    model: &RnnModel,
-    inputs: &Tensor,
-    targets: &Tensor,
-    state: &State,
-    precision: Precision,
-) -> Pass {
+pub fn loss_and_grads(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, precision: Dtype) -> Pass {
     let _guard = tch::no_grad_guard();
     let c = model.config();
     let p = model.named();
@@ -100,13 +94,13 @@ pub fn loss_and_grads(
     // products of `d`.
     let ys = step_major(targets).view([n, 1]);
     let (loss, mut d) = match precision {
-        Precision::Fp32 => {
+        Dtype::Fp32 => {
             let mut log_p = logits.log_softmax(1, Kind::Float);
             let loss = -log_p.gather(1, &ys, false).mean(Kind::Float);
             let _ = log_p.exp_();
             (loss, log_p)
         }
-        Precision::Bf16 => {
+        Dtype::Bf16 => {
             // The softmax in bfloat16, one pass; the loss from its target probabilities, each good to about
             // 0.4% (one that underflows below float32's smallest normal, 1.2e-38, counts as 87.3 nats).
             let p = logits.softmax(1, Kind::BFloat16);
@@ -160,7 +154,7 @@ pub fn loss_and_grads(
 
 /// Layer `l`'s recurrence from its input projection `projected` `[steps, batch, kH]` and initial state `h0`
 /// (and an LSTM's `c0`), `[batch, H]`.
-fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor, c0: Option<&Tensor>) -> Tape {
+fn forward_layer(model: &Network, l: usize, projected: &Tensor, h0: &Tensor, c0: Option<&Tensor>) -> Tape {
     let (steps, batch, h) = (projected.size()[0], projected.size()[1], model.config().arch.hidden as i64);
     let w_hh = &model.layer(l).w_hh;
     let hs = Tensor::empty([steps + 1, batch, h], (Kind::Float, projected.device()));
@@ -220,7 +214,7 @@ fn forward_layer(model: &RnnModel, l: usize, projected: &Tensor, h0: &Tensor, c0
 /// Layer `l`'s backward pass from the gradient reaching its outputs, `d_out` `[steps, batch, H]` (used as
 /// working space). Puts the gradients of `W_hh` (and a GRU's `b_hn`) into `grads` (the layer's), and returns the gradient of
 /// the layer's input projection `x W_xh + b_h`, `[steps * batch, kH]`.
-fn backward_layer(model: &RnnModel, l: usize, tape: &Tape, d_out: Tensor, grads: &mut Layer<Tensor>) -> Tensor {
+fn backward_layer(model: &Network, l: usize, tape: &Tape, d_out: Tensor, grads: &mut Layer<Tensor>) -> Tensor {
     let (steps, batch, h) = (d_out.size()[0], d_out.size()[1], model.config().arch.hidden as i64);
     let n = steps * batch;
     let w_hh_t = model.layer(l).w_hh.tr();
@@ -328,7 +322,7 @@ mod tests {
     use crate::testutil::{assert_close_to, fp32_reorder_bound};
     use tch::Device;
 
-    fn autograd(model: &RnnModel, inputs: &Tensor, targets: &Tensor, state: &State) -> (f64, Vec<Tensor>, State) {
+    fn autograd(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State) -> (f64, Vec<Tensor>, State) {
         for p in model.parameters() {
             p.shallow_clone().zero_grad();
         }
@@ -344,7 +338,7 @@ mod tests {
             [Cell::Rnn, Cell::Gru, Cell::Lstm].into_iter().flat_map(|cell| [(cell, 1, 0), (cell, 3, 0), (cell, 2, 5)]);
         for (cell, layers, embed) in cases {
             let config = ModelConfig::new(13, Arch { cell, layers, embed, ..Arch::rnn(9) });
-            let model = RnnModel::new(config, 2, Device::Cpu).unwrap();
+            let model = Network::new(config, 2, Device::Cpu).unwrap();
             // Weights well above the textbook's 0.01, so that every path of the gradient matters.
             let values: Vec<Tensor> = model.parameters().iter().map(|p| p.detach() * 60.0 + 0.02).collect();
             model.set_parameters(&values).unwrap();
@@ -354,7 +348,7 @@ mod tests {
             let random = || Tensor::randn([layers as i64, 4, 9], (Kind::Float, Device::Cpu)) * 0.5;
             let state = State { h: random(), c: (cell == Cell::Lstm).then(random) };
             let (loss, grads, end) = autograd(&model, &inputs, &targets, &state);
-            let pass = loss_and_grads(&model, &inputs, &targets, &state, Precision::Fp32);
+            let pass = loss_and_grads(&model, &inputs, &targets, &state, Dtype::Fp32);
             let what = format!("{cell:?}, {layers} layers, embed {embed}");
             // The longest sum has max(I + H, k·H, batch·steps) = max(22, 36, 28) terms; steps × layers sums lie
             // on the forward path, twice that (and the output layer) on a gradient's.
@@ -375,13 +369,13 @@ mod tests {
 
     #[test]
     fn bf16_products_stay_close_to_fp32() {
-        let model = RnnModel::new(ModelConfig::rnn(50, 32), 1, Device::Cpu).unwrap();
+        let model = Network::new(ModelConfig::rnn(50, 32), 1, Device::Cpu).unwrap();
         tch::manual_seed(4);
         let inputs = Tensor::randint(50, [8, 10], (Kind::Int64, Device::Cpu));
         let targets = Tensor::randint(50, [8, 10], (Kind::Int64, Device::Cpu));
         let state = model.begin_state(8);
-        let exact = loss_and_grads(&model, &inputs, &targets, &state, Precision::Fp32);
-        let bf16 = loss_and_grads(&model, &inputs, &targets, &state, Precision::Bf16);
+        let exact = loss_and_grads(&model, &inputs, &targets, &state, Dtype::Fp32);
+        let bf16 = loss_and_grads(&model, &inputs, &targets, &state, Dtype::Bf16);
         assert!((exact.loss.double_value(&[]) - bf16.loss.double_value(&[])).abs() < 1e-3);
         for (a, b) in exact.grads.iter().zip(&bf16.grads) {
             // bfloat16 keeps 8 significant bits: each product is good to about 1%.

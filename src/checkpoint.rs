@@ -9,7 +9,7 @@
 //! renamed into place whole.
 use crate::corpus::{CorpusOptions, Vocabulary};
 use crate::error::{Error, Result};
-use crate::model::{ModelConfig, RnnModel};
+use crate::model::{ModelConfig, Network};
 use crate::resume::{Position, TrainState};
 use crate::train::TrainConfig;
 use std::fs::File;
@@ -105,7 +105,7 @@ pub struct ModelFile {
 /// A model read back from a folder, ready to use.
 pub struct LoadedModel {
     /// The network with its trained weights.
-    pub model: RnnModel,
+    pub model: Network,
     /// Its vocabulary.
     pub vocab: Vocabulary,
     /// Everything `model.json` says.
@@ -158,7 +158,7 @@ fn fresh_name(dir: &Path, kind: &str, epoch: usize) -> String {
 
 /// Saves `model` to the folder `dir` (created if needed), describing it with `file` (whose `weights` and
 /// `weights_bytes` are filled in here). Crash-safe: see the module documentation.
-pub fn save(dir: &Path, model: &RnnModel, file: ModelFile) -> Result<()> {
+pub fn save(dir: &Path, model: &Network, file: ModelFile) -> Result<()> {
     let params: Vec<(String, Tensor)> =
         model.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect();
     save_parts(dir, &params, file, None)
@@ -306,7 +306,7 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
             format!("truncated or altered: {size} bytes, model.json says {}", file.weights_bytes),
         ));
     }
-    let mut model = RnnModel::zeros(file.model, device)?;
+    let mut model = Network::zeros(file.model, device)?;
     model.load_weights(&weights)?;
     Ok(LoadedModel { model, vocab, file })
 }
@@ -357,16 +357,16 @@ pub fn record_last_model(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batches::Sampling;
+    use crate::batches::BatchOrder;
     use crate::model::Arch;
 
-    fn sample(epoch: usize) -> (RnnModel, ModelFile) {
+    fn sample(epoch: usize) -> (Network, ModelFile) {
         sample_of(epoch, ModelConfig::rnn(4, 6))
     }
 
-    fn sample_of(epoch: usize, config: ModelConfig) -> (RnnModel, ModelFile) {
+    fn sample_of(epoch: usize, config: ModelConfig) -> (Network, ModelFile) {
         let vocab = Vocabulary::from_text("分开了吗");
-        let model = RnnModel::new(config, epoch as u64, Device::Cpu).unwrap();
+        let model = Network::new(config, epoch as u64, Device::Cpu).unwrap();
         let file = ModelFile {
             format: FORMAT.into(),
             version: VERSION,
@@ -375,7 +375,7 @@ mod tests {
             model: config,
             train: TrainConfig {
                 arch: Arch { hidden: 6, ..Arch::default() },
-                sampling: Sampling::Consecutive,
+                batch_order: BatchOrder::Consecutive,
                 ..Default::default()
             },
             corpus: CorpusInfo { path: "x.txt".into(), options: CorpusOptions::default(), chars: 4, hash: None },

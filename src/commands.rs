@@ -5,9 +5,9 @@ use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, Evaluation};
 use crate::metrics::{append_metrics, read_metrics, trim_metrics, MetricsLine};
-use crate::model::RnnModel;
+use crate::model::Network;
 use crate::plot::{write_perplexity_svg, Curve};
-use crate::predict::{generate, Generate, Sample};
+use crate::predict::{generate, Generate, Generated};
 use crate::resume::TrainState;
 use crate::train::{train, EpochReport, Progress, RunInfo, SaveReason, TrainConfig, TrainObserver};
 use std::path::{Path, PathBuf};
@@ -108,7 +108,7 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     }
     let val_frac = config.resolved_val_frac(ids.len());
     config.val_frac = Some(val_frac);
-    let model = RnnModel::new(config.model_config(vocab.len()), config.seed, device)?;
+    let model = Network::new(config.model_config(vocab.len()), config.seed, device)?;
     let template = ModelFile {
         format: checkpoint::FORMAT.into(),
         version: checkpoint::VERSION,
@@ -186,7 +186,7 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
 /// A run ready to train: what [`run_train`] and [`run_resume`] prepare.
 struct Fit {
     out: PathBuf,
-    model: RnnModel,
+    model: Network,
     vocab: Vocabulary,
     /// The whole text read (training part, then the held-out part).
     ids: Vec<i64>,
@@ -221,8 +221,14 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
     let (saved, recorded) = (saver.saved, saver.recorded);
     let summary = match result {
         Ok(summary) => summary,
-        Err(Error::Interrupted { signal, epoch, batch, batches, .. }) => {
-            return Err(Error::Interrupted { signal, epoch, batch, batches, saved: saved.map(|_| run.out.clone()) });
+        Err(Error::Interrupted { signal, epoch, minibatch, minibatches, .. }) => {
+            return Err(Error::Interrupted {
+                signal,
+                epoch,
+                minibatch,
+                minibatches,
+                saved: saved.map(|_| run.out.clone()),
+            });
         }
         Err(Error::Diverged { epoch, what, .. }) => {
             let kept = saved.map(|e| format!("the last good checkpoint ({e} epochs) is kept in {}", run.out.display()));
@@ -316,7 +322,7 @@ impl TrainObserver for Saver<'_> {
         self.inner.begin(info);
     }
 
-    fn checkpoint(&mut self, model: &RnnModel, state: &TrainState, why: SaveReason) -> Result<()> {
+    fn checkpoint(&mut self, model: &Network, state: &TrainState, why: SaveReason) -> Result<()> {
         self.inner.checkpoint(model, state, why)?;
         let p = &state.position;
         let params: Vec<(String, Tensor)> =
@@ -407,7 +413,7 @@ pub struct PredictJob {
 #[derive(Debug, Clone)]
 pub struct PredictOutcome {
     /// One per requested sample.
-    pub samples: Vec<Sample>,
+    pub samples: Vec<Generated>,
     /// Problems that did not stop it (dropped prefix characters), for the user to see.
     pub warnings: Vec<String>,
 }

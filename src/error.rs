@@ -36,7 +36,7 @@ pub enum Error {
         /// Requested steps per sequence.
         steps: usize,
         /// The minibatch order.
-        sampling: crate::batches::Sampling,
+        sampling: crate::batches::BatchOrder,
         /// Which settings would fit.
         hint: String,
     },
@@ -89,16 +89,16 @@ pub enum Error {
         kept: Option<String>,
     },
     /// Training stopped because it was asked to (a signal), after saving a checkpoint.
-    #[error("interrupted in epoch {epoch} after minibatch {batch} of {batches}{}", saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
+    #[error("interrupted in epoch {epoch} after minibatch {minibatch} of {minibatches}{}", saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
     Interrupted {
         /// The signal number that asked for the stop (2 SIGINT, 15 SIGTERM).
         signal: i32,
         /// The epoch, from 1.
         epoch: usize,
         /// Minibatches of it trained.
-        batch: usize,
+        minibatch: usize,
         /// Minibatches per epoch.
-        batches: usize,
+        minibatches: usize,
         /// The model folder the checkpoint went to.
         saved: Option<PathBuf>,
     },

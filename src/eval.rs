@@ -1,6 +1,6 @@
 //! Evaluation: perplexity and related measures of a model on a text.
 use crate::error::{Error, Result};
-use crate::model::{cross_entropy, step_major, RnnModel};
+use crate::model::{cross_entropy, step_major, Network};
 use tch::{Device, Kind, Tensor};
 
 /// Perplexity from a mean cross-entropy in nats: `exp(loss)`.
@@ -49,7 +49,7 @@ fn positions_per_call(vocab: usize) -> usize {
 /// The text is cut into windows of `context` characters, each read from a zero state, the way the model
 /// saw text in training (see [`crate::TrainConfig::eval_context`]); `context >= ids.len() - 1` reads the
 /// whole text as one stream. Windows are scored side by side as a batch.
-pub fn evaluate(model: &RnnModel, ids: &[i64], context: usize) -> Result<Evaluation> {
+pub fn evaluate(model: &Network, ids: &[i64], context: usize) -> Result<Evaluation> {
     if ids.len() < 2 {
         return Err(Error::config("--corpus", "needs at least 2 characters to evaluate"));
     }
@@ -99,7 +99,7 @@ mod tests {
     #[test]
     fn a_uniform_model_has_perplexity_equal_to_the_vocabulary_size() {
         let config = ModelConfig::rnn(37, 8);
-        let model = RnnModel::zeros(config, Device::Cpu).unwrap();
+        let model = Network::zeros(config, Device::Cpu).unwrap();
         let ids: Vec<i64> = (0..1500).map(|i| (i * 7 % 37) as i64).collect();
         let e = evaluate(&model, &ids, 35).unwrap();
         assert_eq!(e.predictions, 1499);
@@ -109,7 +109,7 @@ mod tests {
     }
 
     /// Cross-entropy summed over `ids` read from a zero state in one forward pass: the reference.
-    fn one_pass_sum(model: &RnnModel, ids: &[i64]) -> f64 {
+    fn one_pass_sum(model: &Network, ids: &[i64]) -> f64 {
         let n = ids.len() as i64 - 1;
         let t = Tensor::from_slice(ids);
         let (logits, _) = model.forward(&t.narrow(0, 0, n).view([1, n]), &model.begin_state(1), false);
@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn one_stream_equals_a_single_pass_despite_chunking() {
-        let model = RnnModel::new(ModelConfig::rnn(5, 6), 9, Device::Cpu).unwrap();
+        let model = Network::new(ModelConfig::rnn(5, 6), 9, Device::Cpu).unwrap();
         let ids: Vec<i64> = (0..EVAL_POSITIONS * 2 + 17).map(|i| (i * i % 5) as i64).collect();
         let stream = evaluate(&model, &ids, usize::MAX).unwrap();
         let _guard = tch::no_grad_guard();
@@ -130,9 +130,9 @@ mod tests {
     fn windows_are_read_from_a_zero_state_each() {
         // Weights 50x the textbook's, so that the state carries enough to tell windows from one stream.
         let config = ModelConfig::rnn(5, 6);
-        let small = RnnModel::new(config, 9, Device::Cpu).unwrap();
+        let small = Network::new(config, 9, Device::Cpu).unwrap();
         let scaled = small.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
-        let model = RnnModel::from_tensors(config, scaled, Device::Cpu).unwrap();
+        let model = Network::from_tensors(config, scaled, Device::Cpu).unwrap();
         let ids: Vec<i64> = (0..103).map(|i| (i * 3 % 5) as i64).collect();
         let windowed = evaluate(&model, &ids, 10).unwrap();
         // Windows of 10 targets: ids[10k ..= 10k + 10], the last one with the 2 that remain.
@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(positions_per_call(30), EVAL_POSITIONS, "small vocabularies keep the full chunk");
         // A vocabulary beyond 16 bits, evaluated in several calls: a uniform model scores ln V exactly.
         let vocab = 70_000;
-        let model = RnnModel::zeros(ModelConfig::rnn(vocab, 2), Device::Cpu).unwrap();
+        let model = Network::zeros(ModelConfig::rnn(vocab, 2), Device::Cpu).unwrap();
         let ids: Vec<i64> = (0..700).map(|i| (i * 997 % vocab) as i64).collect();
         let e = evaluate(&model, &ids, usize::MAX).unwrap();
         assert!(positions_per_call(vocab) < 699, "the text must take several calls");
@@ -164,7 +164,7 @@ mod tests {
     fn evaluation_has_no_dropout() {
         // In one process the dropout masks would change from call to call.
         let model =
-            RnnModel::new(ModelConfig::new(5, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 1, Device::Cpu)
+            Network::new(ModelConfig::new(5, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 1, Device::Cpu)
                 .unwrap();
         let scaled: Vec<Tensor> = model.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
         model.set_parameters(&scaled).unwrap();
@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn one_character_cannot_be_evaluated() {
-        let model = RnnModel::new(ModelConfig::rnn(3, 2), 0, Device::Cpu).unwrap();
+        let model = Network::new(ModelConfig::rnn(3, 2), 0, Device::Cpu).unwrap();
         assert!(evaluate(&model, &[1], 35).is_err());
     }
 }

@@ -5,12 +5,12 @@
 //! backpropagation through time with detached state, greedy prefix-conditioned prediction and perplexity.
 //!
 //! ```no_run
-//! use charrnn::{train, predict, Arch, RnnModel, TrainConfig, Vocabulary};
+//! use charrnn::{train, predict, Arch, Network, TrainConfig, Vocabulary};
 //! let text = "分开 不分开 我不能再想 我不 我不 我不要再想你";
 //! let vocab = Vocabulary::from_text(text);
 //! let ids = vocab.encode(text, "the corpus").unwrap();
 //! let config = TrainConfig { arch: Arch::rnn(32), steps: 4, batch: 2, epochs: 50, ..Default::default() };
-//! let model = RnnModel::new(config.model_config(vocab.len()), 0, tch::Device::Cpu).unwrap();
+//! let model = Network::new(config.model_config(vocab.len()), 0, tch::Device::Cpu).unwrap();
 //! train(&model, &vocab, &ids, &[], &config, None, &mut ()).unwrap();
 //! println!("{}", predict(&model, &vocab, "分开", 10).unwrap());
 //! ```
@@ -50,7 +50,7 @@ mod testutil;
 
 mod train;
 
-pub use batches::{rows, Sampling};
+pub use batches::{rows, BatchOrder};
 pub use commands::{
     default_out, info, load_model, model_summary, run_eval, run_plot, run_predict, run_resume, run_train, EvalJob,
     EvalReport, Info, ModelSummary, PredictJob, PredictOutcome, ResumeJob, TrainJob, TrainOutcome, UnknownChars,
@@ -61,12 +61,10 @@ pub use device::{device_name, load_cuda_backend, prepare_process, set_threads, C
 pub use error::{Error, Result};
 pub use eval::{evaluate, perplexity, Evaluation};
 pub use metrics::{read_metrics, MetricsLine, METRICS_FILE};
-pub use model::{
-    cross_entropy, one_hot, step_major, Arch, Backend, Cell, Init, ModelConfig, Precision, RnnModel, State,
-};
+pub use model::{cross_entropy, one_hot, step_major, Arch, Backend, Cell, Dtype, Init, ModelConfig, Network, State};
 pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use plot::{perplexity_svg, Curve};
-pub use predict::{generate, predict, Generate, Sample, Sampler};
+pub use predict::{generate, predict, Generate, Generated, Sampler};
 pub use resume::{BestEpoch, Moments, Position, TrainState};
 pub use rng::{Rng, Stream};
 pub use train::{
@@ -74,7 +72,7 @@ pub use train::{
     TrainObserver, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC, DEFAULT_VAL_MIN_CHARS,
 };
 
-display_as_value_enum!(Cell, Init, Backend, OptimizerKind, Precision, Sampling, UnknownChars);
+display_as_value_enum!(Cell, Init, Backend, OptimizerKind, Dtype, BatchOrder, UnknownChars);
 
 #[cfg(test)]
 mod tests {
@@ -97,7 +95,7 @@ mod tests {
         agree::<Init>();
         agree::<Backend>();
         agree::<OptimizerKind>();
-        agree::<Precision>();
-        agree::<Sampling>();
+        agree::<Dtype>();
+        agree::<BatchOrder>();
     }
 }

@@ -135,7 +135,7 @@ pub struct ModelConfig {
     pub arch: Arch,
 }
 
-/// The first layer's input to [`RnnModel::recur_scratch`]: character indices (one-hot input, whose product
+/// The first layer's input to [`Network::recur_scratch`]: character indices (one-hot input, whose product
 /// with `W_xh` is a row gather) or rows (embeddings) to multiply by `W_xh`.
 enum First {
     Ids(Tensor),
@@ -146,7 +146,7 @@ enum First {
 /// which at the textbook's sizes are nine tenths of the arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Precision {
+pub enum Dtype {
     /// Float32 throughout.
     #[default]
     Fp32,
@@ -155,12 +155,12 @@ pub enum Precision {
     Bf16,
 }
 
-impl Precision {
+impl Dtype {
     /// The element kind of the products' operands.
     pub(crate) fn kind(self) -> Kind {
         match self {
-            Precision::Fp32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
+            Dtype::Fp32 => Kind::Float,
+            Dtype::Bf16 => Kind::BFloat16,
         }
     }
 
@@ -250,7 +250,7 @@ pub fn one_hot(x: &Tensor, n_class: usize) -> Tensor {
 
 /// A recurrent network: an optional embedding, L stacked cells (see [`Cell`]) and an affine output layer,
 /// its parameters held in a `VarStore` under the names of [`ModelConfig::param_specs`].
-pub struct RnnModel {
+pub struct Network {
     config: ModelConfig,
     vs: nn::VarStore,
     /// The parameters in saved order (what the optimizer and checkpoints walk).
@@ -259,7 +259,7 @@ pub struct RnnModel {
     named: Params<Tensor>,
 }
 
-impl RnnModel {
+impl Network {
     /// A model with the textbook's initialisation: weights N(0, 0.01), biases 0.
     ///
     /// The weights come from charrnn's own generator seeded with `seed` (not libtorch's global one, which
@@ -323,7 +323,7 @@ impl RnnModel {
             vars.push(root.f_var_copy(name.as_str(), &t.to_kind(Kind::Float).to_device(device))?);
         }
         let named = Params::from_values(&Params::<()>::specs(&config), vars.iter().map(Tensor::shallow_clone));
-        Ok(RnnModel { config, vs, params: vars, named })
+        Ok(Network { config, vs, params: vars, named })
     }
 
     /// The network's shape.
@@ -459,18 +459,12 @@ impl RnnModel {
     /// `inputs`: Int64 `[batch, steps]`. Returns the logits, Float `[steps * batch, V]` in step-major order
     /// (row `t * batch + b` is position `t` of sequence `b`), and the final state. `train` turns dropout on.
     pub fn forward(&self, inputs: &Tensor, state: &State, train: bool) -> (Tensor, State) {
-        self.forward_at(inputs, state, train, Precision::Fp32)
+        self.forward_at(inputs, state, train, Dtype::Fp32)
     }
 
-    /// [`RnnModel::forward`] with the output layer's product at `precision` (autograd follows the casts, so
+    /// [`Network::forward`] with the output layer's product at `precision` (autograd follows the casts, so
     /// the backward products are at that precision too).
-    pub(crate) fn forward_at(
-        &self,
-        inputs: &Tensor,
-        state: &State,
-        train: bool,
-        precision: Precision,
-    ) -> (Tensor, State) {
+    pub(crate) fn forward_at(&self, inputs: &Tensor, state: &State, train: bool, precision: Dtype) -> (Tensor, State) {
         let c = &self.config;
         let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
         let ids = inputs.transpose(0, 1).reshape([-1]);
@@ -495,7 +489,7 @@ impl RnnModel {
         (logits, state)
     }
 
-    /// The layers written out: a loop over time per layer, each step [`RnnModel::cell_step`].
+    /// The layers written out: a loop over time per layer, each step [`Network::cell_step`].
     /// `first`: the first layer's input, `[steps * batch]` indices or `[steps * batch, D]` rows; returns the
     /// top layer's states `[steps * batch, H]` and the final state.
     fn recur_scratch(&self, first: First, steps: i64, batch: i64, state: &State, train: bool) -> (Tensor, State) {
@@ -573,7 +567,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     logits.cross_entropy_for_logits(targets)
 }
 
-/// Targets `[batch, steps]` reordered step-major, `[steps * batch]`, to line up with [`RnnModel::forward`].
+/// Targets `[batch, steps]` reordered step-major, `[steps * batch]`, to line up with [`Network::forward`].
 pub fn step_major(targets: &Tensor) -> Tensor {
     targets.transpose(0, 1).reshape([-1])
 }
@@ -583,8 +577,8 @@ mod tests {
     use super::*;
     use crate::testutil::{assert_close_to, fp32_reorder_bound};
 
-    fn small(cell: Cell) -> RnnModel {
-        RnnModel::new(ModelConfig::new(7, Arch { cell, ..Arch::rnn(5) }), 0, Device::Cpu).unwrap()
+    fn small(cell: Cell) -> Network {
+        Network::new(ModelConfig::new(7, Arch { cell, ..Arch::rnn(5) }), 0, Device::Cpu).unwrap()
     }
 
     #[test]
@@ -612,23 +606,23 @@ mod tests {
 
     #[test]
     fn initialisation_follows_the_textbook_and_the_seed() {
-        let m = RnnModel::new(ModelConfig::rnn(300, 200), 5, Device::Cpu).unwrap();
+        let m = Network::new(ModelConfig::rnn(300, 200), 5, Device::Cpu).unwrap();
         let p = m.parameters();
         let std = p[0].std(true).double_value(&[]);
         assert!((std - 0.01).abs() < 0.0005, "std {std}");
         assert!(p[0].mean(Kind::Float).double_value(&[]).abs() < 0.0005);
         assert_eq!(p[2].abs().sum(Kind::Float).double_value(&[]), 0.0);
         assert_eq!(p[4].abs().sum(Kind::Float).double_value(&[]), 0.0);
-        let again = RnnModel::new(m.config(), 5, Device::Cpu).unwrap();
-        let other = RnnModel::new(m.config(), 6, Device::Cpu).unwrap();
+        let again = Network::new(m.config(), 5, Device::Cpu).unwrap();
+        let other = Network::new(m.config(), 6, Device::Cpu).unwrap();
         assert!(again.parameters()[0].equal(p[0]));
         assert!(!other.parameters()[0].equal(p[0]));
     }
 
     #[test]
     fn uniform_initialisation_fills_plus_minus_one_over_root_h() {
-        let m = RnnModel::new(ModelConfig::new(50, Arch { init: Init::Uniform, ..Arch::rnn(100) }), 1, Device::Cpu)
-            .unwrap();
+        let m =
+            Network::new(ModelConfig::new(50, Arch { init: Init::Uniform, ..Arch::rnn(100) }), 1, Device::Cpu).unwrap();
         for (name, p) in m.named_parameters() {
             let (lo, hi) = (p.min().double_value(&[]), p.max().double_value(&[]));
             assert!(lo >= -0.1 && hi <= 0.1, "{name}: [{lo}, {hi}]");
@@ -646,7 +640,7 @@ mod tests {
             assert_eq!(named[1].1.size(), vec![5, 5 * k]);
             assert_eq!(m.begin_state(3).c.is_some(), cell == Cell::Lstm);
         }
-        let deep = RnnModel::new(
+        let deep = Network::new(
             ModelConfig::new(7, Arch { layers: 3, embed: 4, cell: Cell::Gru, ..Arch::rnn(5) }),
             0,
             Device::Cpu,
@@ -667,7 +661,7 @@ mod tests {
             .into_iter()
             .chain([ModelConfig::new(7, Arch { cell: Cell::Lstm, layers: 2, embed: 3, ..Arch::rnn(5) })]);
         for config in configs {
-            let m = RnnModel::new(config, 0, Device::Cpu).unwrap();
+            let m = Network::new(config, 0, Device::Cpu).unwrap();
             let inputs = Tensor::from_slice(&[1i64, 2, 3, 4, 0, 6, 5, 5]).view([2, 4]);
             let mut state = m.begin_state(2);
             state.h = Tensor::randn(state.h.size(), (Kind::Float, Device::Cpu)) * 0.5;
@@ -706,10 +700,10 @@ mod tests {
         let table = Tensor::randn([7, 3], (Kind::Float, Device::Cpu));
         let x = Tensor::from_slice(&[4i64, 0, 6, 4]);
         assert!(one_hot(&x, 7).mm(&table).allclose(&table.index_select(0, &x), 1e-6, 1e-7, false));
-        let embedded = RnnModel::new(ModelConfig::new(7, Arch { embed: 3, ..Arch::rnn(5) }), 0, Device::Cpu).unwrap();
+        let embedded = Network::new(ModelConfig::new(7, Arch { embed: 3, ..Arch::rnn(5) }), 0, Device::Cpu).unwrap();
         let p = embedded.parameters();
         let folded: Vec<Tensor> = std::iter::once(p[0].mm(p[1])).chain(p[2..].iter().map(|t| t.detach())).collect();
-        let one_hot_model = RnnModel::from_tensors(ModelConfig::rnn(7, 5), folded, Device::Cpu).unwrap();
+        let one_hot_model = Network::from_tensors(ModelConfig::rnn(7, 5), folded, Device::Cpu).unwrap();
         let inputs = Tensor::from_slice(&[1i64, 2, 3, 6]).view([2, 2]);
         let (a, _) = embedded.forward(&inputs, &embedded.begin_state(2), false);
         let (b, _) = one_hot_model.forward(&inputs, &one_hot_model.begin_state(2), false);
@@ -718,7 +712,7 @@ mod tests {
 
     #[test]
     fn dropout_acts_in_training_only() {
-        let m = RnnModel::new(ModelConfig::new(7, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 0, Device::Cpu)
+        let m = Network::new(ModelConfig::new(7, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 0, Device::Cpu)
             .unwrap();
         let inputs = Tensor::from_slice(&[1i64, 2, 3, 6]).view([2, 2]);
         let s = m.begin_state(2);
@@ -734,13 +728,13 @@ mod tests {
         for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
             for (layers, embed) in [(1, 0), (2, 3)] {
                 let scratch_config = ModelConfig::new(7, Arch { cell, layers, embed, ..Arch::rnn(6) });
-                let scratch = RnnModel::new(scratch_config, 3, Device::Cpu).unwrap();
+                let scratch = Network::new(scratch_config, 3, Device::Cpu).unwrap();
                 // Weights and biases large enough for the gates and b_hn to matter.
                 let values: Vec<Tensor> = scratch.parameters().iter().map(|p| p.detach() * 40.0 + 0.05).collect();
                 scratch.set_parameters(&values).unwrap();
                 let fused_config =
                     ModelConfig { arch: Arch { backend: Backend::Fused, ..scratch_config.arch }, ..scratch_config };
-                let fused = RnnModel::from_tensors(fused_config, values, Device::Cpu).unwrap();
+                let fused = Network::from_tensors(fused_config, values, Device::Cpu).unwrap();
                 let inputs = Tensor::from_slice(&[1i64, 2, 3, 4, 0, 6, 5, 5, 2, 2, 1, 0]).view([3, 4]);
                 let targets = (&inputs + 1).remainder(7);
                 let mut state = scratch.begin_state(3);
@@ -773,10 +767,10 @@ mod tests {
         let path = dir.path().join("w.safetensors");
         let m = small(Cell::Rnn);
         Tensor::write_safetensors(&m.named_parameters(), &path).unwrap();
-        let mut n = RnnModel::new(m.config(), 1, Device::Cpu).unwrap();
+        let mut n = Network::new(m.config(), 1, Device::Cpu).unwrap();
         n.load_weights(&path).unwrap();
         assert!(n.parameters()[3].equal(m.parameters()[3]));
-        let mut wide = RnnModel::new(ModelConfig::rnn(7, 6), 1, Device::Cpu).unwrap();
+        let mut wide = Network::new(ModelConfig::rnn(7, 6), 1, Device::Cpu).unwrap();
         let err = wide.load_weights(&path).unwrap_err().to_string();
         assert!(err.contains("W_xh") && err.contains("expected"), "{err}");
         let mut gru = small(Cell::Gru);
@@ -798,7 +792,7 @@ mod tests {
             (ModelConfig::new(7, Arch { dropout: -0.1, ..Arch::rnn(5) }), "--dropout"),
             (ModelConfig::rnn(7, 0), "--hidden"),
         ] {
-            let err = RnnModel::new(config, 0, Device::Cpu).err().unwrap().to_string();
+            let err = Network::new(config, 0, Device::Cpu).err().unwrap().to_string();
             assert!(err.contains(flag), "{err}");
         }
     }

@@ -1,6 +1,6 @@
 //! Parameter updates: plain SGD (the textbook's) or Adam, and a step-wise learning-rate decay.
 use crate::error::{Error, Result};
-use crate::model::{Init, RnnModel};
+use crate::model::{Init, Network};
 use crate::resume::Moments;
 use tch::Tensor;
 
@@ -58,7 +58,7 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// An optimizer of `kind` over `model`'s parameters at learning rate `lr`.
-    pub fn new(kind: OptimizerKind, model: &RnnModel, lr: f64) -> Result<Self> {
+    pub fn new(kind: OptimizerKind, model: &Network, lr: f64) -> Result<Self> {
         let adam = match kind {
             OptimizerKind::Sgd => None,
             OptimizerKind::Adam => {

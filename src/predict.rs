@@ -2,7 +2,7 @@
 //! several samples at once, stopping early at a string, streamed as it is produced.
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
-use crate::model::RnnModel;
+use crate::model::Network;
 use crate::rng::{Rng, Stream};
 use tch::{Device, Kind, Tensor};
 
@@ -114,7 +114,7 @@ pub struct Generate {
     pub stop: Option<String>,
     /// How characters are chosen.
     pub sampler: Sampler,
-    /// Record each generated character's probability in [`Sample::probs`] (a softmax over the vocabulary
+    /// Record each generated character's probability in [`Generated::probs`] (a softmax over the vocabulary
     /// per character on the host: about a third of greedy generation's time, so off unless asked for).
     pub probs: bool,
 }
@@ -134,7 +134,7 @@ impl Generate {
 
 /// One generated continuation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Sample {
+pub struct Generated {
     /// The prefix followed by the generated characters.
     pub text: String,
     /// The generated characters alone.
@@ -150,16 +150,16 @@ pub struct Sample {
 /// `options.num_chars` characters, one forward step per character for all samples together. `on_char(i, c)`
 /// is called for each character `c` of sample `i` as soon as it is chosen (for streaming).
 ///
-/// Sample `i` draws from its own generator seeded with `sampler.seed + i`, and the warm-up runs once for
+/// Generated `i` draws from its own generator seeded with `sampler.seed + i`, and the warm-up runs once for
 /// all samples, so a batch of N gives the texts of N single runs with seeds `seed .. seed + N` (up to the
 /// rounding of a batched matrix product, which can differ from a single row's in the last bit).
 pub fn generate(
-    model: &RnnModel,
+    model: &Network,
     vocab: &Vocabulary,
     prefix: &str,
     options: &Generate,
     on_char: &mut dyn FnMut(usize, char),
-) -> Result<Vec<Sample>> {
+) -> Result<Vec<Generated>> {
     if prefix.is_empty() {
         return Err(Error::config("--prefix", "must not be empty"));
     }
@@ -180,8 +180,8 @@ pub fn generate(
     let mut x = Tensor::from_slice(&vec![ids[ids.len() - 1]; n]).to_device(device);
     let mut rngs: Vec<Rng> =
         (0..n).map(|i| Rng::for_stream(options.sampler.seed.wrapping_add(i as u64), Stream::Sample)).collect();
-    let mut samples: Vec<Sample> = (0..n)
-        .map(|_| Sample { text: prefix.to_string(), generated: String::new(), probs: Vec::new(), stopped: false })
+    let mut samples: Vec<Generated> = (0..n)
+        .map(|_| Generated { text: prefix.to_string(), generated: String::new(), probs: Vec::new(), stopped: false })
         .collect();
     let v = vocab.len();
     for _ in 0..options.num_chars {
@@ -217,7 +217,7 @@ pub fn generate(
 
 /// Warms the state up over `prefix`, then generates `num_chars` characters greedily (argmax at each step).
 /// Returns the prefix followed by the generated characters.
-pub fn predict(model: &RnnModel, vocab: &Vocabulary, prefix: &str, num_chars: usize) -> Result<String> {
+pub fn predict(model: &Network, vocab: &Vocabulary, prefix: &str, num_chars: usize) -> Result<String> {
     let options = Generate { num_chars, samples: 1, ..Default::default() };
     Ok(generate(model, vocab, prefix, &options, &mut |_, _| {})?.remove(0).text)
 }
@@ -229,9 +229,9 @@ mod tests {
     use crate::model::ModelConfig;
     use tch::Device;
 
-    fn setup() -> (RnnModel, Vocabulary) {
+    fn setup() -> (Network, Vocabulary) {
         let vocab = Vocabulary::from_text("abcdef");
-        let model = RnnModel::new(ModelConfig::rnn(6, 8), 3, Device::Cpu).unwrap();
+        let model = Network::new(ModelConfig::rnn(6, 8), 3, Device::Cpu).unwrap();
         (model, vocab)
     }
 
@@ -248,12 +248,12 @@ mod tests {
     /// A one-hot rnn over "abcdef" that, after reading character i, gives its highest logit to character
     /// `(i + 2) mod 6`: W_xh = 5 I (so h = tanh(5) e_i, the state's one-hot copy of the input), W_hh = 0,
     /// W_hq = 10 P with P the shift by two.
-    fn shift_by_two() -> (RnnModel, Vocabulary) {
+    fn shift_by_two() -> (Network, Vocabulary) {
         let eye = Tensor::eye(6, (Kind::Float, Device::Cpu));
         let shift = eye.roll([2], [1]);
         let zeros = || Tensor::zeros([6], (Kind::Float, Device::Cpu));
         let params = vec![&eye * 5.0, eye.zeros_like(), zeros(), shift * 10.0, zeros()];
-        (RnnModel::from_tensors(ModelConfig::rnn(6, 6), params, Device::Cpu).unwrap(), Vocabulary::from_text("abcdef"))
+        (Network::from_tensors(ModelConfig::rnn(6, 6), params, Device::Cpu).unwrap(), Vocabulary::from_text("abcdef"))
     }
 
     #[test]
@@ -276,7 +276,7 @@ mod tests {
         // In one process the dropout masks would change from call to call.
         let vocab = Vocabulary::from_text("abcdef");
         let model =
-            RnnModel::new(ModelConfig::new(6, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 1, Device::Cpu)
+            Network::new(ModelConfig::new(6, Arch { dropout: 0.5, layers: 2, ..Arch::rnn(16) }), 1, Device::Cpu)
                 .unwrap();
         let scaled: Vec<Tensor> = model.parameters().into_iter().map(|p| p.detach() * 50.0).collect();
         model.set_parameters(&scaled).unwrap();

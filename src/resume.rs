@@ -1,9 +1,9 @@
 //! A run's resumable state: where it stands ([`Position`]) and the tensors that continue it exactly
 //! ([`TrainState`]), with the one conversion between them and the named tensors of a checkpoint's state
 //! file.
-use crate::batches::Sampling;
+use crate::batches::BatchOrder;
 use crate::error::{Error, Result};
-use crate::model::{RnnModel, State};
+use crate::model::{Network, State};
 use crate::optim::OptimizerKind;
 use crate::train::TrainConfig;
 use tch::{Kind, Tensor};
@@ -26,7 +26,8 @@ pub struct Position {
     /// Epochs completed.
     pub epoch: usize,
     /// Minibatches of epoch `epoch + 1` already trained (0 at an epoch boundary).
-    pub batch: usize,
+    #[serde(rename = "batch")]
+    pub minibatch: usize,
     /// The shuffle generator's state before epoch `epoch + 1` draws its shuffle.
     pub shuffle_rng: u64,
     /// Adam's update count (0 with SGD).
@@ -109,7 +110,7 @@ impl TrainState {
     pub fn from_named(
         position: Position,
         tensors: Vec<(String, Tensor)>,
-        model: &RnnModel,
+        model: &Network,
         config: &TrainConfig,
     ) -> Result<TrainState> {
         let take = |name: &str, like: &Tensor| -> Result<Tensor> {
@@ -134,8 +135,8 @@ impl TrainState {
             OptimizerKind::Sgd => None,
         };
         let best = position.best.is_some().then(|| per_param(BEST)).transpose()?;
-        let carry = if position.batch > 0 && config.sampling == Sampling::Consecutive {
-            let fresh = model.begin_state(config.batch);
+        let carry = if position.minibatch > 0 && config.batch_order == BatchOrder::Consecutive {
+            let fresh = model.begin_state(config.batch_size);
             let c = fresh.c.as_ref().map(|c| take(CARRY_C, c)).transpose()?;
             Some(State { h: take(CARRY_H, &fresh.h)?, c })
         } else {
@@ -160,22 +161,22 @@ mod tests {
 
     /// A two-layer LSTM trained with Adam and consecutive sampling, stopped in the middle of epoch 3 with a
     /// best epoch: every kind of tensor a state can hold.
-    fn full_state() -> (RnnModel, TrainConfig, TrainState) {
+    fn full_state() -> (Network, TrainConfig, TrainState) {
         let arch = Arch { cell: Cell::Lstm, layers: 2, ..Arch::rnn(4) };
         let config = TrainConfig {
             arch,
-            batch: 3,
+            batch_size: 3,
             optimizer: OptimizerKind::Adam,
-            sampling: Sampling::Consecutive,
+            batch_order: BatchOrder::Consecutive,
             ..Default::default()
         };
-        let model = RnnModel::new(ModelConfig::new(5, arch), 1, Device::Cpu).unwrap();
+        let model = Network::new(ModelConfig::new(5, arch), 1, Device::Cpu).unwrap();
         let randn = |p: &Tensor| Tensor::randn(p.size(), (Kind::Float, Device::Cpu));
         let params = model.parameters();
         let best = crate::resume::BestEpoch { epoch: 2, perplexity: 3.0, val_perplexity: 3.5 };
         let position = Position {
             epoch: 2,
-            batch: 4,
+            minibatch: 4,
             shuffle_rng: 9,
             optimizer_step: 40,
             perplexity: Some(3.0),
@@ -198,7 +199,7 @@ mod tests {
         (model, config, state)
     }
 
-    fn names(model: &RnnModel) -> Vec<String> {
+    fn names(model: &Network) -> Vec<String> {
         model.named_parameters().into_iter().map(|(n, _)| n).collect()
     }
 
@@ -247,7 +248,7 @@ mod tests {
         let err = TrainState::from_named(state.position.clone(), named, &model, &config).unwrap_err().to_string();
         assert!(err.contains("adam.m.W_xh is Float [2, 2]"), "{err}");
         // At an epoch boundary there is no carried state to look for; with SGD no moments.
-        let position = Position { batch: 0, ..state.position.clone() };
+        let position = Position { minibatch: 0, ..state.position.clone() };
         let sgd = TrainConfig { optimizer: OptimizerKind::Sgd, ..config };
         let named = state
             .to_named(&names(&model))

@@ -1,10 +1,10 @@
 //! Training: truncated BPTT over minibatches, gradient clipping and SGD, reported through an observer.
-use crate::batches::Sampling;
+use crate::batches::BatchOrder;
 use crate::bptt;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, perplexity};
-use crate::model::{cross_entropy, step_major, Arch, ModelConfig, Precision, RnnModel, State};
+use crate::model::{cross_entropy, step_major, Arch, Dtype, ModelConfig, Network, State};
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::predict::{generate, Generate, Sampler};
 use crate::resume::{BestEpoch, Position, TrainState};
@@ -20,8 +20,9 @@ pub struct TrainConfig {
     pub arch: Arch,
     /// Time steps per sequence (BPTT length).
     pub steps: usize,
-    /// Sequences per minibatch.
-    pub batch: usize,
+    /// Sequences per minibatch (`--batch`).
+    #[serde(rename = "batch")]
+    pub batch_size: usize,
     /// Update rule.
     #[serde(default)]
     pub optimizer: OptimizerKind,
@@ -32,13 +33,14 @@ pub struct TrainConfig {
     pub lr_decay: LrDecay,
     /// Gradient clipping threshold theta on the global L2 norm.
     pub clip: f64,
-    /// The precision of the output layer's products.
-    #[serde(default)]
-    pub precision: Precision,
+    /// The precision of the output layer's products (`--dtype`).
+    #[serde(default, rename = "precision")]
+    pub dtype: Dtype,
     /// Passes over the corpus.
     pub epochs: usize,
-    /// How minibatches are cut.
-    pub sampling: Sampling,
+    /// How minibatches are cut from the corpus (`--sampling`).
+    #[serde(rename = "sampling")]
+    pub batch_order: BatchOrder,
     /// Seed of the parameter initialisation and the random sampler.
     pub seed: u64,
     /// Prefixes to predict from every `pred_period` epochs.
@@ -74,14 +76,14 @@ impl Default for TrainConfig {
         TrainConfig {
             arch: Arch::default(),
             steps: 35,
-            batch: 32,
+            batch_size: 32,
             optimizer: OptimizerKind::Sgd,
             lr: OptimizerKind::Sgd.default_lr(),
             lr_decay: LrDecay::default(),
             clip: 0.01,
-            precision: Precision::Fp32,
+            dtype: Dtype::Fp32,
             epochs: 250,
-            sampling: Sampling::Random,
+            batch_order: BatchOrder::Random,
             seed: 0,
             prefixes: vec!["分开".into(), "不分开".into()],
             val_frac: None,
@@ -116,7 +118,7 @@ impl TrainConfig {
         }
         let positive = [
             ("--steps", self.steps),
-            ("--batch", self.batch),
+            ("--batch", self.batch_size),
             ("--epochs", self.epochs),
             ("--pred-period", self.pred_period),
         ];
@@ -146,9 +148,9 @@ impl TrainConfig {
     /// random sampling, a whole row (`corpus_chars / batch`) for consecutive sampling. [`crate::evaluate`]
     /// reads text in windows of this length, so that evaluation sees text the way training did.
     pub fn eval_context(&self, corpus_chars: usize) -> usize {
-        match self.sampling {
-            Sampling::Random => self.steps,
-            Sampling::Consecutive => (corpus_chars / self.batch.max(1)).max(1),
+        match self.batch_order {
+            BatchOrder::Random => self.steps,
+            BatchOrder::Consecutive => (corpus_chars / self.batch_size.max(1)).max(1),
         }
     }
 }
@@ -160,9 +162,9 @@ pub struct Progress<'a> {
     /// Total epochs.
     pub epochs: usize,
     /// Minibatches done in this epoch, from 1.
-    pub batch: usize,
+    pub minibatch: usize,
     /// Minibatches per epoch.
-    pub batches: usize,
+    pub minibatches: usize,
     loss_sum: &'a Tensor,
 }
 
@@ -170,7 +172,7 @@ impl Progress<'_> {
     /// Perplexity over this epoch's minibatches so far. Reads the value back from the device, so call it
     /// only as often as it is shown.
     pub fn running_perplexity(&self) -> f64 {
-        perplexity(self.loss_sum.double_value(&[]) / self.batch as f64)
+        perplexity(self.loss_sum.double_value(&[]) / self.minibatch as f64)
     }
 }
 
@@ -225,7 +227,7 @@ pub struct RunInfo {
     /// Parameters in all.
     pub parameters: u64,
     /// Minibatches per epoch.
-    pub batches: usize,
+    pub minibatches: usize,
     /// The settings.
     pub config: TrainConfig,
     /// For a resumed run, where it stood: (epochs completed, minibatches into the next).
@@ -242,7 +244,7 @@ pub trait TrainObserver {
     fn epoch(&mut self, _report: &EpochReport) {}
     /// Called when a checkpoint is due, with the model and everything else needed to resume: save them.
     /// An error stops training.
-    fn checkpoint(&mut self, _model: &RnnModel, _state: &TrainState, _why: SaveReason) -> Result<()> {
+    fn checkpoint(&mut self, _model: &Network, _state: &TrainState, _why: SaveReason) -> Result<()> {
         Ok(())
     }
     /// Called after every minibatch: `Some(signal)` stops training after a checkpoint, with
@@ -298,12 +300,12 @@ pub struct StepOutput {
 /// dropout takes the written-out backward pass ([`crate::bptt`]); other models, autograd. The output layer's
 /// products are at `precision`.
 pub fn train_step(
-    model: &RnnModel,
+    model: &Network,
     inputs: &Tensor,
     targets: &Tensor,
     state: &State,
     clip: f64,
-    precision: Precision,
+    precision: Dtype,
     optimizer: &mut Optimizer,
 ) -> StepOutput {
     let params = model.parameters();
@@ -358,12 +360,12 @@ struct Run {
 }
 
 impl Run {
-    fn start(model: &RnnModel, config: &TrainConfig) -> Result<Run> {
+    fn start(model: &Network, config: &TrainConfig) -> Result<Run> {
         let zero = || Tensor::zeros([], (Kind::Float, model.device()));
         Ok(Run {
             position: Position {
                 epoch: 0,
-                batch: 0,
+                minibatch: 0,
                 shuffle_rng: Rng::for_stream(config.seed, Stream::Shuffle).state(),
                 optimizer_step: 0,
                 perplexity: None,
@@ -380,7 +382,7 @@ impl Run {
     }
 
     /// The run `state` describes (copied: training goes on in its own tensors).
-    fn resume(model: &RnnModel, config: &TrainConfig, state: &TrainState) -> Result<Run> {
+    fn resume(model: &Network, config: &TrainConfig, state: &TrainState) -> Result<Run> {
         let mut run = Run::start(model, config)?;
         run.optimizer.restore(state.position.optimizer_step, state.adam.as_ref());
         run.loss_sum = state.loss_sum.copy();
@@ -431,7 +433,7 @@ impl Run {
 /// the last epoch, and when it asks to stop. A non-finite loss or gradient norm stops training with
 /// [`Error::Diverged`] before anything of that epoch is checkpointed.
 pub fn train(
-    model: &RnnModel,
+    model: &Network,
     vocab: &Vocabulary,
     corpus: &[i64],
     val: &[i64],
@@ -452,9 +454,9 @@ pub fn train(
         vocab_size: vocab.len(),
         model: model_config,
         parameters: model_config.parameter_count().unwrap_or(0),
-        batches,
+        minibatches: batches,
         config: config.clone(),
-        resumed_at: resume.map(|s| (s.position.epoch, s.position.batch)),
+        resumed_at: resume.map(|s| (s.position.epoch, s.position.minibatch)),
     });
     // Validation reads the held-out text as evaluation reads text: in windows of the training context.
     let validation = (val, config.eval_context(corpus.len()));
@@ -469,7 +471,7 @@ pub fn train(
             last_save = Instant::now();
         }
         if let (Some(signal), Some(SaveReason::Interrupted)) = (trained.stop, reason) {
-            return Err(Error::Interrupted { signal, epoch, batch: batches, batches, saved: None });
+            return Err(Error::Interrupted { signal, epoch, minibatch: batches, minibatches: batches, saved: None });
         }
     }
     let p = &run.position;
@@ -483,7 +485,7 @@ pub fn train(
 
 /// Checks that `config` is valid, describes `model` over `vocab`, fits `corpus` and has prefixes in the
 /// vocabulary; returns the minibatches per epoch.
-fn check_run(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &TrainConfig) -> Result<usize> {
+fn check_run(model: &Network, vocab: &Vocabulary, corpus: &[i64], config: &TrainConfig) -> Result<usize> {
     config.validate()?;
     let expected = config.model_config(vocab.len());
     if model.config() != expected {
@@ -491,11 +493,11 @@ fn check_run(model: &RnnModel, vocab: &Vocabulary, corpus: &[i64], config: &Trai
             format!("the model is {:?} but the configuration and vocabulary describe {expected:?}", model.config());
         return Err(Error::config("model", reason));
     }
-    config.sampling.check_fits(corpus.len(), config.batch, config.steps)?;
+    config.batch_order.check_fits(corpus.len(), config.batch_size, config.steps)?;
     for p in &config.prefixes {
         vocab.encode(p, "the prefix")?;
     }
-    Ok(config.sampling.batches_per_epoch(corpus.len(), config.batch, config.steps))
+    Ok(config.batch_order.batches_per_epoch(corpus.len(), config.batch_size, config.steps))
 }
 
 /// Why a checkpoint is due after `epoch`, if one is: the last epoch, a stop requested at its end, or the
@@ -517,7 +519,7 @@ fn checkpoint_reason(config: &TrainConfig, epoch: usize, stop: Option<i32>, last
 
 /// The report lines' predictions after `epoch`: one per configured prefix, every `pred_period` epochs.
 fn report_samples(
-    model: &RnnModel,
+    model: &Network,
     vocab: &Vocabulary,
     config: &TrainConfig,
     epoch: usize,
@@ -555,13 +557,13 @@ impl Run {
     /// `config.epochs`.
     fn check_position(self, config: &TrainConfig, batches: usize) -> Result<Run> {
         let p = &self.position;
-        if p.batch >= batches {
-            let reason = format!("it stands at minibatch {} of an epoch of {batches}", p.batch);
+        if p.minibatch >= batches {
+            let reason = format!("it stands at minibatch {} of an epoch of {batches}", p.minibatch);
             return Err(Error::TrainingState { reason });
         }
-        if (p.epoch, p.batch) >= (config.epochs, 0) {
-            let at = if p.batch > 0 {
-                format!("epoch {} minibatch {}", p.epoch + 1, p.batch)
+        if (p.epoch, p.minibatch) >= (config.epochs, 0) {
+            let at = if p.minibatch > 0 {
+                format!("epoch {} minibatch {}", p.epoch + 1, p.minibatch)
             } else {
                 format!("{} epochs", p.epoch)
             };
@@ -578,7 +580,7 @@ impl Run {
     /// [`Error::Interrupted`].
     fn train_epoch(
         &mut self,
-        model: &RnnModel,
+        model: &Network,
         corpus: &[i64],
         config: &TrainConfig,
         epoch: usize,
@@ -589,38 +591,44 @@ impl Run {
         let lr = config.lr_decay.lr_at(config.lr, epoch);
         self.optimizer.set_lr(lr);
         let mut rng = Rng::new(self.position.shuffle_rng);
-        let (xs, ys) = config.sampling.epoch(corpus, config.batch, config.steps, &mut rng, model.device())?;
-        let first = self.position.batch;
+        let (xs, ys) = config.batch_order.epoch(corpus, config.batch_size, config.steps, &mut rng, model.device())?;
+        let first = self.position.minibatch;
         let elapsed_before = self.position.elapsed;
         if first == 0 {
             let _ = self.loss_sum.zero_();
             let _ = self.grad_norm_sum.zero_();
         }
-        let mut state = self.carried.take().unwrap_or_else(|| model.begin_state(config.batch));
+        let mut state = self.carried.take().unwrap_or_else(|| model.begin_state(config.batch_size));
         let mut stop = None;
         for i in first..batches {
             if config.arch.dropout > 0.0 {
                 tch::manual_seed(minibatch_seed(config.seed, epoch, i));
             }
-            let input_state = match config.sampling {
-                Sampling::Random => model.begin_state(config.batch),
-                Sampling::Consecutive => carry_state(&state),
+            let input_state = match config.batch_order {
+                BatchOrder::Random => model.begin_state(config.batch_size),
+                BatchOrder::Consecutive => carry_state(&state),
             };
             let (x, y) = (xs.get(i as i64), ys.get(i as i64));
-            let out = train_step(model, &x, &y, &input_state, config.clip, config.precision, &mut self.optimizer);
+            let out = train_step(model, &x, &y, &input_state, config.clip, config.dtype, &mut self.optimizer);
             state = out.state;
             let _ = self.loss_sum.shallow_clone().f_add_(&out.loss)?;
             let _ = self.grad_norm_sum.shallow_clone().f_add_(&out.grad_norm)?;
-            self.position.batch = i + 1;
-            let progress = Progress { epoch, epochs: config.epochs, batch: i + 1, batches, loss_sum: &self.loss_sum };
+            self.position.minibatch = i + 1;
+            let progress = Progress {
+                epoch,
+                epochs: config.epochs,
+                minibatch: i + 1,
+                minibatches: batches,
+                loss_sum: &self.loss_sum,
+            };
             observer.minibatch(&progress);
             stop = observer.stop_requested();
             if let Some(signal) = stop.filter(|_| i + 1 < batches) {
                 self.check_finite(epoch)?;
                 self.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
-                let carried = (config.sampling == Sampling::Consecutive).then(|| state.detach());
+                let carried = (config.batch_order == BatchOrder::Consecutive).then(|| state.detach());
                 observer.checkpoint(model, &self.snapshot(carried.as_ref()), SaveReason::Interrupted)?;
-                return Err(Error::Interrupted { signal, epoch, batch: i + 1, batches, saved: None });
+                return Err(Error::Interrupted { signal, epoch, minibatch: i + 1, minibatches: batches, saved: None });
             }
             if stop.is_some() {
                 break;
@@ -634,7 +642,7 @@ impl Run {
     /// report.
     fn finish_epoch(
         &mut self,
-        model: &RnnModel,
+        model: &Network,
         vocab: &Vocabulary,
         (val, context): (&[i64], usize),
         config: &TrainConfig,
@@ -660,7 +668,7 @@ impl Run {
         }
         self.position = Position {
             epoch,
-            batch: 0,
+            minibatch: 0,
             shuffle_rng: t.rng.state(),
             perplexity: Some(last),
             val_perplexity,
@@ -674,7 +682,7 @@ impl Run {
             grad_norm: norm_total / batches as f64,
             lr: t.lr,
             seconds,
-            chars: (batches - t.first) * config.batch * config.steps,
+            chars: (batches - t.first) * config.batch_size * config.steps,
             elapsed: self.position.elapsed,
             samples: report_samples(model, vocab, config, epoch)?,
         })
@@ -692,8 +700,8 @@ mod tests {
     }
 
     /// A model and its loss's gradients.
-    fn model_with_grads() -> (RnnModel, Vec<Tensor>) {
-        let m = RnnModel::new(ModelConfig::rnn(6, 4), 1, Device::Cpu).unwrap();
+    fn model_with_grads() -> (Network, Vec<Tensor>) {
+        let m = Network::new(ModelConfig::rnn(6, 4), 1, Device::Cpu).unwrap();
         let x = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]).view([2, 3]);
         let (logits, _) = m.forward(&x, &m.begin_state(2), true);
         cross_entropy(&logits, &step_major(&(x + 1).remainder(6))).backward();
@@ -729,7 +737,7 @@ mod tests {
         let reached = |t: &Tensor| t.grad().defined() && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
         for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
             let m =
-                RnnModel::new(ModelConfig::new(6, Arch { cell, layers: 2, ..Arch::rnn(4) }), 1, Device::Cpu).unwrap();
+                Network::new(ModelConfig::new(6, Arch { cell, layers: 2, ..Arch::rnn(4) }), 1, Device::Cpu).unwrap();
             for detach in [true, false] {
                 let zeros = m.begin_state(2);
                 let s0 = State { h: zeros.h.set_requires_grad(true), c: zeros.c.map(|c| c.set_requires_grad(true)) };
@@ -798,7 +806,7 @@ mod tests {
         fn epoch(&mut self, r: &EpochReport) {
             self.reports.push(r.clone());
         }
-        fn checkpoint(&mut self, model: &RnnModel, state: &TrainState, why: SaveReason) -> Result<()> {
+        fn checkpoint(&mut self, model: &Network, state: &TrainState, why: SaveReason) -> Result<()> {
             let params = model.parameters().iter().map(|p| p.detach().copy()).collect();
             // Through the state file's names, as a checkpoint keeps it.
             let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
@@ -827,11 +835,11 @@ mod tests {
     fn validation_is_reported_each_epoch_and_the_best_epoch_kept() {
         let (vocab, ids) = corpus();
         let (train_ids, val_ids) = ids.split_at(300);
-        let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
+        let model = Network::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
         let config = TrainConfig {
             arch: Arch { hidden: 16, ..Arch::default() },
             steps: 6,
-            batch: 4,
+            batch_size: 4,
             lr: 1.0,
             clip: 1.0,
             epochs: 8,
@@ -852,17 +860,17 @@ mod tests {
         assert_eq!((*why, position.best.as_ref()), (SaveReason::Final, Some(&best)));
         let state = TrainState::from_named(position.clone(), copies(tensors), &model, &config).unwrap();
         let params = state.best.expect("the best epoch's parameters");
-        let kept = RnnModel::from_tensors(model.config(), params, Device::Cpu).unwrap();
+        let kept = Network::from_tensors(model.config(), params, Device::Cpu).unwrap();
         let again = evaluate(&kept, val_ids, config.eval_context(train_ids.len())).unwrap().perplexity();
         assert!((again - best.val_perplexity).abs() < 1e-9 * again, "{again} vs {}", best.val_perplexity);
     }
 
     /// Trains `config` from scratch, stopping after `stop_after` minibatches if given; returns the model
     /// and the recorder.
-    fn run(config: &TrainConfig, stop_after: Option<usize>) -> (RnnModel, Recorder, Result<TrainSummary>) {
+    fn run(config: &TrainConfig, stop_after: Option<usize>) -> (Network, Recorder, Result<TrainSummary>) {
         let (vocab, ids) = corpus();
         let (train_ids, val_ids) = ids.split_at(if config.val_frac.is_some() { 300 } else { ids.len() });
-        let model = RnnModel::new(config.model_config(vocab.len()), config.seed, Device::Cpu).unwrap();
+        let model = Network::new(config.model_config(vocab.len()), config.seed, Device::Cpu).unwrap();
         let mut rec = Recorder { stop_after, ..Default::default() };
         let result = train(&model, &vocab, train_ids, val_ids, config, None, &mut rec);
         (model, rec, result)
@@ -873,7 +881,7 @@ mod tests {
         let base = TrainConfig {
             arch: Arch { hidden: 12, ..Arch::default() },
             steps: 5,
-            batch: 3,
+            batch_size: 3,
             epochs: 5,
             prefixes: vec!["ab".into()],
             pred_period: 1,
@@ -886,7 +894,7 @@ mod tests {
                 arch: Arch { cell: Cell::Gru, layers: 2, embed: 4, dropout: 0.3, init: Init::Uniform, ..base.arch },
                 optimizer: OptimizerKind::Adam,
                 lr: 0.01,
-                sampling: Sampling::Consecutive,
+                batch_order: BatchOrder::Consecutive,
                 val_frac: Some(0.1),
                 ..base.clone()
             },
@@ -895,7 +903,7 @@ mod tests {
                 optimizer: OptimizerKind::Adam,
                 lr: 0.01,
                 lr_decay: crate::LrDecay { factor: 0.5, every: 2 },
-                sampling: Sampling::Consecutive,
+                batch_order: BatchOrder::Consecutive,
                 ..base.clone()
             },
         ];
@@ -904,7 +912,7 @@ mod tests {
             result.unwrap();
             let (vocab, ids) = corpus();
             let (train_ids, val_ids) = ids.split_at(if config.val_frac.is_some() { 300 } else { ids.len() });
-            let per_epoch = config.sampling.batches_per_epoch(train_ids.len(), config.batch, config.steps);
+            let per_epoch = config.batch_order.batches_per_epoch(train_ids.len(), config.batch_size, config.steps);
             // Stop in the middle of epoch 3, and at the end of epoch 2.
             for stop_after in [2 * per_epoch + per_epoch / 2, 2 * per_epoch] {
                 let (_, first, result) = run(&config, Some(stop_after));
@@ -912,7 +920,7 @@ mod tests {
                 let (why, params, position, tensors) = first.checkpoints.last().unwrap();
                 assert_eq!(*why, SaveReason::Interrupted);
                 let resumed =
-                    RnnModel::from_tensors(straight.config(), params.iter().map(|t| t.copy()).collect(), Device::Cpu)
+                    Network::from_tensors(straight.config(), params.iter().map(|t| t.copy()).collect(), Device::Cpu)
                         .unwrap();
                 let state = TrainState::from_named(position.clone(), copies(tensors), &resumed, &config).unwrap();
                 let mut rest = Recorder::default();
@@ -922,7 +930,7 @@ mod tests {
                         a.equal(b),
                         "{:?} {:?} stopped after {stop_after}: parameters differ",
                         config.arch.cell,
-                        config.sampling
+                        config.batch_order
                     );
                 }
                 let printed = |r: &EpochReport| (r.epoch, r.perplexity, r.val_perplexity, r.samples.clone());
@@ -940,16 +948,16 @@ mod tests {
         let config = TrainConfig {
             arch: Arch { hidden: 8, ..Arch::default() },
             steps: 5,
-            batch: 3,
+            batch_size: 3,
             epochs: 2,
             lr: 1.0,
             clip: 1e-30,
-            sampling: Sampling::Consecutive,
+            batch_order: BatchOrder::Consecutive,
             prefixes: vec!["ab".into()],
             pred_period: 1000,
             ..Default::default()
         };
-        let model = RnnModel::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        let model = Network::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
         // Weights 60 times the textbook's, so that the state carries enough to matter.
         let scaled: Vec<Tensor> = model.parameters().into_iter().map(|p| p.detach() * 60.0).collect();
         model.set_parameters(&scaled).unwrap();
@@ -987,7 +995,7 @@ mod tests {
         let config = TrainConfig {
             arch: Arch { hidden: 12, ..Arch::default() },
             steps: 5,
-            batch: 3,
+            batch_size: 3,
             epochs: 6,
             lr: 1.0,
             clip: 1.0,
@@ -996,7 +1004,7 @@ mod tests {
             ..Default::default()
         };
         let (vocab, ids) = corpus();
-        let model = RnnModel::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        let model = Network::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
         let mut rec = Recorder { poison_after: Some(2), ..Default::default() };
         let err = train(&model, &vocab, &ids, &[], &config, None, &mut rec).unwrap_err();
         assert!(matches!(err, Error::Diverged { epoch: 3, .. }), "{err:?}");
@@ -1006,7 +1014,7 @@ mod tests {
         assert_eq!(epochs, vec![1, 2]);
         // A huge learning rate without clipping diverges in the first epoch.
         let wild = TrainConfig { lr: 1e30, clip: 1e30, checkpoint_every: None, ..config };
-        let model = RnnModel::new(wild.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        let model = Network::new(wild.model_config(vocab.len()), 0, Device::Cpu).unwrap();
         let mut rec = Recorder::default();
         let err = train(&model, &vocab, &ids, &[], &wild, None, &mut rec).unwrap_err();
         assert!(matches!(err, Error::Diverged { epoch: 1, .. }), "{err:?}");
@@ -1018,7 +1026,7 @@ mod tests {
         let config = TrainConfig {
             arch: Arch { hidden: 8, ..Arch::default() },
             steps: 5,
-            batch: 3,
+            batch_size: 3,
             epochs: 7,
             lr: 1.0,
             clip: 1.0,
@@ -1028,11 +1036,13 @@ mod tests {
         };
         let (_, rec, result) = run(&config, None);
         result.unwrap();
-        let at: Vec<(SaveReason, usize, usize)> = rec.checkpoints.iter().map(|c| (c.0, c.2.epoch, c.2.batch)).collect();
+        let at: Vec<(SaveReason, usize, usize)> =
+            rec.checkpoints.iter().map(|c| (c.0, c.2.epoch, c.2.minibatch)).collect();
         assert_eq!(at, vec![(SaveReason::Periodic, 3, 0), (SaveReason::Periodic, 6, 0), (SaveReason::Final, 7, 0)]);
         let (_, rec, result) = run(&config, Some(5));
-        assert!(matches!(result, Err(Error::Interrupted { epoch: 1, batch: 5, .. })), "{result:?}");
-        let at: Vec<(SaveReason, usize, usize)> = rec.checkpoints.iter().map(|c| (c.0, c.2.epoch, c.2.batch)).collect();
+        assert!(matches!(result, Err(Error::Interrupted { epoch: 1, minibatch: 5, .. })), "{result:?}");
+        let at: Vec<(SaveReason, usize, usize)> =
+            rec.checkpoints.iter().map(|c| (c.0, c.2.epoch, c.2.minibatch)).collect();
         assert_eq!(at, vec![(SaveReason::Interrupted, 0, 5)]);
     }
 
@@ -1042,7 +1052,7 @@ mod tests {
         let config = TrainConfig {
             arch: Arch::rnn(8),
             steps: 5,
-            batch: 3,
+            batch_size: 3,
             epochs: 1,
             prefixes: vec!["ab".into()],
             ..Default::default()
@@ -1054,11 +1064,11 @@ mod tests {
             ModelConfig::new(vocab.len() + 1, config.arch),
         ];
         for other in others {
-            let model = RnnModel::new(other, 0, Device::Cpu).unwrap();
+            let model = Network::new(other, 0, Device::Cpu).unwrap();
             let err = train(&model, &vocab, &ids, &[], &config, None, &mut ()).unwrap_err().to_string();
             assert!(err.contains("invalid model") && err.contains("configuration"), "{other:?}: {err}");
         }
-        let model = RnnModel::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        let model = Network::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
         assert!(train(&model, &vocab, &ids, &[], &config, None, &mut ()).is_ok());
     }
 
@@ -1066,7 +1076,7 @@ mod tests {
     fn invalid_hyperparameters_are_named() {
         let bad = TrainConfig { lr: -1.0, ..Default::default() };
         assert!(bad.validate().unwrap_err().to_string().contains("--lr"));
-        let bad = TrainConfig { batch: 0, ..Default::default() };
+        let bad = TrainConfig { batch_size: 0, ..Default::default() };
         assert!(bad.validate().unwrap_err().to_string().contains("--batch"));
         let bad = TrainConfig { clip: f64::NAN, ..Default::default() };
         assert!(bad.validate().unwrap_err().to_string().contains("--clip"));
@@ -1086,11 +1096,11 @@ mod tests {
         let text = "abcabcabdabcabcabd".repeat(20);
         let vocab = Vocabulary::from_text(&text);
         let ids = vocab.encode(&text, "t").unwrap();
-        let model = RnnModel::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
+        let model = Network::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
         let config = TrainConfig {
             arch: Arch { hidden: 16, ..Arch::default() },
             steps: 6,
-            batch: 4,
+            batch_size: 4,
             lr: 1.0,
             clip: 1.0,
             epochs: 30,
@@ -1102,7 +1112,7 @@ mod tests {
         let mut rec = Record(Vec::new(), 0);
         let summary = train(&model, &vocab, &ids, &[], &config, None, &mut rec).unwrap();
         assert_eq!(rec.0.len(), 30);
-        assert_eq!(rec.1, 30 * Sampling::Random.batches_per_epoch(ids.len(), 4, 6));
+        assert_eq!(rec.1, 30 * BatchOrder::Random.batches_per_epoch(ids.len(), 4, 6));
         assert!(
             rec.0[0].perplexity > 3.0 && summary.perplexity < 2.0,
             "{} -> {}",

@@ -107,7 +107,7 @@ fn assert_same_parameters(a: &Path, b: &Path) {
 fn position(dir: &Path) -> (usize, usize) {
     let loaded = checkpoint::load(&dir.join(charrnn::LAST_DIR), Device::Cpu).unwrap();
     let p = &loaded.file.resume.as_ref().expect("a resumable checkpoint").position;
-    (p.epoch, p.batch)
+    (p.epoch, p.minibatch)
 }
 
 #[test]

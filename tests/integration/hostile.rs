@@ -2,7 +2,7 @@
 //! an error, never a panic, a hang or an allocation the files do not justify. `PROPTEST_CASES` sets how
 //! many cases each property tries (CI runs the default below).
 use charrnn::checkpoint::{self, MODEL_JSON};
-use charrnn::{read_corpus, Arch, CorpusOptions, Error, RnnModel, TrainConfig, Vocabulary};
+use charrnn::{read_corpus, Arch, CorpusOptions, Error, Network, TrainConfig, Vocabulary};
 use proptest::prelude::*;
 use serde_json::Value;
 use std::path::Path;
@@ -150,7 +150,7 @@ fn model_copy() -> tempfile::TempDir {
         let config = TrainConfig {
             arch: Arch { hidden: 8, cell: charrnn::Cell::Gru, layers: 2, embed: 3, ..Arch::default() },
             steps: 4,
-            batch: 2,
+            batch_size: 2,
             epochs: 2,
             optimizer: charrnn::OptimizerKind::Adam,
             lr: 0.01,
@@ -202,7 +202,7 @@ fn load_everything(dir: &Path) -> Result<(), TestCaseError> {
     // (A damaged vocabulary may lack the corpus's characters: resume refuses that before training.)
     let Ok(ids) = loaded.vocab.encode(&text, "the corpus") else { return Ok(()) };
     let config = TrainConfig { epochs: state.position.epoch.saturating_add(1), ..loaded.file.train.clone() };
-    let model: &RnnModel = &loaded.model;
+    let model: &Network = &loaded.model;
     if let Err(e) = charrnn::train(model, &loaded.vocab, &ids, &[], &config, Some(&state), &mut ()) {
         prop_assert!(e.to_string().len() > 10, "{e}");
     }

@@ -1,7 +1,7 @@
 //! Cross-checks against PyTorch itself, run with the project's `.venv` interpreter.
 use charrnn::{
-    clip_factor, cross_entropy, step_major, train_step, Arch, Cell, ModelConfig, Optimizer, OptimizerKind, Precision,
-    RnnModel, State,
+    clip_factor, cross_entropy, step_major, train_step, Arch, Cell, Dtype, ModelConfig, Network, Optimizer,
+    OptimizerKind, State,
 };
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -38,7 +38,7 @@ fn run_reference(script: &str, input: &Value) -> Value {
 
 /// Multiplies every parameter by `factor`: larger than the textbook's 0.01 weights make gradients and
 /// gates non-trivial.
-fn scale(model: &RnnModel, factor: f64) {
+fn scale(model: &Network, factor: f64) {
     tch::no_grad(|| {
         for p in model.parameters() {
             let _ = p.shallow_clone().f_mul_scalar_(factor).unwrap();
@@ -59,7 +59,7 @@ fn assert_close(name: &str, ours: &Tensor, theirs: &Tensor) {
 fn one_training_step_matches_pytorch() {
     let (v, h, batch, steps) = (23usize, 16usize, 4i64, 7i64);
     for (kind, name, lr, updates) in [(OptimizerKind::Sgd, "sgd", 0.7, 2), (OptimizerKind::Adam, "adam", 0.01, 4)] {
-        let model = RnnModel::new(ModelConfig::rnn(v, h), 11, Device::Cpu).unwrap();
+        let model = Network::new(ModelConfig::rnn(v, h), 11, Device::Cpu).unwrap();
         scale(&model, 30.0);
         tch::manual_seed(5);
         let inputs = Tensor::randint(v as i64, [batch, steps], (Kind::Int64, Device::Cpu));
@@ -79,7 +79,7 @@ fn one_training_step_matches_pytorch() {
 
         let mut optimizer = Optimizer::new(kind, &model, lr).unwrap();
         let state = State { h: state.unsqueeze(0), c: None };
-        let first = train_step(&model, &inputs, &targets, &state, clip, Precision::Fp32, &mut optimizer);
+        let first = train_step(&model, &inputs, &targets, &state, clip, Dtype::Fp32, &mut optimizer);
         let loss = first.loss.double_value(&[]);
         let ref_loss = reference["loss"].as_f64().unwrap();
         assert!((loss - ref_loss).abs() <= 1e-5, "{name}: loss {loss} vs PyTorch {ref_loss}");
@@ -95,7 +95,7 @@ fn one_training_step_matches_pytorch() {
             grad_norm_sq += clipped.square().sum(Kind::Double).double_value(&[]);
         }
         for _ in 1..updates {
-            let _ = train_step(&model, &inputs, &targets, &state, clip, Precision::Fp32, &mut optimizer);
+            let _ = train_step(&model, &inputs, &targets, &state, clip, Dtype::Fp32, &mut optimizer);
         }
         for (pname, p) in model.named_parameters() {
             assert_close(&format!("{name}: {pname} after {updates} updates"), p, &from_json(&reference[&pname]));
@@ -111,7 +111,7 @@ fn one_training_step_matches_pytorch() {
 fn cell_gradients_match_pytorch_layers() {
     let (v, h, batch, steps) = (11usize, 8usize, 3i64, 6i64);
     for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
-        let model = RnnModel::new(ModelConfig::new(v, Arch { cell, ..Arch::rnn(h) }), 4, Device::Cpu).unwrap();
+        let model = Network::new(ModelConfig::new(v, Arch { cell, ..Arch::rnn(h) }), 4, Device::Cpu).unwrap();
         scale(&model, 40.0);
         // Non-zero biases, so that a misplaced bias would show.
         tch::no_grad(|| {

@@ -1,8 +1,8 @@
 //! The command line's schema (clap), and its conversion into the library's jobs. Defaults are read from
 //! the library (`TrainConfig::default()`, `OptimizerKind::default_lr`, ...), never written here.
 use charrnn::{
-    Arch, Backend, Cell, CorpusOptions, DeviceSpec, EvalJob, Generate, Init, LrDecay, OptimizerKind, Precision,
-    PredictJob, ResumeJob, Sampler, Sampling, TrainConfig, TrainJob, UnknownChars,
+    Arch, Backend, BatchOrder, Cell, CorpusOptions, DeviceSpec, Dtype, EvalJob, Generate, Init, LrDecay, OptimizerKind,
+    PredictJob, ResumeJob, Sampler, TrainConfig, TrainJob, UnknownChars,
 };
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -179,7 +179,7 @@ pub struct NewRunArgs {
     #[arg(long, default_value_t = textbook().steps)]
     pub steps: usize,
     /// Sequences per minibatch.
-    #[arg(long, default_value_t = textbook().batch)]
+    #[arg(long, default_value_t = textbook().batch_size)]
     pub batch: usize,
     /// Update rule: sgd (the textbook's) or adam.
     #[arg(long, value_enum, default_value_t = textbook().optimizer)]
@@ -195,13 +195,13 @@ pub struct NewRunArgs {
     /// Gradient clipping threshold on the global L2 norm.
     #[arg(long, default_value_t = textbook().clip, allow_negative_numbers = true)]
     pub clip: f64,
-    /// Precision of the output layer's matrix products: fp32, or bf16 (bfloat16 operands, float32
+    /// Dtype of the output layer's matrix products: fp32, or bf16 (bfloat16 operands, float32
     /// accumulation: faster where the CPU has AMX or AVX512-BF16, and on GPUs; much slower on CPUs without).
-    #[arg(long, value_enum, default_value_t = textbook().precision)]
-    pub dtype: Precision,
+    #[arg(long, value_enum, default_value_t = textbook().dtype)]
+    pub dtype: Dtype,
     /// Minibatch sampler: random (fresh state per minibatch) or consecutive (state carried, detached).
-    #[arg(long, value_enum, default_value_t = textbook().sampling)]
-    pub sampling: Sampling,
+    #[arg(long, value_enum, default_value_t = textbook().batch_order)]
+    pub sampling: BatchOrder,
     /// Seed for initialisation and shuffling.
     #[arg(long, default_value_t = textbook().seed)]
     pub seed: u64,
@@ -272,10 +272,10 @@ pub struct DrawArgs {
     /// flattens its distribution.
     #[arg(long, default_value_t = Sampler::default().temperature, value_name = "T", allow_negative_numbers = true)]
     pub temperature: f64,
-    /// Sample only among the K most likely characters (0 = no limit).
+    /// Generated only among the K most likely characters (0 = no limit).
     #[arg(long, default_value_t = Sampler::default().top_k, value_name = "K")]
     pub top_k: usize,
-    /// Sample only among the fewest most likely characters whose probabilities reach P (1 = no limit).
+    /// Generated only among the fewest most likely characters whose probabilities reach P (1 = no limit).
     #[arg(long, default_value_t = Sampler::default().top_p, value_name = "P", allow_negative_numbers = true)]
     pub top_p: f64,
 }
@@ -380,14 +380,14 @@ impl TrainArgs {
                     backend: n.backend,
                 },
                 steps: n.steps,
-                batch: n.batch,
+                batch_size: n.batch,
                 optimizer: n.optimizer,
                 lr: n.lr.unwrap_or(n.optimizer.default_lr()),
                 lr_decay: LrDecay { factor: n.lr_decay, every: n.lr_decay_every },
                 clip: n.clip,
-                precision: n.dtype,
+                dtype: n.dtype,
                 epochs: self.epochs.unwrap_or(textbook().epochs),
-                sampling: n.sampling,
+                batch_order: n.sampling,
                 seed: n.seed,
                 prefixes: n.prefixes,
                 val_frac: n.val_frac,

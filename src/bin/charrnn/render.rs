@@ -1,8 +1,7 @@
 //! What `charrnn` shows: the training progress bar and report lines, and the output of predict, eval and
 //! info. Samples and results go to stdout, progress and diagnostics to stderr.
 use charrnn::{
-    EpochReport, EvalReport, Info, ModelSummary, Precision, PredictOutcome, Progress, RunInfo, TrainObserver,
-    TrainOutcome,
+    Dtype, EpochReport, EvalReport, Info, ModelSummary, PredictOutcome, Progress, RunInfo, TrainObserver, TrainOutcome,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -82,8 +81,7 @@ fn describe_run(i: &RunInfo) -> String {
     let resumed = i.resumed_at.map(|(e, b)| {
         format!(", resuming after epoch {e}{}", if b > 0 { format!(" minibatch {b}") } else { String::new() })
     });
-    let precision =
-        if c.precision == Precision::Fp32 { String::new() } else { format!(", {} output layer", c.precision) };
+    let precision = if c.dtype == Dtype::Fp32 { String::new() } else { format!(", {} output layer", c.dtype) };
     format!(
         "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}{precision}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epoch{}{}",
         i.device,
@@ -95,8 +93,8 @@ fn describe_run(i: &RunInfo) -> String {
         i.model.arch.layers,
         i.model.arch.hidden,
         grouped(i.parameters),
-        i.batches,
-        c.batch,
+        i.minibatches,
+        c.batch_size,
         c.steps,
         c.optimizer,
         c.lr,
@@ -108,7 +106,7 @@ fn describe_run(i: &RunInfo) -> String {
 
 impl TrainObserver for Reporter {
     fn begin(&mut self, info: &RunInfo) {
-        self.chars_per_batch = info.config.batch * info.config.steps;
+        self.chars_per_batch = info.config.batch_size * info.config.steps;
         if !self.quiet {
             if let Some(bar) = &self.bar {
                 bar.suspend(|| eprintln!("{}", describe_run(info)));
@@ -129,10 +127,10 @@ impl TrainObserver for Reporter {
         if !self.tty {
             return;
         }
-        let position = ((p.epoch - 1) * p.batches + p.batch) as u64;
+        let position = ((p.epoch - 1) * p.minibatches + p.minibatch) as u64;
         let bar_start = &mut self.bar_start;
         let bar = self.bar.get_or_insert_with(|| {
-            let bar = ProgressBar::new((p.epochs * p.batches) as u64);
+            let bar = ProgressBar::new((p.epochs * p.minibatches) as u64);
             bar.set_style(
                 ProgressStyle::with_template("{msg} [{elapsed_precise}<{eta_precise}] {wide_bar}")
                     .expect("valid template"),
@@ -145,7 +143,7 @@ impl TrainObserver for Reporter {
         });
         bar.set_position(position);
         // Reading the perplexity waits for the device; do it only as often as a person can read it.
-        if self.last_draw.elapsed() >= Duration::from_millis(200) || p.batch == p.batches {
+        if self.last_draw.elapsed() >= Duration::from_millis(200) || p.minibatch == p.minibatches {
             self.last_draw = Instant::now();
             let (since, from) = self.bar_start;
             let speed =
@@ -154,8 +152,8 @@ impl TrainObserver for Reporter {
                 "epoch {}/{} minibatch {}/{} perplexity {:.3} {} chars/s",
                 p.epoch,
                 p.epochs,
-                p.batch,
-                p.batches,
+                p.minibatch,
+                p.minibatches,
                 p.running_perplexity(),
                 grouped(speed as u64)
             ));
@@ -254,7 +252,7 @@ pub fn model_summary(out: &mut impl Write, m: &ModelSummary) -> std::io::Result<
     writeln!(out, "vocabulary {} characters", grouped(c.vocab_size as u64))?;
     writeln!(out, "epochs {} of {}", f.epoch, f.train.epochs)?;
     let t = &f.train;
-    writeln!(out, "training {} lr {}, clip {}, {} output layer", t.optimizer, t.lr, t.clip, t.precision)?;
+    writeln!(out, "training {} lr {}, clip {}, {} output layer", t.optimizer, t.lr, t.clip, t.dtype)?;
     if let Some(p) = f.perplexity {
         writeln!(out, "training perplexity {p:.6}")?;
     }
@@ -266,7 +264,7 @@ pub fn model_summary(out: &mut impl Write, m: &ModelSummary) -> std::io::Result<
     writeln!(out, "corpus {} ({} characters, {hash})", f.corpus.path.display(), grouped(f.corpus.chars as u64))?;
     writeln!(out, "trained on {} with charrnn {}", f.device, f.charrnn_version)?;
     if let Some(r) = &f.resume {
-        writeln!(out, "resumable at epoch {} minibatch {}", r.position.epoch, r.position.batch)?;
+        writeln!(out, "resumable at epoch {} minibatch {}", r.position.epoch, r.position.minibatch)?;
     }
     Ok(())
 }
