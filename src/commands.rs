@@ -308,7 +308,7 @@ impl TrainObserver for Saver<'_> {
             val_perplexity: report.val_perplexity,
             learning_rate: report.lr,
             grad_norm: report.grad_norm,
-            chars_per_sec: report.chars as f64 / report.seconds.max(1e-9),
+            chars_per_sec: report.chars_per_sec(),
             elapsed_sec: report.elapsed,
         };
         self.pending_metrics.push(serde_json::to_string(&line).expect("metrics serialise"));

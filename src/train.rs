@@ -199,6 +199,13 @@ pub struct EpochReport {
     pub samples: Option<Vec<String>>,
 }
 
+impl EpochReport {
+    /// Characters trained per second of the epoch's training.
+    pub fn chars_per_sec(&self) -> f64 {
+        self.chars as f64 / self.seconds.max(1e-9)
+    }
+}
+
 /// Why [`TrainObserver::checkpoint`] is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaveReason {

@@ -167,7 +167,7 @@ impl TrainObserver for Reporter {
         let val = r.val_perplexity.map(|v| format!(", val perplexity {v:.6}")).unwrap_or_default();
         let mut text = format!("epoch {}, perplexity {:.6}{val}, time {:.2} sec", r.epoch, r.perplexity, r.seconds);
         if self.verbose {
-            let speed = r.chars as f64 / r.seconds.max(1e-9);
+            let speed = r.chars_per_sec();
             text.push_str(&format!(", lr {}, grad norm {:.6}, {} chars/s", r.lr, r.grad_norm, grouped(speed as u64)));
         }
         text.push('\n');
