@@ -786,6 +786,21 @@ mod tests {
             .contains("--val-frac"));
     }
 
+    /// A small SGD run (lr 1, clipping at 1) of an rnn of `hidden` units on [`corpus`]'s text, 5 steps of 3
+    /// sequences, for `epochs` epochs, reporting from "ab".
+    fn small(hidden: usize, epochs: usize) -> TrainConfig {
+        TrainConfig {
+            arch: Arch::rnn(hidden),
+            steps: 5,
+            batch_size: 3,
+            epochs,
+            lr: 1.0,
+            clip: 1.0,
+            prefixes: vec!["ab".into()],
+            ..Default::default()
+        }
+    }
+
     /// Copies of named tensors.
     fn copies(tensors: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect()
@@ -843,18 +858,7 @@ mod tests {
         let (vocab, ids) = corpus();
         let (train_ids, val_ids) = ids.split_at(300);
         let model = Network::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
-        let config = TrainConfig {
-            arch: Arch { hidden: 16, ..Arch::default() },
-            steps: 6,
-            batch_size: 4,
-            lr: 1.0,
-            clip: 1.0,
-            epochs: 8,
-            prefixes: vec!["ab".into()],
-            pred_period: 4,
-            pred_len: 3,
-            ..Default::default()
-        };
+        let config = TrainConfig { steps: 6, batch_size: 4, pred_period: 4, pred_len: 3, ..small(16, 8) };
         let mut rec = Recorder::default();
         let summary = train(&model, &vocab, train_ids, val_ids, &config, None, &mut rec).unwrap();
         let vals: Vec<f64> = rec.reports.iter().map(|r| r.val_perplexity.expect("validation every epoch")).collect();
@@ -999,17 +1003,7 @@ mod tests {
 
     #[test]
     fn divergence_stops_training_naming_the_epoch_and_saves_nothing_after_it() {
-        let config = TrainConfig {
-            arch: Arch { hidden: 12, ..Arch::default() },
-            steps: 5,
-            batch_size: 3,
-            epochs: 6,
-            lr: 1.0,
-            clip: 1.0,
-            checkpoint_every: Some(1),
-            prefixes: vec!["ab".into()],
-            ..Default::default()
-        };
+        let config = TrainConfig { checkpoint_every: Some(1), ..small(12, 6) };
         let (vocab, ids) = corpus();
         let model = Network::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
         let mut rec = Recorder { poison_after: Some(2), ..Default::default() };
@@ -1030,17 +1024,7 @@ mod tests {
 
     #[test]
     fn checkpoints_come_every_n_epochs_at_the_end_and_on_request() {
-        let config = TrainConfig {
-            arch: Arch { hidden: 8, ..Arch::default() },
-            steps: 5,
-            batch_size: 3,
-            epochs: 7,
-            lr: 1.0,
-            clip: 1.0,
-            checkpoint_every: Some(3),
-            prefixes: vec!["ab".into()],
-            ..Default::default()
-        };
+        let config = TrainConfig { checkpoint_every: Some(3), ..small(8, 7) };
         let (_, rec, result) = run(&config, None);
         result.unwrap();
         let at: Vec<(SaveReason, usize, usize)> =
@@ -1100,22 +1084,9 @@ mod tests {
                 self.0.push(r.clone());
             }
         }
-        let text = "abcabcabdabcabcabd".repeat(20);
-        let vocab = Vocabulary::from_text(&text);
-        let ids = vocab.encode(&text, "t").unwrap();
+        let (vocab, ids) = corpus();
         let model = Network::new(ModelConfig::rnn(vocab.len(), 16), 0, Device::Cpu).unwrap();
-        let config = TrainConfig {
-            arch: Arch { hidden: 16, ..Arch::default() },
-            steps: 6,
-            batch_size: 4,
-            lr: 1.0,
-            clip: 1.0,
-            epochs: 30,
-            prefixes: vec!["ab".into()],
-            pred_period: 10,
-            pred_len: 5,
-            ..Default::default()
-        };
+        let config = TrainConfig { steps: 6, batch_size: 4, pred_period: 10, pred_len: 5, ..small(16, 30) };
         let mut rec = Record(Vec::new(), 0);
         let summary = train(&model, &vocab, &ids, &[], &config, None, &mut rec).unwrap();
         assert_eq!(rec.0.len(), 30);
