@@ -9,7 +9,7 @@
 //! let text = "分开 不分开 我不能再想 我不 我不 我不要再想你";
 //! let vocab = Vocabulary::from_text(text);
 //! let ids = vocab.encode(text, "the corpus").unwrap();
-//! let config = TrainConfig { arch: Arch::rnn(32), steps: 4, batch: 2, epochs: 50, ..Default::default() };
+//! let config = TrainConfig { arch: Arch::rnn(32), steps: 4, batch_size: 2, epochs: 50, ..Default::default() };
 //! let model = Network::new(config.model_config(vocab.len()), 0, tch::Device::Cpu).unwrap();
 //! train(&model, &vocab, &ids, &[], &config, None, &mut ()).unwrap();
 //! println!("{}", predict(&model, &vocab, "分开", 10).unwrap());

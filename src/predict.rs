@@ -150,7 +150,7 @@ pub struct Generated {
 /// `options.num_chars` characters, one forward step per character for all samples together. `on_char(i, c)`
 /// is called for each character `c` of sample `i` as soon as it is chosen (for streaming).
 ///
-/// Generated `i` draws from its own generator seeded with `sampler.seed + i`, and the warm-up runs once for
+/// Sample `i` draws from its own generator seeded with `sampler.seed + i`, and the warm-up runs once for
 /// all samples, so a batch of N gives the texts of N single runs with seeds `seed .. seed + N` (up to the
 /// rounding of a batched matrix product, which can differ from a single row's in the last bit).
 pub fn generate(

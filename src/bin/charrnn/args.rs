@@ -195,7 +195,7 @@ pub struct NewRunArgs {
     /// Gradient clipping threshold on the global L2 norm.
     #[arg(long, default_value_t = textbook().clip, allow_negative_numbers = true)]
     pub clip: f64,
-    /// Dtype of the output layer's matrix products: fp32, or bf16 (bfloat16 operands, float32
+    /// Precision of the output layer's matrix products: fp32, or bf16 (bfloat16 operands, float32
     /// accumulation: faster where the CPU has AMX or AVX512-BF16, and on GPUs; much slower on CPUs without).
     #[arg(long, value_enum, default_value_t = textbook().dtype)]
     pub dtype: Dtype,
@@ -272,10 +272,10 @@ pub struct DrawArgs {
     /// flattens its distribution.
     #[arg(long, default_value_t = Sampler::default().temperature, value_name = "T", allow_negative_numbers = true)]
     pub temperature: f64,
-    /// Generated only among the K most likely characters (0 = no limit).
+    /// Sample only among the K most likely characters (0 = no limit).
     #[arg(long, default_value_t = Sampler::default().top_k, value_name = "K")]
     pub top_k: usize,
-    /// Generated only among the fewest most likely characters whose probabilities reach P (1 = no limit).
+    /// Sample only among the fewest most likely characters whose probabilities reach P (1 = no limit).
     #[arg(long, default_value_t = Sampler::default().top_p, value_name = "P", allow_negative_numbers = true)]
     pub top_p: f64,
 }
