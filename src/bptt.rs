@@ -145,11 +145,7 @@ pub fn loss_and_grads(model: &Network, inputs: &Tensor, targets: &Tensor, state:
             _ => None,
         })
         .collect();
-    Pass {
-        loss,
-        grads: grads.into_vec(),
-        state: State { h: Tensor::stack(&end, 0), c: (!cells.is_empty()).then(|| Tensor::stack(&cells, 0)) },
-    }
+    Pass { loss, grads: grads.into_vec(), state: State::of_layers(&end, &cells) }
 }
 
 /// Layer `l`'s recurrence from its input projection `projected` `[steps, batch, kH]` and initial state `h0`

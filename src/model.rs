@@ -135,8 +135,8 @@ pub struct ModelConfig {
     pub arch: Arch,
 }
 
-/// The first layer's input to [`Network::recur_scratch`]: character indices (one-hot input, whose product
-/// with `W_xh` is a row gather) or rows (embeddings) to multiply by `W_xh`.
+/// The first layer's input to [`Network::project`]: character indices (one-hot input, whose product with
+/// `W_xh` is a row gather) or rows (embeddings) to multiply by `W_xh`.
 enum First {
     Ids(Tensor),
     Rows(Tensor),
@@ -229,6 +229,12 @@ pub struct State {
 }
 
 impl State {
+    /// The state of a stack of layers from each layer's final `h` (and an LSTM's `c`), each `[batch, H]`,
+    /// bottom first: `[L, batch, H]` tensors. No `c`s: no memory cell.
+    pub(crate) fn of_layers(hs: &[Tensor], cs: &[Tensor]) -> State {
+        State { h: Tensor::stack(hs, 0), c: (!cs.is_empty()).then(|| Tensor::stack(cs, 0)) }
+    }
+
     /// The same values cut from the autograd graph: backpropagation stops here (truncated BPTT).
     pub fn detach(&self) -> State {
         State { h: self.h.detach(), c: self.c.as_ref().map(Tensor::detach) }
@@ -433,16 +439,15 @@ impl Network {
     /// single step: prediction runs one step per character).
     pub fn step(&self, x: &Tensor, state: &State) -> (Tensor, State) {
         let c = &self.config;
-        let mut input = if c.arch.embed > 0 { self.embedding().index_select(0, x) } else { Tensor::new() };
+        let first = if c.arch.embed > 0 {
+            First::Rows(self.embedding().index_select(0, x))
+        } else {
+            First::Ids(x.shallow_clone())
+        };
+        let mut input = Tensor::new();
         let (mut hs, mut cs) = (Vec::with_capacity(c.arch.layers), Vec::new());
         for l in 0..c.arch.layers {
-            // One-hot input: its product with W_xh is a row gather.
-            let projection = if l == 0 && c.arch.embed == 0 {
-                self.layer(0).w_xh.index_select(0, x)
-            } else {
-                input.mm(&self.layer(l).w_xh)
-            };
-            let xw = projection + &self.layer(l).b_h;
+            let xw = self.project(l, &first, &input);
             let cell = state.c.as_ref().map(|c| c.get(l as i64));
             let (h, cell) = self.cell_step(l, &xw, &state.h.get(l as i64), cell.as_ref());
             input = h.shallow_clone();
@@ -450,7 +455,7 @@ impl Network {
             cs.extend(cell);
         }
         let y = input.mm(&self.named.w_hq) + &self.named.b_q;
-        (y, State { h: Tensor::stack(&hs, 0), c: (!cs.is_empty()).then(|| Tensor::stack(&cs, 0)) })
+        (y, State::of_layers(&hs, &cs))
     }
 
     /// Runs the network over a minibatch. Each layer's input projection is one matrix product over all
@@ -489,6 +494,18 @@ impl Network {
         (logits, state)
     }
 
+    /// Layer `l`'s input projection `x W_xh + b_h`, `[n, kH]`: of `first` for the bottom layer (one-hot
+    /// input: a row gather of `W_xh`), else of the outputs of the layer below, `below` `[n, H]`.
+    fn project(&self, l: usize, first: &First, below: &Tensor) -> Tensor {
+        let w_xh = &self.layer(l).w_xh;
+        let projection = match (l, first) {
+            (0, First::Ids(ids)) => w_xh.index_select(0, ids),
+            (0, First::Rows(rows)) => rows.mm(w_xh),
+            _ => below.mm(w_xh),
+        };
+        projection + &self.layer(l).b_h
+    }
+
     /// The layers written out: a loop over time per layer, each step [`Network::cell_step`].
     /// `first`: the first layer's input, `[steps * batch]` indices or `[steps * batch, D]` rows; returns the
     /// top layer's states `[steps * batch, H]` and the final state.
@@ -500,12 +517,7 @@ impl Network {
             if l > 0 && c.arch.dropout > 0.0 {
                 xs = xs.dropout(c.arch.dropout, train);
             }
-            let projection = match (l, &first) {
-                (0, First::Ids(ids)) => self.layer(0).w_xh.index_select(0, ids),
-                (0, First::Rows(rows)) => rows.mm(&self.layer(0).w_xh),
-                _ => xs.mm(&self.layer(l).w_xh),
-            };
-            let xw = (projection + &self.layer(l).b_h).view([steps, batch, -1]);
+            let xw = self.project(l, &first, &xs).view([steps, batch, -1]);
             let mut h = state.h.get(l as i64);
             let mut cell = state.c.as_ref().map(|c| c.get(l as i64));
             let mut outs = Vec::with_capacity(steps as usize);
@@ -517,7 +529,7 @@ impl Network {
             hs_end.push(h);
             cs_end.extend(cell);
         }
-        (xs, State { h: Tensor::stack(&hs_end, 0), c: (!cs_end.is_empty()).then(|| Tensor::stack(&cs_end, 0)) })
+        (xs, State::of_layers(&hs_end, &cs_end))
     }
 
     /// The same layers through libtorch's multi-layer kernels (`at::rnn_tanh`, `at::gru`, `at::lstm`:
