@@ -196,20 +196,15 @@ fn a_second_ctrl_c_exits_at_once_and_the_last_checkpoint_still_loads() {
     signal(&child, "INT");
     let (status, stderr) = finish(child);
     assert_eq!(status, Some(130), "{stderr}");
-    // Both load and predict. Without validation, where both hold the same epoch they hold the same weights
-    // (the second Ctrl-C may fall between writing the model and writing its checkpoint: then they differ).
-    let outputs: Vec<String> = ["m", "m/last"]
-        .iter()
-        .map(|dir| {
-            let p = env.run(&["predict", "--model", dir, "--prefix", "分开", "--num-chars", "12", "--json"]);
-            assert_eq!(p.code, 0, "{dir}: {}", p.stderr);
-            p.stdout
-        })
-        .collect();
-    let epoch = |dir: &str| checkpoint::load(&env.path(dir), Device::Cpu).unwrap().file.epoch;
-    if epoch("m") == epoch("m/last") {
-        assert_eq!(outputs[0], outputs[1], "the model and its checkpoint disagree");
-        assert_same_parameters(&env.path("m"), &env.path("m/last"));
+    // Both load and predict. (They need not hold the same weights: the second Ctrl-C may fall between
+    // writing the model, at the minibatch where training stopped, and writing its checkpoint.)
+    for dir in ["m", "m/last"] {
+        let p = env.run(&["predict", "--model", dir, "--prefix", "分开", "--num-chars", "12", "--json"]);
+        assert_eq!(p.code, 0, "{dir}: {}", p.stderr);
+        let v: serde_json::Value = serde_json::from_str(p.stdout.trim()).unwrap();
+        let probs = v["probs"].as_array().unwrap();
+        assert_eq!((v["generated"].as_str().unwrap().chars().count(), probs.len()), (12, 12), "{dir}");
+        assert!(probs.iter().all(|p| p.as_f64().is_some_and(|p| p > 0.0 && p <= 1.0)), "{dir}: {v}");
     }
     let next = position(&env.path("m")).0 + 1;
     let resumed = env.run(&["train", "--resume", "m", "--epochs", &next.to_string(), "--device", "cpu"]);
@@ -252,6 +247,12 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
             let model = checkpoint::load(&env.path("m"), Device::Cpu);
             assert!(model.is_ok(), "kill {i}: the model does not load: {}", model.err().unwrap());
             let last = env.path("m/last");
+            if !last.exists() {
+                // The first save writes the model folder, then its checkpoint inside it: a kill between the two
+                // (only possible in the first run, before any checkpoint) leaves a model that cannot resume.
+                assert_eq!(i, 0, "kill {i}: m/last is gone");
+                continue;
+            }
             let loaded =
                 checkpoint::load(&last, Device::Cpu).unwrap_or_else(|e| panic!("kill {i}: last does not load: {e}"));
             checkpoint::load_state(&last, &loaded).unwrap_or_else(|e| panic!("kill {i}: state does not load: {e}"));
