@@ -21,8 +21,8 @@ fn textbook_workload(c: &mut Criterion) {
     let vocab = Vocabulary::from_text(&text);
     let ids = vocab.encode(&text, "the corpus").unwrap();
     let model = Network::new(ModelConfig::rnn(vocab.len(), 256), 0, Device::Cpu).unwrap();
-    let (xs, ys) = BatchOrder::Random.epoch(&ids, 32, 35, &mut Rng::new(0), Device::Cpu).unwrap();
-    let (x, y) = (xs.get(0), ys.get(0));
+    let plan = BatchOrder::Random.plan(ids.len(), 32, 35, &mut Rng::new(0)).unwrap();
+    let (x, y) = plan.minibatch(0, (&ids).into(), Device::Cpu);
     let state = model.begin_state(32);
 
     let mut g = c.benchmark_group("textbook");

@@ -1,6 +1,7 @@
 //! Minibatches of (input, target) index sequences: the textbook's random and consecutive samplers.
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::tokens::Tokens;
 use tch::{Device, Kind, Tensor};
 
 /// How minibatches are cut from the corpus.
@@ -53,42 +54,63 @@ impl BatchOrder {
         Err(Error::CorpusTooShort { chars: len, batch, steps, sampling: self, hint })
     }
 
-    /// One epoch of minibatches.
-    ///
-    /// `corpus` holds character indices. Returns `(inputs, targets)`, each Int64 of shape
-    /// `[n_batches, batch, steps]` on `device`, where `targets` is `inputs` shifted one character on.
-    /// Random sampling draws its shuffle from `rng`; consecutive sampling uses no randomness.
-    pub fn epoch(
-        self,
-        corpus: &[i64],
-        batch: usize,
-        steps: usize,
-        rng: &mut Rng,
-        device: Device,
-    ) -> Result<(Tensor, Tensor)> {
-        self.check_fits(corpus.len(), batch, steps)?;
-        let n = self.batches_per_epoch(corpus.len(), batch, steps);
-        // Start offset of every (batch, row) sequence, minibatch-major.
-        let mut starts = Vec::with_capacity(n * batch);
-        match self {
+    /// The order of one epoch's minibatches over a corpus of `len` indices: for each minibatch, where each
+    /// of its `batch` sequences of `steps` inputs starts. Random sampling draws its shuffle of the
+    /// non-overlapping subsequences from `rng`; consecutive sampling cuts `batch` rows and walks them in
+    /// step. Only the start offsets are kept; [`EpochPlan::minibatch`] copies each minibatch out of the
+    /// corpus when it is trained.
+    pub fn plan(self, len: usize, batch: usize, steps: usize, rng: &mut Rng) -> Result<EpochPlan> {
+        self.check_fits(len, batch, steps)?;
+        let n = self.batches_per_epoch(len, batch, steps);
+        let starts = match self {
             BatchOrder::Random => {
-                let mut examples: Vec<usize> = (0..(corpus.len() - 1) / steps).collect();
+                let mut examples: Vec<usize> = (0..(len - 1) / steps).collect();
                 rng.shuffle(&mut examples);
-                starts.extend(examples[..n * batch].iter().map(|&e| e * steps));
+                examples.truncate(n * batch);
+                examples.iter_mut().for_each(|e| *e *= steps);
+                examples
             }
             BatchOrder::Consecutive => {
-                let row_len = corpus.len() / batch;
-                for i in 0..n {
-                    starts.extend((0..batch).map(|r| r * row_len + i * steps));
-                }
+                let row_len = len / batch;
+                (0..n).flat_map(|i| (0..batch).map(move |r| r * row_len + i * steps)).collect()
             }
-        }
-        let gather = |shift: usize| -> Vec<i64> {
-            starts.iter().flat_map(|&s| corpus[s + shift..s + shift + steps].iter().copied()).collect()
         };
-        let shape = [n as i64, batch as i64, steps as i64];
-        let to_tensor = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(device);
-        Ok((to_tensor(gather(0)), to_tensor(gather(1))))
+        Ok(EpochPlan { starts, batch, steps })
+    }
+}
+
+/// One epoch's minibatches, as start offsets into the corpus (see [`BatchOrder::plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochPlan {
+    /// Start of every sequence, minibatch-major: minibatch i's sequences are `starts[i * batch..][..batch]`.
+    starts: Vec<usize>,
+    batch: usize,
+    steps: usize,
+}
+
+impl EpochPlan {
+    /// Minibatches in the epoch.
+    pub fn len(&self) -> usize {
+        self.starts.len() / self.batch
+    }
+
+    /// Whether the epoch has no minibatch.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Minibatch `i`'s inputs and targets (the inputs shifted by one), Int64 `[batch, steps]` each, copied
+    /// out of `corpus` onto `device`.
+    pub fn minibatch(&self, i: usize, corpus: Tokens<'_>, device: Device) -> (Tensor, Tensor) {
+        let starts = &self.starts[i * self.batch..(i + 1) * self.batch];
+        let gather = |shift: usize| {
+            let mut v = Vec::with_capacity(self.batch * self.steps);
+            for &s in starts {
+                corpus.slice(s + shift, self.steps).extend_into(&mut v);
+            }
+            Tensor::from_slice(&v).view([self.batch as i64, self.steps as i64]).to_device(device)
+        };
+        (gather(0), gather(1))
     }
 }
 
@@ -105,6 +127,14 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    /// An epoch's minibatches stacked: inputs and targets `[n, batch, steps]`.
+    fn whole(order: BatchOrder, c: &[i64], batch: usize, steps: usize, seed: u64) -> (Tensor, Tensor) {
+        let plan = order.plan(c.len(), batch, steps, &mut Rng::new(seed)).unwrap();
+        let (xs, ys): (Vec<Tensor>, Vec<Tensor>) =
+            (0..plan.len()).map(|i| plan.minibatch(i, c.into(), Device::Cpu)).unzip();
+        (Tensor::stack(&xs, 0), Tensor::stack(&ys, 0))
+    }
+
     fn corpus(n: usize) -> Vec<i64> {
         (0..n as i64).collect()
     }
@@ -112,7 +142,7 @@ mod tests {
     #[test]
     fn random_sampler_draws_distinct_aligned_subsequences() {
         let c = corpus(1000);
-        let (x, y) = BatchOrder::Random.epoch(&c, 4, 7, &mut Rng::new(0), Device::Cpu).unwrap();
+        let (x, y) = whole(BatchOrder::Random, &c, 4, 7, 0);
         // (1000 - 1) / 7 = 142 subsequences, 35 minibatches of 4.
         assert_eq!(x.size(), vec![35, 4, 7]);
         let mut seen = HashSet::new();
@@ -130,9 +160,9 @@ mod tests {
     #[test]
     fn random_sampler_shuffles_with_its_seed() {
         let c = corpus(1000);
-        let a = BatchOrder::Random.epoch(&c, 4, 7, &mut Rng::new(1), Device::Cpu).unwrap().0;
-        let b = BatchOrder::Random.epoch(&c, 4, 7, &mut Rng::new(1), Device::Cpu).unwrap().0;
-        let d = BatchOrder::Random.epoch(&c, 4, 7, &mut Rng::new(2), Device::Cpu).unwrap().0;
+        let a = whole(BatchOrder::Random, &c, 4, 7, 1).0;
+        let b = whole(BatchOrder::Random, &c, 4, 7, 1).0;
+        let d = whole(BatchOrder::Random, &c, 4, 7, 2).0;
         assert!(a.equal(&b));
         assert!(!a.equal(&d));
     }
@@ -140,7 +170,7 @@ mod tests {
     #[test]
     fn consecutive_sampler_continues_each_row() {
         let c = corpus(100);
-        let (x, y) = BatchOrder::Consecutive.epoch(&c, 3, 5, &mut Rng::new(0), Device::Cpu).unwrap();
+        let (x, y) = whole(BatchOrder::Consecutive, &c, 3, 5, 0);
         // rows of 100 / 3 = 33 indices; (33 - 1) / 5 = 6 minibatches.
         assert_eq!(x.size(), vec![6, 3, 5]);
         for r in 0..3i64 {

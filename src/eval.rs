@@ -1,6 +1,7 @@
 //! Evaluation: perplexity and related measures of a model on a text.
 use crate::error::{Error, Result};
 use crate::model::{cross_entropy, step_major, Network};
+use crate::tokens::Tokens;
 use tch::{Device, Kind, Tensor};
 
 /// Perplexity from a mean cross-entropy in nats: `exp(loss)`.
@@ -48,8 +49,10 @@ fn positions_per_call(vocab: usize) -> usize {
 ///
 /// The text is cut into windows of `context` characters, each read from a zero state, the way the model
 /// saw text in training (see [`crate::TrainConfig::eval_context`]); `context >= ids.len() - 1` reads the
-/// whole text as one stream. Windows are scored side by side as a batch.
-pub fn evaluate(model: &Network, ids: &[i64], context: usize) -> Result<Evaluation> {
+/// whole text as one stream. Windows are scored side by side as a batch, a bounded number of positions at a
+/// time, each copied out of `ids` when it is scored (so a memory-mapped corpus is never read whole).
+pub fn evaluate<'a>(model: &Network, ids: impl Into<Tokens<'a>>, context: usize) -> Result<Evaluation> {
+    let ids = ids.into();
     if ids.len() < 2 {
         return Err(Error::config("--corpus", "needs at least 2 characters to evaluate"));
     }
@@ -58,7 +61,6 @@ pub fn evaluate(model: &Network, ids: &[i64], context: usize) -> Result<Evaluati
     }
     let _guard = tch::no_grad_guard();
     let device = model.device();
-    let text = Tensor::from_slice(ids).to_device(device);
     let n = ids.len() - 1;
     let w = context.min(n);
     let total = Tensor::zeros([], (Kind::Double, device));
@@ -72,18 +74,23 @@ pub fn evaluate(model: &Network, ids: &[i64], context: usize) -> Result<Evaluati
         windows.push((full * w, 1, n % w));
     }
     for (start, rows, len) in windows {
-        let span = (rows * len) as i64;
-        let x = text.narrow(0, start as i64, span).view([rows as i64, len as i64]);
-        let y = text.narrow(0, start as i64 + 1, span).view([rows as i64, len as i64]);
+        // Steps t..t + k of the `rows` windows from `start`, shifted by `shift`: Int64 `[rows, k]`.
+        let chunk = |t: usize, k: usize, shift: usize| {
+            let mut v = Vec::with_capacity(rows * k);
+            for r in 0..rows {
+                ids.slice(start + r * len + t + shift, k).extend_into(&mut v);
+            }
+            Tensor::from_slice(&v).view([rows as i64, k as i64]).to_device(device)
+        };
         let mut h = model.begin_state(rows);
         // Long single streams run faster in moderate chunks (measured: 512 steps beat 10,000 in one call).
         let steps_per_call = (positions / rows).clamp(1, 512);
         for t in (0..len).step_by(steps_per_call) {
-            let k = steps_per_call.min(len - t) as i64;
-            let (logits, h_next) = model.forward(&x.narrow(1, t as i64, k), &h, false);
+            let k = steps_per_call.min(len - t);
+            let (logits, h_next) = model.forward(&chunk(t, k, 0), &h, false);
             h = h_next;
-            let ce = cross_entropy(&logits, &step_major(&y.narrow(1, t as i64, k))).to_kind(Kind::Double);
-            let _ = total.shallow_clone().f_add_(&(ce * (rows as i64 * k) as f64))?;
+            let ce = cross_entropy(&logits, &step_major(&chunk(t, k, 1))).to_kind(Kind::Double);
+            let _ = total.shallow_clone().f_add_(&(ce * (rows * k) as f64))?;
         }
     }
     let sum = total.to_device(Device::Cpu).double_value(&[]);

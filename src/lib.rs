@@ -47,10 +47,11 @@ mod resume;
 mod rng;
 #[cfg(test)]
 mod testutil;
+mod tokens;
 
 mod train;
 
-pub use batches::{rows, BatchOrder};
+pub use batches::{rows, BatchOrder, EpochPlan};
 pub use commands::{
     default_out, info, load_model, model_summary, run_eval, run_plot, run_predict, run_resume, run_train, EvalJob,
     EvalReport, Info, ModelSummary, PredictJob, PredictOutcome, ResumeJob, TrainJob, TrainOutcome, UnknownChars,
@@ -67,6 +68,7 @@ pub use plot::{perplexity_svg, Curve};
 pub use predict::{generate, predict, Generate, Generated, Sampler};
 pub use resume::{BestEpoch, Moments, Position, TrainState};
 pub use rng::{Rng, Stream};
+pub use tokens::Tokens;
 pub use train::{
     carry_state, clip_factor, train, train_step, EpochReport, Progress, RunInfo, SaveReason, StepOutput, TrainConfig,
     TrainObserver, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC, DEFAULT_VAL_MIN_CHARS,

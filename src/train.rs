@@ -9,6 +9,7 @@ use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::predict::{generate, Generate, Sampler};
 use crate::resume::{BestEpoch, Position, TrainState};
 use crate::rng::{Rng, Stream};
+use crate::tokens::Tokens;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -439,15 +440,16 @@ impl Run {
 /// kept in the checkpoints. The observer gets a checkpoint every `config.checkpoint_every` epochs, after
 /// the last epoch, and when it asks to stop. A non-finite loss or gradient norm stops training with
 /// [`Error::Diverged`] before anything of that epoch is checkpointed.
-pub fn train(
+pub fn train<'a>(
     model: &Network,
     vocab: &Vocabulary,
-    corpus: &[i64],
-    val: &[i64],
+    corpus: impl Into<Tokens<'a>>,
+    val: impl Into<Tokens<'a>>,
     config: &TrainConfig,
     resume: Option<&TrainState>,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
+    let (corpus, val) = (corpus.into(), val.into());
     let batches = check_run(model, vocab, corpus, config)?;
     let mut run = match resume {
         None => Run::start(model, config)?,
@@ -492,7 +494,7 @@ pub fn train(
 
 /// Checks that `config` is valid, describes `model` over `vocab`, fits `corpus` and has prefixes in the
 /// vocabulary; returns the minibatches per epoch.
-fn check_run(model: &Network, vocab: &Vocabulary, corpus: &[i64], config: &TrainConfig) -> Result<usize> {
+fn check_run(model: &Network, vocab: &Vocabulary, corpus: Tokens<'_>, config: &TrainConfig) -> Result<usize> {
     config.validate()?;
     let expected = config.model_config(vocab.len());
     if model.config() != expected {
@@ -588,7 +590,7 @@ impl Run {
     fn train_epoch(
         &mut self,
         model: &Network,
-        corpus: &[i64],
+        corpus: Tokens<'_>,
         config: &TrainConfig,
         epoch: usize,
         batches: usize,
@@ -598,7 +600,7 @@ impl Run {
         let lr = config.lr_decay.lr_at(config.lr, epoch);
         self.optimizer.set_lr(lr);
         let mut rng = Rng::new(self.position.shuffle_rng);
-        let (xs, ys) = config.batch_order.epoch(corpus, config.batch_size, config.steps, &mut rng, model.device())?;
+        let plan = config.batch_order.plan(corpus.len(), config.batch_size, config.steps, &mut rng)?;
         let first = self.position.minibatch;
         let elapsed_before = self.position.elapsed;
         if first == 0 {
@@ -615,7 +617,7 @@ impl Run {
                 BatchOrder::Random => model.begin_state(config.batch_size),
                 BatchOrder::Consecutive => carry_state(&state),
             };
-            let (x, y) = (xs.get(i as i64), ys.get(i as i64));
+            let (x, y) = plan.minibatch(i, corpus, model.device());
             let out = train_step(model, &x, &y, &input_state, config.clip, config.dtype, &mut self.optimizer);
             state = out.state;
             let _ = self.loss_sum.shallow_clone().f_add_(&out.loss)?;
@@ -651,7 +653,7 @@ impl Run {
         &mut self,
         model: &Network,
         vocab: &Vocabulary,
-        (val, context): (&[i64], usize),
+        (val, context): (Tokens<'_>, usize),
         config: &TrainConfig,
         t: &TrainedEpoch,
     ) -> Result<EpochReport> {
