@@ -114,7 +114,7 @@ pub struct LoadedModel {
 
 /// Writes a file through `write` (given a temporary path in the same folder), fsyncs it and renames it
 /// to `path`, so `path` is either the old file or the whole new one. The temporary is removed on failure.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));

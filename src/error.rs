@@ -48,6 +48,14 @@ pub enum Error {
         /// What is wrong and what is allowed.
         reason: String,
     },
+    /// A prepared corpus (token file) is not usable.
+    #[error("{}: not a usable prepared corpus: {reason}", path.display())]
+    BadCorpus {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Text contains characters the model's vocabulary lacks.
     #[error("{what} has characters not in the model's vocabulary: {}", quote_chars(chars))]
     UnknownChars {

@@ -43,6 +43,7 @@ mod optim;
 mod params;
 mod plot;
 mod predict;
+mod prepared;
 mod resume;
 mod rng;
 #[cfg(test)]
@@ -66,6 +67,7 @@ pub use model::{cross_entropy, one_hot, step_major, Arch, Backend, Cell, Dtype, 
 pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use plot::{perplexity_svg, Curve};
 pub use predict::{generate, predict, Generate, Generated, Sampler};
+pub use prepared::{prepare, Prepared, PreparedHeader, Source, TOKENS_VERSION};
 pub use resume::{BestEpoch, Moments, Position, TrainState};
 pub use rng::{Rng, Stream};
 pub use tokens::Tokens;

@@ -57,6 +57,16 @@ impl<'a> Tokens<'a> {
         }
     }
 
+    /// The largest index, if there is any.
+    pub fn max(&self) -> Option<i64> {
+        match self {
+            Tokens::I64(t) => t.iter().copied().max(),
+            Tokens::U8(t) => t.iter().max().map(|&i| i as i64),
+            Tokens::U16(t) => t.iter().max().map(|&i| i as i64),
+            Tokens::U32(t) => t.iter().max().map(|&i| i as i64),
+        }
+    }
+
     /// The characters as Int64 indices.
     pub fn to_vec(&self) -> Vec<i64> {
         let mut out = Vec::with_capacity(self.len());

@@ -1,0 +1,346 @@
+//! A prepared corpus: the text of one or more files read once in a streaming pass, its vocabulary built and
+//! its characters encoded to a token file of the narrowest width the vocabulary allows (1, 2 or 4 bytes
+//! each), which training and evaluation memory-map.
+//!
+//! The file is: 16 bytes of magic, the format version (u32, little-endian), the length of a JSON header
+//! (u32), the header ([`PreparedHeader`]: width, length, vocabulary, fingerprint, sources, reading options),
+//! zero padding to a multiple of 8 bytes, then the tokens, little-endian.
+use crate::checkpoint::write_atomic;
+use crate::corpus::{CorpusOptions, Vocabulary};
+use crate::error::{Error, Result};
+use crate::tokens::Tokens;
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The first bytes of every token file.
+const MAGIC: &[u8; 16] = b"charrnn-tokens\0\0";
+/// The format version this build writes and reads.
+pub const TOKENS_VERSION: u32 = 1;
+/// Bytes read from a source at a time.
+const CHUNK: usize = 1 << 20;
+
+/// A source file of a prepared corpus, as it was when it was read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Source {
+    /// The file, as given (made absolute).
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, in nanoseconds since the Unix epoch (0 if unknown).
+    pub modified_ns: u128,
+}
+
+impl Source {
+    /// `path` as it is now.
+    pub fn of(path: &Path) -> Result<Source> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let modified_ns =
+            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Ok(Source { path, size: meta.len(), modified_ns })
+    }
+}
+
+/// What a token file says about itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreparedHeader {
+    /// Bytes per token: 1, 2 or 4.
+    pub width: u8,
+    /// Tokens (characters) in the file.
+    pub len: u64,
+    /// The vocabulary, sorted, as one string.
+    pub vocab: String,
+    /// The text's FNV-1a fingerprint ([`crate::text_hash`] of the text as read).
+    pub hash: String,
+    /// The files read, in order.
+    pub sources: Vec<Source>,
+    /// How they were read.
+    pub options: CorpusOptions,
+}
+
+/// The narrowest token width for a vocabulary of `size` characters.
+fn width_for(size: usize) -> u8 {
+    match size {
+        0..=256 => 1,
+        257..=65_536 => 2,
+        _ => 4,
+    }
+}
+
+/// Decodes the UTF-8 text of `paths` (concatenated) in chunks, applies `options` (newlines, character
+/// limit) and calls `each` with every character; a file's invalid UTF-8 is an error naming it and the byte
+/// offset. Stops early at the character limit. Returns the characters passed.
+fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMut(char)) -> Result<u64> {
+    let limit = options.limit_chars.map_or(u64::MAX, |n| n as u64);
+    let mut count = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    for path in paths {
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // Bytes of a character cut by the end of the previous chunk, and the file offset of `carry[0]`.
+        let mut carry: Vec<u8> = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            if count >= limit {
+                return Ok(count);
+            }
+            let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                if !carry.is_empty() {
+                    return Err(Error::InvalidUtf8 { path: path.clone(), offset: offset as usize });
+                }
+                break;
+            }
+            carry.extend_from_slice(&buf[..n]);
+            let (text, rest) = match std::str::from_utf8(&carry) {
+                Ok(text) => (text, 0),
+                // An incomplete character at the end: keep its bytes for the next chunk.
+                Err(e) if e.error_len().is_none() => {
+                    let valid = e.valid_up_to();
+                    (std::str::from_utf8(&carry[..valid]).expect("valid up to here"), carry.len() - valid)
+                }
+                Err(e) => {
+                    return Err(Error::InvalidUtf8 { path: path.clone(), offset: (offset as usize) + e.valid_up_to() })
+                }
+            };
+            for c in text.chars() {
+                if count >= limit {
+                    return Ok(count);
+                }
+                each(match c {
+                    '\n' | '\r' if !options.keep_newlines => ' ',
+                    c => c,
+                });
+                count += 1;
+            }
+            let used = carry.len() - rest;
+            offset += used as u64;
+            carry.drain(..used);
+        }
+    }
+    Ok(count)
+}
+
+/// Reads `paths` (in order, as one text) with `options` and writes the prepared corpus to `out` (atomically:
+/// a failure leaves no file). Two streaming passes: the first builds the vocabulary and the fingerprint, the
+/// second encodes; the text is never held whole in memory.
+pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result<PreparedHeader> {
+    let sources = paths.iter().map(|p| Source::of(p)).collect::<Result<Vec<_>>>()?;
+    let mut chars = BTreeSet::new();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let len = for_each_char(paths, options, |c| {
+        chars.insert(c);
+        let mut bytes = [0u8; 4];
+        for &b in c.encode_utf8(&mut bytes).as_bytes() {
+            hash = (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    })?;
+    if len == 0 {
+        let path = paths.first().cloned().unwrap_or_default();
+        return Err(Error::EmptyCorpus { path });
+    }
+    let vocab: Vec<char> = chars.into_iter().collect();
+    let header = PreparedHeader {
+        width: width_for(vocab.len()),
+        len,
+        vocab: vocab.iter().collect(),
+        hash: format!("fnv1a64:{hash:016x}"),
+        sources,
+        options: *options,
+    };
+    let index: HashMap<char, u32> = vocab.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+    write_atomic(out, |tmp| {
+        let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+        let mut w = BufWriter::with_capacity(CHUNK, file);
+        let json = serde_json::to_vec(&header).expect("the header serialises");
+        let mut head = Vec::with_capacity(24 + json.len() + 8);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&TOKENS_VERSION.to_le_bytes());
+        head.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        head.extend_from_slice(&json);
+        head.resize(head.len().next_multiple_of(8), 0);
+        w.write_all(&head).map_err(|e| Error::io(tmp, e))?;
+        let mut failed = None;
+        let width = header.width as usize;
+        let written = for_each_char(paths, options, |c| {
+            let i = index[&c].to_le_bytes();
+            if failed.is_none() {
+                failed = w.write_all(&i[..width]).err();
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(Error::io(tmp, e));
+        }
+        if written != header.len {
+            let reason = format!("the sources changed while they were read ({written} characters, then {len})");
+            return Err(Error::config("--corpus", reason));
+        }
+        w.flush().map_err(|e| Error::io(tmp, e))
+    })?;
+    Ok(header)
+}
+
+/// A token file, memory-mapped.
+pub struct Prepared {
+    map: memmap2::Mmap,
+    /// Where the tokens start.
+    offset: usize,
+    /// What the file says about itself.
+    pub header: PreparedHeader,
+    /// Its vocabulary.
+    pub vocab: Vocabulary,
+}
+
+impl Prepared {
+    /// Maps the token file at `path`, checking its magic, version, header and size.
+    pub fn open(path: &Path) -> Result<Prepared> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // Safety: the file is only read; charrnn writes token files under new names and renames them into
+        // place, so a mapped file is never written in place by charrnn (another program doing so is
+        // outside what it can guard against).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let bad = |reason: String| Error::BadCorpus { path: path.to_path_buf(), reason };
+        if map.len() < 24 || &map[..16] != MAGIC {
+            return Err(bad("not a charrnn token file (prepare one with `charrnn prepare`)".into()));
+        }
+        let version = u32::from_le_bytes(map[16..20].try_into().expect("4 bytes"));
+        if version > TOKENS_VERSION {
+            let reason = format!("format version {version} is newer than this charrnn understands ({TOKENS_VERSION}); upgrade charrnn or prepare the corpus again");
+            return Err(bad(reason));
+        }
+        let json_len = u32::from_le_bytes(map[20..24].try_into().expect("4 bytes")) as usize;
+        let json = map.get(24..24 + json_len).ok_or_else(|| bad("truncated header".into()))?;
+        let header: PreparedHeader =
+            serde_json::from_slice(json).map_err(|e| bad(format!("corrupted header ({e})")))?;
+        let offset = (24 + json_len).next_multiple_of(8);
+        if ![1, 2, 4].contains(&header.width) {
+            return Err(bad(format!("token width {} is not 1, 2 or 4", header.width)));
+        }
+        let expected = (header.len as u128) * header.width as u128 + offset as u128;
+        if map.len() as u128 != expected {
+            let reason = format!("truncated or altered: {} bytes, its header says {expected}", map.len());
+            return Err(bad(reason));
+        }
+        let vocab = Vocabulary::from_chars(header.vocab.chars().collect()).map_err(bad)?;
+        if width_for(vocab.len()) > header.width {
+            return Err(bad(format!("{} characters do not fit tokens of {} bytes", vocab.len(), header.width)));
+        }
+        let prepared = Prepared { map, offset, header, vocab };
+        // Every token must index the vocabulary: checked once here, so that readers can trust them.
+        if let Some(i) = prepared.tokens().max().filter(|&m| m as usize >= prepared.vocab.len()) {
+            return Err(bad(format!("a token ({i}) is outside its vocabulary of {}", prepared.vocab.len())));
+        }
+        Ok(prepared)
+    }
+
+    /// The tokens.
+    pub fn tokens(&self) -> Tokens<'_> {
+        let data = &self.map[self.offset..];
+        // Safety of the reinterpretation: the data starts at a multiple of 8 bytes from the map's start, which
+        // is page-aligned, so it is aligned for u16 and u32; its length is a multiple of the width (checked in
+        // `open`), and every bit pattern is a valid integer. Token files are little-endian.
+        match self.header.width {
+            1 => Tokens::U8(data),
+            2 => Tokens::U16(cast(data)),
+            _ => Tokens::U32(cast(data)),
+        }
+    }
+}
+
+/// `bytes` as little-endian integers of type `T` (u16 or u32), which `bytes` is aligned and sized for.
+fn cast<T: Copy>(bytes: &[u8]) -> &[T] {
+    const { assert!(cfg!(target_endian = "little"), "token files are little-endian") };
+    // Safety: u16 and u32 have no invalid bit patterns; `align_to` only yields the aligned middle.
+    let (head, middle, tail) = unsafe { bytes.align_to::<T>() };
+    assert!(head.is_empty() && tail.is_empty(), "token data is aligned and whole");
+    middle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::corpus::{read_corpus, text_hash};
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn prepared_tokens_equal_the_text_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        // Multi-byte characters straddle the 1 MiB chunk boundary, with CRLF line ends.
+        let line = "分开 不分开\r\n我不能再想 é ü\n";
+        let text = line.repeat(CHUNK / line.len() + 50);
+        let path = write(dir.path(), "t.txt", &text);
+        for options in [
+            CorpusOptions::default(),
+            CorpusOptions { keep_newlines: true, limit_chars: None },
+            CorpusOptions { keep_newlines: false, limit_chars: Some(1001) },
+        ] {
+            let out = dir.path().join("t.tokens");
+            let header = prepare(std::slice::from_ref(&path), &options, &out).unwrap();
+            let whole = read_corpus(&path, &options).unwrap();
+            let vocab = Vocabulary::from_text(&whole);
+            let prepared = Prepared::open(&out).unwrap();
+            assert_eq!(prepared.vocab, vocab, "{options:?}");
+            assert_eq!(prepared.tokens().to_vec(), vocab.encode(&whole, "t").unwrap(), "{options:?}");
+            assert_eq!(header.hash, text_hash(&whole));
+            assert_eq!(header.len as usize, whole.chars().count());
+            assert_eq!(header.width, 1);
+        }
+    }
+
+    #[test]
+    fn several_files_read_as_one_text_and_widths_follow_the_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(dir.path(), "a.txt", "abc");
+        let b = write(dir.path(), "b.txt", "cde");
+        let out = dir.path().join("ab.tokens");
+        prepare(&[a, b], &CorpusOptions::default(), &out).unwrap();
+        assert_eq!(Prepared::open(&out).unwrap().tokens().to_vec(), vec![0, 1, 2, 2, 3, 4]);
+        for (size, width) in [(256, 1), (257, 2), (65_536, 2), (65_537, 4)] {
+            // `size` distinct characters from U+4E00 on (U+D800..U+DFFF are not characters: skipped).
+            let text: String = (0x4E00u32..).filter_map(char::from_u32).take(size).collect();
+            let path = write(dir.path(), "v.txt", &text);
+            let header = prepare(&[path], &CorpusOptions::default(), &out).unwrap();
+            assert_eq!(header.width, width, "{size}");
+            let prepared = Prepared::open(&out).unwrap();
+            let tokens = prepared.tokens();
+            assert_eq!(tokens.len(), size);
+            assert_eq!(tokens.slice(size - 2, 2).to_vec(), vec![size as i64 - 2, size as i64 - 1]);
+        }
+    }
+
+    #[test]
+    fn bad_sources_and_damaged_files_are_refused_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(dir.path(), "good.txt", "ok");
+        let bad_path = dir.path().join("bad.txt");
+        std::fs::write(&bad_path, b"ab\xc3\x28cd").unwrap();
+        let out = dir.path().join("x.tokens");
+        let err = prepare(&[good.clone(), bad_path], &CorpusOptions::default(), &out).unwrap_err().to_string();
+        assert!(err.contains("bad.txt") && err.contains("byte offset 2"), "{err}");
+        assert!(!out.exists(), "nothing half-written");
+        let empty = write(dir.path(), "empty.txt", "");
+        assert!(matches!(prepare(&[empty], &CorpusOptions::default(), &out), Err(Error::EmptyCorpus { .. })));
+
+        prepare(&[good], &CorpusOptions::default(), &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let damaged = dir.path().join("d.tokens");
+        std::fs::write(&damaged, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(Prepared::open(&damaged).err().unwrap().to_string().contains("truncated"));
+        let mut newer = bytes.clone();
+        newer[16..20].copy_from_slice(&(TOKENS_VERSION + 1).to_le_bytes());
+        std::fs::write(&damaged, &newer).unwrap();
+        assert!(Prepared::open(&damaged).err().unwrap().to_string().contains("newer than this charrnn"));
+        let mut wild = bytes.clone();
+        *wild.last_mut().unwrap() = 200;
+        std::fs::write(&damaged, &wild).unwrap();
+        assert!(Prepared::open(&damaged).err().unwrap().to_string().contains("outside its vocabulary"));
+        std::fs::write(&damaged, b"plain text, not tokens").unwrap();
+        assert!(Prepared::open(&damaged).err().unwrap().to_string().contains("not a charrnn token file"));
+    }
+}
