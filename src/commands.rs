@@ -1,6 +1,6 @@
 //! The `train`, `predict` and `eval` jobs as library calls: read files, build or load the model, run, save.
 use crate::checkpoint::{self, CorpusInfo, LoadedModel, ModelFile, ValidationInfo};
-use crate::corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
+use crate::corpus::{CorpusOptions, Vocabulary};
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, Evaluation};
@@ -8,7 +8,9 @@ use crate::metrics::{append_metrics, read_metrics, trim_metrics, MetricsLine};
 use crate::model::Network;
 use crate::plot::{write_perplexity_svg, Curve};
 use crate::predict::{generate, Generate, Generated};
+use crate::prepared::{load_corpus, CorpusIds};
 use crate::resume::TrainState;
+use crate::tokens::Tokens;
 use crate::train::{train, EpochReport, Progress, RunInfo, SaveReason, TrainConfig, TrainObserver};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -59,11 +61,11 @@ pub fn default_out(corpus: &Path) -> PathBuf {
 }
 
 /// The prefixes to report: the textbook's where the vocabulary allows, else the corpus's first character.
-fn default_prefixes(vocab: &Vocabulary, text: &str) -> Vec<String> {
+fn default_prefixes(vocab: &Vocabulary, ids: Tokens<'_>) -> Vec<String> {
     let textbook: Vec<String> =
         TrainConfig::default().prefixes.into_iter().filter(|p| vocab.encode(p, "the prefix").is_ok()).collect();
     if textbook.is_empty() {
-        text.chars().take(1).map(String::from).collect()
+        ids.slice(0, ids.len().min(1)).to_vec().iter().map(|&i| vocab.char(i as usize).to_string()).collect()
     } else {
         textbook
     }
@@ -95,12 +97,12 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     job.config.validate()?;
     set_threads(job.threads)?;
     let device = job.device.resolve()?;
-    let text = read_corpus(&job.corpus, &job.corpus_options)?;
-    let vocab = Vocabulary::from_text(&text);
-    let ids = vocab.encode(&text, "the corpus")?;
+    let prepared = load_corpus(&job.corpus, &job.corpus_options)?;
+    let vocab = prepared.vocab.clone();
+    let ids = prepared.tokens();
     let mut config = job.config.clone();
     if config.prefixes.is_empty() {
-        config.prefixes = default_prefixes(&vocab, &text);
+        config.prefixes = default_prefixes(&vocab, ids);
     }
     let out = job.out.clone().unwrap_or_else(|| default_out(&job.corpus));
     if out.exists() && !out.is_dir() {
@@ -118,9 +120,9 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
         train: config,
         corpus: CorpusInfo {
             path: std::fs::canonicalize(&job.corpus).unwrap_or_else(|_| job.corpus.clone()),
-            options: job.corpus_options,
+            options: prepared.header.options,
             chars: ids.len(),
-            hash: Some(text_hash(&text)),
+            hash: Some(prepared.header.hash.clone()),
         },
         epoch: 0,
         perplexity: None,
@@ -130,7 +132,7 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
         weights_bytes: 0,
         resume: None,
     };
-    fit(Fit { out, model, vocab, ids, template, saved: None }, None, observer)
+    fit(Fit { out, model, vocab, corpus: CorpusIds::Mapped(prepared), template, saved: None }, None, observer)
 }
 
 /// Runs `charrnn train --resume`: reads the run's resumable checkpoint, checks the corpus is the same
@@ -147,7 +149,7 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     let state = checkpoint::load_state(&last, &loaded)?;
     let file = loaded.file.clone();
     let path = job.corpus.clone().unwrap_or_else(|| file.corpus.path.clone());
-    let text = match read_corpus(&path, &file.corpus.options) {
+    let prepared = match load_corpus(&path, &file.corpus.options) {
         Err(Error::Io { path, source }) if job.corpus.is_none() => {
             let reason = format!(
                 "the run's corpus {} cannot be read ({source}); if it moved, pass --corpus FILE",
@@ -155,10 +157,10 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
             );
             return Err(Error::config("--corpus", reason));
         }
-        text => text?,
+        prepared => prepared?,
     };
-    let hash = text_hash(&text);
-    if file.corpus.hash.as_deref().is_some_and(|h| h != hash) || text.chars().count() != file.corpus.chars {
+    let hash = prepared.header.hash.clone();
+    if file.corpus.hash.as_deref().is_some_and(|h| h != hash) || prepared.header.len as usize != file.corpus.chars {
         let reason = format!(
             "{} is not the text the run trained on (its length or fingerprint differs); resume needs the same corpus",
             path.display()
@@ -166,7 +168,7 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
         return Err(Error::config("--corpus", reason));
     }
     let vocab = loaded.vocab.clone();
-    let ids = vocab.encode(&text, "the corpus")?;
+    let corpus = CorpusIds::in_vocab(prepared, &vocab)?;
     let mut template = file;
     template.corpus.path = std::fs::canonicalize(&path).unwrap_or(path);
     template.corpus.hash = Some(hash);
@@ -180,7 +182,7 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     template.train.validate()?;
     let saved = Some(state.position.epoch);
     trim_metrics(&job.dir, state.position.epoch)?;
-    fit(Fit { out: job.dir.clone(), model: loaded.model, vocab, ids, template, saved }, Some(&state), observer)
+    fit(Fit { out: job.dir.clone(), model: loaded.model, vocab, corpus, template, saved }, Some(&state), observer)
 }
 
 /// A run ready to train: what [`run_train`] and [`run_resume`] prepare.
@@ -189,7 +191,7 @@ struct Fit {
     model: Network,
     vocab: Vocabulary,
     /// The whole text read (training part, then the held-out part).
-    ids: Vec<i64>,
+    corpus: CorpusIds,
     /// Describes the run; epoch, perplexities and files are filled in at each save.
     template: ModelFile,
     /// Epochs of the last complete checkpoint already on disk, if any.
@@ -198,15 +200,16 @@ struct Fit {
 
 fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
     let config = run.template.train.clone();
-    let val_frac = config.resolved_val_frac(run.ids.len());
-    let n_val = (run.ids.len() as f64 * val_frac).round() as usize;
+    let ids = run.corpus.tokens();
+    let val_frac = config.resolved_val_frac(ids.len());
+    let n_val = (ids.len() as f64 * val_frac).round() as usize;
     if val_frac > 0.0 && n_val < 2 {
         return Err(Error::config(
             "--val-frac",
-            format!("{val_frac} of {} characters leaves fewer than 2 to validate on", run.ids.len()),
+            format!("{val_frac} of {} characters leaves fewer than 2 to validate on", ids.len()),
         ));
     }
-    let (train_ids, val_ids) = run.ids.split_at(run.ids.len() - n_val);
+    let (train_ids, val_ids) = ids.split_at(ids.len() - n_val);
     let mut saver = Saver {
         inner: observer,
         out: &run.out,
@@ -496,18 +499,19 @@ pub fn run_eval(job: &EvalJob) -> Result<EvalReport> {
     if job.limit_chars.is_some() {
         options.limit_chars = job.limit_chars;
     }
-    let text = match read_corpus(&path, &options) {
+    let prepared = match load_corpus(&path, &options) {
         Err(Error::Io { path, source }) if job.corpus.is_none() => {
             let reason =
                 format!("the training corpus {} cannot be read ({source}); pass --corpus FILE", path.display());
             return Err(Error::config("--corpus", reason));
         }
-        text => text?,
+        prepared => prepared?,
     };
-    let ids = loaded.vocab.encode(&text, "the corpus")?;
+    let corpus = CorpusIds::in_vocab(prepared, &loaded.vocab)?;
+    let ids = corpus.tokens();
     let context =
         if job.stream { ids.len() - 1 } else { loaded.file.train.eval_context(trained.chars).min(ids.len() - 1) };
-    let evaluation = evaluate(&loaded.model, &ids, context)?;
+    let evaluation = evaluate(&loaded.model, ids, context)?;
     Ok(EvalReport {
         corpus: path,
         chars: ids.len(),

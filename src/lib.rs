@@ -67,7 +67,9 @@ pub use model::{cross_entropy, one_hot, step_major, Arch, Backend, Cell, Dtype, 
 pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use plot::{perplexity_svg, Curve};
 pub use predict::{generate, predict, Generate, Generated, Sampler};
-pub use prepared::{prepare, Prepared, PreparedHeader, Source, TOKENS_VERSION};
+pub use prepared::{
+    cache_dir, is_token_file, load_corpus, prepare, CorpusIds, Prepared, PreparedHeader, Source, TOKENS_VERSION,
+};
 pub use resume::{BestEpoch, Moments, Position, TrainState};
 pub use rng::{Rng, Stream};
 pub use tokens::Tokens;

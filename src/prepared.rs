@@ -248,6 +248,95 @@ impl Prepared {
     }
 }
 
+/// A corpus's character indices in a given vocabulary: the prepared file itself when its vocabulary is
+/// that one, else a copy in memory with each index mapped.
+pub enum CorpusIds {
+    /// The prepared file's own tokens.
+    Mapped(Prepared),
+    /// Remapped indices.
+    Owned(Vec<i64>),
+}
+
+impl CorpusIds {
+    /// `prepared`'s text in `vocab`'s indices; characters that `vocab` lacks are an error naming them.
+    pub fn in_vocab(prepared: Prepared, vocab: &Vocabulary) -> Result<CorpusIds> {
+        if prepared.vocab == *vocab {
+            return Ok(CorpusIds::Mapped(prepared));
+        }
+        let table: Vec<Option<usize>> = prepared.vocab.chars().iter().map(|&c| vocab.index(c)).collect();
+        let unknown: Vec<char> =
+            prepared.vocab.chars().iter().zip(&table).filter(|(_, i)| i.is_none()).map(|(&c, _)| c).collect();
+        if !unknown.is_empty() {
+            return Err(Error::UnknownChars { what: "the corpus", chars: unknown });
+        }
+        let ids = prepared.tokens().to_vec();
+        Ok(CorpusIds::Owned(ids.into_iter().map(|i| table[i as usize].expect("checked above") as i64).collect()))
+    }
+
+    /// The indices.
+    pub fn tokens(&self) -> Tokens<'_> {
+        match self {
+            CorpusIds::Mapped(p) => p.tokens(),
+            CorpusIds::Owned(v) => Tokens::I64(v),
+        }
+    }
+}
+
+/// The folder where prepared corpora are cached: `$CHARRNN_CACHE`, else `$XDG_CACHE_HOME/charrnn`, else
+/// `~/.cache/charrnn`, else the system's temporary folder.
+pub fn cache_dir() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("CHARRNN_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("charrnn")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("charrnn")))
+        .unwrap_or_else(|| std::env::temp_dir().join("charrnn-cache"))
+}
+
+/// Whether `path` starts like a token file.
+pub fn is_token_file(path: &Path) -> bool {
+    let mut head = [0u8; 16];
+    File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == MAGIC
+}
+
+/// The prepared form of the text file `path` read with `options`, or of the token file `path` itself (whose
+/// own reading options then apply; `options` must leave them alone). A text is prepared once into
+/// [`cache_dir`] and reused while its source is unchanged (same size and modification time, same options);
+/// when the cache cannot be written, it is prepared into a temporary file that is removed once mapped.
+pub fn load_corpus(path: &Path, options: &CorpusOptions) -> Result<Prepared> {
+    if is_token_file(path) {
+        let prepared = Prepared::open(path)?;
+        if *options != CorpusOptions::default() && *options != prepared.header.options {
+            let reason = "a prepared corpus keeps the newline and length settings it was prepared with; drop --keep-newlines and --limit-chars, or give the text file";
+            return Err(Error::config("--corpus", reason));
+        }
+        return Ok(prepared);
+    }
+    let source = Source::of(path)?;
+    let key = crate::corpus::text_hash(&format!("{}\n{options:?}", source.path.display()));
+    let dir = cache_dir();
+    let cached = dir.join(format!("{}.tokens", key.trim_start_matches("fnv1a64:")));
+    if let Ok(prepared) = Prepared::open(&cached) {
+        if prepared.header.sources == [source.clone()] && prepared.header.options == *options {
+            return Ok(prepared);
+        }
+    }
+    let paths = [path.to_path_buf()];
+    if std::fs::create_dir_all(&dir).is_ok() {
+        match prepare(&paths, options, &cached) {
+            Ok(header) if header.sources == [source] => return Prepared::open(&cached),
+            Ok(_) => {}
+            // The cache could not be written: prepare privately below.
+            Err(Error::Io { path: failed, .. }) if failed != path => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // No usable cache (or the source changed while it was read): a private temporary file.
+    let tmp = std::env::temp_dir().join(format!("charrnn-{}-{key}.tokens", std::process::id()));
+    let result = prepare(&paths, options, &tmp).and_then(|_| Prepared::open(&tmp));
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 /// `bytes` as little-endian integers of type `T` (u16 or u32), which `bytes` is aligned and sized for.
 fn cast<T: Copy>(bytes: &[u8]) -> &[T] {
     const { assert!(cfg!(target_endian = "little"), "token files are little-endian") };

@@ -45,13 +45,7 @@ const LONG_RUN: &[&str] = &[
 ];
 
 fn spawn(env: &Env, args: &[&str]) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("charrnn"))
-        .current_dir(env.dir.path())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    env.command().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 fn wait_for(path: &Path, limit: Duration) {
@@ -96,7 +90,7 @@ fn reports_after(stdout: &str, after: usize) -> Vec<String> {
         .collect()
 }
 
-fn assert_same_parameters(a: &Path, b: &Path) {
+pub(crate) fn assert_same_parameters(a: &Path, b: &Path) {
     let (a, b) = (checkpoint::load(a, Device::Cpu).unwrap(), checkpoint::load(b, Device::Cpu).unwrap());
     for ((name, x), (_, y)) in a.model.named_parameters().iter().zip(b.model.named_parameters()) {
         assert!(x.equal(y), "{name} differs");

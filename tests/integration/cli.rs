@@ -1,5 +1,4 @@
 //! The `charrnn` binary end to end, each test in its own temporary folder.
-use assert_cmd::Command;
 use std::path::{Path, PathBuf};
 
 /// A lyric-like corpus big enough for small minibatches.
@@ -33,9 +32,16 @@ impl Env {
         std::fs::write(self.path(name), bytes).unwrap();
     }
 
+    /// `charrnn` in the temporary folder, caching prepared corpora in its `.cache` (not the user's).
+    pub(crate) fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("charrnn"));
+        cmd.current_dir(self.dir.path()).env("CHARRNN_CACHE", self.path(".cache"));
+        cmd
+    }
+
     /// Runs `charrnn args...` in the temporary folder.
     pub(crate) fn run(&self, args: &[&str]) -> Run {
-        let out = Command::cargo_bin("charrnn").unwrap().current_dir(self.dir.path()).args(args).output().unwrap();
+        let out = self.command().args(args).output().unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8(out.stdout).unwrap(),
@@ -849,4 +855,73 @@ fn train_echoes_its_configuration_and_quiet_and_verbose_do_what_they_say() {
     assert!(lines.iter().all(|l| l.contains(", lr 1, grad norm ") && l.ends_with(" chars/s")), "{lines:?}");
     assert_eq!(env.run(&["train", "--corpus", "lyrics.txt", "--quiet", "--verbose"]).code, 2);
     assert_eq!(env.run(&["train", "--corpus", "lyrics.txt", "--no-such-flag"]).code, 2, "usage errors exit 2");
+}
+
+/// The prepared corpora in the test's cache: (path, modification time).
+fn cached_corpora(env: &Env) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let Ok(dir) = std::fs::read_dir(env.path(".cache")) else { return Vec::new() };
+    let mut v: Vec<(PathBuf, std::time::SystemTime)> = dir
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tokens"))
+        .map(|p| {
+            let t = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p, t)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn corpora_are_prepared_once_cached_and_prepared_again_when_they_change() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "1", "--out", "a"]).code, 0);
+    let first = cached_corpora(&env);
+    assert_eq!(first.len(), 1, "{first:?}");
+    // The same corpus again: the cached file is used as it is, and gives the same model.
+    assert_eq!(env.train(&["--epochs", "1", "--out", "b"]).code, 0);
+    assert_eq!(cached_corpora(&env), first, "the cache was rewritten");
+    let json = |m: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(env.path(m).join("model.json")).unwrap()).unwrap()
+    };
+    assert_eq!(json("a")["corpus"], json("b")["corpus"]);
+    crate::checkpoints::assert_same_parameters(&env.path("a"), &env.path("b"));
+    // The source changes: it is prepared again, and training reads the new text.
+    env.write("lyrics.txt", (LYRICS.repeat(6) + "Z").as_bytes());
+    assert_eq!(env.train(&["--epochs", "1", "--out", "c"]).code, 0);
+    let again = cached_corpora(&env);
+    assert_eq!(again.len(), 1);
+    assert_ne!(again, first, "a changed source must be prepared again");
+    let c = json("c");
+    assert!(c["vocab"].as_str().unwrap().contains('Z'), "{c}");
+    assert_eq!(c["corpus"]["chars"].as_u64().unwrap(), json("a")["corpus"]["chars"].as_u64().unwrap() + 1);
+    assert_ne!(c["corpus"]["hash"], json("a")["corpus"]["hash"]);
+}
+
+#[test]
+fn a_prepared_file_is_a_corpus_and_prepare_reports_its_token_width() {
+    let env = Env::new();
+    let r = env.run(&["prepare", "lyrics.txt", "--out", "l.tokens"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let chars = LYRICS.chars().count() * 6;
+    assert!(r.stderr.contains(&format!("{chars} characters from 1 file, vocabulary 30, 8-bit tokens")), "{}", r.stderr);
+    // Training on the token file or on the text trains the same model on the same recorded text.
+    assert_eq!(env.train(&["--corpus", "l.tokens", "--epochs", "1", "--out", "p"]).code, 0);
+    assert_eq!(env.train(&["--epochs", "1", "--out", "q"]).code, 0);
+    crate::checkpoints::assert_same_parameters(&env.path("p"), &env.path("q"));
+    let ce = |m: &str| eval_json(&env, &["--model", m])["cross_entropy"].as_f64().unwrap();
+    assert_eq!(ce("p"), ce("q"));
+    // 300 distinct characters need two bytes each; 2 files are read as one text.
+    let wide: String = (0x4E00u32..0x4E00 + 300).filter_map(char::from_u32).collect();
+    env.write("wide.txt", wide.as_bytes());
+    let r = env.run(&["prepare", "wide.txt", "lyrics.txt", "--out", "w.tokens"]);
+    assert!(r.stderr.contains("from 2 files") && r.stderr.contains("16-bit tokens"), "{}", r.stderr);
+    // A token file keeps its own reading settings, and a damaged one is refused before anything is written.
+    env.fails(&["train", "--corpus", "l.tokens", "--keep-newlines", "--out", "k"], "--corpus");
+    let bytes = std::fs::read(env.path("l.tokens")).unwrap();
+    env.write("cut.tokens", &bytes[..bytes.len() - 3]);
+    env.fails(&["train", "--corpus", "cut.tokens", "--out", "k"], "truncated or altered");
+    env.fails(&["eval", "--model", "p", "--corpus", "cut.tokens"], "truncated or altered");
+    assert!(!env.path("k").exists());
+    env.fails(&["prepare", "lyrics.txt", "--out", "z.tokens", "--limit-chars", "0"], "--limit-chars");
 }

@@ -48,6 +48,13 @@ Ctrl-C (or SIGTERM) finishes the current minibatch, saves a resumable checkpoint
   charrnn predict --prefix 分开 --num-chars 2000 --temperature 1 --top-p 0.9 --stream --stop 。
   charrnn predict --prefix 分开x --num-chars 20 --unknown skip --json")]
     Predict(PredictArgs),
+    /// Prepare a corpus: read text files once and write their characters as a token file, which train and
+    /// eval memory-map (they prepare and cache one themselves on first use; this makes one explicitly).
+    #[command(after_help = "Examples:
+  charrnn prepare data/yuanqu.txt --out yuanqu.tokens
+  charrnn prepare part1.txt part2.txt --keep-newlines --out book.tokens
+  charrnn train --corpus book.tokens --cell gru --embed 64")]
+    Prepare(PrepareArgs),
     /// Measure a model's perplexity on a text.
     #[command(after_help = "Examples:
   charrnn eval
@@ -72,6 +79,29 @@ Ctrl-C (or SIGTERM) finishes the current minibatch, saves a resumable checkpoint
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// UTF-8 text files, read in order as one text.
+    #[arg(required = true, value_name = "CORPUS")]
+    pub corpus: Vec<PathBuf>,
+    /// The token file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Keep newlines (by default each newline and carriage return becomes a space).
+    #[arg(long)]
+    pub keep_newlines: bool,
+    /// Use only the first N characters.
+    #[arg(long, value_name = "N")]
+    pub limit_chars: Option<usize>,
+}
+
+impl PrepareArgs {
+    /// How the text is read.
+    pub fn options(&self) -> CorpusOptions {
+        CorpusOptions { keep_newlines: self.keep_newlines, limit_chars: self.limit_chars }
+    }
 }
 
 #[derive(Args)]

@@ -4,7 +4,7 @@ mod args;
 mod render;
 
 use anyhow::Context;
-use args::{Cli, Command, EvalArgs, InfoArgs, PlotArgs, PredictArgs, TrainArgs, TrainTask};
+use args::{Cli, Command, EvalArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, TrainArgs, TrainTask};
 use clap::{CommandFactory, Parser};
 use render::Reporter;
 use std::io::Write;
@@ -88,6 +88,15 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn prepare(args: PrepareArgs) -> anyhow::Result<()> {
+    if args.limit_chars == Some(0) {
+        anyhow::bail!(charrnn::Error::config("--limit-chars", "must be at least 1"));
+    }
+    let header = charrnn::prepare(&args.corpus, &args.options(), &args.out)?;
+    render::prepared(&args.out, &header);
+    Ok(())
+}
+
 fn plot(args: PlotArgs) -> anyhow::Result<()> {
     charrnn::run_plot(&args.model, &args.out)?;
     eprintln!("wrote {}", args.out.display());
@@ -118,6 +127,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval(a),
         Command::Info(a) => info(a),
         Command::Plot(a) => plot(a),
+        Command::Prepare(a) => prepare(a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "charrnn", &mut std::io::stdout());
             Ok(())

@@ -202,6 +202,20 @@ pub fn train_outcome(outcome: &TrainOutcome, quiet: bool) {
     );
 }
 
+/// What `prepare` wrote (on stderr).
+pub fn prepared(out: &std::path::Path, h: &charrnn::PreparedHeader) {
+    eprintln!(
+        "prepared {}: {} characters from {} file{}, vocabulary {}, {}-bit tokens, {}",
+        out.display(),
+        grouped(h.len),
+        h.sources.len(),
+        if h.sources.len() == 1 { "" } else { "s" },
+        grouped(h.vocab.chars().count() as u64),
+        8 * h.width,
+        h.hash
+    );
+}
+
 /// `predict`'s samples: one per line, one JSON object per line with `json`, or (`streamed`: the text is
 /// already out) the line's end.
 pub fn predict_outcome(
