@@ -87,6 +87,10 @@ pub struct ResumeJob {
     pub device: DeviceSpec,
     /// CPU threads for libtorch; `None` keeps its default.
     pub threads: Option<usize>,
+    /// Stop after this many minibatches in all (see [`TrainConfig::max_iters`]).
+    pub max_iters: Option<u64>,
+    /// Stop after this long (see [`TrainConfig::time_limit`]).
+    pub time_limit: Option<std::time::Duration>,
 }
 
 /// Runs `charrnn train`: checks everything ([`train`] checks the corpus length and prefixes before its
@@ -179,6 +183,7 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     if job.checkpoint_every.is_some() {
         template.train.checkpoint_every = job.checkpoint_every;
     }
+    (template.train.max_iters, template.train.time_limit) = (job.max_iters, job.time_limit);
     template.train.validate()?;
     let saved = Some(state.position.epoch);
     trim_metrics(&job.dir, state.position.epoch)?;
@@ -224,6 +229,10 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
     let (saved, recorded) = (saver.saved, saver.recorded);
     let summary = match result {
         Ok(summary) => summary,
+        Err(Error::LimitReached { limit, epoch, minibatch, minibatches, .. }) => {
+            let saved = saved.map(|_| run.out.clone());
+            return Err(Error::LimitReached { limit, epoch, minibatch, minibatches, saved });
+        }
         Err(Error::Interrupted { signal, epoch, minibatch, minibatches, .. }) => {
             return Err(Error::Interrupted {
                 signal,

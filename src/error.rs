@@ -110,6 +110,20 @@ pub enum Error {
         /// The model folder the checkpoint went to.
         saved: Option<PathBuf>,
     },
+    /// Training stopped at a limit it was given (`--max-iters`, `--time-limit`), after saving a checkpoint.
+    #[error("stopped at {limit} in epoch {epoch} after minibatch {minibatch} of {minibatches}{}", saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
+    LimitReached {
+        /// The limit, as the command line spells it.
+        limit: String,
+        /// The epoch, from 1.
+        epoch: usize,
+        /// Minibatches of it trained.
+        minibatch: usize,
+        /// Minibatches per epoch.
+        minibatches: usize,
+        /// The model folder the checkpoint went to.
+        saved: Option<PathBuf>,
+    },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -61,6 +61,14 @@ pub struct TrainConfig {
     /// [`AUTO_CHECKPOINT_SECS`] after the previous checkpoint. There is always one after the last epoch.
     #[serde(default)]
     pub checkpoint_every: Option<usize>,
+    /// Stop (with a resumable checkpoint) once the run has trained this many minibatches in all, its
+    /// earlier epochs and resumes included. Not saved: each invocation sets its own.
+    #[serde(skip)]
+    pub max_iters: Option<u64>,
+    /// Stop (with a resumable checkpoint) after the minibatch that ends this long after `train` was called.
+    /// Not saved.
+    #[serde(skip)]
+    pub time_limit: Option<std::time::Duration>,
 }
 
 /// With `val_frac: None`, the fraction held out of corpora of at least [`DEFAULT_VAL_MIN_CHARS`] characters.
@@ -92,6 +100,8 @@ impl Default for TrainConfig {
             pred_len: 50,
             sampler: Sampler::default(),
             checkpoint_every: None,
+            max_iters: None,
+            time_limit: None,
         }
     }
 }
@@ -134,6 +144,9 @@ impl TrainConfig {
             }
         }
         self.sampler.validate()?;
+        if self.max_iters == Some(0) {
+            return Err(Error::config("--max-iters", "must be at least 1"));
+        }
         if self.checkpoint_every == Some(0) {
             return Err(Error::config("--checkpoint-every", "must be at least 1"));
         }
@@ -450,6 +463,7 @@ pub fn train<'a>(
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
     let (corpus, val) = (corpus.into(), val.into());
+    let started = Instant::now();
     let batches = check_run(model, vocab, corpus, config)?;
     let mut run = match resume {
         None => Run::start(model, config)?,
@@ -471,16 +485,16 @@ pub fn train<'a>(
     let validation = (val, config.eval_context(corpus.len()));
     let mut last_save = Instant::now();
     for epoch in run.position.epoch + 1..=config.epochs {
-        let trained = run.train_epoch(model, corpus, config, epoch, batches, observer)?;
+        let trained = run.train_epoch(model, corpus, config, (epoch, batches), started, observer)?;
         let report = run.finish_epoch(model, vocab, validation, config, &trained)?;
         observer.epoch(&report);
-        let reason = checkpoint_reason(config, epoch, trained.stop, last_save);
+        let reason = checkpoint_reason(config, epoch, trained.stop.is_some(), last_save);
         if let Some(why) = reason {
             observer.checkpoint(model, &run.snapshot(None), why)?;
             last_save = Instant::now();
         }
-        if let (Some(signal), Some(SaveReason::Interrupted)) = (trained.stop, reason) {
-            return Err(Error::Interrupted { signal, epoch, minibatch: batches, minibatches: batches, saved: None });
+        if let (Some(stop), Some(SaveReason::Interrupted)) = (trained.stop, reason) {
+            return Err(stop.error(epoch, batches, batches));
         }
     }
     let p = &run.position;
@@ -511,10 +525,10 @@ fn check_run(model: &Network, vocab: &Vocabulary, corpus: Tokens<'_>, config: &T
 
 /// Why a checkpoint is due after `epoch`, if one is: the last epoch, a stop requested at its end, or the
 /// checkpoint period (epochs, or else [`AUTO_CHECKPOINT_SECS`] since `last_save`).
-fn checkpoint_reason(config: &TrainConfig, epoch: usize, stop: Option<i32>, last_save: Instant) -> Option<SaveReason> {
+fn checkpoint_reason(config: &TrainConfig, epoch: usize, stop: bool, last_save: Instant) -> Option<SaveReason> {
     if epoch == config.epochs {
         Some(SaveReason::Final)
-    } else if stop.is_some() {
+    } else if stop {
         Some(SaveReason::Interrupted)
     } else if config
         .checkpoint_every
@@ -557,8 +571,31 @@ struct TrainedEpoch {
     batches: usize,
     /// The shuffle generator after the epoch's shuffle.
     rng: Rng,
-    /// The signal that asked to stop at the epoch's end, if any.
-    stop: Option<i32>,
+    /// Why training stops at the epoch's end, if it does.
+    stop: Option<Stop>,
+}
+
+/// Why a run stops before its last epoch ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    /// [`TrainObserver::stop_requested`] returned this signal.
+    Signal(i32),
+    /// `max_iters` minibatches were trained.
+    MaxIters(u64),
+    /// `time_limit` passed.
+    TimeLimit(std::time::Duration),
+}
+
+impl Stop {
+    /// The error that ends the run, after a checkpoint at minibatch `minibatch` of `minibatches` of `epoch`.
+    fn error(self, epoch: usize, minibatch: usize, minibatches: usize) -> Error {
+        let limit = match self {
+            Stop::Signal(signal) => return Error::Interrupted { signal, epoch, minibatch, minibatches, saved: None },
+            Stop::MaxIters(n) => format!("--max-iters {n}"),
+            Stop::TimeLimit(t) => format!("--time-limit {}s", t.as_secs_f64()),
+        };
+        Error::LimitReached { limit, epoch, minibatch, minibatches, saved: None }
+    }
 }
 
 impl Run {
@@ -592,8 +629,8 @@ impl Run {
         model: &Network,
         corpus: Tokens<'_>,
         config: &TrainConfig,
-        epoch: usize,
-        batches: usize,
+        (epoch, batches): (usize, usize),
+        started: Instant,
         observer: &mut dyn TrainObserver,
     ) -> Result<TrainedEpoch> {
         let start = Instant::now();
@@ -631,13 +668,20 @@ impl Run {
                 loss_sum: &self.loss_sum,
             };
             observer.minibatch(&progress);
-            stop = observer.stop_requested();
-            if let Some(signal) = stop.filter(|_| i + 1 < batches) {
+            // Minibatches trained in all, earlier epochs included; the limits do not stop the run's very end.
+            let done = ((epoch - 1) * batches + i + 1) as u64;
+            let at_end = epoch == config.epochs && i + 1 == batches;
+            stop = observer.stop_requested().map(Stop::Signal).or_else(|| {
+                let iters = config.max_iters.filter(|&n| done >= n).map(Stop::MaxIters);
+                let time = config.time_limit.filter(|&t| started.elapsed() >= t).map(Stop::TimeLimit);
+                iters.or(time).filter(|_| !at_end)
+            });
+            if let Some(why) = stop.filter(|_| i + 1 < batches) {
                 self.check_finite(epoch)?;
                 self.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
                 let carried = (config.batch_order == BatchOrder::Consecutive).then(|| state.detach());
                 observer.checkpoint(model, &self.snapshot(carried.as_ref()), SaveReason::Interrupted)?;
-                return Err(Error::Interrupted { signal, epoch, minibatch: i + 1, minibatches: batches, saved: None });
+                return Err(why.error(epoch, i + 1, batches));
             }
             if stop.is_some() {
                 break;
@@ -887,6 +931,42 @@ mod tests {
         let mut rec = Recorder { stop_after, ..Default::default() };
         let result = train(&model, &vocab, train_ids, val_ids, config, None, &mut rec);
         (model, rec, result)
+    }
+
+    #[test]
+    fn limits_stop_with_a_checkpoint_and_the_run_resumes_exactly() {
+        let config = small(12, 4);
+        let (vocab, ids) = corpus();
+        let per_epoch = config.batch_order.batches_per_epoch(ids.len(), config.batch_size, config.steps);
+        let (straight, _, result) = run(&config, None);
+        result.unwrap();
+        // Three minibatches into epoch 2: a resumable checkpoint there, and the rest trains as if unbroken.
+        let limited = TrainConfig { max_iters: Some(per_epoch as u64 + 3), ..config.clone() };
+        let (_, first, result) = run(&limited, None);
+        assert!(matches!(&result, Err(Error::LimitReached { epoch: 2, minibatch: 3, .. })), "{result:?}");
+        assert!(result.unwrap_err().to_string().contains("--max-iters"));
+        let (why, params, position, tensors) = first.checkpoints.last().unwrap();
+        assert_eq!((*why, position.epoch, position.minibatch), (SaveReason::Interrupted, 1, 3));
+        let resumed =
+            Network::from_tensors(straight.config(), params.iter().map(Tensor::copy).collect(), Device::Cpu).unwrap();
+        let state = TrainState::from_named(position.clone(), copies(tensors), &resumed, &config).unwrap();
+        train(&resumed, &vocab, &ids, &[], &config, Some(&state), &mut Recorder::default()).unwrap();
+        for (a, b) in straight.parameters().iter().zip(resumed.parameters()) {
+            assert!(a.equal(b), "parameters differ after resuming from the limit");
+        }
+        // A limit at an epoch's end stops after that epoch's report and checkpoint; one at the run's very end
+        // is no stop; a time limit already passed stops after the first minibatch.
+        let (_, rec, result) = run(&TrainConfig { max_iters: Some(2 * per_epoch as u64), ..config.clone() }, None);
+        assert!(matches!(result, Err(Error::LimitReached { epoch: 2, .. })), "{result:?}");
+        let last = &rec.checkpoints.last().unwrap().2;
+        assert_eq!((rec.reports.len(), last.epoch, last.minibatch), (2, 2, 0));
+        let (_, _, result) = run(&TrainConfig { max_iters: Some(4 * per_epoch as u64), ..config.clone() }, None);
+        assert_eq!(result.unwrap().epochs, 4);
+        let timed = TrainConfig { time_limit: Some(std::time::Duration::ZERO), ..config.clone() };
+        let (_, _, result) = run(&timed, None);
+        assert!(matches!(result, Err(Error::LimitReached { epoch: 1, minibatch: 1, .. })), "{result:?}");
+        let zero = TrainConfig { max_iters: Some(0), ..config };
+        assert!(zero.validate().unwrap_err().to_string().contains("--max-iters"));
     }
 
     #[test]

@@ -354,3 +354,39 @@ fn a_model_folder_from_an_earlier_version_loads_evaluates_and_resumes() {
     let log = std::fs::read_to_string(env.path("old/metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 5, "the old run's 3 epochs and the 2 new ones: {log}");
 }
+
+/// `--max-iters` and `--time-limit` stop with a resumable checkpoint and exit 0, saying how to go on; the
+/// resumed run ends where an unbroken one does.
+#[test]
+fn limits_stop_cleanly_and_resume_exactly() {
+    let env = Env::new();
+    let straight = env.train(&["--out", "s", "--epochs", "4", "--pred-period", "1"]);
+    assert_eq!(straight.code, 0, "{}", straight.stderr);
+    // 27 minibatches per epoch ((558 - 1) / 5 steps / 4 rows): 30 stops 3 into epoch 2.
+    let r = env.train(&["--out", "m", "--epochs", "4", "--pred-period", "1", "--max-iters", "30"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stopped at --max-iters 30 in epoch 2 after minibatch 3 of 27")
+            && r.stderr.contains("charrnn train --resume m"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(position(&env.path("m")), (1, 3));
+    let rest = env.run(&["train", "--resume", "m", "--device", "cpu"]);
+    assert_eq!(rest.code, 0, "{}", rest.stderr);
+    assert_eq!(reports_after(&rest.stdout, 1), reports_after(&straight.stdout, 1));
+    assert_same_parameters(&env.path("s/last"), &env.path("m/last"));
+    // A time limit ends the run at the first minibatch that crosses it (here: at once).
+    let r = env.train(&["--out", "t", "--epochs", "4", "--time-limit", "0.001s"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("stopped at --time-limit"), "{}", r.stderr);
+    assert_eq!(position(&env.path("t")), (0, 1));
+    // Bad values: usage errors, or one clear line; nothing written.
+    for bad in [["--time-limit", "abc"], ["--time-limit", "-1m"], ["--max-iters", "x"]] {
+        let r = env.train(&[&["--out", "bad"][..], &bad[..]].concat());
+        assert_eq!(r.code, 2, "{bad:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("error:") && r.stderr.contains(bad[0]), "{}", r.stderr);
+    }
+    env.fails(&[&env_train_args()[..], &["--out", "bad", "--max-iters", "0"]].concat(), "--max-iters");
+    assert!(!env.path("bad").exists());
+}

@@ -39,7 +39,7 @@ pub enum Command {
 
 Ctrl-C (or SIGTERM) finishes the current minibatch, saves a resumable checkpoint and exits with status 130
 (143); a second Ctrl-C exits at once, leaving the last complete checkpoint.")]
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Generate text after a prefix: greedily, or sampled with a temperature, top-k and top-p.
     #[command(after_help = "Examples:
   charrnn predict --prefix 分开 --num-chars 10
@@ -147,8 +147,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE", required_unless_present = "resume")]
     pub corpus: Option<PathBuf>,
     /// Continue the run saved in this model folder exactly where it stopped, with its settings; only
-    /// --epochs (the new total), --checkpoint-every, --corpus, --device, --threads, --quiet and --verbose
-    /// may be given with it.
+    /// --epochs (the new total), --checkpoint-every, --max-iters, --time-limit, --corpus, --device,
+    /// --threads, --quiet and --verbose may be given with it.
     #[arg(long, value_name = "DIR", conflicts_with_all = [NEW_RUN, DRAW])]
     pub resume: Option<PathBuf>,
     #[arg(long, value_name = "N", help = epochs_help())]
@@ -157,6 +157,13 @@ pub struct TrainArgs {
     /// each epoch that ends a minute or more after the previous checkpoint].
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<usize>,
+    /// Stop after N minibatches in all (a resumed run's earlier ones count), saving a resumable checkpoint.
+    #[arg(long, value_name = "N")]
+    pub max_iters: Option<u64>,
+    /// Stop after the minibatch that ends this long after the start (90s, 30m, 2h, 1d), saving a resumable
+    /// checkpoint.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub time_limit: Option<std::time::Duration>,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Print nothing but warnings and errors (no configuration line, reports, bar or summary).
@@ -251,6 +258,26 @@ pub struct NewRunArgs {
     /// Characters predicted per prefix in reports.
     #[arg(long, default_value_t = textbook().pred_len)]
     pub pred_len: usize,
+}
+
+/// A duration: a positive number of seconds, or of minutes, hours or days with the suffix m, h or d (s for
+/// seconds is allowed).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match s.trim().char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s.trim()[..i], c),
+        _ => (s.trim(), 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86_400.0,
+        _ => return Err(format!("unknown unit {unit:?}; expected a duration such as 90s, 30m or 2h")),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(std::time::Duration::from_secs_f64(n * scale)),
+        _ => Err(format!("{s:?} is not a positive duration; expected one such as 90s, 30m or 2h")),
+    }
 }
 
 fn epochs_help() -> String {
@@ -389,7 +416,17 @@ impl TrainArgs {
         if let Some(dir) = self.resume {
             let epochs = self.epochs;
             let (checkpoint_every, corpus) = (self.checkpoint_every, self.corpus);
-            return TrainTask::Resume(ResumeJob { dir, epochs, checkpoint_every, corpus, device, threads });
+            let (max_iters, time_limit) = (self.max_iters, self.time_limit);
+            return TrainTask::Resume(ResumeJob {
+                dir,
+                epochs,
+                checkpoint_every,
+                corpus,
+                device,
+                threads,
+                max_iters,
+                time_limit,
+            });
         }
         let n = self.new;
         let corpus = self.corpus.expect("clap requires --corpus without --resume");
@@ -425,6 +462,8 @@ impl TrainArgs {
                 pred_len: n.pred_len,
                 sampler: self.draw.sampler(n.seed),
                 checkpoint_every: self.checkpoint_every,
+                max_iters: self.max_iters,
+                time_limit: self.time_limit,
             },
         }))
     }
@@ -470,7 +509,8 @@ mod tests {
     use clap::CommandFactory;
 
     /// The flags a resumed run accepts (besides --resume itself and --help).
-    const RESUMABLE: [&str; 7] = ["corpus", "epochs", "checkpoint-every", "device", "threads", "quiet", "verbose"];
+    const RESUMABLE: [&str; 9] =
+        ["corpus", "epochs", "checkpoint-every", "max-iters", "time-limit", "device", "threads", "quiet", "verbose"];
 
     /// `charrnn train --resume m` plus one flag (with a value it accepts, if it takes one).
     fn with_resume(arg: &clap::Arg) -> Vec<String> {
@@ -478,7 +518,11 @@ mod tests {
         let mut argv = vec!["charrnn".to_string(), "train".into(), "--resume".into(), "m".into(), format!("--{long}")];
         if arg.get_action().takes_values() {
             let value = arg.get_possible_values().first().map_or("1".to_string(), |v| v.get_name().to_string());
-            argv.push(if long == "device" { "cpu".into() } else { value });
+            argv.push(match long {
+                "device" => "cpu".into(),
+                "time-limit" => "90s".into(),
+                _ => value,
+            });
         }
         argv
     }
@@ -506,6 +550,16 @@ mod tests {
         }
         // The 27 flags of a new run, --out to --top-p (so the walk saw them all).
         assert_eq!(refused, 27);
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        for (text, secs) in [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("2h", 7200.0), ("1d", 86_400.0)] {
+            assert_eq!(parse_duration(text), Ok(std::time::Duration::from_secs_f64(secs)), "{text}");
+        }
+        for bad in ["abc", "", "0", "-5m", "3w", "h", "inf"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -45,6 +45,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let outcome = match outcome {
         Err(e @ charrnn::Error::Interrupted { .. }) => return Err(e.into()),
+        // A limit the user set is a normal end: the checkpoint is saved, and the message says how to go on.
+        Err(e @ charrnn::Error::LimitReached { .. }) => {
+            eprintln!("{e}");
+            return Ok(());
+        }
         other => other.context(what)?,
     };
     if let Some(e) = reporter.write_error {
@@ -122,7 +127,7 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(a) => train(a),
+        Command::Train(a) => train(*a),
         Command::Predict(a) => predict(a),
         Command::Eval(a) => eval(a),
         Command::Info(a) => info(a),
