@@ -62,28 +62,43 @@ impl BatchOrder {
     pub fn plan(self, len: usize, batch: usize, steps: usize, rng: &mut Rng) -> Result<EpochPlan> {
         self.check_fits(len, batch, steps)?;
         let n = self.batches_per_epoch(len, batch, steps);
-        let starts = match self {
+        let order = match self {
             BatchOrder::Random => {
-                let mut examples: Vec<usize> = (0..(len - 1) / steps).collect();
+                // Subsequence numbers as u32 (half the memory of offsets); the shuffle's swaps depend only on
+                // the count, so the order is the same as with any other integer type.
+                let count = (len - 1) / steps;
+                let count = u32::try_from(count).map_err(|_| {
+                    Error::config(
+                        "--steps",
+                        format!("{count} subsequences are more than random sampling can order; use larger --steps"),
+                    )
+                })?;
+                let mut examples: Vec<u32> = (0..count).collect();
                 rng.shuffle(&mut examples);
                 examples.truncate(n * batch);
-                examples.iter_mut().for_each(|e| *e *= steps);
-                examples
+                Order::Shuffled(examples)
             }
-            BatchOrder::Consecutive => {
-                let row_len = len / batch;
-                (0..n).flat_map(|i| (0..batch).map(move |r| r * row_len + i * steps)).collect()
-            }
+            BatchOrder::Consecutive => Order::Rows { row_len: len / batch },
         };
-        Ok(EpochPlan { starts, batch, steps })
+        Ok(EpochPlan { order, n, batch, steps })
     }
 }
 
-/// One epoch's minibatches, as start offsets into the corpus (see [`BatchOrder::plan`]).
+/// Where an epoch's sequences start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Order {
+    /// Sequence j of minibatch i is subsequence `examples[i * batch + j]`, starting at that times `steps`.
+    Shuffled(Vec<u32>),
+    /// Sequence r of minibatch i starts at `r * row_len + i * steps`.
+    Rows { row_len: usize },
+}
+
+/// One epoch's minibatches, as where their sequences start in the corpus (see [`BatchOrder::plan`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochPlan {
-    /// Start of every sequence, minibatch-major: minibatch i's sequences are `starts[i * batch..][..batch]`.
-    starts: Vec<usize>,
+    order: Order,
+    /// Minibatches.
+    n: usize,
     batch: usize,
     steps: usize,
 }
@@ -91,22 +106,29 @@ pub struct EpochPlan {
 impl EpochPlan {
     /// Minibatches in the epoch.
     pub fn len(&self) -> usize {
-        self.starts.len() / self.batch
+        self.n
     }
 
     /// Whether the epoch has no minibatch.
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.n == 0
+    }
+
+    /// Where sequence `r` of minibatch `i` starts.
+    fn start(&self, i: usize, r: usize) -> usize {
+        match &self.order {
+            Order::Shuffled(examples) => examples[i * self.batch + r] as usize * self.steps,
+            Order::Rows { row_len } => r * row_len + i * self.steps,
+        }
     }
 
     /// Minibatch `i`'s inputs and targets (the inputs shifted by one), Int64 `[batch, steps]` each, copied
     /// out of `corpus` onto `device`.
     pub fn minibatch(&self, i: usize, corpus: Tokens<'_>, device: Device) -> (Tensor, Tensor) {
-        let starts = &self.starts[i * self.batch..(i + 1) * self.batch];
         let gather = |shift: usize| {
             let mut v = Vec::with_capacity(self.batch * self.steps);
-            for &s in starts {
-                corpus.slice(s + shift, self.steps).extend_into(&mut v);
+            for r in 0..self.batch {
+                corpus.slice(self.start(i, r) + shift, self.steps).extend_into(&mut v);
             }
             Tensor::from_slice(&v).view([self.batch as i64, self.steps as i64]).to_device(device)
         };

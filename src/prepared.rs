@@ -1,6 +1,6 @@
 //! A prepared corpus: the text of one or more files read once in a streaming pass, its vocabulary built and
 //! its characters encoded to a token file of the narrowest width the vocabulary allows (1, 2 or 4 bytes
-//! each), which training and evaluation memory-map.
+//! each), from which training and evaluation read the windows they use.
 //!
 //! The file is: 16 bytes of magic, the format version (u32, little-endian), the length of a JSON header
 //! (u32), the header ([`PreparedHeader`]: width, length, vocabulary, fingerprint, sources, reading options),
@@ -8,8 +8,7 @@
 use crate::checkpoint::write_atomic;
 use crate::corpus::{CorpusOptions, Vocabulary};
 use crate::error::{Error, Result};
-use crate::tokens::Tokens;
-use std::collections::{BTreeSet, HashMap};
+use crate::tokens::{FileTokens, Tokens};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,8 +17,10 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 16] = b"charrnn-tokens\0\0";
 /// The format version this build writes and reads.
 pub const TOKENS_VERSION: u32 = 1;
-/// Bytes read from a source at a time.
+/// Bytes read from a source at a time (a multiple of 4, so that whole tokens fit).
 const CHUNK: usize = 1 << 20;
+/// Unicode code points (the size of the tables indexed by a character).
+const CODE_POINTS: usize = 0x11_0000;
 
 /// A source file of a prepared corpus, as it was when it was read.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -127,10 +128,11 @@ fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMu
 /// second encodes; the text is never held whole in memory.
 pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result<PreparedHeader> {
     let sources = paths.iter().map(|p| Source::of(p)).collect::<Result<Vec<_>>>()?;
-    let mut chars = BTreeSet::new();
+    // Which characters occur, by code point (a table, not a set: this runs once per character).
+    let mut seen = vec![false; CODE_POINTS];
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let len = for_each_char(paths, options, |c| {
-        chars.insert(c);
+        seen[c as usize] = true;
         let mut bytes = [0u8; 4];
         for &b in c.encode_utf8(&mut bytes).as_bytes() {
             hash = (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
@@ -140,7 +142,8 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         let path = paths.first().cloned().unwrap_or_default();
         return Err(Error::EmptyCorpus { path });
     }
-    let vocab: Vec<char> = chars.into_iter().collect();
+    let vocab: Vec<char> = (0..CODE_POINTS as u32).filter(|&c| seen[c as usize]).filter_map(char::from_u32).collect();
+    drop(seen);
     let header = PreparedHeader {
         width: width_for(vocab.len()),
         len,
@@ -149,7 +152,10 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         sources,
         options: *options,
     };
-    let index: HashMap<char, u32> = vocab.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
+    let mut index = vec![0u32; CODE_POINTS];
+    for (i, &c) in vocab.iter().enumerate() {
+        index[c as usize] = i as u32;
+    }
     write_atomic(out, |tmp| {
         let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         let mut w = BufWriter::with_capacity(CHUNK, file);
@@ -163,13 +169,17 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         w.write_all(&head).map_err(|e| Error::io(tmp, e))?;
         let mut failed = None;
         let width = header.width as usize;
+        let mut pending: Vec<u8> = Vec::with_capacity(CHUNK + 4);
         let written = for_each_char(paths, options, |c| {
-            let i = index[&c].to_le_bytes();
-            if failed.is_none() {
-                failed = w.write_all(&i[..width]).err();
+            pending.extend_from_slice(&index[c as usize].to_le_bytes()[..width]);
+            if pending.len() >= CHUNK {
+                if failed.is_none() {
+                    failed = w.write_all(&pending).err();
+                }
+                pending.clear();
             }
         })?;
-        if let Some(e) = failed {
+        if let Some(e) = failed.or_else(|| w.write_all(&pending).err()) {
             return Err(Error::io(tmp, e));
         }
         if written != header.len {
@@ -181,11 +191,12 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
     Ok(header)
 }
 
-/// A token file, memory-mapped.
+/// An open token file, its header and vocabulary checked and its tokens read on demand (positioned reads:
+/// the process holds only what it copies out, whatever the corpus's size).
 pub struct Prepared {
-    map: memmap2::Mmap,
+    file: File,
     /// Where the tokens start.
-    offset: usize,
+    offset: u64,
     /// What the file says about itself.
     pub header: PreparedHeader,
     /// Its vocabulary.
@@ -193,58 +204,55 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Maps the token file at `path`, checking its magic, version, header and size.
+    /// Opens the token file at `path`, checking its magic, version, header, size and every token.
     pub fn open(path: &Path) -> Result<Prepared> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // Safety: the file is only read; charrnn writes token files under new names and renames them into
-        // place, so a mapped file is never written in place by charrnn (another program doing so is
-        // outside what it can guard against).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let bad = |reason: String| Error::BadCorpus { path: path.to_path_buf(), reason };
-        if map.len() < 24 || &map[..16] != MAGIC {
+        let mut head = [0u8; 24];
+        if file.read_exact(&mut head).is_err() || &head[..16] != MAGIC {
             return Err(bad("not a charrnn token file (prepare one with `charrnn prepare`)".into()));
         }
-        let version = u32::from_le_bytes(map[16..20].try_into().expect("4 bytes"));
+        let version = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
         if version > TOKENS_VERSION {
             let reason = format!("format version {version} is newer than this charrnn understands ({TOKENS_VERSION}); upgrade charrnn or prepare the corpus again");
             return Err(bad(reason));
         }
-        let json_len = u32::from_le_bytes(map[20..24].try_into().expect("4 bytes")) as usize;
-        let json = map.get(24..24 + json_len).ok_or_else(|| bad("truncated header".into()))?;
+        let json_len = u32::from_le_bytes(head[20..24].try_into().expect("4 bytes")) as u64;
+        if 24 + json_len > size {
+            return Err(bad("truncated header".into()));
+        }
+        let mut json = vec![0u8; json_len as usize];
+        file.read_exact(&mut json).map_err(|e| Error::io(path, e))?;
         let header: PreparedHeader =
-            serde_json::from_slice(json).map_err(|e| bad(format!("corrupted header ({e})")))?;
+            serde_json::from_slice(&json).map_err(|e| bad(format!("corrupted header ({e})")))?;
         let offset = (24 + json_len).next_multiple_of(8);
         if ![1, 2, 4].contains(&header.width) {
             return Err(bad(format!("token width {} is not 1, 2 or 4", header.width)));
         }
         let expected = (header.len as u128) * header.width as u128 + offset as u128;
-        if map.len() as u128 != expected {
-            let reason = format!("truncated or altered: {} bytes, its header says {expected}", map.len());
-            return Err(bad(reason));
+        if size as u128 != expected {
+            return Err(bad(format!("truncated or altered: {size} bytes, its header says {expected}")));
         }
         let vocab = Vocabulary::from_chars(header.vocab.chars().collect()).map_err(bad)?;
         if width_for(vocab.len()) > header.width {
             return Err(bad(format!("{} characters do not fit tokens of {} bytes", vocab.len(), header.width)));
         }
-        let prepared = Prepared { map, offset, header, vocab };
+        let prepared = Prepared { file, offset, header, vocab };
         // Every token must index the vocabulary: checked once here, so that readers can trust them.
-        if let Some(i) = prepared.tokens().max().filter(|&m| m as usize >= prepared.vocab.len()) {
-            return Err(bad(format!("a token ({i}) is outside its vocabulary of {}", prepared.vocab.len())));
+        let max = prepared.tokens().max_chunked();
+        if max.is_some_and(|m| m as usize >= prepared.vocab.len()) {
+            let reason =
+                format!("a token ({}) is outside its vocabulary of {}", max.unwrap_or(0), prepared.vocab.len());
+            return Err(bad(reason));
         }
         Ok(prepared)
     }
 
     /// The tokens.
     pub fn tokens(&self) -> Tokens<'_> {
-        let data = &self.map[self.offset..];
-        // Safety of the reinterpretation: the data starts at a multiple of 8 bytes from the map's start, which
-        // is page-aligned, so it is aligned for u16 and u32; its length is a multiple of the width (checked in
-        // `open`), and every bit pattern is a valid integer. Token files are little-endian.
-        match self.header.width {
-            1 => Tokens::U8(data),
-            2 => Tokens::U16(cast(data)),
-            _ => Tokens::U32(cast(data)),
-        }
+        let (start, len, width) = (self.offset, self.header.len as usize, self.header.width);
+        Tokens::File(FileTokens { file: &self.file, start, len, width })
     }
 }
 
@@ -335,15 +343,6 @@ pub fn load_corpus(path: &Path, options: &CorpusOptions) -> Result<Prepared> {
     let result = prepare(&paths, options, &tmp).and_then(|_| Prepared::open(&tmp));
     let _ = std::fs::remove_file(&tmp);
     result
-}
-
-/// `bytes` as little-endian integers of type `T` (u16 or u32), which `bytes` is aligned and sized for.
-fn cast<T: Copy>(bytes: &[u8]) -> &[T] {
-    const { assert!(cfg!(target_endian = "little"), "token files are little-endian") };
-    // Safety: u16 and u32 have no invalid bit patterns; `align_to` only yields the aligned middle.
-    let (head, middle, tail) = unsafe { bytes.align_to::<T>() };
-    assert!(head.is_empty() && tail.is_empty(), "token data is aligned and whole");
-    middle
 }
 
 #[cfg(test)]

@@ -1,18 +1,32 @@
-//! A corpus as character indices, read through one view whether it is in memory (`[i64]`) or memory-mapped
-//! from a prepared token file (`u8`, `u16` or `u32` per character): training and evaluation copy out only
-//! the windows they use, so their memory does not grow with the corpus.
+//! A corpus as character indices, read through one view whether it is in memory (`[i64]`) or in a prepared
+//! token file (`u8`, `u16` or `u32` per character, read with positioned reads): training and evaluation
+//! copy out only the windows they use, so their memory does not grow with the corpus.
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Tokens read from a file when asked for: bytes `start..start + len * width`, little-endian.
+#[derive(Debug, Clone, Copy)]
+pub struct FileTokens<'a> {
+    /// The token file.
+    pub(crate) file: &'a File,
+    /// Byte offset of the first token.
+    pub(crate) start: u64,
+    /// Tokens.
+    pub(crate) len: usize,
+    /// Bytes per token: 1, 2 or 4.
+    pub(crate) width: u8,
+}
+
+/// Bytes read from a token file at a time, at most (a multiple of every width).
+const READ_CHUNK: usize = 1 << 20;
 
 /// Character indices, borrowed: a cheap, copyable view.
 #[derive(Debug, Clone, Copy)]
 pub enum Tokens<'a> {
     /// Indices in memory.
     I64(&'a [i64]),
-    /// One byte per character (vocabularies up to 256).
-    U8(&'a [u8]),
-    /// Two bytes per character (up to 65,536).
-    U16(&'a [u16]),
-    /// Four bytes per character.
-    U32(&'a [u32]),
+    /// Indices in a token file.
+    File(FileTokens<'a>),
 }
 
 impl<'a> Tokens<'a> {
@@ -20,9 +34,7 @@ impl<'a> Tokens<'a> {
     pub fn len(&self) -> usize {
         match self {
             Tokens::I64(t) => t.len(),
-            Tokens::U8(t) => t.len(),
-            Tokens::U16(t) => t.len(),
-            Tokens::U32(t) => t.len(),
+            Tokens::File(f) => f.len,
         }
     }
 
@@ -33,12 +45,12 @@ impl<'a> Tokens<'a> {
 
     /// Characters `start..start + len`. Panics outside the view, like slicing.
     pub fn slice(&self, start: usize, len: usize) -> Tokens<'a> {
-        let r = start..start + len;
         match *self {
-            Tokens::I64(t) => Tokens::I64(&t[r]),
-            Tokens::U8(t) => Tokens::U8(&t[r]),
-            Tokens::U16(t) => Tokens::U16(&t[r]),
-            Tokens::U32(t) => Tokens::U32(&t[r]),
+            Tokens::I64(t) => Tokens::I64(&t[start..start + len]),
+            Tokens::File(f) => {
+                assert!(start + len <= f.len, "tokens {start}..{} of {}", start + len, f.len);
+                Tokens::File(FileTokens { start: f.start + (start * f.width as usize) as u64, len, ..f })
+            }
         }
     }
 
@@ -47,24 +59,39 @@ impl<'a> Tokens<'a> {
         (self.slice(0, n), self.slice(n, self.len() - n))
     }
 
-    /// Appends the characters to `out` as Int64 indices.
+    /// Appends the characters to `out` as Int64 indices. A token file that cannot be read any more (it was
+    /// removed or truncated after it was checked) ends the process with that error: training cannot go on.
     pub fn extend_into(&self, out: &mut Vec<i64>) {
-        match self {
-            Tokens::I64(t) => out.extend_from_slice(t),
-            Tokens::U8(t) => out.extend(t.iter().map(|&i| i as i64)),
-            Tokens::U16(t) => out.extend(t.iter().map(|&i| i as i64)),
-            Tokens::U32(t) => out.extend(t.iter().map(|&i| i as i64)),
+        let f = match self {
+            Tokens::I64(t) => return out.extend_from_slice(t),
+            Tokens::File(f) => f,
+        };
+        let width = f.width as usize;
+        let mut buf = vec![0u8; (f.len * width).min(READ_CHUNK)];
+        let (mut at, mut remaining) = (f.start, f.len * width);
+        out.reserve(f.len);
+        while remaining > 0 {
+            let chunk = &mut buf[..remaining.min(READ_CHUNK)];
+            if let Err(e) = f.file.read_exact_at(chunk, at) {
+                panic!("the token file can no longer be read ({e})");
+            }
+            match width {
+                1 => out.extend(chunk.iter().map(|&b| b as i64)),
+                2 => out.extend(chunk.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as i64)),
+                _ => out.extend(chunk.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)),
+            }
+            at += chunk.len() as u64;
+            remaining -= chunk.len();
         }
     }
 
-    /// The largest index, if there is any.
-    pub fn max(&self) -> Option<i64> {
-        match self {
-            Tokens::I64(t) => t.iter().copied().max(),
-            Tokens::U8(t) => t.iter().max().map(|&i| i as i64),
-            Tokens::U16(t) => t.iter().max().map(|&i| i as i64),
-            Tokens::U32(t) => t.iter().max().map(|&i| i as i64),
-        }
+    /// The largest index, if there is any, reading a bounded piece at a time.
+    pub fn max_chunked(&self) -> Option<i64> {
+        let piece = READ_CHUNK / 4;
+        (0..self.len())
+            .step_by(piece)
+            .filter_map(|s| self.slice(s, piece.min(self.len() - s)).to_vec().into_iter().max())
+            .max()
     }
 
     /// The characters as Int64 indices.
@@ -96,12 +123,26 @@ impl<'a, const N: usize> From<&'a [i64; N]> for Tokens<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn every_width_reads_the_same_indices() {
-        let (wide, small, mid, big) =
-            (vec![3i64, 0, 255, 7, 1], [3u8, 0, 255, 7, 1], [3u16, 0, 255, 7, 1], [3u32, 0, 255, 7, 1]);
-        for view in [Tokens::from(&wide), Tokens::U8(&small), Tokens::U16(&mid), Tokens::U32(&big)] {
+        let wide = vec![3i64, 0, 255, 7, 1];
+        let mut f = tempfile::tempfile().unwrap();
+        // Three bytes of something else first, then the tokens at each width.
+        f.write_all(&[9, 9, 9]).unwrap();
+        let mut starts = Vec::new();
+        for width in [1u8, 2, 4] {
+            starts.push(f.metadata().unwrap().len());
+            for &i in &wide {
+                f.write_all(&(i as u32).to_le_bytes()[..width as usize]).unwrap();
+            }
+        }
+        let views = starts
+            .iter()
+            .zip([1u8, 2, 4])
+            .map(|(&start, width)| Tokens::File(FileTokens { file: &f, start, len: 5, width }));
+        for view in std::iter::once(Tokens::from(&wide)).chain(views) {
             assert_eq!(view.len(), 5);
             assert_eq!(view.to_vec(), wide);
             assert_eq!(view.slice(1, 3).to_vec(), vec![0, 255, 7]);
