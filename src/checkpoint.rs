@@ -31,8 +31,11 @@ pub const LAST_MODEL: &str = "last-model";
 /// Where the training text came from and how it was read.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CorpusInfo {
-    /// The corpus file (absolute when it could be resolved).
+    /// The corpus file (absolute when it could be resolved); with several, the first.
     pub path: PathBuf,
+    /// Every file and folder the corpus was read from, in order, when there were several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<PathBuf>,
     /// How it was read.
     pub options: CorpusOptions,
     /// Characters read (training and held-out text together).
@@ -40,6 +43,26 @@ pub struct CorpusInfo {
     /// Fingerprint of the text read ([`crate::text_hash`]); absent in models from before it was recorded.
     #[serde(default)]
     pub hash: Option<String>,
+}
+
+impl CorpusInfo {
+    /// Where the corpus was read from: every source, in order.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        if self.sources.is_empty() {
+            vec![self.path.clone()]
+        } else {
+            self.sources.clone()
+        }
+    }
+
+    /// How `paths` (as given) are recorded: absolute where they resolve; a list only when there are several.
+    pub fn record(paths: &[PathBuf], options: CorpusOptions, chars: usize, hash: String) -> CorpusInfo {
+        let absolute: Vec<PathBuf> =
+            paths.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+        let path = absolute.first().cloned().unwrap_or_default();
+        let sources = if absolute.len() > 1 { absolute } else { Vec::new() };
+        CorpusInfo { path, sources, options, chars, hash: Some(hash) }
+    }
 }
 
 /// What a resumable checkpoint adds to `model.json`: where the run stands and the file with the rest of its
@@ -378,7 +401,13 @@ mod tests {
                 batch_order: BatchOrder::Consecutive,
                 ..Default::default()
             },
-            corpus: CorpusInfo { path: "x.txt".into(), options: CorpusOptions::default(), chars: 4, hash: None },
+            corpus: CorpusInfo {
+                path: "x.txt".into(),
+                sources: Vec::new(),
+                options: CorpusOptions::default(),
+                chars: 4,
+                hash: None,
+            },
             epoch,
             perplexity: Some(3.5),
             validation: None,

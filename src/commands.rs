@@ -18,8 +18,9 @@ use tch::Tensor;
 /// Everything `charrnn train` needs.
 #[derive(Debug, Clone)]
 pub struct TrainJob {
-    /// The corpus file.
-    pub corpus: PathBuf,
+    /// The corpus: files and folders (see [`crate::expand_sources`]), read in order as one text, or one
+    /// prepared token file.
+    pub corpus: Vec<PathBuf>,
     /// How to read it.
     pub corpus_options: CorpusOptions,
     /// Model folder; `None` means `runs/<corpus file stem>`.
@@ -80,9 +81,9 @@ pub struct ResumeJob {
     pub epochs: Option<usize>,
     /// New checkpoint period; `None` keeps the run's.
     pub checkpoint_every: Option<usize>,
-    /// The corpus, if it moved; `None` reads it from where the run read it. Either way it must be the same
+    /// The corpus, if it moved; empty reads it from where the run read it. Either way it must be the same
     /// text.
-    pub corpus: Option<PathBuf>,
+    pub corpus: Vec<PathBuf>,
     /// Where to compute (a run may continue on another device).
     pub device: DeviceSpec,
     /// CPU threads for libtorch; `None` keeps its default.
@@ -108,7 +109,8 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     if config.prefixes.is_empty() {
         config.prefixes = default_prefixes(&vocab, ids);
     }
-    let out = job.out.clone().unwrap_or_else(|| default_out(&job.corpus));
+    let first = job.corpus.first().ok_or_else(|| Error::config("--corpus", "give at least one file or folder"))?;
+    let out = job.out.clone().unwrap_or_else(|| default_out(first));
     if out.exists() && !out.is_dir() {
         return Err(Error::config("--out", format!("{} exists and is not a folder", out.display())));
     }
@@ -122,12 +124,7 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
         vocab: vocab.chars().iter().collect(),
         model: model.config(),
         train: config,
-        corpus: CorpusInfo {
-            path: std::fs::canonicalize(&job.corpus).unwrap_or_else(|_| job.corpus.clone()),
-            options: prepared.header.options,
-            chars: ids.len(),
-            hash: Some(prepared.header.hash.clone()),
-        },
+        corpus: CorpusInfo::record(&job.corpus, prepared.header.options, ids.len(), prepared.header.hash.clone()),
         epoch: 0,
         perplexity: None,
         validation: None,
@@ -152,9 +149,9 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     let loaded = checkpoint::load(&last, device)?;
     let state = checkpoint::load_state(&last, &loaded)?;
     let file = loaded.file.clone();
-    let path = job.corpus.clone().unwrap_or_else(|| file.corpus.path.clone());
-    let prepared = match load_corpus(&path, &file.corpus.options) {
-        Err(Error::Io { path, source }) if job.corpus.is_none() => {
+    let paths = if job.corpus.is_empty() { file.corpus.paths() } else { job.corpus.clone() };
+    let prepared = match load_corpus(&paths, &file.corpus.options) {
+        Err(Error::Io { path, source }) if job.corpus.is_empty() => {
             let reason = format!(
                 "the run's corpus {} cannot be read ({source}); if it moved, pass --corpus FILE",
                 path.display()
@@ -167,15 +164,14 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     if file.corpus.hash.as_deref().is_some_and(|h| h != hash) || prepared.header.len as usize != file.corpus.chars {
         let reason = format!(
             "{} is not the text the run trained on (its length or fingerprint differs); resume needs the same corpus",
-            path.display()
+            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
         return Err(Error::config("--corpus", reason));
     }
     let vocab = loaded.vocab.clone();
     let corpus = CorpusIds::in_vocab(prepared, &vocab)?;
     let mut template = file;
-    template.corpus.path = std::fs::canonicalize(&path).unwrap_or(path);
-    template.corpus.hash = Some(hash);
+    template.corpus = CorpusInfo::record(&paths, template.corpus.options, template.corpus.chars, hash);
     template.device = device_name(device);
     if let Some(epochs) = job.epochs {
         template.train.epochs = epochs;
@@ -463,8 +459,9 @@ pub fn run_predict(job: &PredictJob, on_char: &mut dyn FnMut(usize, char)) -> Re
 pub struct EvalJob {
     /// Model folder; `None` means the last one trained here.
     pub model: Option<PathBuf>,
-    /// Text to evaluate on; `None` means the model's training corpus, read with its settings.
-    pub corpus: Option<PathBuf>,
+    /// Text to evaluate on (files and folders, or one token file); empty means the model's training corpus,
+    /// read with its settings.
+    pub corpus: Vec<PathBuf>,
     /// Overrides the character limit (with `corpus: None`, the training run's limit applies otherwise).
     pub limit_chars: Option<usize>,
     /// Where to compute.
@@ -501,15 +498,16 @@ pub fn run_eval(job: &EvalJob) -> Result<EvalReport> {
     set_threads(job.threads)?;
     let loaded = load_model(job.model.as_deref(), job.device)?;
     let trained = &loaded.file.corpus;
-    let (path, mut options) = match &job.corpus {
-        Some(p) => (p.clone(), CorpusOptions { limit_chars: None, ..trained.options }),
-        None => (trained.path.clone(), trained.options),
+    let (paths, mut options) = if job.corpus.is_empty() {
+        (trained.paths(), trained.options)
+    } else {
+        (job.corpus.clone(), CorpusOptions { limit_chars: None, ..trained.options })
     };
     if job.limit_chars.is_some() {
         options.limit_chars = job.limit_chars;
     }
-    let prepared = match load_corpus(&path, &options) {
-        Err(Error::Io { path, source }) if job.corpus.is_none() => {
+    let prepared = match load_corpus(&paths, &options) {
+        Err(Error::Io { path, source }) if job.corpus.is_empty() => {
             let reason =
                 format!("the training corpus {} cannot be read ({source}); pass --corpus FILE", path.display());
             return Err(Error::config("--corpus", reason));
@@ -522,7 +520,7 @@ pub fn run_eval(job: &EvalJob) -> Result<EvalReport> {
         if job.stream { ids.len() - 1 } else { loaded.file.train.eval_context(trained.chars).min(ids.len() - 1) };
     let evaluation = evaluate(&loaded.model, ids, context)?;
     Ok(EvalReport {
-        corpus: path,
+        corpus: paths[0].clone(),
         chars: ids.len(),
         context,
         perplexity: evaluation.perplexity(),

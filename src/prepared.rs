@@ -306,41 +306,93 @@ pub fn is_token_file(path: &Path) -> bool {
     File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == MAGIC
 }
 
-/// The prepared form of the text file `path` read with `options`, or of the token file `path` itself (whose
-/// own reading options then apply; `options` must leave them alone). A text is prepared once into
-/// [`cache_dir`] and reused while its source is unchanged (same size and modification time, same options);
-/// when the cache cannot be written, it is prepared into a temporary file that is removed once mapped.
-pub fn load_corpus(path: &Path, options: &CorpusOptions) -> Result<Prepared> {
-    if is_token_file(path) {
-        let prepared = Prepared::open(path)?;
-        if *options != CorpusOptions::default() && *options != prepared.header.options {
-            let reason = "a prepared corpus keeps the newline and length settings it was prepared with; drop --keep-newlines and --limit-chars, or give the text file";
-            return Err(Error::config("--corpus", reason));
+/// The text files that `paths` name, in order: a file is itself; a folder is every regular file below it,
+/// in sorted path order, skipping hidden files and folders (names starting with a dot). A folder without
+/// any is an error.
+pub fn expand_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(dir, e))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+            if kind.is_dir() {
+                walk(&entry.path(), out)?;
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
         }
-        return Ok(prepared);
+        Ok(())
     }
-    let source = Source::of(path)?;
-    let key = crate::corpus::text_hash(&format!("{}\n{options:?}", source.path.display()));
-    let dir = cache_dir();
-    let cached = dir.join(format!("{}.tokens", key.trim_start_matches("fnv1a64:")));
-    if let Ok(prepared) = Prepared::open(&cached) {
-        if prepared.header.sources == [source.clone()] && prepared.header.options == *options {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let before = files.len();
+            walk(path, &mut files)?;
+            if files.len() == before {
+                return Err(Error::config(
+                    "--corpus",
+                    format!("{} holds no files (hidden ones are skipped)", path.display()),
+                ));
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// The prepared form of the text in `paths` (files and folders, see [`expand_sources`]) read with
+/// `options`, or of a token file given alone (whose own reading options then apply; `options` must leave
+/// them alone). A text is prepared once into [`cache_dir`] and reused while its sources are unchanged (the
+/// same files, each of the same size and modification time, read with the same options); when the cache
+/// cannot be written, it is prepared into a temporary file, removed once open.
+pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepared> {
+    if let [path] = paths {
+        if is_token_file(path) {
+            let prepared = Prepared::open(path)?;
+            if *options != CorpusOptions::default() && *options != prepared.header.options {
+                let reason = "a prepared corpus keeps the newline and length settings it was prepared with; drop --keep-newlines and --limit-chars, or give the text file";
+                return Err(Error::config("--corpus", reason));
+            }
             return Ok(prepared);
         }
     }
-    let paths = [path.to_path_buf()];
+    if paths.is_empty() {
+        return Err(Error::config("--corpus", "give at least one file or folder"));
+    }
+    let files = expand_sources(paths)?;
+    if let Some(token_file) = files.iter().find(|f| is_token_file(f)) {
+        let reason = format!("{} is a prepared corpus, which can only be given alone", token_file.display());
+        return Err(Error::config("--corpus", reason));
+    }
+    let sources = files.iter().map(|f| Source::of(f)).collect::<Result<Vec<_>>>()?;
+    let names: Vec<String> = sources.iter().map(|s| s.path.display().to_string()).collect();
+    let key = crate::corpus::text_hash(&format!("{}\n{options:?}", names.join("\n")));
+    let dir = cache_dir();
+    let cached = dir.join(format!("{}.tokens", key.trim_start_matches("fnv1a64:")));
+    if let Ok(prepared) = Prepared::open(&cached) {
+        if prepared.header.sources == sources && prepared.header.options == *options {
+            return Ok(prepared);
+        }
+    }
     if std::fs::create_dir_all(&dir).is_ok() {
-        match prepare(&paths, options, &cached) {
-            Ok(header) if header.sources == [source] => return Prepared::open(&cached),
+        match prepare(&files, options, &cached) {
+            Ok(header) if header.sources == sources => return Prepared::open(&cached),
             Ok(_) => {}
             // The cache could not be written: prepare privately below.
-            Err(Error::Io { path: failed, .. }) if failed != path => {}
+            Err(Error::Io { path: failed, .. }) if !files.contains(&failed) => {}
             Err(e) => return Err(e),
         }
     }
-    // No usable cache (or the source changed while it was read): a private temporary file.
-    let tmp = std::env::temp_dir().join(format!("charrnn-{}-{key}.tokens", std::process::id()));
-    let result = prepare(&paths, options, &tmp).and_then(|_| Prepared::open(&tmp));
+    // No usable cache (or a source changed while it was read): a private temporary file.
+    let tmp = std::env::temp_dir().join(format!("charrnn-{}-{}.tokens", std::process::id(), &key[8..]));
+    let result = prepare(&files, options, &tmp).and_then(|_| Prepared::open(&tmp));
     let _ = std::fs::remove_file(&tmp);
     result
 }

@@ -52,6 +52,11 @@ impl Env {
     /// A quick training run with small settings, plus `extra` flags (which may repeat and override them).
     pub(crate) fn train(&self, extra: &[&str]) -> Run {
         let mut args = env_train_args();
+        // `--corpus` adds to the list: one given here replaces the default instead.
+        if extra.contains(&"--corpus") {
+            let at = args.iter().position(|a| *a == "--corpus").unwrap();
+            args.drain(at..at + 2);
+        }
         args.extend_from_slice(extra);
         self.run(&args)
     }
@@ -924,4 +929,50 @@ fn a_prepared_file_is_a_corpus_and_prepare_reports_its_token_width() {
     env.fails(&["eval", "--model", "p", "--corpus", "cut.tokens"], "truncated or altered");
     assert!(!env.path("k").exists());
     env.fails(&["prepare", "lyrics.txt", "--out", "z.tokens", "--limit-chars", "0"], "--limit-chars");
+}
+
+#[test]
+fn folders_and_several_files_are_one_corpus_read_in_order() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("books/b")).unwrap();
+    std::fs::create_dir_all(env.path("books/.git")).unwrap();
+    std::fs::create_dir_all(env.path("empty/.hidden")).unwrap();
+    let (first, second) = (LYRICS.repeat(3), LYRICS.replace("分开", "离开").repeat(3));
+    env.write("books/2.txt", first.as_bytes());
+    env.write("books/b/1.txt", second.as_bytes());
+    env.write("books/.notes.txt", "QQ".as_bytes());
+    env.write("books/.git/config", "WW".as_bytes());
+    env.write("all.txt", (first.clone() + &second).as_bytes());
+    let json = |m: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(env.path(m).join("model.json")).unwrap()).unwrap()
+    };
+    // A folder: its files in sorted path order ("2.txt" before "b/"), hidden ones skipped.
+    assert_eq!(env.train(&["--corpus", "books", "--epochs", "1", "--out", "folder"]).code, 0);
+    let folder = json("folder");
+    assert!(!folder["vocab"].as_str().unwrap().contains(['Q', 'W']), "{folder}");
+    // The same text as the two files given in that order, and as their concatenation.
+    let r = env.train(&["--corpus", "books/2.txt", "--corpus", "books/b/1.txt", "--epochs", "1", "--out", "files"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(env.train(&["--corpus", "all.txt", "--epochs", "1", "--out", "one"]).code, 0);
+    for m in ["files", "one"] {
+        assert_eq!(json(m)["corpus"]["hash"], folder["corpus"]["hash"], "{m}");
+        assert_eq!(json(m)["corpus"]["chars"], folder["corpus"]["chars"], "{m}");
+    }
+    let sources: Vec<String> = json("files")["corpus"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(sources.len() == 2 && sources[0].ends_with("2.txt") && sources[1].ends_with("1.txt"), "{sources:?}");
+    let info = env.run(&["info", "--model", "files"]).stdout;
+    assert!(info.contains("2.txt, ") && info.contains("1.txt ("), "{info}");
+    // A folder run resumes (the folder is read again) and eval reads it as training did.
+    let r = env.run(&["train", "--resume", "folder", "--epochs", "2", "--device", "cpu"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let chars = eval_json(&env, &["--model", "folder"])["chars"].as_u64().unwrap();
+    assert_eq!(chars, folder["corpus"]["chars"].as_u64().unwrap());
+    env.fails(&["train", "--corpus", "empty", "--out", "x"], "holds no files");
+    env.fails(&["train", "--corpus", "books", "--corpus", "missing.txt", "--out", "x"], "missing.txt");
+    assert!(!env.path("x").exists());
 }

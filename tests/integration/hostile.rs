@@ -158,8 +158,10 @@ fn model_copy() -> tempfile::TempDir {
             prefixes: vec!["分开".into()],
             ..Default::default()
         };
+        // This test trains in-process: its prepared corpus goes to this folder, not the user's cache.
+        std::env::set_var("CHARRNN_CACHE", dir.path().join(".cache"));
         let job = charrnn::TrainJob {
-            corpus,
+            corpus: vec![corpus],
             corpus_options: CorpusOptions::default(),
             out: Some(dir.path().join("m")),
             device: charrnn::DeviceSpec::Cpu,

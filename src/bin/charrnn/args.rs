@@ -143,9 +143,11 @@ fn textbook() -> TrainConfig {
 /// struct with a flattened struct inside, hence two groups side by side.)
 #[derive(Args)]
 pub struct TrainArgs {
-    /// UTF-8 text to train on (with --resume: only if it moved; it must be the same text).
-    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
-    pub corpus: Option<PathBuf>,
+    /// UTF-8 text to train on: a file, or a folder (every file below it, in sorted order, hidden ones
+    /// skipped), or a token file from `charrnn prepare`; repeat to read several in order as one text (with
+    /// --resume: only if they moved; it must be the same text).
+    #[arg(long, value_name = "PATH", required_unless_present = "resume")]
+    pub corpus: Vec<PathBuf>,
     /// Continue the run saved in this model folder exactly where it stopped, with its settings; only
     /// --epochs (the new total), --checkpoint-every, --max-iters, --time-limit, --corpus, --device,
     /// --threads, --quiet and --verbose may be given with it.
@@ -384,9 +386,10 @@ pub struct EvalArgs {
     /// Model folder [default: the last model `train` wrote from this folder].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Text to evaluate on [default: the training corpus, read with the training settings].
-    #[arg(long, value_name = "FILE")]
-    pub corpus: Option<PathBuf>,
+    /// Text to evaluate on: files, folders or a token file, as in train; repeatable [default: the training
+    /// corpus, read with the training settings].
+    #[arg(long, value_name = "PATH")]
+    pub corpus: Vec<PathBuf>,
     /// Use only the first N characters.
     #[arg(long, value_name = "N")]
     pub limit_chars: Option<usize>,
@@ -429,7 +432,7 @@ impl TrainArgs {
             });
         }
         let n = self.new;
-        let corpus = self.corpus.expect("clap requires --corpus without --resume");
+        let corpus = self.corpus;
         TrainTask::New(Box::new(TrainJob {
             corpus,
             corpus_options: CorpusOptions { keep_newlines: n.keep_newlines, limit_chars: n.limit_chars },

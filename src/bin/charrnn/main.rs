@@ -36,7 +36,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             (charrnn::run_resume(&job, &mut reporter), what)
         }
         TrainTask::New(job) => {
-            let what = format!("training on {} failed", job.corpus.display());
+            let corpus: Vec<String> = job.corpus.iter().map(|p| p.display().to_string()).collect();
+            let what = format!("training on {} failed", corpus.join(", "));
             (charrnn::run_train(&job, &mut reporter), what)
         }
     };

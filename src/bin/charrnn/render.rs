@@ -275,7 +275,8 @@ pub fn model_summary(out: &mut impl Write, m: &ModelSummary) -> std::io::Result<
         writeln!(out, "validation perplexity {:.6} (epoch {}, {held} characters held out)", v.perplexity, v.epoch)?;
     }
     let hash = f.corpus.hash.as_deref().unwrap_or("not recorded");
-    writeln!(out, "corpus {} ({} characters, {hash})", f.corpus.path.display(), grouped(f.corpus.chars as u64))?;
+    let sources: Vec<String> = f.corpus.paths().iter().map(|p| p.display().to_string()).collect();
+    writeln!(out, "corpus {} ({} characters, {hash})", sources.join(", "), grouped(f.corpus.chars as u64))?;
     writeln!(out, "trained on {} with charrnn {}", f.device, f.charrnn_version)?;
     if let Some(r) = &f.resume {
         writeln!(out, "resumable at epoch {} minibatch {}", r.position.epoch, r.position.minibatch)?;
