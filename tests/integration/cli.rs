@@ -976,3 +976,29 @@ fn folders_and_several_files_are_one_corpus_read_in_order() {
     env.fails(&["train", "--corpus", "books", "--corpus", "missing.txt", "--out", "x"], "missing.txt");
     assert!(!env.path("x").exists());
 }
+
+#[test]
+fn logs_get_plain_progress_lines() {
+    let env = Env::new();
+    // With no terminal, a line at most every CHARRNN_PROGRESS_SECS (30 by default; 0 here: every minibatch).
+    let mut args = env_train_args();
+    args.extend(["--epochs", "2", "--out", "m"]);
+    let out = env.command().args(&args).env("CHARRNN_PROGRESS_SECS", "0").output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
+    // 27 minibatches per epoch ((558 - 1) / 5 steps / 4 rows).
+    assert_eq!(lines.len(), 2 * 27, "{stderr}");
+    assert!(
+        lines[27].starts_with("progress: epoch 2/2, minibatch 1/27 (51.9% of the run), perplexity "),
+        "{}",
+        lines[27]
+    );
+    assert!(lines.iter().all(|l| l.contains(" chars/s, ") && l.ends_with(" left")), "{lines:?}");
+    assert!(!stderr.contains('\u{1b}') && !stderr.contains('\r'));
+    // The default keeps a short run's log free of them, and --quiet prints nothing.
+    assert!(!env.train(&["--epochs", "2", "--out", "n"]).stderr.contains("progress: "));
+    let quiet =
+        env.command().args(&args).args(["--out", "q", "--quiet"]).env("CHARRNN_PROGRESS_SECS", "0").output().unwrap();
+    assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+}

@@ -25,7 +25,15 @@ pub struct Reporter {
     chars_per_batch: usize,
     /// When the bar started, and its position then.
     bar_start: (Instant, u64),
+    /// Without a terminal (and not quiet): the least time between two plain progress lines.
+    plain_every: Option<Duration>,
+    /// When the last plain progress line was printed (or training began).
+    last_plain: Instant,
 }
+
+/// The least time between two plain progress lines in a log, in seconds; `CHARRNN_PROGRESS_SECS` may set
+/// another.
+const PLAIN_PROGRESS_SECS: f64 = 30.0;
 
 impl Reporter {
     pub fn new(signal: Arc<AtomicUsize>, quiet: bool, verbose: bool) -> Self {
@@ -39,8 +47,52 @@ impl Reporter {
             quiet,
             verbose,
             chars_per_batch: 0,
-            bar_start: (Instant::now(), 0),
+            // Set at the first minibatch this process trains (a resumed run starts part of the way in).
+            bar_start: (Instant::now(), u64::MAX),
+            plain_every: (!tty && !quiet).then(|| {
+                let secs = std::env::var("CHARRNN_PROGRESS_SECS").ok().and_then(|s| s.parse::<f64>().ok());
+                Duration::from_secs_f64(secs.filter(|s| s.is_finite() && *s >= 0.0).unwrap_or(PLAIN_PROGRESS_SECS))
+            }),
+            last_plain: Instant::now(),
         }
+    }
+
+    /// Characters per second since the first minibatch this process trained, and the time the remaining
+    /// `left` minibatches will take at that rate.
+    fn speed(&self, position: u64, left: u64) -> (f64, Duration) {
+        let (since, from) = self.bar_start;
+        let secs = since.elapsed().as_secs_f64().max(1e-9);
+        let done = position.saturating_sub(from).max(1) as f64;
+        let speed = done * self.chars_per_batch as f64 / secs;
+        (speed, Duration::from_secs_f64(secs / done * left as f64))
+    }
+
+    /// A plain progress line on stderr, at most every `plain_every`: for logs, where no bar is drawn.
+    fn plain_progress(&mut self, p: &Progress<'_>, position: u64) {
+        let Some(every) = self.plain_every else { return };
+        if self.bar_start.1 == u64::MAX {
+            self.bar_start = (Instant::now(), position.saturating_sub(1));
+        }
+        if self.last_plain.elapsed() < every {
+            return;
+        }
+        self.last_plain = Instant::now();
+        let total = (p.epochs * p.minibatches) as u64;
+        let (speed, left) = self.speed(position, total - position);
+        let secs = left.as_secs();
+        eprintln!(
+            "progress: epoch {}/{}, minibatch {}/{} ({:.1}% of the run), perplexity {:.3}, {} chars/s, {}:{:02}:{:02} left",
+            p.epoch,
+            p.epochs,
+            grouped(p.minibatch as u64),
+            grouped(p.minibatches as u64),
+            100.0 * position as f64 / total as f64,
+            p.running_perplexity(),
+            grouped(speed as u64),
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
     }
 
     fn print(&mut self, text: &str) {
@@ -124,10 +176,10 @@ impl TrainObserver for Reporter {
     }
 
     fn minibatch(&mut self, p: &Progress<'_>) {
-        if !self.tty {
-            return;
-        }
         let position = ((p.epoch - 1) * p.minibatches + p.minibatch) as u64;
+        if !self.tty {
+            return self.plain_progress(p, position);
+        }
         let bar_start = &mut self.bar_start;
         let bar = self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::new((p.epochs * p.minibatches) as u64);
@@ -145,9 +197,8 @@ impl TrainObserver for Reporter {
         // Reading the perplexity waits for the device; do it only as often as a person can read it.
         if self.last_draw.elapsed() >= Duration::from_millis(200) || p.minibatch == p.minibatches {
             self.last_draw = Instant::now();
-            let (since, from) = self.bar_start;
-            let speed =
-                (position - from) as f64 * self.chars_per_batch as f64 / since.elapsed().as_secs_f64().max(1e-9);
+            let (speed, _) = self.speed(position, 0);
+            let bar = self.bar.as_ref().expect("drawn above");
             bar.set_message(format!(
                 "epoch {}/{} minibatch {}/{} perplexity {:.3} {} chars/s",
                 p.epoch,
