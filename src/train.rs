@@ -57,8 +57,9 @@ pub struct TrainConfig {
     /// How the report predictions choose characters (greedy by default; the seed is `seed` plus the epoch).
     #[serde(default)]
     pub sampler: Sampler,
-    /// Epochs between checkpoints; `None`: at the end of every epoch that ends at least
-    /// [`AUTO_CHECKPOINT_SECS`] after the previous checkpoint. There is always one after the last epoch.
+    /// Epochs between checkpoints; `None`: after every minibatch that ends at least `auto_checkpoint` (by
+    /// default [`AUTO_CHECKPOINT_SECS`]) after the previous checkpoint, so that an epoch of hours is saved
+    /// every minute or so too. There is always one after the last epoch.
     #[serde(default)]
     pub checkpoint_every: Option<usize>,
     /// Stop (with a resumable checkpoint) once the run has trained this many minibatches in all, its
@@ -69,6 +70,13 @@ pub struct TrainConfig {
     /// Not saved.
     #[serde(skip)]
     pub time_limit: Option<std::time::Duration>,
+    /// With `checkpoint_every: None`, the least time between two checkpoints. Not saved.
+    #[serde(skip, default = "auto_checkpoint")]
+    pub auto_checkpoint: std::time::Duration,
+}
+
+fn auto_checkpoint() -> std::time::Duration {
+    std::time::Duration::from_secs(AUTO_CHECKPOINT_SECS)
 }
 
 /// With `val_frac: None`, the fraction held out of corpora of at least [`DEFAULT_VAL_MIN_CHARS`] characters.
@@ -102,6 +110,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             max_iters: None,
             time_limit: None,
+            auto_checkpoint: auto_checkpoint(),
         }
     }
 }
@@ -485,7 +494,7 @@ pub fn train<'a>(
     let validation = (val, config.eval_context(corpus.len()));
     let mut last_save = Instant::now();
     for epoch in run.position.epoch + 1..=config.epochs {
-        let trained = run.train_epoch(model, corpus, config, (epoch, batches), started, observer)?;
+        let trained = run.train_epoch(model, corpus, config, (epoch, batches), (started, &mut last_save), observer)?;
         let report = run.finish_epoch(model, vocab, validation, config, &trained)?;
         observer.epoch(&report);
         let reason = checkpoint_reason(config, epoch, trained.stop.is_some(), last_save);
@@ -524,15 +533,13 @@ fn check_run(model: &Network, vocab: &Vocabulary, corpus: Tokens<'_>, config: &T
 }
 
 /// Why a checkpoint is due after `epoch`, if one is: the last epoch, a stop requested at its end, or the
-/// checkpoint period (epochs, or else [`AUTO_CHECKPOINT_SECS`] since `last_save`).
+/// checkpoint period (epochs, or else `auto_checkpoint` since `last_save`).
 fn checkpoint_reason(config: &TrainConfig, epoch: usize, stop: bool, last_save: Instant) -> Option<SaveReason> {
     if epoch == config.epochs {
         Some(SaveReason::Final)
     } else if stop {
         Some(SaveReason::Interrupted)
-    } else if config
-        .checkpoint_every
-        .map_or(last_save.elapsed().as_secs() >= AUTO_CHECKPOINT_SECS, |n| epoch.is_multiple_of(n))
+    } else if config.checkpoint_every.map_or(last_save.elapsed() >= config.auto_checkpoint, |n| epoch.is_multiple_of(n))
     {
         Some(SaveReason::Periodic)
     } else {
@@ -630,7 +637,7 @@ impl Run {
         corpus: Tokens<'_>,
         config: &TrainConfig,
         (epoch, batches): (usize, usize),
-        started: Instant,
+        (started, last_save): (Instant, &mut Instant),
         observer: &mut dyn TrainObserver,
     ) -> Result<TrainedEpoch> {
         let start = Instant::now();
@@ -685,6 +692,14 @@ impl Run {
             }
             if stop.is_some() {
                 break;
+            }
+            // A long epoch is checkpointed as it goes (its end has its own checkpoint).
+            if config.checkpoint_every.is_none() && i + 1 < batches && last_save.elapsed() >= config.auto_checkpoint {
+                self.check_finite(epoch)?;
+                self.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
+                let carried = (config.batch_order == BatchOrder::Consecutive).then(|| state.detach());
+                observer.checkpoint(model, &self.snapshot(carried.as_ref()), SaveReason::Periodic)?;
+                *last_save = Instant::now();
             }
         }
         Ok(TrainedEpoch { epoch, lr, start, elapsed_before, first, batches, rng, stop })
@@ -931,6 +946,32 @@ mod tests {
         let mut rec = Recorder { stop_after, ..Default::default() };
         let result = train(&model, &vocab, train_ids, val_ids, config, None, &mut rec);
         (model, rec, result)
+    }
+
+    #[test]
+    fn long_epochs_are_checkpointed_as_they_go_and_resume_exactly() {
+        // With no period set, a checkpoint comes after every minibatch that ends `auto_checkpoint` after the
+        // last one: here at once, so after every minibatch.
+        let config = TrainConfig { auto_checkpoint: std::time::Duration::ZERO, ..small(12, 2) };
+        let (vocab, ids) = corpus();
+        let per_epoch = config.batch_order.batches_per_epoch(ids.len(), config.batch_size, config.steps);
+        let (straight, rec, result) = run(&config, None);
+        result.unwrap();
+        let at: Vec<(usize, usize)> = rec.checkpoints.iter().map(|c| (c.2.epoch, c.2.minibatch)).collect();
+        let expected: Vec<(usize, usize)> =
+            (0..2).flat_map(|e| (1..per_epoch).map(move |m| (e, m)).chain([(e + 1, 0)])).collect();
+        assert_eq!(at, expected);
+        assert!(rec.checkpoints.iter().rev().skip(1).all(|c| c.0 == SaveReason::Periodic));
+        // From the one in the middle of epoch 2, the run ends where the unbroken one did.
+        let (_, params, position, tensors) = &rec.checkpoints[per_epoch + per_epoch / 2];
+        assert_eq!((position.epoch, position.minibatch), (1, per_epoch / 2 + 1));
+        let resumed =
+            Network::from_tensors(straight.config(), params.iter().map(Tensor::copy).collect(), Device::Cpu).unwrap();
+        let state = TrainState::from_named(position.clone(), copies(tensors), &resumed, &config).unwrap();
+        train(&resumed, &vocab, &ids, &[], &config, Some(&state), &mut Recorder::default()).unwrap();
+        for (a, b) in straight.parameters().iter().zip(resumed.parameters()) {
+            assert!(a.equal(b));
+        }
     }
 
     #[test]

@@ -155,8 +155,9 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     #[arg(long, value_name = "N", help = epochs_help())]
     pub epochs: Option<usize>,
-    /// Save a checkpoint every N epochs (always after the last, and on Ctrl-C) [default: at the end of
-    /// each epoch that ends a minute or more after the previous checkpoint].
+    /// Save a checkpoint every N epochs (always after the last, and on Ctrl-C) [default: after each
+    /// minibatch that ends a minute or more after the previous checkpoint, so long epochs are saved as they
+    /// go].
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<usize>,
     /// Stop after N minibatches in all (a resumed run's earlier ones count), saving a resumable checkpoint.
@@ -467,6 +468,7 @@ impl TrainArgs {
                 checkpoint_every: self.checkpoint_every,
                 max_iters: self.max_iters,
                 time_limit: self.time_limit,
+                ..textbook()
             },
         }))
     }
