@@ -11,7 +11,7 @@ use crate::predict::{generate, Generate, Generated};
 use crate::prepared::{load_corpus, CorpusIds};
 use crate::resume::TrainState;
 use crate::tokens::Tokens;
-use crate::train::{train, EpochReport, Progress, RunInfo, SaveReason, TrainConfig, TrainObserver};
+use crate::train::{train, EpochReport, IterationReport, Progress, RunInfo, SaveReason, TrainConfig, TrainObserver};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -324,6 +324,10 @@ impl TrainObserver for Saver<'_> {
 
     fn stop_requested(&mut self) -> Option<i32> {
         self.inner.stop_requested()
+    }
+
+    fn iteration(&mut self, report: &IterationReport) {
+        self.inner.iteration(report);
     }
 
     fn begin(&mut self, info: &RunInfo) {

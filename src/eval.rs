@@ -97,6 +97,32 @@ pub fn evaluate<'a>(model: &Network, ids: impl Into<Tokens<'a>>, context: usize)
     Ok(Evaluation { predictions: n, cross_entropy: sum / n as f64 })
 }
 
+/// Pieces of the text that [`evaluate_sample`] scores, spread over it.
+const SAMPLE_PIECES: usize = 8;
+
+/// Like [`evaluate`], but scoring at most about `max_chars` characters of `ids` when it is longer: equal
+/// pieces from the starts of [`SAMPLE_PIECES`] equal parts of the text, each evaluated on its own (its
+/// windows from a zero state), their cross-entropies combined by their numbers of predictions. `None`, or a
+/// text no longer than `max_chars`, scores the whole text.
+pub fn evaluate_sample<'a>(
+    model: &Network,
+    ids: impl Into<Tokens<'a>>,
+    context: usize,
+    max_chars: Option<usize>,
+) -> Result<Evaluation> {
+    let ids = ids.into();
+    let Some(max) = max_chars.filter(|&m| m < ids.len()) else { return evaluate(model, ids, context) };
+    let pieces = SAMPLE_PIECES.min(max / 2).max(1);
+    let (part, piece) = (ids.len() / pieces, (max / pieces).max(2));
+    let (mut predictions, mut total) = (0, 0.0);
+    for p in 0..pieces {
+        let e = evaluate(model, ids.slice(p * part, piece.min(part)), context)?;
+        predictions += e.predictions;
+        total += e.cross_entropy * e.predictions as f64;
+    }
+    Ok(Evaluation { predictions, cross_entropy: total / predictions as f64 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +203,24 @@ mod tests {
         model.set_parameters(&scaled).unwrap();
         let ids: Vec<i64> = (0..200).map(|i| (i * 3 % 5) as i64).collect();
         assert_eq!(evaluate(&model, &ids, 10).unwrap(), evaluate(&model, &ids, 10).unwrap());
+    }
+
+    #[test]
+    fn a_sample_scores_pieces_spread_over_the_text() {
+        let model = Network::new(ModelConfig::rnn(5, 6), 9, Device::Cpu).unwrap();
+        let ids: Vec<i64> = (0..1000).map(|i| (i * 7 % 5) as i64).collect();
+        // Long enough or no limit: the whole text.
+        for max in [None, Some(1000), Some(5000)] {
+            assert_eq!(evaluate_sample(&model, &ids, 10, max).unwrap(), evaluate(&model, &ids, 10).unwrap());
+        }
+        // 160 characters: 20 from the start of each eighth (125 characters), worked out here piece by piece.
+        let sample = evaluate_sample(&model, &ids, 10, Some(160)).unwrap();
+        let pieces: Vec<Evaluation> =
+            (0..8).map(|p| evaluate(&model, &ids[p * 125..p * 125 + 20], 10).unwrap()).collect();
+        let n: usize = pieces.iter().map(|e| e.predictions).sum();
+        let ce = pieces.iter().map(|e| e.cross_entropy * e.predictions as f64).sum::<f64>() / n as f64;
+        assert_eq!(sample.predictions, 8 * 19);
+        assert!((sample.cross_entropy - ce).abs() < 1e-12, "{} vs {ce}", sample.cross_entropy);
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub use commands::{
 pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, load_cuda_backend, prepare_process, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
-pub use eval::{evaluate, perplexity, Evaluation};
+pub use eval::{evaluate, evaluate_sample, perplexity, Evaluation};
 pub use metrics::{read_metrics, MetricsLine, METRICS_FILE};
 pub use model::{cross_entropy, one_hot, step_major, Arch, Backend, Cell, Dtype, Init, ModelConfig, Network, State};
 pub use optim::{LrDecay, Optimizer, OptimizerKind};
@@ -74,8 +74,9 @@ pub use resume::{BestEpoch, Moments, Position, TrainState};
 pub use rng::{Rng, Stream};
 pub use tokens::Tokens;
 pub use train::{
-    carry_state, clip_factor, train, train_step, EpochReport, Progress, RunInfo, SaveReason, StepOutput, TrainConfig,
-    TrainObserver, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC, DEFAULT_VAL_MIN_CHARS,
+    carry_state, clip_factor, train, train_step, EpochReport, IterationReport, Progress, RunInfo, SaveReason,
+    StepOutput, TrainConfig, TrainObserver, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC,
+    DEFAULT_VAL_MIN_CHARS,
 };
 
 display_as_value_enum!(Cell, Init, Backend, OptimizerKind, Dtype, BatchOrder, UnknownChars);

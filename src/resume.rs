@@ -17,6 +17,9 @@ pub struct BestEpoch {
     pub perplexity: f64,
     /// Its validation perplexity.
     pub val_perplexity: f64,
+    /// With `--eval-every`, the minibatch of the epoch where it was measured (`None`: at the epoch's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minibatch: Option<usize>,
 }
 
 /// Where a run stands, in numbers; with the tensors of a [`TrainState`] it is everything needed to
@@ -173,7 +176,7 @@ mod tests {
         let model = Network::new(ModelConfig::new(5, arch), 1, Device::Cpu).unwrap();
         let randn = |p: &Tensor| Tensor::randn(p.size(), (Kind::Float, Device::Cpu));
         let params = model.parameters();
-        let best = crate::resume::BestEpoch { epoch: 2, perplexity: 3.0, val_perplexity: 3.5 };
+        let best = crate::resume::BestEpoch { epoch: 2, perplexity: 3.0, val_perplexity: 3.5, minibatch: None };
         let position = Position {
             epoch: 2,
             minibatch: 4,

@@ -3,7 +3,7 @@ use crate::batches::BatchOrder;
 use crate::bptt;
 use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, perplexity};
+use crate::eval::{evaluate_sample, perplexity};
 use crate::model::{cross_entropy, step_major, Arch, Dtype, ModelConfig, Network, State};
 use crate::optim::{LrDecay, Optimizer, OptimizerKind};
 use crate::predict::{generate, Generate, Sampler};
@@ -70,6 +70,14 @@ pub struct TrainConfig {
     /// Not saved.
     #[serde(skip)]
     pub time_limit: Option<std::time::Duration>,
+    /// Minibatches between evaluations of the held-out text inside an epoch, each with a report
+    /// ([`TrainObserver::iteration`]) and the best model kept; `None`: at epoch ends only.
+    #[serde(default)]
+    pub eval_every: Option<usize>,
+    /// At most about this many held-out characters per evaluation, spread over the held-out part
+    /// ([`crate::evaluate_sample`]); `None`: all of it.
+    #[serde(default)]
+    pub val_chars: Option<usize>,
     /// With `checkpoint_every: None`, the least time between two checkpoints. Not saved.
     #[serde(skip, default = "auto_checkpoint")]
     pub auto_checkpoint: std::time::Duration,
@@ -110,6 +118,8 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             max_iters: None,
             time_limit: None,
+            eval_every: None,
+            val_chars: None,
             auto_checkpoint: auto_checkpoint(),
         }
     }
@@ -153,6 +163,12 @@ impl TrainConfig {
             }
         }
         self.sampler.validate()?;
+        if self.eval_every == Some(0) {
+            return Err(Error::config("--eval-every", "must be at least 1"));
+        }
+        if self.val_chars.is_some_and(|n| n < 2) {
+            return Err(Error::config("--val-chars", "must be at least 2"));
+        }
         if self.max_iters == Some(0) {
             return Err(Error::config("--max-iters", "must be at least 1"));
         }
@@ -229,6 +245,21 @@ impl EpochReport {
     }
 }
 
+/// What an evaluation inside an epoch found (see [`TrainConfig::eval_every`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IterationReport {
+    /// Minibatches trained in all.
+    pub iteration: u64,
+    /// Epochs trained, with their fraction: 2.25 is a quarter into epoch 3.
+    pub epoch: f64,
+    /// Training perplexity over the minibatches since the previous report (or the epoch's start).
+    pub perplexity: f64,
+    /// Perplexity of the held-out text, with validation.
+    pub val_perplexity: Option<f64>,
+    /// Seconds since the previous report (or the epoch's start).
+    pub seconds: f64,
+}
+
 /// Why [`TrainObserver::checkpoint`] is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaveReason {
@@ -272,6 +303,8 @@ pub trait TrainObserver {
     fn minibatch(&mut self, _progress: &Progress<'_>) {}
     /// Called after every epoch.
     fn epoch(&mut self, _report: &EpochReport) {}
+    /// Called at each evaluation inside an epoch (`eval_every`).
+    fn iteration(&mut self, _report: &IterationReport) {}
     /// Called when a checkpoint is due, with the model and everything else needed to resume: save them.
     /// An error stops training.
     fn checkpoint(&mut self, _model: &Network, _state: &TrainState, _why: SaveReason) -> Result<()> {
@@ -494,7 +527,14 @@ pub fn train<'a>(
     let validation = (val, config.eval_context(corpus.len()));
     let mut last_save = Instant::now();
     for epoch in run.position.epoch + 1..=config.epochs {
-        let trained = run.train_epoch(model, corpus, config, (epoch, batches), (started, &mut last_save), observer)?;
+        let trained = run.train_epoch(
+            model,
+            (corpus, validation),
+            config,
+            (epoch, batches),
+            (started, &mut last_save),
+            observer,
+        )?;
         let report = run.finish_epoch(model, vocab, validation, config, &trained)?;
         observer.epoch(&report);
         let reason = checkpoint_reason(config, epoch, trained.stop.is_some(), last_save);
@@ -634,7 +674,7 @@ impl Run {
     fn train_epoch(
         &mut self,
         model: &Network,
-        corpus: Tokens<'_>,
+        (corpus, validation): (Tokens<'_>, (Tokens<'_>, usize)),
         config: &TrainConfig,
         (epoch, batches): (usize, usize),
         (started, last_save): (Instant, &mut Instant),
@@ -653,6 +693,11 @@ impl Run {
         }
         let mut state = self.carried.take().unwrap_or_else(|| model.begin_state(config.batch_size));
         let mut stop = None;
+        // Where the last mid-epoch report stood: the loss sum, the minibatch and the time.
+        let mut mark = match config.eval_every {
+            Some(_) if first > 0 => (self.loss_sum.double_value(&[]), first, Instant::now()),
+            _ => (0.0, first, start),
+        };
         for i in first..batches {
             if config.arch.dropout > 0.0 {
                 tch::manual_seed(minibatch_seed(config.seed, epoch, i));
@@ -693,6 +738,10 @@ impl Run {
             if stop.is_some() {
                 break;
             }
+            if config.eval_every.is_some_and(|n| done.is_multiple_of(n as u64)) && i + 1 < batches {
+                let report = self.evaluate_within(model, validation, config, (epoch, i + 1, batches), &mut mark)?;
+                observer.iteration(&report);
+            }
             // A long epoch is checkpointed as it goes (its end has its own checkpoint).
             if config.checkpoint_every.is_none() && i + 1 < batches && last_save.elapsed() >= config.auto_checkpoint {
                 self.check_finite(epoch)?;
@@ -703,6 +752,42 @@ impl Run {
             }
         }
         Ok(TrainedEpoch { epoch, lr, start, elapsed_before, first, batches, rng, stop })
+    }
+
+    /// A report in the middle of epoch `epoch` after minibatch `minibatch` of `minibatches`: the training
+    /// perplexity since `mark` (which moves here), and with held-out text its perplexity, keeping the
+    /// parameters if they are the best so far.
+    fn evaluate_within(
+        &mut self,
+        model: &Network,
+        (val, context): (Tokens<'_>, usize),
+        config: &TrainConfig,
+        (epoch, minibatch, minibatches): (usize, usize, usize),
+        mark: &mut (f64, usize, Instant),
+    ) -> Result<IterationReport> {
+        let (loss_then, minibatch_then, since) = *mark;
+        let loss_now = self.loss_sum.double_value(&[]);
+        let train_perplexity = perplexity((loss_now - loss_then) / (minibatch - minibatch_then).max(1) as f64);
+        let mut val_perplexity = None;
+        if val.len() >= 2 {
+            let vp = evaluate_sample(model, val, context, config.val_chars)?.perplexity();
+            if self.position.best.as_ref().is_none_or(|b| vp < b.val_perplexity) {
+                self.best_params = Some(model.parameters().iter().map(|p| p.detach().copy()).collect());
+                let minibatch = Some(minibatch);
+                self.position.best =
+                    Some(BestEpoch { epoch, perplexity: train_perplexity, val_perplexity: vp, minibatch });
+            }
+            val_perplexity = Some(vp);
+        }
+        let seconds = since.elapsed().as_secs_f64();
+        *mark = (loss_now, minibatch, Instant::now());
+        Ok(IterationReport {
+            iteration: ((epoch - 1) * minibatches + minibatch) as u64,
+            epoch: (epoch - 1) as f64 + minibatch as f64 / minibatches as f64,
+            perplexity: train_perplexity,
+            val_perplexity,
+            seconds,
+        })
     }
 
     /// Ends an epoch: checks the loss and gradient norms are finite, evaluates `val` in windows of
@@ -727,10 +812,10 @@ impl Run {
         let seconds = t.start.elapsed().as_secs_f64();
         let mut val_perplexity = None;
         if val.len() >= 2 {
-            let vp = evaluate(model, val, context)?.perplexity();
+            let vp = evaluate_sample(model, val, context, config.val_chars)?.perplexity();
             if self.position.best.as_ref().is_none_or(|b| vp < b.val_perplexity) {
                 self.best_params = Some(model.parameters().iter().map(|p| p.detach().copy()).collect());
-                self.position.best = Some(BestEpoch { epoch, perplexity: last, val_perplexity: vp });
+                self.position.best = Some(BestEpoch { epoch, perplexity: last, val_perplexity: vp, minibatch: None });
             }
             val_perplexity = Some(vp);
         }
@@ -760,6 +845,7 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::evaluate;
     use crate::model::{Cell, Init};
     use tch::Device;
 
@@ -874,6 +960,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         reports: Vec<EpochReport>,
+        iterations: Vec<IterationReport>,
         checkpoints: Vec<Checkpoint>,
         /// Ask to stop after this many minibatches in all (counted from this recorder's start).
         stop_after: Option<usize>,
@@ -888,6 +975,9 @@ mod tests {
         }
         fn epoch(&mut self, r: &EpochReport) {
             self.reports.push(r.clone());
+        }
+        fn iteration(&mut self, r: &IterationReport) {
+            self.iterations.push(r.clone());
         }
         fn checkpoint(&mut self, model: &Network, state: &TrainState, why: SaveReason) -> Result<()> {
             let params = model.parameters().iter().map(|p| p.detach().copy()).collect();
@@ -946,6 +1036,40 @@ mod tests {
         let mut rec = Recorder { stop_after, ..Default::default() };
         let result = train(&model, &vocab, train_ids, val_ids, config, None, &mut rec);
         (model, rec, result)
+    }
+
+    #[test]
+    fn evaluations_within_epochs_report_and_keep_the_best() {
+        let (vocab, ids) = corpus();
+        let (train_ids, val_ids) = ids.split_at(300);
+        let config = TrainConfig { eval_every: Some(4), val_chars: Some(40), ..small(16, 3) };
+        let model = Network::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        let mut rec = Recorder::default();
+        let summary = train(&model, &vocab, train_ids, val_ids, &config, None, &mut rec).unwrap();
+        // 19 minibatches per epoch ((300 - 1) / 5 / 3): every 4th of the 57, none of which ends an epoch.
+        let per_epoch = 19;
+        let at: Vec<u64> = rec.iterations.iter().map(|r| r.iteration).collect();
+        assert_eq!(at, (1..=14).map(|k| 4 * k).collect::<Vec<u64>>());
+        for r in &rec.iterations {
+            assert!((r.epoch - r.iteration as f64 / per_epoch as f64).abs() < 1e-12, "{r:?}");
+        }
+        // The best of every evaluation, inside epochs or at their ends, is kept, and its parameters score it.
+        let all = rec
+            .iterations
+            .iter()
+            .filter_map(|r| r.val_perplexity)
+            .chain(rec.reports.iter().filter_map(|r| r.val_perplexity));
+        let lowest = all.fold(f64::INFINITY, f64::min);
+        let best = summary.best.expect("a best evaluation");
+        assert_eq!(best.val_perplexity, lowest);
+        let (_, _, position, tensors) = rec.checkpoints.last().unwrap();
+        let state = TrainState::from_named(position.clone(), copies(tensors), &model, &config).unwrap();
+        let kept = Network::from_tensors(model.config(), state.best.unwrap(), Device::Cpu).unwrap();
+        let context = config.eval_context(train_ids.len());
+        let again = crate::eval::evaluate_sample(&kept, val_ids, context, config.val_chars).unwrap().perplexity();
+        assert!((again - best.val_perplexity).abs() < 1e-9 * again, "{again} vs {best:?}");
+        assert!(TrainConfig { eval_every: Some(0), ..config.clone() }.validate().is_err());
+        assert!(TrainConfig { val_chars: Some(1), ..config }.validate().is_err());
     }
 
     #[test]

@@ -1002,3 +1002,44 @@ fn logs_get_plain_progress_lines() {
         env.command().args(&args).args(["--out", "q", "--quiet"]).env("CHARRNN_PROGRESS_SECS", "0").output().unwrap();
     assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
 }
+
+#[test]
+fn eval_every_prints_iteration_lines_and_keeps_the_best() {
+    let env = Env::new();
+    let r = env.train(&[
+        "--epochs",
+        "2",
+        "--pred-period",
+        "1",
+        "--eval-every",
+        "10",
+        "--val-frac",
+        "0.2",
+        "--val-chars",
+        "60",
+        "--out",
+        "e",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // 446 characters trained ((446 - 1) / 5 / 4 = 22 minibatches per epoch): reports at 10, 20, 30 and 40.
+    let iters: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("iter ")).collect();
+    let prefixes =
+        ["iter 10, epoch 0.45, perplexity ", "iter 20, epoch 0.91, ", "iter 30, epoch 1.36, ", "iter 40, epoch 1.82, "];
+    assert_eq!(iters.len(), 4, "{}", r.stdout);
+    for (line, prefix) in iters.iter().zip(prefixes) {
+        assert!(line.starts_with(prefix) && line.contains(", val perplexity ") && line.ends_with(" sec"), "{line}");
+    }
+    // The model kept is the best of every evaluation, inside the epochs or at their ends.
+    let vals: Vec<f64> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(", val perplexity ").nth(1))
+        .map(|v| v.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(vals.len(), 6, "{}", r.stdout);
+    let lowest = vals.iter().copied().fold(f64::INFINITY, f64::min);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("e/model.json")).unwrap()).unwrap();
+    assert_eq!(format!("{:.6}", json["validation"]["perplexity"].as_f64().unwrap()), format!("{lowest:.6}"));
+    env.fails(&[&env_train_args()[..], &["--eval-every", "0", "--out", "x"]].concat(), "--eval-every");
+    env.fails(&[&env_train_args()[..], &["--val-chars", "1", "--out", "x"]].concat(), "--val-chars");
+}

@@ -258,6 +258,14 @@ pub struct NewRunArgs {
     /// Epochs between reports.
     #[arg(long, default_value_t = textbook().pred_period)]
     pub pred_period: usize,
+    /// Also every N minibatches inside an epoch: score the held-out text, print a report line (iter,
+    /// epoch fraction, perplexity since the last one, val perplexity, time) and keep the best model.
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
+    /// Score at most N held-out characters per evaluation, in pieces spread over the held-out part (keeps
+    /// validation cheap on a big corpus) [default: all of it].
+    #[arg(long, value_name = "N")]
+    pub val_chars: Option<usize>,
     /// Characters predicted per prefix in reports.
     #[arg(long, default_value_t = textbook().pred_len)]
     pub pred_len: usize,
@@ -468,6 +476,8 @@ impl TrainArgs {
                 checkpoint_every: self.checkpoint_every,
                 max_iters: self.max_iters,
                 time_limit: self.time_limit,
+                eval_every: n.eval_every,
+                val_chars: n.val_chars,
                 ..textbook()
             },
         }))
@@ -553,8 +563,8 @@ mod tests {
                 refused += 1;
             }
         }
-        // The 27 flags of a new run, --out to --top-p (so the walk saw them all).
-        assert_eq!(refused, 27);
+        // The 29 flags of a new run, --out to --top-p (so the walk saw them all).
+        assert_eq!(refused, 29);
     }
 
     #[test]

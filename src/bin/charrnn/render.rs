@@ -1,7 +1,8 @@
 //! What `charrnn` shows: the training progress bar and report lines, and the output of predict, eval and
 //! info. Samples and results go to stdout, progress and diagnostics to stderr.
 use charrnn::{
-    Dtype, EpochReport, EvalReport, Info, ModelSummary, PredictOutcome, Progress, RunInfo, TrainObserver, TrainOutcome,
+    Dtype, EpochReport, EvalReport, Info, IterationReport, ModelSummary, PredictOutcome, Progress, RunInfo,
+    TrainObserver, TrainOutcome,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -209,6 +210,18 @@ impl TrainObserver for Reporter {
                 grouped(speed as u64)
             ));
         }
+    }
+
+    fn iteration(&mut self, r: &IterationReport) {
+        if self.quiet {
+            return;
+        }
+        let val = r.val_perplexity.map(|v| format!(", val perplexity {v:.6}")).unwrap_or_default();
+        let text = format!(
+            "iter {}, epoch {:.2}, perplexity {:.6}{val}, time {:.2} sec\n",
+            r.iteration, r.epoch, r.perplexity, r.seconds
+        );
+        self.print(&text);
     }
 
     fn epoch(&mut self, r: &EpochReport) {
