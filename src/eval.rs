@@ -52,7 +52,17 @@ fn positions_per_call(vocab: usize) -> usize {
 /// whole text as one stream. Windows are scored side by side as a batch, a bounded number of positions at a
 /// time, each copied out of `ids` when it is scored (so a memory-mapped corpus is never read whole).
 pub fn evaluate<'a>(model: &Network, ids: impl Into<Tokens<'a>>, context: usize) -> Result<Evaluation> {
-    let ids = ids.into();
+    evaluate_with_progress(model, ids.into(), context, &mut |_, _| {})
+}
+
+/// [`evaluate`], calling `progress(done, total)` with the predictions scored so far after each forward call
+/// (for a progress bar on a long text).
+pub fn evaluate_with_progress(
+    model: &Network,
+    ids: Tokens<'_>,
+    context: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Evaluation> {
     if ids.len() < 2 {
         return Err(Error::config("--corpus", "needs at least 2 characters to evaluate"));
     }
@@ -73,6 +83,7 @@ pub fn evaluate<'a>(model: &Network, ids: impl Into<Tokens<'a>>, context: usize)
     if !n.is_multiple_of(w) {
         windows.push((full * w, 1, n % w));
     }
+    let mut done = 0;
     for (start, rows, len) in windows {
         // Steps t..t + k of the `rows` windows from `start`, shifted by `shift`: Int64 `[rows, k]`.
         let chunk = |t: usize, k: usize, shift: usize| {
@@ -91,6 +102,8 @@ pub fn evaluate<'a>(model: &Network, ids: impl Into<Tokens<'a>>, context: usize)
             h = h_next;
             let ce = cross_entropy(&logits, &step_major(&chunk(t, k, 1))).to_kind(Kind::Double);
             let _ = total.shallow_clone().f_add_(&(ce * (rows * k) as f64))?;
+            done += rows * k;
+            progress(done, n);
         }
     }
     let sum = total.to_device(Device::Cpu).double_value(&[]);
@@ -221,6 +234,20 @@ mod tests {
         let ce = pieces.iter().map(|e| e.cross_entropy * e.predictions as f64).sum::<f64>() / n as f64;
         assert_eq!(sample.predictions, 8 * 19);
         assert!((sample.cross_entropy - ce).abs() < 1e-12, "{} vs {ce}", sample.cross_entropy);
+    }
+
+    #[test]
+    fn progress_counts_every_prediction_once() {
+        let model = Network::new(ModelConfig::rnn(5, 6), 9, Device::Cpu).unwrap();
+        let ids: Vec<i64> = (0..EVAL_POSITIONS * 2 + 17).map(|i| (i * 3 % 5) as i64).collect();
+        for context in [35, usize::MAX] {
+            let mut seen = Vec::new();
+            evaluate_with_progress(&model, (&ids).into(), context, &mut |done, total| seen.push((done, total)))
+                .unwrap();
+            let n = ids.len() - 1;
+            assert!(seen.len() > 1 && seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+            assert_eq!(*seen.last().unwrap(), (n, n));
+        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub use commands::{
 pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
 pub use device::{device_name, load_cuda_backend, prepare_process, set_threads, CudaStatus, DeviceSpec};
 pub use error::{Error, Result};
-pub use eval::{evaluate, evaluate_sample, perplexity, Evaluation};
+pub use eval::{evaluate, evaluate_sample, evaluate_with_progress, perplexity, Evaluation};
 pub use metrics::{read_metrics, MetricsLine, METRICS_FILE};
 pub use model::{cross_entropy, one_hot, step_major, Arch, Backend, Cell, Dtype, Init, ModelConfig, Network, State};
 pub use optim::{LrDecay, Optimizer, OptimizerKind};

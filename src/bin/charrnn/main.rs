@@ -81,7 +81,10 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let report = charrnn::run_eval(&args.job())?;
+    let mut bar = render::EvalProgress::new();
+    let report = charrnn::run_eval(&args.job(), &mut |done, total| bar.update(done, total));
+    bar.finish();
+    let report = report?;
     Ok(render::eval_report(&mut std::io::stdout().lock(), &report, args.json)?)
 }
 

@@ -304,6 +304,40 @@ pub fn predict_outcome(
     Ok(())
 }
 
+/// `eval`'s progress bar, on a terminal only, for texts long enough to need one.
+pub struct EvalProgress {
+    bar: Option<ProgressBar>,
+    tty: bool,
+}
+
+impl EvalProgress {
+    /// No bar yet: one appears at the first update of a text of more than a million predictions.
+    pub fn new() -> Self {
+        EvalProgress { bar: None, tty: std::io::stderr().is_terminal() }
+    }
+
+    /// `done` of `total` predictions scored.
+    pub fn update(&mut self, done: usize, total: usize) {
+        if !self.tty || total < 1_000_000 {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(total as u64);
+            let style = ProgressStyle::with_template("eval [{elapsed_precise}<{eta_precise}] {wide_bar} {percent}%");
+            bar.set_style(style.expect("valid template"));
+            bar
+        });
+        bar.set_position(done as u64);
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// `eval`'s report, as text or one JSON object.
 pub fn eval_report(out: &mut impl Write, r: &EvalReport, json: bool) -> std::io::Result<()> {
     if json {
