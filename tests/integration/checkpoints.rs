@@ -381,6 +381,9 @@ fn limits_stop_cleanly_and_resume_exactly() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("stopped at --time-limit"), "{}", r.stderr);
     assert_eq!(position(&env.path("t")), (0, 1));
+    let rest = env.run(&["train", "--resume", "t", "--device", "cpu"]);
+    assert_eq!(rest.code, 0, "{}", rest.stderr);
+    assert_same_parameters(&env.path("s/last"), &env.path("t/last"));
     // Bad values: usage errors, or one clear line; nothing written.
     for bad in [["--time-limit", "abc"], ["--time-limit", "-1m"], ["--max-iters", "x"]] {
         let r = env.train(&[&["--out", "bad"][..], &bad[..]].concat());
