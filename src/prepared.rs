@@ -206,6 +206,26 @@ pub struct Prepared {
 impl Prepared {
     /// Opens the token file at `path`, checking its magic, version, header, size and every token.
     pub fn open(path: &Path) -> Result<Prepared> {
+        let (file, offset, header, vocab) = Self::read_header(path)?;
+        let prepared = Prepared { file, offset, header, vocab };
+        // Every token must index the vocabulary: checked once here, so that readers can trust them.
+        let max = prepared.tokens().max_chunked();
+        if max.is_some_and(|m| m as usize >= prepared.vocab.len()) {
+            let size = prepared.vocab.len();
+            let reason = format!("a token ({}) is outside its vocabulary of {size}", max.unwrap_or(0));
+            return Err(Error::BadCorpus { path: path.to_path_buf(), reason });
+        }
+        Ok(prepared)
+    }
+
+    /// The header of the token file at `path` (checked as [`Prepared::open`] checks it, but without reading
+    /// the tokens).
+    pub fn header_of(path: &Path) -> Result<PreparedHeader> {
+        Self::read_header(path).map(|(_, _, header, _)| header)
+    }
+
+    /// The open file, where its tokens start, its header and its vocabulary, checked but for the tokens.
+    fn read_header(path: &Path) -> Result<(File, u64, PreparedHeader, Vocabulary)> {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let bad = |reason: String| Error::BadCorpus { path: path.to_path_buf(), reason };
@@ -238,15 +258,7 @@ impl Prepared {
         if width_for(vocab.len()) > header.width {
             return Err(bad(format!("{} characters do not fit tokens of {} bytes", vocab.len(), header.width)));
         }
-        let prepared = Prepared { file, offset, header, vocab };
-        // Every token must index the vocabulary: checked once here, so that readers can trust them.
-        let max = prepared.tokens().max_chunked();
-        if max.is_some_and(|m| m as usize >= prepared.vocab.len()) {
-            let reason =
-                format!("a token ({}) is outside its vocabulary of {}", max.unwrap_or(0), prepared.vocab.len());
-            return Err(bad(reason));
-        }
-        Ok(prepared)
+        Ok((file, offset, header, vocab))
     }
 
     /// The tokens.
@@ -376,8 +388,9 @@ pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepare
     let key = crate::corpus::text_hash(&format!("{}\n{options:?}", names.join("\n")));
     let dir = cache_dir();
     let cached = dir.join(format!("{}.tokens", key.trim_start_matches("fnv1a64:")));
-    if let Ok(prepared) = Prepared::open(&cached) {
-        if prepared.header.sources == sources && prepared.header.options == *options {
+    // The header first: a cache of changed sources is prepared again without reading its tokens.
+    if Prepared::header_of(&cached).is_ok_and(|h| h.sources == sources && h.options == *options) {
+        if let Ok(prepared) = Prepared::open(&cached) {
             return Ok(prepared);
         }
     }
