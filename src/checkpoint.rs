@@ -257,13 +257,36 @@ fn save_into(dir: &Path, params: &[(String, Tensor)], mut file: ModelFile, state
 
 /// Removes what earlier saves left that `model.json` no longer names: old weights and state files, and the
 /// temporary files of saves that a crash cut short. Other files are left alone.
+/// Whether `name` is one that charrnn gives its own files: `weights-e<epoch>-<hex>[-<n>].safetensors` and
+/// `state-…` ([`fresh_name`]), or a temporary `.<name>.<pid>.tmp` ([`write_atomic`]). Nothing else in a model
+/// folder is ever removed (a user's `weights-mine.safetensors` included).
+fn is_own_file(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let saved = name
+        .strip_suffix(".safetensors")
+        .and_then(|n| n.strip_prefix("weights-e").or_else(|| n.strip_prefix("state-e")))
+        .is_some_and(|rest| {
+            let parts: Vec<&str> = rest.split('-').collect();
+            match parts[..] {
+                [epoch, h] => digits(epoch) && hex(h),
+                [epoch, h, n] => digits(epoch) && hex(h) && digits(n),
+                _ => false,
+            }
+        });
+    let temporary = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .and_then(|n| n.rsplit_once('.'))
+        .is_some_and(|(file, pid)| !file.is_empty() && digits(pid));
+    saved || temporary
+}
+
 fn remove_stale_files(dir: &Path, keep: &[String]) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = ((name.starts_with("weights-") || name.starts_with("state-")) && name.ends_with(".safetensors"))
-            || (name.starts_with('.') && name.ends_with(".tmp"));
-        if ours && !keep.contains(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+        if is_own_file(&name) && !keep.contains(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -561,6 +584,40 @@ mod tests {
         });
         let err = refusal(dir.path());
         assert!(err.contains("W_xh is Float [4, 6], expected Float [5, 6]"), "{err}");
+    }
+
+    #[test]
+    fn only_files_named_as_charrnn_names_its_own_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, file) = sample(1);
+        for name in [
+            "weights-mine.safetensors",
+            "weights-e1-beef-x.safetensors",
+            "state.safetensors",
+            "notes.txt",
+            ".hidden.tmp",
+        ] {
+            std::fs::write(dir.path().join(name), b"user data").unwrap();
+        }
+        save(dir.path(), &model, file.clone()).unwrap();
+        let old = read_model_file(dir.path()).unwrap().weights;
+        std::fs::write(dir.path().join(".model.json.1234.tmp"), b"left by a crash").unwrap();
+        save(dir.path(), &model, file).unwrap();
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        let weights = read_model_file(dir.path()).unwrap().weights;
+        let mut expected = vec![
+            ".hidden.tmp",
+            "model.json",
+            "notes.txt",
+            "state.safetensors",
+            "weights-e1-beef-x.safetensors",
+            "weights-mine.safetensors",
+            weights.as_str(),
+        ];
+        expected.sort();
+        assert_eq!(names, expected, "the previous weights ({old}) and the crash's temporary go; nothing else");
     }
 
     #[test]

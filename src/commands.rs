@@ -4,7 +4,8 @@ use crate::corpus::{CorpusOptions, Vocabulary};
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_with_progress, Evaluation};
-use crate::metrics::{append_metrics, read_metrics, trim_metrics, MetricsLine};
+use crate::lock::FolderLock;
+use crate::metrics::{append_metrics, read_metrics, replace_metrics, trim_metrics, MetricsLine};
 use crate::model::Network;
 use crate::plot::{write_perplexity_svg, Curve};
 use crate::predict::{generate, Generate, Generated};
@@ -29,6 +30,9 @@ pub struct TrainJob {
     pub device: DeviceSpec,
     /// CPU threads for libtorch; `None` keeps its default.
     pub threads: Option<usize>,
+    /// Replace what `out` holds (at the first checkpoint; until then the old model stays); without it a
+    /// folder that holds anything is refused.
+    pub force: bool,
     /// Hyperparameters. Empty `prefixes` means: the textbook's ("分开", "不分开") where the corpus has
     /// their characters, else the corpus's first character.
     pub config: TrainConfig,
@@ -102,17 +106,27 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     job.config.validate()?;
     set_threads(job.threads)?;
     let device = job.device.resolve()?;
+    let first = job.corpus.first().ok_or_else(|| Error::config("--corpus", "give at least one file or folder"))?;
+    let out = job.out.clone().unwrap_or_else(|| default_out(first));
+    if out.exists() && !out.is_dir() {
+        return Err(Error::config("--out", format!("{} exists and is not a folder", out.display())));
+    }
+    // Checked under the folder's lock, so that no other run can fill it in between.
+    let lock = FolderLock::acquire(&out)?;
+    let occupied = std::fs::read_dir(&out).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied && !job.force {
+        let reason = format!(
+            "{} already holds files; continue its run with `charrnn train --resume {0}`, replace it with --force, or choose another --out",
+            out.display()
+        );
+        return Err(Error::config("--out", reason));
+    }
     let prepared = load_corpus(&job.corpus, &job.corpus_options)?;
     let vocab = prepared.vocab.clone();
     let ids = prepared.tokens();
     let mut config = job.config.clone();
     if config.prefixes.is_empty() {
         config.prefixes = default_prefixes(&vocab, ids);
-    }
-    let first = job.corpus.first().ok_or_else(|| Error::config("--corpus", "give at least one file or folder"))?;
-    let out = job.out.clone().unwrap_or_else(|| default_out(first));
-    if out.exists() && !out.is_dir() {
-        return Err(Error::config("--out", format!("{} exists and is not a folder", out.display())));
     }
     let val_frac = config.resolved_val_frac(ids.len());
     config.val_frac = Some(val_frac);
@@ -133,7 +147,8 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
         weights_bytes: 0,
         resume: None,
     };
-    fit(Fit { out, model, vocab, corpus: CorpusIds::Mapped(prepared), template, saved: None }, None, observer)
+    let corpus = CorpusIds::Mapped(prepared);
+    fit(Fit { out, model, vocab, corpus, template, saved: None, _lock: lock }, None, observer)
 }
 
 /// Runs `charrnn train --resume`: reads the run's resumable checkpoint, checks the corpus is the same
@@ -141,6 +156,7 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
 pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
     set_threads(job.threads)?;
     let device = job.device.resolve()?;
+    let lock = FolderLock::acquire(&job.dir)?;
     let last = job.dir.join(LAST_DIR);
     if !last.join(checkpoint::MODEL_JSON).exists() {
         let why = "no resumable checkpoint in it (expected last/model.json, which training writes beside the model); pass the folder given to --out, or train again: models saved before checkpoints existed can be used but not resumed";
@@ -183,7 +199,8 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     template.train.validate()?;
     let saved = Some(state.position.epoch);
     trim_metrics(&job.dir, state.position.epoch)?;
-    fit(Fit { out: job.dir.clone(), model: loaded.model, vocab, corpus, template, saved }, Some(&state), observer)
+    let (out, model) = (job.dir.clone(), loaded.model);
+    fit(Fit { out, model, vocab, corpus, template, saved, _lock: lock }, Some(&state), observer)
 }
 
 /// A run ready to train: what [`run_train`] and [`run_resume`] prepare.
@@ -197,6 +214,8 @@ struct Fit {
     template: ModelFile,
     /// Epochs of the last complete checkpoint already on disk, if any.
     saved: Option<usize>,
+    /// The model folder, held for this run.
+    _lock: FolderLock,
 }
 
 fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
@@ -365,8 +384,13 @@ impl TrainObserver for Saver<'_> {
             Some(_) => {}
             None => checkpoint::save_parts(self.out, &params, file.clone(), None)?,
         }
-        // The log of the epochs this checkpoint covers (a resumed run trims what a crash left after it).
-        append_metrics(self.out, &self.pending_metrics)?;
+        // The log of the epochs this checkpoint covers (a resumed run trims what a crash left after it); a new
+        // run's first checkpoint starts it afresh.
+        if self.saved.is_none() {
+            replace_metrics(self.out, &self.pending_metrics)?;
+        } else {
+            append_metrics(self.out, &self.pending_metrics)?;
+        }
         self.pending_metrics.clear();
         if why != SaveReason::Periodic {
             let label = self

@@ -37,6 +37,7 @@ mod corpus;
 mod device;
 mod error;
 mod eval;
+mod lock;
 mod metrics;
 mod model;
 mod optim;

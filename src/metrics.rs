@@ -40,6 +40,13 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsLine>> {
         .collect()
 }
 
+/// Replaces `dir/metrics.jsonl` by `lines` (atomically): a new run's log starts afresh, even in a folder that
+/// held another run's.
+pub(crate) fn replace_metrics(dir: &Path, lines: &[String]) -> Result<()> {
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    checkpoint::write_bytes_atomic(&dir.join(METRICS_FILE), text.as_bytes())
+}
+
 /// Appends `lines` to `dir/metrics.jsonl` and fsyncs it.
 pub(crate) fn append_metrics(dir: &Path, lines: &[String]) -> Result<()> {
     use std::io::Write;

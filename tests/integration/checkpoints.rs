@@ -10,6 +10,7 @@ use tch::Device;
 /// `epochs` is large, so it runs until stopped.
 const LONG_RUN: &[&str] = &[
     "train",
+    "--force",
     "--corpus",
     "lyrics.txt",
     "--cell",
@@ -392,4 +393,38 @@ fn limits_stop_cleanly_and_resume_exactly() {
     }
     env.fails(&[&env_train_args()[..], &["--out", "bad", "--max-iters", "0"]].concat(), "--max-iters");
     assert!(!env.path("bad").exists());
+}
+
+/// Issue 14: charrnn touches only the files it wrote, and one run at a time writes a folder; the lock dies
+/// with its process.
+#[test]
+fn a_folder_has_one_writer_and_foreign_files_survive_a_forced_run() {
+    let env = Env::new();
+    std::fs::create_dir(env.path("mine")).unwrap();
+    env.write("mine/notes.txt", b"my notes");
+    env.write("mine/weights-mine.safetensors", b"not charrnn's");
+    env.write("mine/metrics.jsonl", b"{\"mine\": 1}\n");
+    env.fails(&[&env_train_args()[..], &["--epochs", "2", "--out", "mine"]].concat(), "mine already holds files");
+    let r = env.train(&["--epochs", "2", "--out", "mine", "--force"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(env.path("mine/notes.txt")).unwrap(), b"my notes");
+    assert_eq!(std::fs::read(env.path("mine/weights-mine.safetensors")).unwrap(), b"not charrnn's");
+    let log = std::fs::read_to_string(env.path("mine/metrics.jsonl")).unwrap();
+    let epochs: Vec<usize> =
+        log.lines().map(|l| serde_json::from_str::<charrnn::MetricsLine>(l).unwrap().epoch).collect();
+    assert_eq!(epochs, vec![1, 2], "the new run's log replaces the old one: {log}");
+    checkpoint::load(&env.path("mine"), Device::Cpu).unwrap();
+
+    let child = spawn(&env, LONG_RUN);
+    wait_for(&env.path("m/last/model.json"), Duration::from_secs(30));
+    let holder = format!("process {}", child.id());
+    env.fails(&[&env_train_args()[..], &["--out", "m", "--force"]].concat(), &holder);
+    env.fails(&["train", "--resume", "m", "--device", "cpu"], "being written by another charrnn run");
+    let p = env.run(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3"]);
+    assert_eq!(p.code, 0, "readers are not locked out: {}", p.stderr);
+    signal(&child, "KILL");
+    finish(child);
+    let next = position(&env.path("m")).0 + 1;
+    let r = env.run(&["train", "--resume", "m", "--epochs", &next.to_string(), "--device", "cpu"]);
+    assert_eq!(r.code, 0, "a killed run's folder is usable at once: {}", r.stderr);
 }

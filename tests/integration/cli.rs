@@ -250,7 +250,7 @@ fn consecutive_sampling_and_newlines_are_recorded_and_honoured() {
 fn same_seed_same_model_other_seed_other_model() {
     let env = Env::new();
     let weights = |out: &str, seed: &str| {
-        let r = env.train(&["--epochs", "3", "--out", out, "--seed", seed]);
+        let r = env.train(&["--epochs", "3", "--out", out, "--seed", seed, "--force"]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         let files = model_files(&env.path(out));
         std::fs::read(env.path(out).join(&files[1])).unwrap()
@@ -417,10 +417,19 @@ fn missing_and_damaged_models_are_refused() {
 }
 
 #[test]
-fn retraining_replaces_the_model_whole() {
+fn retraining_needs_force_and_then_replaces_the_model_whole() {
     let env = Env::new();
     assert_eq!(env.train(&["--epochs", "1", "--out", "m"]).code, 0);
-    assert_eq!(env.train(&["--epochs", "2", "--out", "m", "--hidden", "16"]).code, 0);
+    // Issue 14: a folder that holds a model is not replaced by surprise; the error names the three ways on.
+    let before = std::fs::read(env.path("m/model.json")).unwrap();
+    let r = env.fails(&[&env_train_args()[..], &["--epochs", "2", "--out", "m"]].concat(), "m already holds files");
+    assert!(
+        r.stderr.contains("--resume m") && r.stderr.contains("--force") && r.stderr.contains("another --out"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(env.path("m/model.json")).unwrap(), before);
+    assert_eq!(env.train(&["--epochs", "2", "--out", "m", "--hidden", "16", "--force"]).code, 0);
     let files = model_files(&env.path("m"));
     assert_eq!(files.len(), 2, "old weights must be gone: {files:?}");
     let loaded = charrnn::checkpoint::load(&env.path("m"), tch::Device::Cpu).unwrap();

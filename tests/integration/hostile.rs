@@ -164,6 +164,7 @@ fn model_copy() -> tempfile::TempDir {
             corpus: vec![corpus],
             corpus_options: CorpusOptions::default(),
             out: Some(dir.path().join("m")),
+            force: false,
             device: charrnn::DeviceSpec::Cpu,
             threads: None,
             config,

@@ -191,9 +191,14 @@ const DRAW: &str = "draw";
 #[derive(Args)]
 #[group(id = NEW_RUN, multiple = true)]
 pub struct NewRunArgs {
-    /// Model folder to write [default: runs/<corpus file stem>].
+    /// Model folder to write [default: runs/<corpus file stem>]; one that holds anything is refused
+    /// without --force.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Replace what --out holds: the old model stays until this run's first checkpoint replaces it, and
+    /// only files that charrnn wrote are removed.
+    #[arg(long)]
+    pub force: bool,
     /// Hidden units.
     #[arg(long, default_value_t = textbook().arch.hidden)]
     pub hidden: usize,
@@ -446,6 +451,7 @@ impl TrainArgs {
             corpus,
             corpus_options: CorpusOptions { keep_newlines: n.keep_newlines, limit_chars: n.limit_chars },
             out: n.out,
+            force: n.force,
             device,
             threads,
             config: TrainConfig {
@@ -563,8 +569,8 @@ mod tests {
                 refused += 1;
             }
         }
-        // The 29 flags of a new run, --out to --top-p (so the walk saw them all).
-        assert_eq!(refused, 29);
+        // The 30 flags of a new run, --out to --top-p (so the walk saw them all).
+        assert_eq!(refused, 30);
     }
 
     #[test]
