@@ -7,6 +7,7 @@ use crate::eval::{evaluate_with_progress, Evaluation};
 use crate::lock::FolderLock;
 use crate::metrics::{append_metrics, read_metrics, replace_metrics, trim_metrics, MetricsLine};
 use crate::model::Network;
+use crate::optim::LrDecay;
 use crate::plot::{write_perplexity_svg, Curve};
 use crate::predict::{generate, Generate, Generated};
 use crate::prepared::{load_corpus, CorpusIds};
@@ -96,6 +97,14 @@ pub struct ResumeJob {
     pub max_iters: Option<u64>,
     /// Stop after this long (see [`TrainConfig::time_limit`]).
     pub time_limit: Option<std::time::Duration>,
+    /// A new learning rate from here on; `None` keeps the run's.
+    pub lr: Option<f64>,
+    /// A new decay factor and period (either may be `None`: kept); `None` keeps both.
+    pub lr_decay: Option<(Option<f64>, Option<usize>)>,
+    /// New report prefixes; empty keeps the run's.
+    pub prefixes: Vec<String>,
+    /// A new report period; `None` keeps the run's.
+    pub pred_period: Option<usize>,
 }
 
 /// Runs `charrnn train`: checks everything ([`train`] checks the corpus length and prefixes before its
@@ -148,7 +157,7 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
         resume: None,
     };
     let corpus = CorpusIds::Mapped(prepared);
-    fit(Fit { out, model, vocab, corpus, template, saved: None, _lock: lock }, None, observer)
+    fit(Fit { out, model, vocab, corpus, template, saved: None, notes: Vec::new(), _lock: lock }, None, observer)
 }
 
 /// Runs `charrnn train --resume`: reads the run's resumable checkpoint, checks the corpus is the same
@@ -196,11 +205,32 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
         template.train.checkpoint_every = job.checkpoint_every;
     }
     (template.train.max_iters, template.train.time_limit) = (job.max_iters, job.time_limit);
+    let t = &mut template.train;
+    let schedule_before = (t.lr, t.lr_decay);
+    t.lr = job.lr.unwrap_or(t.lr);
+    if let Some((factor, every)) = job.lr_decay {
+        t.lr_decay = LrDecay { factor: factor.unwrap_or(t.lr_decay.factor), every: every.unwrap_or(t.lr_decay.every) };
+    }
+    if !job.prefixes.is_empty() {
+        t.prefixes = job.prefixes.clone();
+    }
+    t.pred_period = job.pred_period.unwrap_or(t.pred_period);
+    let mut notes = Vec::new();
+    if (t.lr, t.lr_decay) != schedule_before {
+        let (from, to) = (
+            schedule_before.1.lr_at(schedule_before.0, state.position.epoch + 1),
+            t.lr_decay.lr_at(t.lr, state.position.epoch + 1),
+        );
+        notes.push(format!(
+            "the learning rate of epoch {} changes from {from} to {to}: the continuation differs from an uninterrupted run",
+            state.position.epoch + 1
+        ));
+    }
     template.train.validate()?;
     let saved = Some(state.position.epoch);
     trim_metrics(&job.dir, state.position.epoch)?;
     let (out, model) = (job.dir.clone(), loaded.model);
-    fit(Fit { out, model, vocab, corpus, template, saved, _lock: lock }, Some(&state), observer)
+    fit(Fit { out, model, vocab, corpus, template, saved, notes, _lock: lock }, Some(&state), observer)
 }
 
 /// A run ready to train: what [`run_train`] and [`run_resume`] prepare.
@@ -214,6 +244,8 @@ struct Fit {
     template: ModelFile,
     /// Epochs of the last complete checkpoint already on disk, if any.
     saved: Option<usize>,
+    /// What the user should know about the run (a resumed run's changed learning rate).
+    notes: Vec<String>,
     /// The model folder, held for this run.
     _lock: FolderLock,
 }
@@ -263,7 +295,7 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
         }
         Err(e) => return Err(e),
     };
-    let mut warnings = Vec::new();
+    let mut warnings = run.notes.clone();
     if !recorded {
         warnings.push(format!(
             "could not record {} as the last model; pass --model to predict and eval",

@@ -19,7 +19,10 @@ fn lock_path(dir: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+    // Absolute even when the folder (or its parent) does not exist yet: two runs into `runs/x` from different
+    // working folders are different folders.
+    let parent =
+        std::fs::canonicalize(parent).or_else(|_| std::path::absolute(parent)).unwrap_or_else(|_| parent.to_path_buf());
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let key = crate::corpus::text_hash(&parent.join(name).display().to_string());
     std::env::temp_dir().join("charrnn-locks").join(format!("{}.lock", &key[8..]))
@@ -77,8 +80,10 @@ mod tests {
             err.contains("being written by another charrnn run") && err.contains(&std::process::id().to_string()),
             "{err}"
         );
-        // Another folder is free, and the folder is free again once the lock is dropped.
+        // Another folder is free, so is a folder of the same relative name elsewhere, and the folder is free
+        // again once the lock is dropped.
         FolderLock::acquire(&dir.path().join("other")).unwrap();
+        assert_ne!(lock_path(Path::new("runs/x")), lock_path(&dir.path().join("runs/x")));
         drop(first);
         FolderLock::acquire(&out).unwrap();
     }

@@ -428,3 +428,41 @@ fn a_folder_has_one_writer_and_foreign_files_survive_a_forced_run() {
     let r = env.run(&["train", "--resume", "m", "--epochs", &next.to_string(), "--device", "cpu"]);
     assert_eq!(r.code, 0, "a killed run's folder is usable at once: {}", r.stderr);
 }
+
+/// Issue 14 (part): `--resume` may change the learning-rate schedule (and says the continuation differs) and
+/// the reports (which leave it exact).
+#[test]
+fn resume_may_change_the_learning_rate_and_the_reports() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "4", "--out", "s"]).code, 0);
+    assert_eq!(env.train(&["--epochs", "2", "--out", "r"]).code, 0);
+    // Reports only: the same parameters as the straight run, and the new prefix in the report lines.
+    let r = env.run(&[
+        "train",
+        "--resume",
+        "r",
+        "--epochs",
+        "4",
+        "--pred-period",
+        "1",
+        "--prefix",
+        "不知",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.lines().filter(|l| l.starts_with(" - 不知")).count(), 2, "{}", r.stdout);
+    assert!(!r.stderr.contains("learning rate"), "{}", r.stderr);
+    assert_same_parameters(&env.path("s/last"), &env.path("r/last"));
+    // A new rate from epoch 5 on: said on stderr, recorded, and in the log from the epoch it applies to.
+    let r = env.run(&["train", "--resume", "r", "--epochs", "6", "--lr", "0.5", "--device", "cpu"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("the learning rate of epoch 5 changes from 1 to 0.5"), "{}", r.stderr);
+    let log = std::fs::read_to_string(env.path("r/metrics.jsonl")).unwrap();
+    let rates: Vec<f64> =
+        log.lines().map(|l| serde_json::from_str::<charrnn::MetricsLine>(l).unwrap().learning_rate).collect();
+    assert_eq!(rates, vec![1.0, 1.0, 1.0, 1.0, 0.5, 0.5]);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("r/model.json")).unwrap()).unwrap();
+    assert_eq!(json["train"]["lr"], 0.5);
+    env.fails(&["train", "--resume", "r", "--epochs", "7", "--lr", "-1", "--device", "cpu"], "--lr");
+}
