@@ -13,7 +13,9 @@ use crate::predict::{generate, Generate, Generated};
 use crate::prepared::{load_corpus, CorpusIds};
 use crate::resume::TrainState;
 use crate::tokens::Tokens;
-use crate::train::{train, EpochReport, IterationReport, Progress, RunInfo, SaveReason, TrainConfig, TrainObserver};
+use crate::train::{
+    train, EpochReport, IterationReport, Progress, RollbackReport, RunInfo, SaveReason, TrainConfig, TrainObserver,
+};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -379,6 +381,10 @@ impl TrainObserver for Saver<'_> {
 
     fn iteration(&mut self, report: &IterationReport) {
         self.inner.iteration(report);
+    }
+
+    fn rollback(&mut self, report: &RollbackReport) {
+        self.inner.rollback(report);
     }
 
     fn begin(&mut self, info: &RunInfo) {

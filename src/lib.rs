@@ -75,12 +75,12 @@ pub use resume::{BestEpoch, Moments, Position, TrainState};
 pub use rng::{Rng, Stream};
 pub use tokens::Tokens;
 pub use train::{
-    carry_state, clip_factor, train, train_step, EpochReport, IterationReport, Progress, RunInfo, SaveReason,
-    StepOutput, TrainConfig, TrainObserver, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC,
+    carry_state, clip_factor, train, train_step, EpochReport, IterationReport, OnDiverge, Progress, RollbackReport,
+    RunInfo, SaveReason, StepOutput, TrainConfig, TrainObserver, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC,
     DEFAULT_VAL_MIN_CHARS,
 };
 
-display_as_value_enum!(Cell, Init, Backend, OptimizerKind, Dtype, BatchOrder, UnknownChars);
+display_as_value_enum!(Cell, Init, Backend, OptimizerKind, Dtype, BatchOrder, UnknownChars, OnDiverge);
 
 #[cfg(test)]
 mod tests {

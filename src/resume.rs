@@ -44,6 +44,16 @@ pub struct Position {
     /// Seconds spent training (minibatches only) since the run began, across resumes.
     #[serde(default)]
     pub elapsed: f64,
+    /// The factor on the learning rate left by rollbacks after divergence (1 without any).
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    /// Rollbacks after divergence so far.
+    #[serde(default)]
+    pub rollbacks: usize,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Adam's first and second moments, one of each per parameter (in saved order).
@@ -83,6 +93,19 @@ const CARRY_H: &str = "carry.h";
 const CARRY_C: &str = "carry.c";
 
 impl TrainState {
+    /// A copy that owns its tensors (a snapshot that later training leaves alone).
+    pub fn copy(&self) -> TrainState {
+        let copies = |ts: &[Tensor]| ts.iter().map(Tensor::copy).collect::<Vec<_>>();
+        TrainState {
+            position: self.position.clone(),
+            loss_sum: self.loss_sum.copy(),
+            grad_norm_sum: self.grad_norm_sum.copy(),
+            adam: self.adam.as_ref().map(|a| Moments { m: copies(&a.m), v: copies(&a.v) }),
+            best: self.best.as_deref().map(copies),
+            carry: self.carry.as_ref().map(|c| State { h: c.h.copy(), c: c.c.as_ref().map(Tensor::copy) }),
+        }
+    }
+
     /// The tensors by name, for the state file (`names`: the model's parameter names, in saved order):
     /// `loss_sum`, `grad_norm_sum`, `adam.m.<param>`, `adam.v.<param>`, `best.<param>`, `carry.h`, `carry.c`.
     pub fn to_named(&self, names: &[String]) -> Vec<(String, Tensor)> {
@@ -186,6 +209,8 @@ mod tests {
             val_perplexity: Some(3.5),
             best: Some(best),
             elapsed: 1.5,
+            lr_scale: 0.25,
+            rollbacks: 2,
         };
         let fresh = model.begin_state(3);
         let state = TrainState {

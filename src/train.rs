@@ -78,9 +78,38 @@ pub struct TrainConfig {
     /// ([`crate::evaluate_sample`]); `None`: all of it.
     #[serde(default)]
     pub val_chars: Option<usize>,
+    /// What a non-finite loss or gradient norm does: stop (keeping the last checkpoint), or roll back.
+    #[serde(default)]
+    pub on_diverge: OnDiverge,
+    /// With rollback, the factor on the learning rate after each rollback, in (0, 1).
+    #[serde(default = "half")]
+    pub rollback_lr_factor: f64,
+    /// With rollback, how many rollbacks a run may make before it stops as without.
+    #[serde(default = "three")]
+    pub max_rollbacks: usize,
     /// With `checkpoint_every: None`, the least time between two checkpoints. Not saved.
     #[serde(skip, default = "auto_checkpoint")]
     pub auto_checkpoint: std::time::Duration,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+fn three() -> usize {
+    3
+}
+
+/// What training does when the loss or the gradient norm stops being finite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDiverge {
+    /// Stop with [`Error::Diverged`]; the last checkpoint stays as it was.
+    #[default]
+    Stop,
+    /// Go back to the parameters and optimizer state at the end of the last good epoch (kept in memory),
+    /// multiply the learning rate by `rollback_lr_factor` and carry on, at most `max_rollbacks` times.
+    Rollback,
 }
 
 fn auto_checkpoint() -> std::time::Duration {
@@ -120,6 +149,9 @@ impl Default for TrainConfig {
             time_limit: None,
             eval_every: None,
             val_chars: None,
+            on_diverge: OnDiverge::Stop,
+            rollback_lr_factor: half(),
+            max_rollbacks: three(),
             auto_checkpoint: auto_checkpoint(),
         }
     }
@@ -163,6 +195,10 @@ impl TrainConfig {
             }
         }
         self.sampler.validate()?;
+        if !(self.rollback_lr_factor > 0.0 && self.rollback_lr_factor < 1.0) {
+            let reason = format!("must be above 0 and below 1, got {}", self.rollback_lr_factor);
+            return Err(Error::config("--rollback-lr-factor", reason));
+        }
         if self.eval_every == Some(0) {
             return Err(Error::config("--eval-every", "must be at least 1"));
         }
@@ -260,6 +296,23 @@ pub struct IterationReport {
     pub seconds: f64,
 }
 
+/// A rollback after divergence (see [`OnDiverge::Rollback`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollbackReport {
+    /// The epoch that diverged.
+    pub diverged_in: usize,
+    /// What stopped being finite.
+    pub what: String,
+    /// Epochs completed by the state gone back to.
+    pub back_to: usize,
+    /// The learning rate from here on.
+    pub lr: f64,
+    /// Which rollback this is, from 1, and how many are allowed.
+    pub rollback: usize,
+    /// The most rollbacks allowed.
+    pub max: usize,
+}
+
 /// Why [`TrainObserver::checkpoint`] is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaveReason {
@@ -305,6 +358,8 @@ pub trait TrainObserver {
     fn epoch(&mut self, _report: &EpochReport) {}
     /// Called at each evaluation inside an epoch (`eval_every`).
     fn iteration(&mut self, _report: &IterationReport) {}
+    /// Called when training diverged and went back to the last good epoch (`on_diverge: Rollback`).
+    fn rollback(&mut self, _report: &RollbackReport) {}
     /// Called when a checkpoint is due, with the model and everything else needed to resume: save them.
     /// An error stops training.
     fn checkpoint(&mut self, _model: &Network, _state: &TrainState, _why: SaveReason) -> Result<()> {
@@ -435,6 +490,8 @@ impl Run {
                 val_perplexity: None,
                 best: None,
                 elapsed: 0.0,
+                lr_scale: 1.0,
+                rollbacks: 0,
             },
             optimizer: Optimizer::new(config.optimizer, model, config.lr)?,
             loss_sum: zero(),
@@ -526,17 +583,43 @@ pub fn train<'a>(
     // Validation reads the held-out text as evaluation reads text: in windows of the training context.
     let validation = (val, config.eval_context(corpus.len()));
     let mut last_save = Instant::now();
-    for epoch in run.position.epoch + 1..=config.epochs {
-        let trained = run.train_epoch(
-            model,
-            (corpus, validation),
-            config,
-            (epoch, batches),
-            (started, &mut last_save),
-            observer,
-        )?;
-        let report = run.finish_epoch(model, vocab, validation, config, &trained)?;
+    // With rollback: the parameters and state at the end of the last good epoch.
+    let mut good = (config.on_diverge == OnDiverge::Rollback)
+        .then(|| (model.parameters().iter().map(|p| p.detach().copy()).collect::<Vec<_>>(), run.snapshot(None).copy()));
+    while run.position.epoch < config.epochs {
+        let epoch = run.position.epoch + 1;
+        let trained = run
+            .train_epoch(model, (corpus, validation), config, (epoch, batches), (started, &mut last_save), observer)
+            .and_then(|trained| Ok((run.finish_epoch(model, vocab, validation, config, &trained)?, trained)));
+        let (report, trained) = match (trained, &good) {
+            (Err(Error::Diverged { epoch, what, kept }), Some((params, state))) => {
+                if run.position.rollbacks >= config.max_rollbacks {
+                    return Err(Error::Diverged { epoch, what, kept });
+                }
+                let mut state = state.copy();
+                state.position.lr_scale = run.position.lr_scale * config.rollback_lr_factor;
+                state.position.rollbacks = run.position.rollbacks + 1;
+                state.position.elapsed = run.position.elapsed;
+                model.set_parameters(params)?;
+                run = Run::resume(model, config, &state)?;
+                let lr = config.lr_decay.lr_at(config.lr, state.position.epoch + 1) * state.position.lr_scale;
+                observer.rollback(&RollbackReport {
+                    diverged_in: epoch,
+                    what,
+                    back_to: state.position.epoch,
+                    lr,
+                    rollback: state.position.rollbacks,
+                    max: config.max_rollbacks,
+                });
+                continue;
+            }
+            (result, _) => result?,
+        };
         observer.epoch(&report);
+        if let Some((params, state)) = &mut good {
+            *params = model.parameters().iter().map(|p| p.detach().copy()).collect();
+            *state = run.snapshot(None).copy();
+        }
         let reason = checkpoint_reason(config, epoch, trained.stop.is_some(), last_save);
         if let Some(why) = reason {
             observer.checkpoint(model, &run.snapshot(None), why)?;
@@ -681,7 +764,7 @@ impl Run {
         observer: &mut dyn TrainObserver,
     ) -> Result<TrainedEpoch> {
         let start = Instant::now();
-        let lr = config.lr_decay.lr_at(config.lr, epoch);
+        let lr = config.lr_decay.lr_at(config.lr, epoch) * self.position.lr_scale;
         self.optimizer.set_lr(lr);
         let mut rng = Rng::new(self.position.shuffle_rng);
         let plan = config.batch_order.plan(corpus.len(), config.batch_size, config.steps, &mut rng)?;
@@ -1267,6 +1350,57 @@ mod tests {
         let err = train(&model, &vocab, &ids, &[], &wild, None, &mut rec).unwrap_err();
         assert!(matches!(err, Error::Diverged { epoch: 1, .. }), "{err:?}");
         assert!(rec.checkpoints.is_empty());
+    }
+
+    #[test]
+    fn rollback_recovers_from_divergence_with_a_lower_rate_and_resumes_exactly() {
+        let config = TrainConfig { checkpoint_every: Some(1), on_diverge: OnDiverge::Rollback, ..small(12, 6) };
+        let (vocab, ids) = corpus();
+        // NaN weights after epoch 2's checkpoint: epoch 3 diverges, goes back to the end of epoch 2 (kept in
+        // memory, not the poisoned weights) with half the rate, and the run finishes.
+        let model = Network::new(config.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        #[derive(Default)]
+        struct Rollbacks(Recorder, Vec<RollbackReport>);
+        impl TrainObserver for Rollbacks {
+            fn epoch(&mut self, r: &EpochReport) {
+                self.0.epoch(r);
+            }
+            fn checkpoint(&mut self, model: &Network, state: &TrainState, why: SaveReason) -> Result<()> {
+                self.0.checkpoint(model, state, why)
+            }
+            fn rollback(&mut self, r: &RollbackReport) {
+                self.1.push(r.clone());
+            }
+        }
+        let mut rec = Rollbacks(Recorder { poison_after: Some(2), ..Default::default() }, Vec::new());
+        let summary = train(&model, &vocab, &ids, &[], &config, None, &mut rec).unwrap();
+        assert_eq!(summary.epochs, 6);
+        assert_eq!(rec.1.len(), 1, "{:?}", rec.1);
+        let r = &rec.1[0];
+        assert_eq!((r.diverged_in, r.back_to, r.lr, r.rollback, r.max), (3, 2, 0.5, 1, 3));
+        let lrs: Vec<(usize, f64)> = rec.0.reports.iter().map(|r| (r.epoch, r.lr)).collect();
+        assert_eq!(lrs, vec![(1, 1.0), (2, 1.0), (3, 0.5), (4, 0.5), (5, 0.5), (6, 0.5)]);
+        assert!(summary.perplexity.is_finite());
+        // Resuming from epoch 4's checkpoint (after the rollback) ends where the run did.
+        let (_, params, position, tensors) = &rec.0.checkpoints[3];
+        assert_eq!((position.epoch, position.lr_scale, position.rollbacks), (4, 0.5, 1));
+        let resumed =
+            Network::from_tensors(model.config(), params.iter().map(Tensor::copy).collect(), Device::Cpu).unwrap();
+        let state = TrainState::from_named(position.clone(), copies(tensors), &resumed, &config).unwrap();
+        train(&resumed, &vocab, &ids, &[], &config, Some(&state), &mut Recorder::default()).unwrap();
+        for (a, b) in model.parameters().iter().zip(resumed.parameters()) {
+            assert!(a.equal(b), "resume after a rollback is exact");
+        }
+        // A rate that always diverges rolls back at most max_rollbacks times, then stops as without rollback.
+        let wild = TrainConfig { lr: 1e30, clip: 1e30, max_rollbacks: 2, ..config.clone() };
+        let model = Network::new(wild.model_config(vocab.len()), 0, Device::Cpu).unwrap();
+        let mut rec = Rollbacks::default();
+        let err = train(&model, &vocab, &ids, &[], &wild, None, &mut rec).unwrap_err();
+        assert!(matches!(err, Error::Diverged { epoch: 1, .. }), "{err:?}");
+        assert_eq!(rec.1.iter().map(|r| r.rollback).collect::<Vec<_>>(), vec![1, 2]);
+        for factor in [0.0, 1.0, -0.5] {
+            assert!(TrainConfig { rollback_lr_factor: factor, ..config.clone() }.validate().is_err(), "{factor}");
+        }
     }
 
     #[test]

@@ -466,3 +466,34 @@ fn resume_may_change_the_learning_rate_and_the_reports() {
     assert_eq!(json["train"]["lr"], 0.5);
     env.fails(&["train", "--resume", "r", "--epochs", "7", "--lr", "-1", "--device", "cpu"], "--lr");
 }
+
+/// Issue 14 (part): `--on-diverge rollback` says what it did on stderr, and stops as without it past
+/// `--max-rollbacks`.
+#[test]
+fn rollback_is_announced_and_bounded() {
+    let env = Env::new();
+    let args = [
+        &env_train_args()[..],
+        &["--lr", "1e30", "--clip", "1e30", "--on-diverge", "rollback", "--max-rollbacks", "1", "--out", "w"],
+    ]
+    .concat();
+    let r = env.run(&args);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "rolled back to the end of epoch 0 with learning rate 500000000000000000000000000000 (rollback 1 of 1)"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.lines().last().unwrap().starts_with("error: ") && r.stderr.contains("diverged in epoch 1"),
+        "{}",
+        r.stderr
+    );
+    env.fails(
+        &[&env_train_args()[..], &["--on-diverge", "rollback", "--rollback-lr-factor", "1", "--out", "w"]].concat(),
+        "--rollback-lr-factor",
+    );
+    assert_eq!(env.run(&["train", "--resume", "w", "--on-diverge", "stop"]).code, 2, "a run keeps its own policy");
+}

@@ -1,8 +1,8 @@
 //! The command line's schema (clap), and its conversion into the library's jobs. Defaults are read from
 //! the library (`TrainConfig::default()`, `OptimizerKind::default_lr`, ...), never written here.
 use charrnn::{
-    Arch, Backend, BatchOrder, Cell, CorpusOptions, DeviceSpec, Dtype, EvalJob, Generate, Init, LrDecay, OptimizerKind,
-    PredictJob, ResumeJob, Sampler, TrainConfig, TrainJob, UnknownChars,
+    Arch, Backend, BatchOrder, Cell, CorpusOptions, DeviceSpec, Dtype, EvalJob, Generate, Init, LrDecay, OnDiverge,
+    OptimizerKind, PredictJob, ResumeJob, Sampler, TrainConfig, TrainJob, UnknownChars,
 };
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -280,6 +280,16 @@ pub struct NewRunArgs {
     /// validation cheap on a big corpus) [default: all of it].
     #[arg(long, value_name = "N")]
     pub val_chars: Option<usize>,
+    /// When the loss or gradient norm stops being finite: stop (keeping the last checkpoint), or rollback
+    /// (go back to the last good epoch with a lower learning rate and carry on).
+    #[arg(long, value_enum, default_value_t = textbook().on_diverge)]
+    pub on_diverge: OnDiverge,
+    /// With --on-diverge rollback: multiply the learning rate by F at each rollback, 0 < F < 1.
+    #[arg(long, value_name = "F", default_value_t = textbook().rollback_lr_factor, allow_negative_numbers = true)]
+    pub rollback_lr_factor: f64,
+    /// With --on-diverge rollback: stop as without it after N rollbacks.
+    #[arg(long, value_name = "N", default_value_t = textbook().max_rollbacks)]
+    pub max_rollbacks: usize,
     /// Characters predicted per prefix in reports.
     #[arg(long, default_value_t = textbook().pred_len)]
     pub pred_len: usize,
@@ -503,6 +513,9 @@ impl TrainArgs {
                 time_limit: self.time_limit,
                 eval_every: n.eval_every,
                 val_chars: n.val_chars,
+                on_diverge: n.on_diverge,
+                rollback_lr_factor: n.rollback_lr_factor,
+                max_rollbacks: n.max_rollbacks,
                 ..textbook()
             },
         }))
@@ -602,8 +615,8 @@ mod tests {
                 refused += 1;
             }
         }
-        // The 25 flags of a new run, --out to --top-p (so the walk saw them all).
-        assert_eq!(refused, 25);
+        // The 28 flags of a new run, --out to --top-p (so the walk saw them all).
+        assert_eq!(refused, 28);
     }
 
     #[test]

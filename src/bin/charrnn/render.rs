@@ -1,8 +1,8 @@
 //! What `charrnn` shows: the training progress bar and report lines, and the output of predict, eval and
 //! info. Samples and results go to stdout, progress and diagnostics to stderr.
 use charrnn::{
-    Dtype, EpochReport, EvalReport, Info, IterationReport, ModelSummary, PredictOutcome, Progress, RunInfo,
-    TrainObserver, TrainOutcome,
+    Dtype, EpochReport, EvalReport, Info, IterationReport, ModelSummary, PredictOutcome, Progress, RollbackReport,
+    RunInfo, TrainObserver, TrainOutcome,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -209,6 +209,17 @@ impl TrainObserver for Reporter {
                 p.running_perplexity(),
                 grouped(speed as u64)
             ));
+        }
+    }
+
+    fn rollback(&mut self, r: &RollbackReport) {
+        let line = format!(
+            "diverged in epoch {} ({} is not finite); rolled back to the end of epoch {} with learning rate {} (rollback {} of {})",
+            r.diverged_in, r.what, r.back_to, r.lr, r.rollback, r.max
+        );
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
         }
     }
 
