@@ -497,3 +497,26 @@ fn rollback_is_announced_and_bounded() {
     );
     assert_eq!(env.run(&["train", "--resume", "w", "--on-diverge", "stop"]).code, 2, "a run keeps its own policy");
 }
+
+/// Issue 14 (part): a forced run into a folder that holds a model, killed at any moment of its first
+/// checkpoints, leaves a model that loads (the old one or the new one, whole).
+#[test]
+fn a_forced_run_killed_during_its_first_checkpoint_leaves_a_loadable_model() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--epochs", "1", "--out", "m"]).code, 0);
+    let pointer = env.path("m/model.json");
+    for (i, delay) in [0u64, 2, 5, 9, 14, 20, 40].into_iter().enumerate() {
+        let before = modified(&pointer);
+        let child = spawn(&env, LONG_RUN);
+        // Until the forced run's first save begins (or a little after), then kill it.
+        let start = Instant::now();
+        while modified(&pointer) == before && start.elapsed() < Duration::from_millis(delay * 20) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(delay));
+        signal(&child, "KILL");
+        finish(child);
+        let loaded = checkpoint::load(&env.path("m"), Device::Cpu);
+        assert!(loaded.is_ok(), "kill {i}: the model does not load: {}", loaded.err().unwrap());
+    }
+}
