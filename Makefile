@@ -10,11 +10,12 @@ build:
 	bash scripts/setup.sh --build-only
 	cargo build --release
 
-# Trains the textbook model (first 10,000 characters, textbook hyperparameters) on the bundled corpus,
+# Trains the textbook model (first 10,000 characters, textbook hyperparameters) on the bundled corpus
+# (replacing runs/demo, so that it can be run again),
 # then predicts and evaluates.
 demo: build
 	$(CHARRNN) info
-	$(CHARRNN) train --corpus data/yuanqu.txt --limit-chars 10000 --out runs/demo
+	$(CHARRNN) train --corpus data/yuanqu.txt --limit-chars 10000 --out runs/demo --force
 	$(CHARRNN) predict --model runs/demo --prefix 分开 --num-chars 20
 	$(CHARRNN) eval --model runs/demo
 

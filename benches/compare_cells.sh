@@ -29,7 +29,7 @@ echo "($train_chars characters trained per epoch)"
 per_epoch=$(( (train_chars - 1) / 35 / 32 * 32 * 35 ))
 
 run() { # prints: best validation perplexity, its epoch, characters per second
-    ./target/release/charrnn train "${common[@]}" "$@" --out "$tmp/m" 2>/dev/null |
+    ./target/release/charrnn train "${common[@]}" "$@" --out "$tmp/m" --force 2>/dev/null |
         awk -v chars="$per_epoch" '/^epoch/ {
             split($0, a, "val perplexity "); split(a[2], v, ","); split($0, t, "time "); split(t[2], s, " ");
             n++; secs += s[1]; if (best == "" || v[1] + 0 < best) { best = v[1] + 0; at = n } }

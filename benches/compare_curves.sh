@@ -15,7 +15,7 @@ trap 'rm -rf "$tmp"' EXIT
 declare -A textbook=([random]="70.0 9.73 2.86 1.60 1.30" [consecutive]="59.5 6.80 2.06 1.30 1.16")
 for sampling in random consecutive; do
     ./target/release/charrnn train --corpus "$corpus" --limit-chars 10000 --sampling "$sampling" --epochs "$epochs" \
-        --dtype "$dtype" --out "$tmp/m" >"$tmp/charrnn.txt" 2>/dev/null
+        --dtype "$dtype" --out "$tmp/m" --force >"$tmp/charrnn.txt" 2>/dev/null
     .venv/bin/python benches/reference_textbook.py --corpus "$corpus" --limit-chars 10000 --sampling "$sampling" \
         --epochs "$epochs" >"$tmp/pytorch.txt"
     echo "$sampling sampling on $corpus (first 10000 characters), charrnn --dtype $dtype"

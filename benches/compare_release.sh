@@ -12,7 +12,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/charrnn-release.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export CHARRNN_CACHE="$work/cache"
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
-run() {
+run() { # a fresh folder each time: an older binary may not know --force
+    rm -rf "$work/m"
     /usr/bin/time -o "$work/t" -f "%e" "$1" train --corpus data/yuanqu.txt --limit-chars 10000 --epochs 20 \
         --device cpu -q --out "$work/m" && cat "$work/t"
 }

@@ -34,7 +34,7 @@ chars_per_epoch=$(( (limit - 1) / 35 / 32 * 32 * 35 ))
 vocab=$("$py" -c "import sys; t = open(sys.argv[1], encoding='utf-8').read().replace('\n', ' ').replace('\r', ' '); print(len(set(t[:int(sys.argv[2])])))" "$corpus" "$limit")
 ref=("$py" benches/reference_textbook.py --corpus "$corpus" --limit-chars "$limit" --epochs "$epochs"
      --pred-period 1 --pred-len 0 --threads "$threads" --device "$device")
-train="$CHARRNN train --corpus $corpus --limit-chars $limit --epochs $epochs --val-frac 0 --pred-period 1 --pred-len 0 --device $device --threads $threads --out $tmp/m --verbose"
+train="$CHARRNN train --corpus $corpus --limit-chars $limit --epochs $epochs --val-frac 0 --pred-period 1 --pred-len 0 --device $device --threads $threads --out $tmp/m --force --verbose"
 declare -A cmd=(
     [charrnn-fp32]="$train --dtype fp32"
     [charrnn-bf16]="$train --dtype bf16"
