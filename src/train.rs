@@ -1031,6 +1031,20 @@ mod tests {
         }
     }
 
+    /// Resumes from `checkpoint` (as the recorder kept it) on [`corpus`]'s whole text and asserts that the run
+    /// ends with `expected`'s parameters, bit for bit.
+    fn assert_resumes_to(expected: &Network, checkpoint: &Checkpoint, config: &TrainConfig, what: &str) {
+        let (vocab, ids) = corpus();
+        let (_, params, position, tensors) = checkpoint;
+        let resumed =
+            Network::from_tensors(expected.config(), params.iter().map(Tensor::copy).collect(), Device::Cpu).unwrap();
+        let state = TrainState::from_named(position.clone(), copies(tensors), &resumed, config).unwrap();
+        train(&resumed, &vocab, &ids, &[], config, Some(&state), &mut Recorder::default()).unwrap();
+        for (a, b) in expected.parameters().iter().zip(resumed.parameters()) {
+            assert!(a.equal(b), "{what}");
+        }
+    }
+
     /// Copies of named tensors.
     fn copies(tensors: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect()
@@ -1160,7 +1174,7 @@ mod tests {
         // With no period set, a checkpoint comes after every minibatch that ends `auto_checkpoint` after the
         // last one: here at once, so after every minibatch.
         let config = TrainConfig { auto_checkpoint: std::time::Duration::ZERO, ..small(12, 2) };
-        let (vocab, ids) = corpus();
+        let (_, ids) = corpus();
         let per_epoch = config.batch_order.batches_per_epoch(ids.len(), config.batch_size, config.steps);
         let (straight, rec, result) = run(&config, None);
         result.unwrap();
@@ -1170,21 +1184,15 @@ mod tests {
         assert_eq!(at, expected);
         assert!(rec.checkpoints.iter().rev().skip(1).all(|c| c.0 == SaveReason::Periodic));
         // From the one in the middle of epoch 2, the run ends where the unbroken one did.
-        let (_, params, position, tensors) = &rec.checkpoints[per_epoch + per_epoch / 2];
-        assert_eq!((position.epoch, position.minibatch), (1, per_epoch / 2 + 1));
-        let resumed =
-            Network::from_tensors(straight.config(), params.iter().map(Tensor::copy).collect(), Device::Cpu).unwrap();
-        let state = TrainState::from_named(position.clone(), copies(tensors), &resumed, &config).unwrap();
-        train(&resumed, &vocab, &ids, &[], &config, Some(&state), &mut Recorder::default()).unwrap();
-        for (a, b) in straight.parameters().iter().zip(resumed.parameters()) {
-            assert!(a.equal(b));
-        }
+        let middle = &rec.checkpoints[per_epoch + per_epoch / 2];
+        assert_eq!((middle.2.epoch, middle.2.minibatch), (1, per_epoch / 2 + 1));
+        assert_resumes_to(&straight, middle, &config, "resume from the middle of an epoch is exact");
     }
 
     #[test]
     fn limits_stop_with_a_checkpoint_and_the_run_resumes_exactly() {
         let config = small(12, 4);
-        let (vocab, ids) = corpus();
+        let (_, ids) = corpus();
         let per_epoch = config.batch_order.batches_per_epoch(ids.len(), config.batch_size, config.steps);
         let (straight, _, result) = run(&config, None);
         result.unwrap();
@@ -1193,15 +1201,9 @@ mod tests {
         let (_, first, result) = run(&limited, None);
         assert!(matches!(&result, Err(Error::LimitReached { epoch: 2, minibatch: 3, .. })), "{result:?}");
         assert!(result.unwrap_err().to_string().contains("--max-iters"));
-        let (why, params, position, tensors) = first.checkpoints.last().unwrap();
-        assert_eq!((*why, position.epoch, position.minibatch), (SaveReason::Interrupted, 1, 3));
-        let resumed =
-            Network::from_tensors(straight.config(), params.iter().map(Tensor::copy).collect(), Device::Cpu).unwrap();
-        let state = TrainState::from_named(position.clone(), copies(tensors), &resumed, &config).unwrap();
-        train(&resumed, &vocab, &ids, &[], &config, Some(&state), &mut Recorder::default()).unwrap();
-        for (a, b) in straight.parameters().iter().zip(resumed.parameters()) {
-            assert!(a.equal(b), "parameters differ after resuming from the limit");
-        }
+        let stopped = first.checkpoints.last().unwrap();
+        assert_eq!((stopped.0, stopped.2.epoch, stopped.2.minibatch), (SaveReason::Interrupted, 1, 3));
+        assert_resumes_to(&straight, stopped, &config, "parameters differ after resuming from the limit");
         // A limit at an epoch's end stops after that epoch's report and checkpoint; one at the run's very end
         // is no stop; a time limit already passed stops after the first minibatch.
         let (_, rec, result) = run(&TrainConfig { max_iters: Some(2 * per_epoch as u64), ..config.clone() }, None);
@@ -1382,15 +1384,9 @@ mod tests {
         assert_eq!(lrs, vec![(1, 1.0), (2, 1.0), (3, 0.5), (4, 0.5), (5, 0.5), (6, 0.5)]);
         assert!(summary.perplexity.is_finite());
         // Resuming from epoch 4's checkpoint (after the rollback) ends where the run did.
-        let (_, params, position, tensors) = &rec.0.checkpoints[3];
-        assert_eq!((position.epoch, position.lr_scale, position.rollbacks), (4, 0.5, 1));
-        let resumed =
-            Network::from_tensors(model.config(), params.iter().map(Tensor::copy).collect(), Device::Cpu).unwrap();
-        let state = TrainState::from_named(position.clone(), copies(tensors), &resumed, &config).unwrap();
-        train(&resumed, &vocab, &ids, &[], &config, Some(&state), &mut Recorder::default()).unwrap();
-        for (a, b) in model.parameters().iter().zip(resumed.parameters()) {
-            assert!(a.equal(b), "resume after a rollback is exact");
-        }
+        let after = &rec.0.checkpoints[3];
+        assert_eq!((after.2.epoch, after.2.lr_scale, after.2.rollbacks), (4, 0.5, 1));
+        assert_resumes_to(&model, after, &config, "resume after a rollback is exact");
         // A rate that always diverges rolls back at most max_rollbacks times, then stops as without rollback.
         let wild = TrainConfig { lr: 1e30, clip: 1e30, max_rollbacks: 2, ..config.clone() };
         let model = Network::new(wild.model_config(vocab.len()), 0, Device::Cpu).unwrap();
