@@ -246,7 +246,7 @@ struct Fit {
     template: ModelFile,
     /// Epochs of the last complete checkpoint already on disk, if any.
     saved: Option<usize>,
-    /// What the user should know about the run (a resumed run's changed learning rate).
+    /// What the user should know before the run starts (a resumed run's changed learning rate).
     notes: Vec<String>,
     /// The model folder, held for this run.
     _lock: FolderLock,
@@ -273,6 +273,7 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
         best_saved: None,
         recorded: false,
         pending_metrics: Vec::new(),
+        notes: &run.notes,
     };
     let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut saver);
     let (saved, recorded) = (saver.saved, saver.recorded);
@@ -297,7 +298,7 @@ fn fit(run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) 
         }
         Err(e) => return Err(e),
     };
-    let mut warnings = run.notes.clone();
+    let mut warnings = Vec::new();
     if !recorded {
         warnings.push(format!(
             "could not record {} as the last model; pass --model to predict and eval",
@@ -329,6 +330,8 @@ struct Saver<'a> {
     recorded: bool,
     /// Lines for `metrics.jsonl` of epochs not yet checkpointed.
     pending_metrics: Vec<String>,
+    /// Notes for [`RunInfo::notes`].
+    notes: &'a [String],
 }
 
 /// The chart `train` draws in the model folder when it finishes or is interrupted.
@@ -388,7 +391,7 @@ impl TrainObserver for Saver<'_> {
     }
 
     fn begin(&mut self, info: &RunInfo) {
-        self.inner.begin(info);
+        self.inner.begin(&RunInfo { notes: self.notes.to_vec(), ..info.clone() });
     }
 
     fn checkpoint(&mut self, model: &Network, state: &TrainState, why: SaveReason) -> Result<()> {

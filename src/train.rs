@@ -346,6 +346,8 @@ pub struct RunInfo {
     pub config: TrainConfig,
     /// For a resumed run, where it stood: (epochs completed, minibatches into the next).
     pub resumed_at: Option<(usize, usize)>,
+    /// What the user should know before the run starts (a resumed run's changed learning rate), a line each.
+    pub notes: Vec<String>,
 }
 
 /// Receives training progress and checkpoints; the library never prints or writes files itself.
@@ -579,6 +581,7 @@ pub fn train<'a>(
         minibatches: batches,
         config: config.clone(),
         resumed_at: resume.map(|s| (s.position.epoch, s.position.minibatch)),
+        notes: Vec::new(),
     });
     // Validation reads the held-out text as evaluation reads text: in windows of the training context.
     let validation = (val, config.eval_context(corpus.len()));

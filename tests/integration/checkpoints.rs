@@ -457,7 +457,9 @@ fn resume_may_change_the_learning_rate_and_the_reports() {
     // A new rate from epoch 5 on: said on stderr, recorded, and in the log from the epoch it applies to.
     let r = env.run(&["train", "--resume", "r", "--epochs", "6", "--lr", "0.5", "--device", "cpu"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("the learning rate of epoch 5 changes from 1 to 0.5"), "{}", r.stderr);
+    // Said before training goes on, just after the configuration line.
+    let second = r.stderr.lines().nth(1).unwrap_or_default();
+    assert!(second.starts_with("note: the learning rate of epoch 5 changes from 1 to 0.5"), "{}", r.stderr);
     let log = std::fs::read_to_string(env.path("r/metrics.jsonl")).unwrap();
     let rates: Vec<f64> =
         log.lines().map(|l| serde_json::from_str::<charrnn::MetricsLine>(l).unwrap().learning_rate).collect();

@@ -161,10 +161,11 @@ impl TrainObserver for Reporter {
     fn begin(&mut self, info: &RunInfo) {
         self.chars_per_batch = info.config.batch_size * info.config.steps;
         if !self.quiet {
-            if let Some(bar) = &self.bar {
-                bar.suspend(|| eprintln!("{}", describe_run(info)));
-            } else {
-                eprintln!("{}", describe_run(info));
+            let notes: String = info.notes.iter().map(|n| format!("\nnote: {n}")).collect();
+            let text = format!("{}{notes}", describe_run(info));
+            match &self.bar {
+                Some(bar) => bar.suspend(|| eprintln!("{text}")),
+                None => eprintln!("{text}"),
             }
         }
     }
