@@ -13,12 +13,18 @@ pub struct CorpusOptions {
 }
 
 impl CorpusOptions {
-    /// Applies the options to decoded text.
-    pub fn apply(&self, text: &str) -> String {
-        let chars = text.chars().map(|c| match c {
+    /// One decoded character as the options read it (a newline or carriage return becomes a space unless
+    /// newlines are kept).
+    pub(crate) fn map(&self, c: char) -> char {
+        match c {
             '\n' | '\r' if !self.keep_newlines => ' ',
             c => c,
-        });
+        }
+    }
+
+    /// Applies the options to decoded text.
+    pub fn apply(&self, text: &str) -> String {
+        let chars = text.chars().map(|c| self.map(c));
         match self.limit_chars {
             Some(n) => chars.take(n).collect(),
             None => chars.collect(),
@@ -43,11 +49,37 @@ pub fn read_corpus(path: &Path, options: &CorpusOptions) -> Result<String> {
 /// A fingerprint of `text` (64-bit FNV-1a of its UTF-8 bytes, as `fnv1a64:` and 16 hex digits), recorded
 /// with a model so that resuming can tell whether the corpus changed.
 pub fn text_hash(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    let mut h = TextHash::default();
+    h.add_bytes(text.as_bytes());
+    h.finish()
+}
+
+/// [`text_hash`] computed piece by piece, for text read in a stream.
+pub(crate) struct TextHash(u64);
+
+impl Default for TextHash {
+    fn default() -> Self {
+        TextHash(0xcbf2_9ce4_8422_2325)
     }
-    format!("fnv1a64:{h:016x}")
+}
+
+impl TextHash {
+    /// Adds the next bytes of the text.
+    pub(crate) fn add_bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// Adds the next character.
+    pub(crate) fn add(&mut self, c: char) {
+        self.add_bytes(c.encode_utf8(&mut [0u8; 4]).as_bytes());
+    }
+
+    /// The fingerprint of the text added so far, as [`text_hash`] writes it.
+    pub(crate) fn finish(&self) -> String {
+        format!("fnv1a64:{:016x}", self.0)
+    }
 }
 
 /// The characters a model knows, in a stable order (ascending Unicode scalar value), and their indices.

@@ -6,7 +6,7 @@
 //! (u32), the header ([`PreparedHeader`]: width, length, vocabulary, fingerprint, sources, reading options),
 //! zero padding to a multiple of 8 bytes, then the tokens, little-endian.
 use crate::checkpoint::write_atomic;
-use crate::corpus::{CorpusOptions, Vocabulary};
+use crate::corpus::{CorpusOptions, TextHash, Vocabulary};
 use crate::error::{Error, Result};
 use crate::tokens::{FileTokens, Tokens};
 use std::fs::File;
@@ -109,10 +109,7 @@ fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMu
                 if count >= limit {
                     return Ok(count);
                 }
-                each(match c {
-                    '\n' | '\r' if !options.keep_newlines => ' ',
-                    c => c,
-                });
+                each(options.map(c));
                 count += 1;
             }
             let used = carry.len() - rest;
@@ -130,13 +127,10 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
     let sources = paths.iter().map(|p| Source::of(p)).collect::<Result<Vec<_>>>()?;
     // Which characters occur, by code point (a table, not a set: this runs once per character).
     let mut seen = vec![false; CODE_POINTS];
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = TextHash::default();
     let len = for_each_char(paths, options, |c| {
         seen[c as usize] = true;
-        let mut bytes = [0u8; 4];
-        for &b in c.encode_utf8(&mut bytes).as_bytes() {
-            hash = (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        hash.add(c);
     })?;
     if len == 0 {
         let path = paths.first().cloned().unwrap_or_default();
@@ -148,7 +142,7 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         width: width_for(vocab.len()),
         len,
         vocab: vocab.iter().collect(),
-        hash: format!("fnv1a64:{hash:016x}"),
+        hash: hash.finish(),
         sources,
         options: *options,
     };
