@@ -348,6 +348,11 @@ impl Network {
         self.params.iter().collect()
     }
 
+    /// Copies of the parameter values, detached (a snapshot that later training leaves alone).
+    pub fn parameter_copies(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.detach().copy()).collect()
+    }
+
     /// The parameters with their names, for saving.
     pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
         self.config.param_specs().into_iter().map(|(name, _)| name).zip(self.parameters()).collect()

@@ -114,15 +114,13 @@ impl Optimizer {
         }
     }
 
-    /// Restores what [`Optimizer::state`] returned (copies of `moments`, which [`TrainState::from_named`]
-    /// checked against the parameters).
+    /// Restores what [`Optimizer::state`] returned: `step` and `moments` (taken over, which
+    /// [`TrainState::from_named`] checked against the parameters).
     ///
     /// [`TrainState::from_named`]: crate::TrainState::from_named
-    pub fn restore(&mut self, step: u64, moments: Option<&Moments>) {
+    pub fn restore(&mut self, step: u64, moments: Option<Moments>) {
         if let (Some(adam), Some(moments)) = (&mut self.adam, moments) {
-            adam.m = moments.m.iter().map(Tensor::copy).collect();
-            adam.v = moments.v.iter().map(Tensor::copy).collect();
-            adam.step = step;
+            (adam.m, adam.v, adam.step) = (moments.m, moments.v, step);
         }
     }
 }

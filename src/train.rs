@@ -506,13 +506,20 @@ impl Run {
     /// The run `state` describes (copied: training goes on in its own tensors).
     fn resume(model: &Network, config: &TrainConfig, state: &TrainState) -> Result<Run> {
         let mut run = Run::start(model, config)?;
-        run.optimizer.restore(state.position.optimizer_step, state.adam.as_ref());
-        run.loss_sum = state.loss_sum.copy();
-        run.grad_norm_sum = state.grad_norm_sum.copy();
-        run.best_params = state.best.as_ref().map(|b| b.iter().map(Tensor::copy).collect());
-        run.carried = state.carry.as_ref().map(|c| State { h: c.h.copy(), c: c.c.as_ref().map(Tensor::copy) });
-        run.position = state.position.clone();
+        let state = state.copy();
+        run.optimizer.restore(state.position.optimizer_step, state.adam);
+        (run.loss_sum, run.grad_norm_sum) = (state.loss_sum, state.grad_norm_sum);
+        (run.best_params, run.carried, run.position) = (state.best, state.carry, state.position);
         Ok(run)
+    }
+
+    /// Keeps the model's parameters as the best so far if `candidate` scores lower validation perplexity than
+    /// the best kept (or none is).
+    fn keep_if_best(&mut self, model: &Network, candidate: BestEpoch) {
+        if self.position.best.as_ref().is_none_or(|b| candidate.val_perplexity < b.val_perplexity) {
+            self.best_params = Some(model.parameter_copies());
+            self.position.best = Some(candidate);
+        }
     }
 
     /// The resumable state (see [`TrainState`]), sharing this run's tensors; `carry` is the carried state in
@@ -587,8 +594,8 @@ pub fn train<'a>(
     let validation = (val, config.eval_context(corpus.len()));
     let mut last_save = Instant::now();
     // With rollback: the parameters and state at the end of the last good epoch.
-    let mut good = (config.on_diverge == OnDiverge::Rollback)
-        .then(|| (model.parameters().iter().map(|p| p.detach().copy()).collect::<Vec<_>>(), run.snapshot(None).copy()));
+    let mut good =
+        (config.on_diverge == OnDiverge::Rollback).then(|| (model.parameter_copies(), run.snapshot(None).copy()));
     while run.position.epoch < config.epochs {
         let epoch = run.position.epoch + 1;
         let trained = run
@@ -599,19 +606,21 @@ pub fn train<'a>(
                 if run.position.rollbacks >= config.max_rollbacks {
                     return Err(Error::Diverged { epoch, what, kept });
                 }
-                let mut state = state.copy();
-                state.position.lr_scale = run.position.lr_scale * config.rollback_lr_factor;
-                state.position.rollbacks = run.position.rollbacks + 1;
-                state.position.elapsed = run.position.elapsed;
+                let (lr_scale, rollbacks, elapsed) = (
+                    run.position.lr_scale * config.rollback_lr_factor,
+                    run.position.rollbacks + 1,
+                    run.position.elapsed,
+                );
                 model.set_parameters(params)?;
-                run = Run::resume(model, config, &state)?;
-                let lr = config.lr_decay.lr_at(config.lr, state.position.epoch + 1) * state.position.lr_scale;
+                run = Run::resume(model, config, state)?;
+                (run.position.lr_scale, run.position.rollbacks, run.position.elapsed) = (lr_scale, rollbacks, elapsed);
+                let p = &run.position;
                 observer.rollback(&RollbackReport {
                     diverged_in: epoch,
                     what,
-                    back_to: state.position.epoch,
-                    lr,
-                    rollback: state.position.rollbacks,
+                    back_to: p.epoch,
+                    lr: config.lr_decay.lr_at(config.lr, p.epoch + 1) * p.lr_scale,
+                    rollback: p.rollbacks,
                     max: config.max_rollbacks,
                 });
                 continue;
@@ -620,7 +629,7 @@ pub fn train<'a>(
         };
         observer.epoch(&report);
         if let Some((params, state)) = &mut good {
-            *params = model.parameters().iter().map(|p| p.detach().copy()).collect();
+            *params = model.parameter_copies();
             *state = run.snapshot(None).copy();
         }
         let reason = checkpoint_reason(config, epoch, trained.stop.is_some(), last_save);
@@ -857,12 +866,8 @@ impl Run {
         let mut val_perplexity = None;
         if val.len() >= 2 {
             let vp = evaluate_sample(model, val, context, config.val_chars)?.perplexity();
-            if self.position.best.as_ref().is_none_or(|b| vp < b.val_perplexity) {
-                self.best_params = Some(model.parameters().iter().map(|p| p.detach().copy()).collect());
-                let minibatch = Some(minibatch);
-                self.position.best =
-                    Some(BestEpoch { epoch, perplexity: train_perplexity, val_perplexity: vp, minibatch });
-            }
+            let minibatch = Some(minibatch);
+            self.keep_if_best(model, BestEpoch { epoch, perplexity: train_perplexity, val_perplexity: vp, minibatch });
             val_perplexity = Some(vp);
         }
         let seconds = since.elapsed().as_secs_f64();
@@ -899,10 +904,7 @@ impl Run {
         let mut val_perplexity = None;
         if val.len() >= 2 {
             let vp = evaluate_sample(model, val, context, config.val_chars)?.perplexity();
-            if self.position.best.as_ref().is_none_or(|b| vp < b.val_perplexity) {
-                self.best_params = Some(model.parameters().iter().map(|p| p.detach().copy()).collect());
-                self.position.best = Some(BestEpoch { epoch, perplexity: last, val_perplexity: vp, minibatch: None });
-            }
+            self.keep_if_best(model, BestEpoch { epoch, perplexity: last, val_perplexity: vp, minibatch: None });
             val_perplexity = Some(vp);
         }
         self.position = Position {
