@@ -823,11 +823,15 @@ impl Run {
                 let time = config.time_limit.filter(|&t| started.elapsed() >= t).map(Stop::TimeLimit);
                 iters.or(time).filter(|_| !at_end)
             });
-            if let Some(why) = stop.filter(|_| i + 1 < batches) {
-                self.check_finite(epoch)?;
-                self.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
+            // A checkpoint inside the epoch: where it stands, with the carried state of consecutive sampling.
+            let save_here = |run: &mut Run, observer: &mut dyn TrainObserver, why: SaveReason| -> Result<()> {
+                run.check_finite(epoch)?;
+                run.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
                 let carried = (config.batch_order == BatchOrder::Consecutive).then(|| state.detach());
-                observer.checkpoint(model, &self.snapshot(carried.as_ref()), SaveReason::Interrupted)?;
+                observer.checkpoint(model, &run.snapshot(carried.as_ref()), why)
+            };
+            if let Some(why) = stop.filter(|_| i + 1 < batches) {
+                save_here(self, observer, SaveReason::Interrupted)?;
                 return Err(why.error(epoch, i + 1, batches));
             }
             if stop.is_some() {
@@ -839,10 +843,7 @@ impl Run {
             }
             // A long epoch is checkpointed as it goes (its end has its own checkpoint).
             if config.checkpoint_every.is_none() && i + 1 < batches && last_save.elapsed() >= config.auto_checkpoint {
-                self.check_finite(epoch)?;
-                self.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
-                let carried = (config.batch_order == BatchOrder::Consecutive).then(|| state.detach());
-                observer.checkpoint(model, &self.snapshot(carried.as_ref()), SaveReason::Periodic)?;
+                save_here(self, observer, SaveReason::Periodic)?;
                 *last_save = Instant::now();
             }
         }
