@@ -21,8 +21,10 @@ use tch::{Device, Tensor};
 pub const MODEL_JSON: &str = "model.json";
 /// Value of [`ModelFile::format`].
 pub const FORMAT: &str = "charrnn-model";
-/// Current [`ModelFile::version`].
-pub const VERSION: u32 = 1;
+/// The newest [`ModelFile::version`] this charrnn reads. Version 2 allows a vocabulary in any order (grown
+/// by `train --init-from`); a model whose vocabulary is sorted is written as version 1, which every charrnn
+/// reads (see [`version_for`]).
+pub const VERSION: u32 = 2;
 /// Folder (relative to the working directory) where `train` records the last model it wrote.
 pub const RUNS_DIR: &str = "runs";
 /// File in [`RUNS_DIR`] holding the path of the last model `train` wrote.
@@ -77,6 +79,28 @@ pub struct ResumeInfo {
     pub state_bytes: u64,
 }
 
+/// The version to write for a model with vocabulary `vocab`: the oldest that can describe it.
+pub fn version_for(vocab: &Vocabulary) -> u32 {
+    if vocab.is_sorted() {
+        1
+    } else {
+        2
+    }
+}
+
+/// Where a run started when it started from a trained model (`train --init-from`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The model folder (absolute when it could be resolved).
+    pub model: PathBuf,
+    /// Its epochs of training.
+    pub epoch: usize,
+    /// Fingerprint of its weights file (FNV-1a of its bytes, as [`crate::text_hash`] writes it).
+    pub weights: String,
+    /// Its vocabulary size; the characters from this index on were new to it.
+    pub vocab_size: usize,
+}
+
 /// Validation of a saved model.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ValidationInfo {
@@ -123,6 +147,9 @@ pub struct ModelFile {
     /// Present in a resumable checkpoint (`<model>/last`).
     #[serde(default)]
     pub resume: Option<ResumeInfo>,
+    /// The trained model this run started from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<Origin>,
 }
 
 /// A model read back from a folder, ready to use.
@@ -296,10 +323,14 @@ fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && Path::new(name).file_name().map(|n| n == name).unwrap_or(false)
 }
 
+/// What every command says of a model folder that does not exist.
+pub(crate) const NO_SUCH_FOLDER: &str =
+    "no such folder (a model folder is what `charrnn train --corpus FILE` writes; its --out names it)";
+
 /// Reads and checks `model.json` of the folder `dir`.
 pub fn read_model_file(dir: &Path) -> Result<ModelFile> {
     if !dir.is_dir() {
-        return Err(Error::bad_model(dir, "no such folder (train one with `charrnn train`, or pass --model DIR)"));
+        return Err(Error::bad_model(dir, NO_SUCH_FOLDER));
     }
     let path = dir.join(MODEL_JSON);
     let bytes = std::fs::read(&path).map_err(|e| Error::bad_model(&path, format!("cannot read it ({e})")))?;
@@ -355,6 +386,27 @@ pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
     let mut model = Network::zeros(file.model, device)?;
     model.load_weights(&weights)?;
     Ok(LoadedModel { model, vocab, file })
+}
+
+/// Describes `loaded` (read from the folder `dir`) as the start of a new run, fingerprinting its weights.
+pub fn origin(dir: &Path, loaded: &LoadedModel) -> Result<Origin> {
+    let weights = dir.join(&loaded.file.weights);
+    let mut hash = crate::corpus::TextHash::default();
+    let mut file = File::open(&weights).map_err(|e| Error::io(&weights, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| Error::io(&weights, e))?;
+        if n == 0 {
+            break;
+        }
+        hash.add_bytes(&buf[..n]);
+    }
+    Ok(Origin {
+        model: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+        epoch: loaded.file.epoch,
+        weights: hash.finish(),
+        vocab_size: loaded.vocab.len(),
+    })
 }
 
 /// Reads the training state of the resumable checkpoint `dir` (loaded as `loaded`), onto the model's device,
@@ -438,6 +490,7 @@ mod tests {
             weights: String::new(),
             weights_bytes: 0,
             resume: None,
+            init_from: None,
         };
         (model, file)
     }

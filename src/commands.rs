@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate_with_progress, Evaluation};
 use crate::lock::FolderLock;
 use crate::metrics::{append_metrics, read_metrics, replace_metrics, trim_metrics, MetricsLine};
-use crate::model::Network;
+use crate::model::{Arch, Network};
 use crate::optim::LrDecay;
 use crate::plot::{write_perplexity_svg, Curve};
 use crate::predict::{generate, Generate, Generated};
@@ -36,6 +36,11 @@ pub struct TrainJob {
     /// Replace what `out` holds (at the first checkpoint; until then the old model stays); without it a
     /// folder that holds anything is refused.
     pub force: bool,
+    /// Start from this trained model folder instead of fresh weights: its architecture (cell, sizes,
+    /// initialisation; `config.arch`'s dropout and backend are this run's), its weights and its
+    /// vocabulary, followed by the corpus's new characters ([`Vocabulary::extended`]), whose rows start as
+    /// a fresh model's ([`Network::grown`]). The optimizer starts afresh. Its newline setting applies too.
+    pub init_from: Option<PathBuf>,
     /// Hyperparameters. Empty `prefixes` means: the textbook's ("分开", "不分开") where the corpus has
     /// their characters, else the corpus's first character.
     pub config: TrainConfig,
@@ -125,31 +130,69 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     // Checked under the folder's lock, so that no other run can fill it in between.
     let lock = FolderLock::acquire(&out)?;
     let occupied = std::fs::read_dir(&out).is_ok_and(|mut entries| entries.next().is_some());
-    if occupied && !job.force {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    let into_source = job.init_from.as_deref().is_some_and(|src| canonical(src) == canonical(&out));
+    if occupied && !job.force && !into_source {
         let reason = format!(
             "{} already holds files; continue its run with `charrnn train --resume {0}`, replace it with --force, or choose another --out",
             out.display()
         );
         return Err(Error::config("--out", reason));
     }
-    let prepared = load_corpus(&job.corpus, &job.corpus_options)?;
-    let vocab = prepared.vocab.clone();
-    let ids = prepared.tokens();
+    let source = match &job.init_from {
+        Some(dir) => Some((dir, checkpoint::load(dir, device)?)),
+        None => None,
+    };
+    let mut corpus_options = job.corpus_options;
+    if let Some((_, src)) = &source {
+        corpus_options.keep_newlines |= src.file.corpus.options.keep_newlines;
+    }
+    let prepared = load_corpus(&job.corpus, &corpus_options)?;
     let mut config = job.config.clone();
+    let (hash, options) = (prepared.header.hash.clone(), prepared.header.options);
+    let mut notes = Vec::new();
+    let (model, vocab, corpus, init_from) = match source {
+        None => {
+            let vocab = prepared.vocab.clone();
+            let model = Network::new(config.model_config(vocab.len()), config.seed, device)?;
+            (model, vocab, CorpusIds::Mapped(prepared), None)
+        }
+        Some((dir, src)) => {
+            config.arch = Arch { dropout: config.arch.dropout, backend: config.arch.backend, ..src.file.model.arch };
+            let vocab = src.vocab.extended(prepared.vocab.chars().iter().copied());
+            let model = src.model.grown(config.model_config(vocab.len()), config.seed)?;
+            let origin = checkpoint::origin(dir, &src)?;
+            let new: String = vocab.chars()[src.vocab.len()..].iter().collect();
+            notes.push(format!(
+                "starting from {} ({} epochs); {}",
+                dir.display(),
+                origin.epoch,
+                match new.chars().count() {
+                    0 => "the corpus has no characters new to it".to_string(),
+                    n => format!(
+                        "{n} characters new to it: {}",
+                        crate::error::quote_chars(&new.chars().collect::<Vec<_>>())
+                    ),
+                }
+            ));
+            let corpus = CorpusIds::in_vocab(prepared, &vocab)?;
+            (model, vocab, corpus, Some(origin))
+        }
+    };
+    let ids = corpus.tokens();
     if config.prefixes.is_empty() {
         config.prefixes = default_prefixes(&vocab, ids);
     }
     let val_frac = config.resolved_val_frac(ids.len());
     config.val_frac = Some(val_frac);
-    let model = Network::new(config.model_config(vocab.len()), config.seed, device)?;
     let template = ModelFile {
         format: checkpoint::FORMAT.into(),
-        version: checkpoint::VERSION,
+        version: checkpoint::version_for(&vocab),
         charrnn_version: env!("CARGO_PKG_VERSION").into(),
         vocab: vocab.chars().iter().collect(),
         model: model.config(),
         train: config,
-        corpus: CorpusInfo::record(&job.corpus, prepared.header.options, ids.len(), prepared.header.hash.clone()),
+        corpus: CorpusInfo::record(&job.corpus, options, ids.len(), hash),
         epoch: 0,
         perplexity: None,
         validation: None,
@@ -157,9 +200,9 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
         weights: String::new(),
         weights_bytes: 0,
         resume: None,
+        init_from,
     };
-    let corpus = CorpusIds::Mapped(prepared);
-    fit(Fit { out, model, vocab, corpus, template, saved: None, notes: Vec::new(), _lock: lock }, None, observer)
+    fit(Fit { out, model, vocab, corpus, template, saved: None, notes, _lock: lock }, None, observer)
 }
 
 /// Runs `charrnn train --resume`: reads the run's resumable checkpoint, checks the corpus is the same
@@ -167,6 +210,9 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
 pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
     set_threads(job.threads)?;
     let device = job.device.resolve()?;
+    if !job.dir.is_dir() {
+        return Err(Error::bad_model(&job.dir, checkpoint::NO_SUCH_FOLDER));
+    }
     let lock = FolderLock::acquire(&job.dir)?;
     let last = job.dir.join(LAST_DIR);
     if !last.join(checkpoint::MODEL_JSON).exists() {

@@ -150,6 +150,12 @@ impl Error {
 }
 
 /// Characters shown one by one, escaped so that spaces and control characters are visible.
-fn quote_chars(chars: &[char]) -> String {
-    chars.iter().map(|c| format!("{:?}", c)).collect::<Vec<_>>().join(", ")
+/// `chars` quoted, separated by commas; past the first 20, a count of the rest.
+pub(crate) fn quote_chars(chars: &[char]) -> String {
+    const SHOWN: usize = 20;
+    let quoted = chars.iter().take(SHOWN).map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
+    match chars.len().saturating_sub(SHOWN) {
+        0 => quoted,
+        rest => format!("{quoted} and {rest} more"),
+    }
 }

@@ -332,6 +332,37 @@ impl Network {
         Ok(Network { config, vs, params: vars, named })
     }
 
+    /// A network of shape `config` (this one's, but for dropout, backend and a vocabulary of at least
+    /// this one's V) that starts where this one stands: every parameter this network has is copied, and
+    /// what a larger vocabulary adds (rows V.. of `E [V', D]` and of a one-hot first layer's
+    /// `W_xh [V', kH]`, columns V.. of `W_hq [H, V']`, entries V.. of `b_q [V']`) is initialised as
+    /// [`Network::new`] with `seed` initialises it. Indices below V must keep their characters (see
+    /// [`crate::Vocabulary::extended`]).
+    pub fn grown(&self, config: ModelConfig, seed: u64) -> Result<Network> {
+        let (old, new) = (&self.config.arch, &config.arch);
+        let same_shape = (old.hidden, old.cell, old.layers, old.embed, old.init)
+            == (new.hidden, new.cell, new.layers, new.embed, new.init);
+        if !same_shape || config.vocab_size < self.config.vocab_size {
+            return Err(Error::config(
+                "--init-from",
+                "the architecture comes from the model (its cell, sizes and initialisation), and its vocabulary can only grow",
+            ));
+        }
+        let grown = Network::new(config, seed, self.device())?;
+        let _guard = tch::no_grad_guard();
+        for (target, source) in grown.params.iter().zip(&self.params) {
+            let mut target = target.shallow_clone();
+            // At most one dimension (the vocabulary's) differs; the source fills its leading part.
+            for (dim, (&t, &s)) in target.size().iter().zip(&source.size()).enumerate() {
+                if t != s {
+                    target = target.narrow(dim as i64, 0, s);
+                }
+            }
+            target.f_copy_(source)?;
+        }
+        Ok(grown)
+    }
+
     /// The network's shape.
     pub fn config(&self) -> ModelConfig {
         self.config
@@ -609,6 +640,45 @@ mod tests {
         }
         let huge = ModelConfig::new(1_000_000_000_000, Arch { hidden: 1 << 40, layers: 1 << 30, ..Arch::rnn(1) });
         assert_eq!(huge.parameter_count(), None);
+    }
+
+    #[test]
+    fn a_grown_network_keeps_the_trained_rows_and_initialises_the_new_ones_as_a_fresh_model() {
+        for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+            for (layers, embed) in [(1, 0), (2, 3)] {
+                let arch = Arch { cell, layers, embed, ..Arch::rnn(4) };
+                let source = Network::new(ModelConfig::new(5, arch), 1, Device::Cpu).unwrap();
+                let config = ModelConfig::new(8, arch);
+                let grown = source.grown(config, 2).unwrap();
+                let fresh = Network::new(config, 2, Device::Cpu).unwrap();
+                let by_name = |m: &Network| -> HashMap<String, Tensor> {
+                    m.named_parameters().into_iter().map(|(n, t)| (n, t.shallow_clone())).collect()
+                };
+                let (s, g, f) = (by_name(&source), by_name(&grown), by_name(&fresh));
+                let what = format!("{cell:?} {layers} layers, embed {embed}");
+                // Worked out from the shapes: the vocabulary is dim 0 of E and of a one-hot W_xh, dim 1 of W_hq.
+                let mut vocab_dim: Vec<(&str, i64)> = vec![("W_hq", 1), ("b_q", 0)];
+                vocab_dim.push(if embed > 0 { ("E", 0) } else { ("W_xh", 0) });
+                for (name, value) in &g {
+                    match vocab_dim.iter().find(|(n, _)| n == name) {
+                        Some(&(_, dim)) => {
+                            assert!(value.narrow(dim, 0, 5).equal(&s[name]), "{what}: {name} old part");
+                            assert!(value.narrow(dim, 5, 3).equal(&f[name].narrow(dim, 5, 3)), "{what}: {name} new");
+                        }
+                        None => assert!(value.equal(&s[name]), "{what}: {name}"),
+                    }
+                }
+                // The old characters' logits are the source model's, whatever the layout.
+                let x = Tensor::from_slice(&[0i64, 4, 2, 1, 3, 0]).view([2, 3]);
+                let (ys, _) = source.forward(&x, &source.begin_state(2), false);
+                let (yg, _) = grown.forward(&x, &grown.begin_state(2), false);
+                assert!(yg.narrow(1, 0, 5).allclose(&ys, 1e-6, 1e-7, false), "{what}: logits");
+            }
+        }
+        let source = small(Cell::Gru);
+        for bad in [ModelConfig::new(6, source.config().arch), ModelConfig::new(9, Arch::rnn(6))] {
+            assert!(source.grown(bad, 0).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -150,7 +150,7 @@ fn ten_epochs_then_resume_to_twenty_equals_twenty_straight() {
     assert_eq!(metrics("b"), straight_metrics);
     // Asking for no more epochs than the run has is a clear error.
     env.fails(&["train", "--resume", "b", "--epochs", "20"], "already stands at 20 epochs");
-    env.fails(&["train", "--resume", "nowhere"], "no resumable checkpoint");
+    env.fails(&["train", "--resume", "nowhere"], "no such folder");
 }
 
 #[test]

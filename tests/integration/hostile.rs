@@ -165,6 +165,7 @@ fn model_copy() -> tempfile::TempDir {
             corpus_options: CorpusOptions::default(),
             out: Some(dir.path().join("m")),
             force: false,
+            init_from: None,
             device: charrnn::DeviceSpec::Cpu,
             threads: None,
             config,

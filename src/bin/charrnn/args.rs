@@ -4,7 +4,7 @@ use charrnn::{
     Arch, Backend, BatchOrder, Cell, CorpusOptions, DeviceSpec, Dtype, EvalJob, Generate, Init, LrDecay, OnDiverge,
     OptimizerKind, PredictJob, ResumeJob, Sampler, TrainConfig, TrainJob, UnknownChars,
 };
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 const EXAMPLES: &str = "\
@@ -121,6 +121,32 @@ pub struct PlotArgs {
     pub out: PathBuf,
 }
 
+/// The command line's schema: [`Cli`], with every flag of the groups [`NEW_RUN`], [`ARCH`] and [`DRAW`] made
+/// to conflict with `--resume`, and those of [`ARCH`] with `--init-from`, flag by flag (a conflict with a
+/// whole group would list all its flags in the error instead of the one given).
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("train", |mut train| {
+        let members = |train: &clap::Command, group: &str| -> Vec<clap::Id> {
+            let group = train.get_groups().find(|g| g.get_id() == group).expect("train's groups exist");
+            group.get_args().cloned().collect()
+        };
+        let new_run: Vec<clap::Id> = [NEW_RUN, ARCH, DRAW].iter().flat_map(|g| members(&train, g)).collect();
+        for id in new_run {
+            train = train.mut_arg(id, |a| a.conflicts_with("resume"));
+        }
+        for id in members(&train, ARCH) {
+            train = train.mut_arg(id, |a| a.conflicts_with("init_from"));
+        }
+        train
+    })
+}
+
+/// The parsed command line (exits with clap's usage error on bad arguments).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 /// Where libtorch computes (shared by train, predict and eval).
 #[derive(Args)]
 pub struct DeviceArgs {
@@ -138,9 +164,9 @@ fn textbook() -> TrainConfig {
 }
 
 /// `charrnn train`: the flags that a resumed run accepts are the plain fields of this struct; every flag that
-/// describes a new run lives in [`NewRunArgs`] or [`DrawArgs`], whose groups `--resume` conflicts with as a
-/// whole, so a flag added there can never be silently ignored by a resumed run. (clap gives no group to a
-/// struct with a flattened struct inside, hence two groups side by side.)
+/// describes a new run lives in [`NewRunArgs`], [`ArchArgs`] or [`DrawArgs`], whose groups `--resume`
+/// conflicts with as a whole, so a flag added there can never be silently ignored by a resumed run. (clap
+/// gives no group to a struct with a flattened struct inside, hence groups side by side.)
 #[derive(Args)]
 pub struct TrainArgs {
     /// UTF-8 text to train on: a file, or a folder (every file below it, in sorted order, hidden ones
@@ -152,7 +178,7 @@ pub struct TrainArgs {
     /// --epochs (the new total), --checkpoint-every, --max-iters, --time-limit, --lr, --lr-decay,
     /// --lr-decay-every, --prefix, --pred-period, --corpus, --device, --threads, --quiet and --verbose may
     /// be given with it.
-    #[arg(long, value_name = "DIR", conflicts_with_all = [NEW_RUN, DRAW])]
+    #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     #[arg(long, value_name = "N", help = epochs_help())]
     pub epochs: Option<usize>,
@@ -180,6 +206,8 @@ pub struct TrainArgs {
     pub adjust: AdjustableArgs,
     #[command(flatten)]
     pub new: NewRunArgs,
+    #[command(flatten)]
+    pub arch: ArchArgs,
     /// How the reports' predictions choose characters (seeded by --seed and the epoch); part of a new run.
     #[command(flatten)]
     pub draw: DrawArgs,
@@ -206,6 +234,8 @@ pub struct AdjustableArgs {
 
 /// The argument group of [`NewRunArgs`].
 const NEW_RUN: &str = "new-run";
+/// The argument group of [`ArchArgs`].
+const ARCH: &str = "arch";
 /// The argument group of [`DrawArgs`].
 const DRAW: &str = "draw";
 
@@ -221,23 +251,14 @@ pub struct NewRunArgs {
     /// only files that charrnn wrote are removed.
     #[arg(long)]
     pub force: bool,
-    /// Hidden units.
-    #[arg(long, default_value_t = textbook().arch.hidden)]
-    pub hidden: usize,
-    /// Recurrent cell: rnn (the textbook's tanh RNN), gru or lstm.
-    #[arg(long, value_enum, default_value_t = textbook().arch.cell)]
-    pub cell: Cell,
-    /// Stacked recurrent layers.
-    #[arg(long, default_value_t = textbook().arch.layers)]
-    pub layers: usize,
-    /// Learned embedding of this width instead of one-hot input (0 = one-hot).
-    #[arg(long, default_value_t = textbook().arch.embed, value_name = "DIM")]
-    pub embed: usize,
+    /// Start from this trained model folder: its architecture, weights and vocabulary, followed by the
+    /// corpus's new characters (in ascending order, initialised as a fresh model's); a fresh optimizer, and
+    /// this run's other settings. --out may be the same folder.
+    #[arg(long, value_name = "DIR")]
+    pub init_from: Option<PathBuf>,
     /// Dropout probability between layers and before the output layer (training only).
     #[arg(long, default_value_t = textbook().arch.dropout, value_name = "P", allow_negative_numbers = true)]
     pub dropout: f64,
-    #[arg(long, value_enum, help = init_help())]
-    pub init: Option<Init>,
     /// Recurrence: scratch (the cells written out, step by step) or fused (libtorch's RNN/GRU/LSTM kernels;
     /// cuDNN on a GPU). Same parameters, same results.
     #[arg(long, value_enum, default_value_t = textbook().arch.backend)]
@@ -293,6 +314,26 @@ pub struct NewRunArgs {
     /// Characters predicted per prefix in reports.
     #[arg(long, default_value_t = textbook().pred_len)]
     pub pred_len: usize,
+}
+
+/// The network's shape: refused with `--resume` and with `--init-from`, which take the model's.
+#[derive(Args)]
+#[group(id = ARCH, multiple = true)]
+pub struct ArchArgs {
+    /// Hidden units.
+    #[arg(long, default_value_t = textbook().arch.hidden)]
+    pub hidden: usize,
+    /// Recurrent cell: rnn (the textbook's tanh RNN), gru or lstm.
+    #[arg(long, value_enum, default_value_t = textbook().arch.cell)]
+    pub cell: Cell,
+    /// Stacked recurrent layers.
+    #[arg(long, default_value_t = textbook().arch.layers)]
+    pub layers: usize,
+    /// Learned embedding of this width instead of one-hot input (0 = one-hot).
+    #[arg(long, default_value_t = textbook().arch.embed, value_name = "DIM")]
+    pub embed: usize,
+    #[arg(long, value_enum, help = init_help())]
+    pub init: Option<Init>,
 }
 
 /// A duration: a positive number of seconds, or of minutes, hours or days with the suffix m, h or d (s for
@@ -471,23 +512,24 @@ impl TrainArgs {
                 time_limit,
             }));
         }
-        let n = self.new;
+        let (n, a) = (self.new, self.arch);
         let corpus = self.corpus;
         TrainTask::New(Box::new(TrainJob {
             corpus,
             corpus_options: CorpusOptions { keep_newlines: n.keep_newlines, limit_chars: n.limit_chars },
             out: n.out,
             force: n.force,
+            init_from: n.init_from,
             device,
             threads,
             config: TrainConfig {
                 arch: Arch {
-                    hidden: n.hidden,
-                    cell: n.cell,
-                    layers: n.layers,
-                    embed: n.embed,
+                    hidden: a.hidden,
+                    cell: a.cell,
+                    layers: a.layers,
+                    embed: a.embed,
                     dropout: n.dropout,
-                    init: n.init.unwrap_or(n.optimizer.default_init()),
+                    init: a.init.unwrap_or(n.optimizer.default_init()),
                     backend: n.backend,
                 },
                 steps: n.steps,
@@ -559,7 +601,6 @@ impl EvalArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     /// The flags a resumed run accepts (besides --resume itself and --help).
     const RESUMABLE: [&str; 14] = [
@@ -596,7 +637,7 @@ mod tests {
 
     #[test]
     fn every_train_flag_outside_the_resumable_set_is_refused_with_resume() {
-        let cli = Cli::command();
+        let cli = command();
         let train = cli.find_subcommand("train").unwrap();
         let mut refused = 0;
         for arg in train.get_arguments() {
@@ -605,18 +646,40 @@ mod tests {
                 continue;
             }
             let argv = with_resume(arg);
-            let result = Cli::command().try_get_matches_from(&argv);
+            let result = command().try_get_matches_from(&argv);
             if RESUMABLE.contains(&long) {
                 assert!(result.is_ok(), "{argv:?}: {}", result.err().unwrap());
             } else {
                 let err = result.err().unwrap_or_else(|| panic!("{argv:?} was accepted"));
                 assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{argv:?}");
                 assert!(err.to_string().contains(&format!("--{long}")), "{argv:?}: {err}");
+                // The error names the flag given and --resume, not every flag of a new run.
+                let before_usage = err.to_string().split("Usage").next().unwrap_or_default().to_string();
+                assert_eq!(before_usage.matches("--").count(), 2, "{argv:?}: {err}");
                 refused += 1;
             }
         }
-        // The 28 flags of a new run, --out to --top-p (so the walk saw them all).
-        assert_eq!(refused, 28);
+        // The 29 flags of a new run, --out to --top-p (so the walk saw them all).
+        assert_eq!(refused, 29);
+    }
+
+    #[test]
+    fn architecture_flags_are_refused_with_init_from_and_run_settings_accepted() {
+        let base = ["charrnn", "train", "--corpus", "c.txt", "--init-from", "m"];
+        for flag in ["--hidden=8", "--cell=gru", "--layers=2", "--embed=4", "--init=uniform"] {
+            let err = command().try_get_matches_from(base.iter().copied().chain([flag])).err();
+            let err = err.unwrap_or_else(|| panic!("{flag} was accepted with --init-from"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{flag}");
+            assert!(err.to_string().contains(flag.split('=').next().unwrap()), "{flag}: {err}");
+            let before_usage = err.to_string().split("Usage").next().unwrap_or_default().to_string();
+            assert_eq!(before_usage.matches("--").count(), 2, "{flag}: {err}");
+        }
+        for flag in ["--dropout=0.1", "--backend=fused", "--lr=0.1", "--optimizer=adam", "--out=o", "--force"] {
+            let matches = command().try_get_matches_from(base.iter().copied().chain([flag]));
+            assert!(matches.is_ok(), "{flag}: {}", matches.err().unwrap());
+        }
+        let err = command().try_get_matches_from(["charrnn", "train", "--resume", "m", "--init-from", "m"]);
+        assert_eq!(err.err().map(|e| e.kind()), Some(clap::error::ErrorKind::ArgumentConflict));
     }
 
     #[test]

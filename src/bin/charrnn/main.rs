@@ -4,8 +4,7 @@ mod args;
 mod render;
 
 use anyhow::Context;
-use args::{Cli, Command, EvalArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, TrainArgs, TrainTask};
-use clap::{CommandFactory, Parser};
+use args::{Command, EvalArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, TrainArgs, TrainTask};
 use render::Reporter;
 use std::io::Write;
 use std::process::ExitCode;
@@ -63,7 +62,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 fn predict(args: PredictArgs) -> anyhow::Result<()> {
     if args.stream && args.samples > 1 {
         let msg = format!("--stream writes a single sample; drop --stream or --samples {}", args.samples);
-        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+        args::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
     }
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
@@ -129,7 +128,7 @@ fn main() -> ExitCode {
             .unwrap_or("unknown panic");
         eprintln!("error: internal error: {}", msg.lines().next().unwrap_or(msg));
     }));
-    let cli = Cli::parse();
+    let cli = args::parse();
     let result = match cli.command {
         Command::Train(a) => train(*a),
         Command::Predict(a) => predict(a),
@@ -138,7 +137,7 @@ fn main() -> ExitCode {
         Command::Plot(a) => plot(a),
         Command::Prepare(a) => prepare(a),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "charrnn", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut args::command(), "charrnn", &mut std::io::stdout());
             Ok(())
         }
     };

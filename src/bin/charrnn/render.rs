@@ -388,6 +388,17 @@ pub fn model_summary(out: &mut impl Write, m: &ModelSummary) -> std::io::Result<
     let sources: Vec<String> = f.corpus.paths().iter().map(|p| p.display().to_string()).collect();
     writeln!(out, "corpus {} ({} characters, {hash})", sources.join(", "), grouped(f.corpus.chars as u64))?;
     writeln!(out, "trained on {} with charrnn {}", f.device, f.charrnn_version)?;
+    if let Some(o) = &f.init_from {
+        let added = c.vocab_size.saturating_sub(o.vocab_size);
+        writeln!(
+            out,
+            "started from {} (epoch {}, weights {}), {added} characters added to its {}",
+            o.model.display(),
+            o.epoch,
+            o.weights,
+            o.vocab_size
+        )?;
+    }
     if let Some(r) = &f.resume {
         writeln!(out, "resumable at epoch {} minibatch {}", r.position.epoch, r.position.minibatch)?;
     }
