@@ -9,13 +9,14 @@ use crate::metrics::{append_metrics, read_metrics, replace_metrics, trim_metrics
 use crate::model::{Arch, Network};
 use crate::optim::LrDecay;
 use crate::plot::{write_perplexity_svg, Curve};
-use crate::predict::{generate, Generate, Generated};
-use crate::prepared::{load_corpus, CorpusIds};
+use crate::predict::{generate_until, Generate, Generated};
+use crate::prepared::{load_corpus, CorpusIds, Skipped};
 use crate::resume::TrainState;
 use crate::tokens::Tokens;
 use crate::train::{
     train, EpochReport, IterationReport, Progress, RollbackReport, RunInfo, SaveReason, TrainConfig, TrainObserver,
 };
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -150,6 +151,7 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     let prepared = load_corpus(&job.corpus, &corpus_options)?;
     let mut config = job.config.clone();
     let (hash, options) = (prepared.header.hash.clone(), prepared.header.options);
+    config.prefixes = config.prefixes.iter().map(|p| options.read_text(p)).collect();
     let mut notes = Vec::new();
     let (model, vocab, corpus, init_from) = match source {
         None => {
@@ -260,7 +262,7 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
         t.lr_decay = LrDecay { factor: factor.unwrap_or(t.lr_decay.factor), every: every.unwrap_or(t.lr_decay.every) };
     }
     if !job.prefixes.is_empty() {
-        t.prefixes = job.prefixes.clone();
+        t.prefixes = job.prefixes.iter().map(|p| template.corpus.options.read_text(p)).collect();
     }
     t.pred_period = job.pred_period.unwrap_or(t.pred_period);
     let mut notes = Vec::new();
@@ -535,38 +537,81 @@ pub struct PredictJob {
 /// What `charrnn predict` produced.
 #[derive(Debug, Clone)]
 pub struct PredictOutcome {
-    /// One per requested sample.
+    /// One per requested sample (shorter than asked for when `on_char` stopped generation).
     pub samples: Vec<Generated>,
     /// Problems that did not stop it (dropped prefix characters), for the user to see.
     pub warnings: Vec<String>,
+    /// Whether the model keeps newlines (so that its samples can span lines).
+    pub keeps_newlines: bool,
+    /// Whether `on_char` stopped generation before its end.
+    pub cut_short: bool,
 }
 
 /// Runs `charrnn predict`: `on_char(i, c)` sees each character of sample `i`'s text as soon as it is known:
-/// the prefix (without skipped characters) first, then each generated character.
-pub fn run_predict(job: &PredictJob, on_char: &mut dyn FnMut(usize, char)) -> Result<PredictOutcome> {
+/// the prefix (read with the model's text options, without skipped characters) first, then each generated
+/// character; when it returns `Break`, generation stops and the samples so far are returned. The stop
+/// string is read with the model's text options too, and must be made of characters the model knows.
+pub fn run_predict(
+    job: &PredictJob,
+    on_char: &mut dyn FnMut(usize, char) -> ControlFlow<()>,
+) -> Result<PredictOutcome> {
     set_threads(job.threads)?;
     let loaded = load_model(job.model.as_deref(), job.device)?;
+    let options = loaded.file.corpus.options;
     let mut warnings = Vec::new();
-    let mut prefix = job.prefix.clone();
+    let mut prefix = options.read_text(&job.prefix);
     if job.unknown == UnknownChars::Skip {
-        let (known, dropped): (String, String) = job.prefix.chars().partition(|&c| loaded.vocab.index(c).is_some());
+        let (known, dropped): (String, String) = prefix.chars().partition(|&c| loaded.vocab.index(c).is_some());
         if !dropped.is_empty() {
             if known.is_empty() {
                 return Err(Error::config("--prefix", "none of its characters is in the model's vocabulary"));
             }
-            let chars: Vec<String> = dropped.chars().map(|c| format!("{c:?}")).collect();
-            warnings.push(format!("dropped prefix characters not in the model's vocabulary: {}", chars.join(", ")));
+            let mut unique: Vec<char> = Vec::new();
+            dropped.chars().for_each(|c| {
+                if !unique.contains(&c) {
+                    unique.push(c)
+                }
+            });
+            let n = dropped.chars().count();
+            warnings.push(format!(
+                "dropped {n} prefix character{} not in the model's vocabulary: {}",
+                if n == 1 { "" } else { "s" },
+                crate::error::quote_chars(&unique)
+            ));
             prefix = known;
         }
     }
+    let mut generate = job.generate.clone();
+    generate.stop = generate.stop.map(|s| options.read_text(&s));
     // Checked before the prefix is passed on, so that nothing is streamed for a request that fails.
-    job.generate.validate()?;
+    generate.validate()?;
     loaded.vocab.encode(&prefix, "the prefix")?;
-    for i in 0..job.generate.samples {
-        prefix.chars().for_each(|c| on_char(i, c));
+    if let Some(stop) = &generate.stop {
+        loaded.vocab.encode(stop, "the stop string (--stop)")?;
     }
-    let samples = generate(&loaded.model, &loaded.vocab, &prefix, &job.generate, on_char)?;
-    Ok(PredictOutcome { samples, warnings })
+    let mut cut_short = false;
+    let mut pass_on = |i: usize, c: char| {
+        let flow = on_char(i, c);
+        cut_short |= flow.is_break();
+        flow
+    };
+    for i in 0..generate.samples {
+        for c in prefix.chars() {
+            if pass_on(i, c).is_break() {
+                let nothing =
+                    Generated { text: prefix.clone(), generated: String::new(), probs: Vec::new(), stopped: false };
+                let samples = vec![nothing; generate.samples];
+                return Ok(PredictOutcome {
+                    samples,
+                    warnings,
+                    keeps_newlines: options.keep_newlines,
+                    cut_short: true,
+                });
+            }
+        }
+    }
+    let samples = generate_until(&loaded.model, &loaded.vocab, &prefix, &generate, &mut pass_on)?;
+    Ok(PredictOutcome { samples, warnings, keeps_newlines: options.keep_newlines, cut_short })
 }
 
 /// Everything `charrnn eval` needs.
@@ -585,6 +630,8 @@ pub struct EvalJob {
     pub threads: Option<usize>,
     /// Read the text as one stream instead of in windows of the training context.
     pub stream: bool,
+    /// What to do with characters the model does not know.
+    pub unknown: UnknownChars,
 }
 
 /// The result of `charrnn eval`.
@@ -603,6 +650,8 @@ pub struct EvalReport {
     pub perplexity: f64,
     /// Cross-entropy in bits per character.
     pub bits_per_char: f64,
+    /// Characters of the text left out because the model does not know them (`--unknown skip`).
+    pub skipped: Skipped,
 }
 
 /// Runs `charrnn eval`; `progress(done, total)` follows the predictions scored.
@@ -629,8 +678,22 @@ pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result
         }
         prepared => prepared?,
     };
-    let corpus = CorpusIds::in_vocab(prepared, &loaded.vocab)?;
+    let (corpus, skipped) = match job.unknown {
+        UnknownChars::Skip => CorpusIds::in_vocab_skipping(prepared, &loaded.vocab)?,
+        UnknownChars::Error => match CorpusIds::in_vocab(prepared, &loaded.vocab) {
+            Err(e @ Error::UnknownChars { .. }) => {
+                return Err(Error::config(
+                    "--corpus",
+                    format!("{e}; pass --unknown skip to score the text without them"),
+                ))
+            }
+            ids => (ids?, Skipped::default()),
+        },
+    };
     let ids = corpus.tokens();
+    if ids.len() < 2 {
+        return Err(Error::config("--corpus", "fewer than 2 characters the model knows: nothing to score"));
+    }
     let context =
         if job.stream { ids.len() - 1 } else { loaded.file.train.eval_context(trained.chars).min(ids.len() - 1) };
     let evaluation = evaluate_with_progress(&loaded.model, ids, context, progress)?;
@@ -641,6 +704,7 @@ pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result
         perplexity: evaluation.perplexity(),
         bits_per_char: evaluation.bits_per_char(),
         evaluation,
+        skipped,
     })
 }
 

@@ -13,21 +13,45 @@ pub struct CorpusOptions {
 }
 
 impl CorpusOptions {
-    /// One decoded character as the options read it (a newline or carriage return becomes a space unless
-    /// newlines are kept).
-    pub(crate) fn map(&self, c: char) -> char {
-        match c {
-            '\n' | '\r' if !self.keep_newlines => ' ',
-            c => c,
-        }
+    /// Reads `text` as the options say, without the character limit: each line break (`\r\n`, `\r` or `\n`)
+    /// becomes one `\n`, or a space unless newlines are kept. What every text given to a model goes through
+    /// (its corpus, a prefix, a stop string, an evaluation text).
+    pub fn read_text(&self, text: &str) -> String {
+        let mut reader = CharReader::new(*self);
+        text.chars().filter_map(|c| reader.read(c)).collect()
     }
 
-    /// Applies the options to decoded text.
+    /// Applies the options, the character limit included, to decoded text.
     pub fn apply(&self, text: &str) -> String {
-        let chars = text.chars().map(|c| self.map(c));
+        let mut reader = CharReader::new(*self);
+        let chars = text.chars().filter_map(|c| reader.read(c));
         match self.limit_chars {
             Some(n) => chars.take(n).collect(),
             None => chars.collect(),
+        }
+    }
+}
+
+/// [`CorpusOptions::read_text`] one character at a time, for text read in a stream.
+pub(crate) struct CharReader {
+    keep_newlines: bool,
+    /// Whether the previous character was `\r` (whose `\n` is then part of the same line break).
+    after_cr: bool,
+}
+
+impl CharReader {
+    pub(crate) fn new(options: CorpusOptions) -> Self {
+        CharReader { keep_newlines: options.keep_newlines, after_cr: false }
+    }
+
+    /// What `c` reads as, or `None` for the `\n` of a `\r\n` whose `\r` was read already.
+    pub(crate) fn read(&mut self, c: char) -> Option<char> {
+        let after_cr = std::mem::replace(&mut self.after_cr, c == '\r');
+        match c {
+            '\n' if after_cr => None,
+            '\n' | '\r' if self.keep_newlines => Some('\n'),
+            '\n' | '\r' => Some(' '),
+            c => Some(c),
         }
     }
 }
@@ -191,11 +215,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn newlines_become_spaces_unless_kept() {
-        let text = "a\nb\r\nc";
-        assert_eq!(CorpusOptions::default().apply(text), "a b  c");
+    fn line_breaks_of_every_convention_read_as_one_newline_or_one_space() {
+        // Unix, Windows and old Mac line breaks, and a blank line written each way (worked by hand).
+        let text = "a\nb\r\nc\rd\r\n\r\ne\r\rf";
+        assert_eq!(CorpusOptions::default().apply(text), "a b c d  e  f");
         let keep = CorpusOptions { keep_newlines: true, limit_chars: None };
-        assert_eq!(keep.apply(text), text);
+        assert_eq!(keep.apply(text), "a\nb\nc\nd\n\ne\n\nf");
+        assert_eq!(keep.read_text("\r\n\n"), "\n\n");
+        let limited = CorpusOptions { keep_newlines: true, limit_chars: Some(3) };
+        assert_eq!(limited.apply("a\r\nbc"), "a\nb", "a line break counts as one character");
+        assert_eq!(limited.read_text("a\r\nbc"), "a\nbc", "read_text has no limit");
     }
 
     #[test]

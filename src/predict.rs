@@ -4,6 +4,7 @@ use crate::corpus::Vocabulary;
 use crate::error::{Error, Result};
 use crate::model::Network;
 use crate::rng::{Rng, Stream};
+use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
 /// How each next character is chosen from the model's distribution.
@@ -148,17 +149,18 @@ pub struct Generated {
 
 /// Warms the state up over `prefix`, then generates `options.samples` continuations of up to
 /// `options.num_chars` characters, one forward step per character for all samples together. `on_char(i, c)`
-/// is called for each character `c` of sample `i` as soon as it is chosen (for streaming).
+/// is called for each character `c` of sample `i` as soon as it is chosen (for streaming); when it returns
+/// `Break`, generation stops there and the samples so far are returned.
 ///
 /// Sample `i` draws from its own generator seeded with `sampler.seed + i`, and the warm-up runs once for
 /// all samples, so a batch of N gives the texts of N single runs with seeds `seed .. seed + N` (up to the
 /// rounding of a batched matrix product, which can differ from a single row's in the last bit).
-pub fn generate(
+pub fn generate_until(
     model: &Network,
     vocab: &Vocabulary,
     prefix: &str,
     options: &Generate,
-    on_char: &mut dyn FnMut(usize, char),
+    on_char: &mut dyn FnMut(usize, char) -> ControlFlow<()>,
 ) -> Result<Vec<Generated>> {
     if prefix.is_empty() {
         return Err(Error::config("--prefix", "must not be empty"));
@@ -202,9 +204,11 @@ pub fn generate(
             if options.probs {
                 sample.probs.push(probability(row, c));
             }
-            on_char(i, ch);
             if options.stop.as_deref().is_some_and(|s| sample.generated.ends_with(s)) {
                 sample.stopped = true;
+            }
+            if on_char(i, ch).is_break() {
+                return Ok(samples);
             }
         }
         if samples.iter().all(|s| s.stopped) {
@@ -213,6 +217,20 @@ pub fn generate(
         x = Tensor::from_slice(&chosen).to_device(device);
     }
     Ok(samples)
+}
+
+/// [`generate_until`] to the end: `on_char(i, c)` sees each character `c` of sample `i` as it is chosen.
+pub fn generate(
+    model: &Network,
+    vocab: &Vocabulary,
+    prefix: &str,
+    options: &Generate,
+    on_char: &mut dyn FnMut(usize, char),
+) -> Result<Vec<Generated>> {
+    generate_until(model, vocab, prefix, options, &mut |i, c| {
+        on_char(i, c);
+        ControlFlow::Continue(())
+    })
 }
 
 /// Warms the state up over `prefix`, then generates `num_chars` characters greedily (argmax at each step).

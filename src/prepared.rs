@@ -77,6 +77,8 @@ fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMu
     let limit = options.limit_chars.map_or(u64::MAX, |n| n as u64);
     let mut count = 0u64;
     let mut buf = vec![0u8; CHUNK];
+    // One reader for the whole text: a `\r` ending one file and a `\n` starting the next are one line break.
+    let mut reader = crate::corpus::CharReader::new(*options);
     for path in paths {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         // Bytes of a character cut by the end of the previous chunk, and the file offset of `carry[0]`.
@@ -109,8 +111,10 @@ fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMu
                 if count >= limit {
                     return Ok(count);
                 }
-                each(options.map(c));
-                count += 1;
+                if let Some(c) = reader.read(c) {
+                    each(c);
+                    count += 1;
+                }
             }
             let used = carry.len() - rest;
             offset += used as u64;
@@ -262,6 +266,23 @@ impl Prepared {
     }
 }
 
+/// Characters left out of a text because a vocabulary lacks them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Skipped {
+    /// How many were left out.
+    pub count: usize,
+    /// Which, each once.
+    pub chars: Vec<char>,
+}
+
+impl std::fmt::Display for Skipped {
+    /// "N characters not in the model's vocabulary: 'x', 'y'" (the first 20, then a count).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let chars = crate::error::quote_chars(&self.chars);
+        write!(f, "{} characters not in the model's vocabulary: {chars}", self.count)
+    }
+}
+
 /// A corpus's character indices in a given vocabulary: the prepared file itself when its vocabulary is
 /// that one, else a copy in memory with each index mapped.
 pub enum CorpusIds {
@@ -274,17 +295,30 @@ pub enum CorpusIds {
 impl CorpusIds {
     /// `prepared`'s text in `vocab`'s indices; characters that `vocab` lacks are an error naming them.
     pub fn in_vocab(prepared: Prepared, vocab: &Vocabulary) -> Result<CorpusIds> {
+        Self::remap(prepared, vocab, false).map(|(ids, _)| ids)
+    }
+
+    /// `prepared`'s text in `vocab`'s indices, with the characters that `vocab` lacks left out (the text
+    /// around them joined); also returns how many were left out and which (each once, in the order of
+    /// `prepared`'s vocabulary).
+    pub fn in_vocab_skipping(prepared: Prepared, vocab: &Vocabulary) -> Result<(CorpusIds, Skipped)> {
+        Self::remap(prepared, vocab, true)
+    }
+
+    fn remap(prepared: Prepared, vocab: &Vocabulary, skip: bool) -> Result<(CorpusIds, Skipped)> {
         if prepared.vocab == *vocab {
-            return Ok(CorpusIds::Mapped(prepared));
+            return Ok((CorpusIds::Mapped(prepared), Skipped::default()));
         }
         let table: Vec<Option<usize>> = prepared.vocab.chars().iter().map(|&c| vocab.index(c)).collect();
         let unknown: Vec<char> =
             prepared.vocab.chars().iter().zip(&table).filter(|(_, i)| i.is_none()).map(|(&c, _)| c).collect();
-        if !unknown.is_empty() {
+        if !unknown.is_empty() && !skip {
             return Err(Error::UnknownChars { what: "the corpus", chars: unknown });
         }
         let ids = prepared.tokens().to_vec();
-        Ok(CorpusIds::Owned(ids.into_iter().map(|i| table[i as usize].expect("checked above") as i64).collect()))
+        let kept: Vec<i64> = ids.iter().filter_map(|&i| table[i as usize].map(|j| j as i64)).collect();
+        let skipped = Skipped { count: ids.len() - kept.len(), chars: unknown };
+        Ok((CorpusIds::Owned(kept), skipped))
     }
 
     /// The indices.
@@ -379,7 +413,8 @@ pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepare
     }
     let sources = files.iter().map(|f| Source::of(f)).collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = sources.iter().map(|s| s.path.display().to_string()).collect();
-    let key = crate::corpus::text_hash(&format!("{}\n{options:?}", names.join("\n")));
+    // "crlf": token files cached before `\r\n` read as one line break have other names, so none is reused.
+    let key = crate::corpus::text_hash(&format!("{}\n{options:?}\ncrlf", names.join("\n")));
     let dir = cache_dir();
     let cached = dir.join(format!("{}.tokens", key.trim_start_matches("fnv1a64:")));
     // The header first: a cache of changed sources is prepared again without reading its tokens.

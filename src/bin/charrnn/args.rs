@@ -141,6 +141,14 @@ pub fn command() -> clap::Command {
     })
 }
 
+/// Exits with a usage error of the subcommand `name` (its usage line, status 2), as clap's own.
+pub fn usage_error(name: &str, kind: clap::error::ErrorKind, message: impl std::fmt::Display) -> ! {
+    let mut cmd = command();
+    cmd.build();
+    let sub = cmd.find_subcommand_mut(name).expect("a subcommand of charrnn");
+    sub.error(kind, message).exit()
+}
+
 /// The parsed command line (exits with clap's usage error on bad arguments).
 pub fn parse() -> Cli {
     use clap::FromArgMatches;
@@ -474,6 +482,10 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Characters the model does not know: error (name them) or skip (leave them out, the text around them
+    /// joined, and say how many).
+    #[arg(long, value_enum, default_value_t = UnknownChars::default())]
+    pub unknown: UnknownChars,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -594,6 +606,7 @@ impl EvalArgs {
             device: self.device.device,
             threads: self.device.threads,
             stream: self.stream,
+            unknown: self.unknown,
         }
     }
 }

@@ -7,8 +7,9 @@ use anyhow::Context;
 use args::{Command, EvalArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, TrainArgs, TrainTask};
 use render::Reporter;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Makes the first SIGINT or SIGTERM a request (recorded in the returned number, which the training loop
@@ -59,24 +60,54 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A command other than `train` stopped by SIGINT or SIGTERM after showing what it had (exit 128 + signal).
+#[derive(Debug)]
+struct Stopped {
+    signal: i32,
+    what: String,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted; {}", self.what)
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 fn predict(args: PredictArgs) -> anyhow::Result<()> {
     if args.stream && args.samples > 1 {
         let msg = format!("--stream writes a single sample; drop --stream or --samples {}", args.samples);
-        args::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+        args::usage_error("predict", clap::error::ErrorKind::ArgumentConflict, msg);
     }
+    let signal = catch_stop_signals().context("cannot install the Ctrl-C handler")?;
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
     let outcome = charrnn::run_predict(&args.job(), &mut |_, c| {
-        if args.stream && write_error.is_none() {
+        if signal.load(Ordering::Relaxed) != 0 {
+            return ControlFlow::Break(());
+        }
+        if args.stream {
+            // A reader that went away (a closed pipe) ends generation at once.
             if let Err(e) = write!(out, "{c}").and_then(|_| out.flush()) {
                 write_error = Some(e);
+                return ControlFlow::Break(());
             }
         }
+        ControlFlow::Continue(())
     })?;
     if let Some(e) = write_error {
         return Err(e.into());
     }
-    Ok(render::predict_outcome(&mut out, &outcome, args.json, args.stream)?)
+    render::predict_outcome(&mut out, &outcome, args.json, args.stream)?;
+    match signal.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        sig => {
+            let n: usize = outcome.samples.iter().map(|s| s.generated.chars().count()).sum();
+            let what = format!("printed the {n} characters generated so far");
+            Err(Stopped { signal: sig as i32, what }.into())
+        }
+    }
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
@@ -148,6 +179,10 @@ fn main() -> ExitCode {
             if let Some(&charrnn::Error::Interrupted { signal, .. }) = e.downcast_ref() {
                 eprintln!("stopped: {e}");
                 return ExitCode::from((128 + signal).clamp(0, 255) as u8);
+            }
+            if let Some(stopped) = e.downcast_ref::<Stopped>() {
+                eprintln!("stopped: {stopped}");
+                return ExitCode::from((128 + stopped.signal).clamp(0, 255) as u8);
             }
             let line = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {line}");

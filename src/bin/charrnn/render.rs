@@ -247,8 +247,9 @@ impl TrainObserver for Reporter {
             text.push_str(&format!(", lr {}, grad norm {:.6}, {} chars/s", r.lr, r.grad_norm, grouped(speed as u64)));
         }
         text.push('\n');
+        // One line per sample: a newline in it is shown as \n.
         for s in r.samples.iter().flatten() {
-            text.push_str(&format!(" - {s}\n"));
+            text.push_str(&format!(" - {}\n", s.replace('\n', "\\n")));
         }
         self.print(&text);
     }
@@ -303,7 +304,12 @@ pub fn predict_outcome(
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
     }
+    let n = outcome.samples.len();
     for (i, s) in outcome.samples.iter().enumerate() {
+        // Samples that can span lines get a header each, so that one cannot run into the next.
+        if !json && !streamed && n > 1 && outcome.keeps_newlines {
+            writeln!(out, "{}", sample_header(i, n))?;
+        }
         if json {
             let line = serde_json::json!({ "sample": i, "text": s.text, "generated": s.generated, "probs": s.probs, "stopped": s.stopped });
             writeln!(out, "{line}")?;
@@ -314,6 +320,11 @@ pub fn predict_outcome(
         }
     }
     Ok(())
+}
+
+/// The line before sample `i` (0-based) of `n` from a model that keeps newlines.
+pub fn sample_header(i: usize, n: usize) -> String {
+    format!("=== sample {} of {n} ===", i + 1)
 }
 
 /// `eval`'s progress bar, on a terminal only, for texts long enough to need one.
@@ -352,6 +363,9 @@ impl EvalProgress {
 
 /// `eval`'s report, as text or one JSON object.
 pub fn eval_report(out: &mut impl Write, r: &EvalReport, json: bool) -> std::io::Result<()> {
+    if r.skipped.count > 0 {
+        eprintln!("warning: skipped {}", r.skipped);
+    }
     if json {
         return writeln!(out, "{}", serde_json::to_string(r).expect("the report serialises"));
     }
