@@ -5,7 +5,8 @@
 # GPU, that CPU and GPU training agree, and the fused (cuDNN) and bf16 paths; then runs benches/compare_speed.sh
 # with DEVICE=cuda on two workloads.
 # Any failed step or disagreement stops it with a FAIL line and a non-zero status.
-# Usage: CHARRNN=path/to/charrnn [PY=python3] bash benches/gpu_check.sh
+# Usage: CHARRNN=path/to/charrnn [PY=python3] [SPEED=0] bash benches/gpu_check.sh   (SPEED=0 skips the
+# speed comparisons)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PY:-python3}
@@ -46,6 +47,14 @@ done
 step "2-layer GRU, fused backend (cuDNN), Adam, 2 epochs on the GPU"
 $bin train --corpus data/yuanqu.txt --limit-chars 50000 --cell gru --layers 2 --embed 64 --backend fused --optimizer adam \
     --epochs 2 --pred-period 1 --pred-len 10 --device cuda --out "$tmp/gru" -v
+step "fine-tuned on the GPU from the CPU-trained model, on a text with new characters (fused backend)"
+printf 'the quick brown fox 分开 jumps over 不分开 the lazy dog. %.0s' $(seq 300) >"$tmp/second.txt"
+$bin train --corpus "$tmp/second.txt" --init-from "$tmp/r" --backend fused --optimizer adam --epochs 2 --pred-period 1 \
+    --pred-len 10 --prefix 'the ' --device cuda --out "$tmp/ft"
+$bin info --model "$tmp/ft" | grep -E 'vocabulary|started from|trained on'
+$bin predict --model "$tmp/ft" --prefix 'the quick' --num-chars 20 --device cuda
+$bin eval --model "$tmp/ft" --device cuda
+[ "${SPEED:-1}" = 0 ] && { echo; echo "gpu_check: all steps passed (speed skipped)"; exit 0; }
 step "speed, demo workload"
 CHARRNN=$bin PY=$py DEVICE=cuda bash benches/compare_speed.sh
 step "speed, 50,000 characters"
