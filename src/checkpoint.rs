@@ -152,6 +152,16 @@ pub struct ModelFile {
     pub init_from: Option<Origin>,
 }
 
+impl ModelFile {
+    /// Minibatches per epoch of the run that wrote it (from its corpus length, held-out fraction, batch,
+    /// steps and sampling).
+    pub fn minibatches_per_epoch(&self) -> usize {
+        let t = &self.train;
+        let n_val = (self.corpus.chars as f64 * t.resolved_val_frac(self.corpus.chars)).round() as usize;
+        t.batch_order.batches_per_epoch(self.corpus.chars.saturating_sub(n_val), t.batch_size, t.steps)
+    }
+}
+
 /// A model read back from a folder, ready to use.
 pub struct LoadedModel {
     /// The network with its trained weights.
@@ -174,7 +184,11 @@ pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>)
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    // The user named `path`: an error names it, not the temporary.
+    result.map_err(|e| match e {
+        Error::Io { path: p, reason } if p == tmp => Error::Io { path: path.to_path_buf(), reason },
+        e => e,
+    })
 }
 
 /// Replaces `path` by `bytes` atomically (temporary file in the same folder, fsync, rename).
@@ -444,11 +458,17 @@ pub fn resolve_model_dir(given: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-/// Records `dir` as the last model trained from this working directory.
+/// Records `dir` as the last model trained from this working directory, in `runs/last-model`, when `dir` is
+/// inside the working directory; a model folder elsewhere (`--out /elsewhere/m`) leaves the working
+/// directory untouched, and is named with `--model`.
 pub fn record_last_model(dir: &Path) -> Result<()> {
+    let abs = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    let here = std::env::current_dir().and_then(std::fs::canonicalize).map_err(|e| Error::io(".", e))?;
+    if !abs.starts_with(&here) {
+        return Ok(());
+    }
     let runs = Path::new(RUNS_DIR);
     std::fs::create_dir_all(runs).map_err(|e| Error::io(runs, e))?;
-    let abs = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
     write_bytes_atomic(&runs.join(LAST_MODEL), format!("{}\n", abs.display()).as_bytes())
 }
 

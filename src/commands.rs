@@ -121,6 +121,7 @@ pub struct ResumeJob {
 /// written before the first checkpoint.
 pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
     job.config.validate()?;
+    job.corpus_options.validate()?;
     set_threads(job.threads)?;
     let device = job.device.resolve()?;
     let first = job.corpus.first().ok_or_else(|| Error::config("--corpus", "give at least one file or folder"))?;
@@ -153,6 +154,9 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     let (hash, options) = (prepared.header.hash.clone(), prepared.header.options);
     config.prefixes = config.prefixes.iter().map(|p| options.read_text(p)).collect();
     let mut notes = Vec::new();
+    if let Some(note) = newline_note(&prepared.header) {
+        notes.push(note);
+    }
     let (model, vocab, corpus, init_from) = match source {
         None => {
             let vocab = prepared.vocab.clone();
@@ -207,6 +211,20 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     fit(Fit { out, model, vocab, corpus, template, saved: None, notes, _lock: lock }, None, observer)
 }
 
+/// A note for a text of many lines read with its line breaks as spaces (the textbook's default, which
+/// suits its lyrics but runs verse, dialogue and code together): at least 100 of them, one every 200
+/// characters or more often.
+fn newline_note(header: &crate::prepared::PreparedHeader) -> Option<String> {
+    let breaks = header.line_breaks?;
+    if header.options.keep_newlines || breaks < 100 || header.len / breaks > 200 {
+        return None;
+    }
+    Some(format!(
+        "the corpus has {breaks} line breaks (one every {} characters), read as spaces as in the textbook; --keep-newlines lets the model learn its lines (verse, speakers, code)",
+        header.len / breaks
+    ))
+}
+
 /// Runs `charrnn train --resume`: reads the run's resumable checkpoint, checks the corpus is the same
 /// text, and continues training exactly where the run stood, saving as [`run_train`] does.
 pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
@@ -226,10 +244,11 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
     let file = loaded.file.clone();
     let paths = if job.corpus.is_empty() { file.corpus.paths() } else { job.corpus.clone() };
     let prepared = match load_corpus(&paths, &file.corpus.options) {
-        Err(Error::Io { path, source }) if job.corpus.is_empty() => {
+        Err(Error::Io { path, reason }) if job.corpus.is_empty() => {
             let reason = format!(
-                "the run's corpus {} cannot be read ({source}); if it moved, pass --corpus FILE",
-                path.display()
+                "the run's corpus {} cannot be read ({}); if it moved, pass --corpus FILE",
+                path.display(),
+                crate::error::io_reason(&reason)
             );
             return Err(Error::config("--corpus", reason));
         }
@@ -395,6 +414,13 @@ fn curve_of(dir: &Path, label: String) -> Result<Curve> {
 pub fn run_plot(models: &[PathBuf], out: &Path) -> Result<()> {
     if models.is_empty() {
         return Err(Error::config("--model", "give at least one model folder"));
+    }
+    if !out.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
+        let reason = format!(
+            "{} does not end in .svg: plot writes SVG only (open it in a browser, or convert it with a tool such as rsvg-convert)",
+            out.display()
+        );
+        return Err(Error::config("--out", reason));
     }
     let curves = models.iter().map(|m| curve_of(m, m.display().to_string())).collect::<Result<Vec<_>>>()?;
     write_perplexity_svg(&curves, out)
@@ -656,9 +682,7 @@ pub struct EvalReport {
 
 /// Runs `charrnn eval`; `progress(done, total)` follows the predictions scored.
 pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result<EvalReport> {
-    if job.limit_chars == Some(0) {
-        return Err(Error::config("--limit-chars", "must be at least 1"));
-    }
+    CorpusOptions { keep_newlines: false, limit_chars: job.limit_chars }.validate()?;
     set_threads(job.threads)?;
     let loaded = load_model(job.model.as_deref(), job.device)?;
     let trained = &loaded.file.corpus;
@@ -671,9 +695,12 @@ pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result
         options.limit_chars = job.limit_chars;
     }
     let prepared = match load_corpus(&paths, &options) {
-        Err(Error::Io { path, source }) if job.corpus.is_empty() => {
-            let reason =
-                format!("the training corpus {} cannot be read ({source}); pass --corpus FILE", path.display());
+        Err(Error::Io { path, reason }) if job.corpus.is_empty() => {
+            let reason = format!(
+                "the training corpus {} cannot be read ({}); pass --corpus FILE",
+                path.display(),
+                crate::error::io_reason(&reason)
+            );
             return Err(Error::config("--corpus", reason));
         }
         prepared => prepared?,
@@ -734,6 +761,9 @@ pub struct ModelSummary {
     pub file: ModelFile,
     /// Parameters in all.
     pub parameters: u64,
+    /// The folder to give `--resume` and where its run stands, when the folder (or the model folder it is
+    /// the `last/` checkpoint of) holds a resumable checkpoint.
+    pub resumable: Option<(PathBuf, crate::resume::Position)>,
 }
 
 /// Reads a model folder for `charrnn info --model` (loading and checking its weights too).
@@ -741,7 +771,14 @@ pub fn model_summary(dir: Option<&Path>) -> Result<ModelSummary> {
     let dir = checkpoint::resolve_model_dir(dir)?;
     let loaded = checkpoint::load(&dir, tch::Device::Cpu)?;
     let parameters = loaded.model.config().parameter_count().unwrap_or(0);
-    Ok(ModelSummary { dir, file: loaded.file, parameters })
+    // The checkpoint `--resume` reads is `<run>/last`: this folder's, or this folder itself.
+    let resumable = if dir.file_name().is_some_and(|n| n == LAST_DIR) && loaded.file.resume.is_some() {
+        let run = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some((run.to_path_buf(), loaded.file.resume.clone().expect("checked").position))
+    } else {
+        checkpoint::read_model_file(&dir.join(LAST_DIR)).ok().and_then(|f| f.resume).map(|r| (dir.clone(), r.position))
+    };
+    Ok(ModelSummary { dir, file: loaded.file, parameters, resumable })
 }
 
 /// Gathers [`Info`].

@@ -13,6 +13,14 @@ pub struct CorpusOptions {
 }
 
 impl CorpusOptions {
+    /// Checks the options are usable: a character limit, if any, of at least 1.
+    pub fn validate(&self) -> Result<()> {
+        if self.limit_chars == Some(0) {
+            return Err(Error::config("--limit-chars", "must be at least 1"));
+        }
+        Ok(())
+    }
+
     /// Reads `text` as the options say, without the character limit: each line break (`\r\n`, `\r` or `\n`)
     /// becomes one `\n`, or a space unless newlines are kept. What every text given to a model goes through
     /// (its corpus, a prefix, a stop string, an evaluation text).
@@ -35,13 +43,15 @@ impl CorpusOptions {
 /// [`CorpusOptions::read_text`] one character at a time, for text read in a stream.
 pub(crate) struct CharReader {
     keep_newlines: bool,
+    /// Line breaks read so far.
+    pub(crate) line_breaks: u64,
     /// Whether the previous character was `\r` (whose `\n` is then part of the same line break).
     after_cr: bool,
 }
 
 impl CharReader {
     pub(crate) fn new(options: CorpusOptions) -> Self {
-        CharReader { keep_newlines: options.keep_newlines, after_cr: false }
+        CharReader { keep_newlines: options.keep_newlines, line_breaks: 0, after_cr: false }
     }
 
     /// What `c` reads as, or `None` for the `\n` of a `\r\n` whose `\r` was read already.
@@ -49,8 +59,10 @@ impl CharReader {
         let after_cr = std::mem::replace(&mut self.after_cr, c == '\r');
         match c {
             '\n' if after_cr => None,
-            '\n' | '\r' if self.keep_newlines => Some('\n'),
-            '\n' | '\r' => Some(' '),
+            '\n' | '\r' => {
+                self.line_breaks += 1;
+                Some(if self.keep_newlines { '\n' } else { ' ' })
+            }
             c => Some(c),
         }
     }

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {}", path.display(), io_reason(reason))]
     Io {
         /// The file or folder concerned.
         path: PathBuf,
-        /// The operating system's reason.
-        source: std::io::Error,
+        /// The operating system's reason (in the message once: it is not a `source`, which would print it
+        /// a second time in a context chain).
+        reason: std::io::Error,
     },
     /// The corpus is not valid UTF-8.
     #[error("{}: invalid UTF-8 at byte offset {offset}; convert the file to UTF-8 first", path.display())]
@@ -97,7 +98,7 @@ pub enum Error {
         kept: Option<String>,
     },
     /// Training stopped because it was asked to (a signal), after saving a checkpoint.
-    #[error("interrupted in epoch {epoch} after minibatch {minibatch} of {minibatches}{}", saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
+    #[error("interrupted at {}{}", crate::resume::describe_position(*epoch, *minibatch, *minibatches), saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
     Interrupted {
         /// The signal number that asked for the stop (2 SIGINT, 15 SIGTERM).
         signal: i32,
@@ -111,7 +112,7 @@ pub enum Error {
         saved: Option<PathBuf>,
     },
     /// Training stopped at a limit it was given (`--max-iters`, `--time-limit`), after saving a checkpoint.
-    #[error("stopped at {limit} in epoch {epoch} after minibatch {minibatch} of {minibatches}{}", saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
+    #[error("stopped by {limit} at {}{}", crate::resume::describe_position(*epoch, *minibatch, *minibatches), saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
     LimitReached {
         /// The limit, as the command line spells it.
         limit: String,
@@ -135,7 +136,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), reason: source }
     }
 
     /// An [`Error::BadModel`] for `path`.
@@ -150,6 +151,17 @@ impl Error {
 }
 
 /// Characters shown one by one, escaped so that spaces and control characters are visible.
+/// An operating-system error as a sentence: "no such file or directory", without Rust's "(os error 2)".
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default()
+}
+
 /// `chars` quoted, separated by commas; past the first 20, a count of the rest.
 pub(crate) fn quote_chars(chars: &[char]) -> String {
     const SHOWN: usize = 20;

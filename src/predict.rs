@@ -104,6 +104,12 @@ fn probability(row: &[f32], c: usize) -> f64 {
     (row[c] as f64 - max).exp() / sum
 }
 
+/// Characters `predict` generates when not told how many.
+pub const DEFAULT_NUM_CHARS: usize = 200;
+/// The most characters one generation may ask for (what it keeps, 4 bytes a character per sample, stays
+/// within tens of megabytes).
+pub const MAX_NUM_CHARS: usize = 10_000_000;
+
 /// What to generate.
 #[derive(Debug, Clone, Default)]
 pub struct Generate {
@@ -125,6 +131,13 @@ impl Generate {
     pub fn validate(&self) -> Result<()> {
         if self.samples == 0 {
             return Err(Error::config("--samples", "must be at least 1"));
+        }
+        if self.num_chars > MAX_NUM_CHARS {
+            let reason = format!(
+                "{} is more than the {MAX_NUM_CHARS} characters one run may generate; run several",
+                self.num_chars
+            );
+            return Err(Error::config("--num-chars", reason));
         }
         if self.stop.as_deref() == Some("") {
             return Err(Error::config("--stop", "must not be empty"));

@@ -59,6 +59,10 @@ pub struct PreparedHeader {
     pub sources: Vec<Source>,
     /// How they were read.
     pub options: CorpusOptions,
+    /// Line breaks in the text read (`\r\n`, `\r` or `\n`, whether kept or read as spaces); absent in
+    /// files prepared before it was counted.
+    #[serde(default)]
+    pub line_breaks: Option<u64>,
 }
 
 /// The narrowest token width for a vocabulary of `size` characters.
@@ -72,8 +76,9 @@ fn width_for(size: usize) -> u8 {
 
 /// Decodes the UTF-8 text of `paths` (concatenated) in chunks, applies `options` (newlines, character
 /// limit) and calls `each` with every character; a file's invalid UTF-8 is an error naming it and the byte
-/// offset. Stops early at the character limit. Returns the characters passed.
-fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMut(char)) -> Result<u64> {
+/// offset. Stops early at the character limit. Returns the characters passed and how many of them were line
+/// breaks.
+fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMut(char)) -> Result<(u64, u64)> {
     let limit = options.limit_chars.map_or(u64::MAX, |n| n as u64);
     let mut count = 0u64;
     let mut buf = vec![0u8; CHUNK];
@@ -86,7 +91,7 @@ fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMu
         let mut offset = 0u64;
         loop {
             if count >= limit {
-                return Ok(count);
+                return Ok((count, reader.line_breaks));
             }
             let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
             if n == 0 {
@@ -109,7 +114,7 @@ fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMu
             };
             for c in text.chars() {
                 if count >= limit {
-                    return Ok(count);
+                    return Ok((count, reader.line_breaks));
                 }
                 if let Some(c) = reader.read(c) {
                     each(c);
@@ -121,7 +126,7 @@ fn for_each_char(paths: &[PathBuf], options: &CorpusOptions, mut each: impl FnMu
             carry.drain(..used);
         }
     }
-    Ok(count)
+    Ok((count, reader.line_breaks))
 }
 
 /// Reads `paths` (in order, as one text) with `options` and writes the prepared corpus to `out` (atomically:
@@ -132,7 +137,7 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
     // Which characters occur, by code point (a table, not a set: this runs once per character).
     let mut seen = vec![false; CODE_POINTS];
     let mut hash = TextHash::default();
-    let len = for_each_char(paths, options, |c| {
+    let (len, line_breaks) = for_each_char(paths, options, |c| {
         seen[c as usize] = true;
         hash.add(c);
     })?;
@@ -149,6 +154,7 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         hash: hash.finish(),
         sources,
         options: *options,
+        line_breaks: Some(line_breaks),
     };
     let mut index = vec![0u32; CODE_POINTS];
     for (i, &c) in vocab.iter().enumerate() {
@@ -168,7 +174,7 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         let mut failed = None;
         let width = header.width as usize;
         let mut pending: Vec<u8> = Vec::with_capacity(CHUNK + 4);
-        let written = for_each_char(paths, options, |c| {
+        let (written, _) = for_each_char(paths, options, |c| {
             pending.extend_from_slice(&index[c as usize].to_le_bytes()[..width]);
             if pending.len() >= CHUNK {
                 if failed.is_none() {

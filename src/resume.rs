@@ -22,6 +22,17 @@ pub struct BestEpoch {
     pub minibatch: Option<usize>,
 }
 
+/// Where a run stands, as every message says it (epochs and minibatches from 1): "epoch E, after minibatch B
+/// of N" inside epoch `epoch`, "the end of epoch E" when `minibatch` is 0 (the end of the one before) or N.
+pub fn describe_position(epoch: usize, minibatch: usize, minibatches: usize) -> String {
+    match minibatch {
+        0 if epoch <= 1 => "the start of training".to_string(),
+        0 => format!("the end of epoch {}", epoch - 1),
+        b if b >= minibatches => format!("the end of epoch {epoch}"),
+        b => format!("epoch {epoch}, after minibatch {b} of {minibatches}"),
+    }
+}
+
 /// Where a run stands, in numbers; with the tensors of a [`TrainState`] it is everything needed to
 /// continue the run exactly.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

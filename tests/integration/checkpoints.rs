@@ -166,7 +166,7 @@ fn ctrl_c_and_sigterm_checkpoint_exit_130_and_143_and_resume_exactly() {
         signal(&child, name);
         let (status, stderr) = finish(child);
         assert_eq!(status, Some(code), "SIG{name}: {stderr}");
-        assert!(stderr.contains("interrupted in epoch") && stderr.contains("charrnn train --resume m"), "{stderr}");
+        assert!(stderr.contains("interrupted at epoch") && stderr.contains("charrnn train --resume m"), "{stderr}");
         // Continue two epochs past the stop, and compare with a run that never stopped.
         let (epoch, batch) = position(&env.path("m"));
         let total = (epoch + 2).to_string();
@@ -350,7 +350,7 @@ fn a_model_folder_from_an_earlier_version_loads_evaluates_and_resumes() {
     assert!((a - b).abs() < 1e-5 * b, "cross-entropy now {a}, then {b}");
     let info = env.run(&["info", "--model", "old/last"]);
     assert!(info.stdout.contains("network gru, 1 layer of 8 units"), "{}", info.stdout);
-    assert!(info.stdout.contains("resumable at epoch 3 minibatch 0"), "{}", info.stdout);
+    assert!(info.stdout.contains("resumable at the end of epoch 3: charrnn train --resume old"), "{}", info.stdout);
     crate::cli::assert_eval_agrees_with_predict(&env, "old");
     let r = env.run(&["train", "--resume", "old", "--epochs", "5", "--corpus", "old-lyrics.txt", "--device", "cpu"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -370,20 +370,28 @@ fn limits_stop_cleanly_and_resume_exactly() {
     let r = env.train(&["--out", "m", "--epochs", "4", "--pred-period", "1", "--max-iters", "30"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        r.stderr.contains("stopped at --max-iters 30 in epoch 2 after minibatch 3 of 27")
+        r.stderr.contains("stopped by --max-iters 30 at epoch 2, after minibatch 3 of 27")
             && r.stderr.contains("charrnn train --resume m"),
         "{}",
         r.stderr
     );
     assert_eq!(position(&env.path("m")), (1, 3));
+    // Issue 15: one numbering everywhere: the stop message, info on the folder and on its checkpoint, and
+    // the resumed run's first line.
+    for dir in ["m", "m/last"] {
+        let info = env.run(&["info", "--model", dir]);
+        let expected = "resumable at epoch 2, after minibatch 3 of 27: charrnn train --resume m";
+        assert!(info.stdout.contains(expected), "{dir}: {}", info.stdout);
+    }
     let rest = env.run(&["train", "--resume", "m", "--device", "cpu"]);
     assert_eq!(rest.code, 0, "{}", rest.stderr);
+    assert!(rest.stderr.contains("resuming at epoch 2, after minibatch 3 of 27"), "{}", rest.stderr);
     assert_eq!(reports_after(&rest.stdout, 1), reports_after(&straight.stdout, 1));
     assert_same_parameters(&env.path("s/last"), &env.path("m/last"));
     // A time limit ends the run at the first minibatch that crosses it (here: at once).
     let r = env.train(&["--out", "t", "--epochs", "4", "--time-limit", "0.001s"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("stopped at --time-limit"), "{}", r.stderr);
+    assert!(r.stderr.contains("stopped by --time-limit"), "{}", r.stderr);
     assert_eq!(position(&env.path("t")), (0, 1));
     let rest = env.run(&["train", "--resume", "t", "--device", "cpu"]);
     assert_eq!(rest.code, 0, "{}", rest.stderr);

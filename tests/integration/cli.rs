@@ -301,7 +301,7 @@ fn bad_corpora_fail_cleanly_and_write_nothing() {
     env.fails(&["train", "--corpus", "bad.txt"], "byte offset 2");
     let r = env.fails(&["train", "--corpus", "short.txt"], "too few for one minibatch");
     assert!(r.stderr.contains("--batch") && r.stderr.contains("--steps"), "{}", r.stderr);
-    env.fails(&["train", "--corpus", "lyrics.txt", "--limit-chars", "0"], "empty");
+    env.fails(&["train", "--corpus", "lyrics.txt", "--limit-chars", "0"], "invalid --limit-chars: must be at least 1");
     assert!(!env.path("runs").exists(), "a failed train must not write a model");
 }
 
@@ -491,10 +491,22 @@ fn deep_embedded_models_with_dropout_round_trip() {
     assert_eq!(json["model"]["layers"], 2);
     assert_eq!(json["model"]["embed"], 8);
     assert_eq!(json["model"]["dropout"], 0.3);
-    // Dropout is off at prediction: three greedy samples in one batch would each get their own dropout
-    // masks (and so other probabilities) if it were on.
-    let r =
-        env.run(&["predict", "--model", "deep", "--prefix", "分开", "--num-chars", "12", "--samples", "3", "--json"]);
+    // Dropout is off at prediction: three samples in one batch that each take the most likely character
+    // (top-k 1) would each get their own dropout masks (and so other probabilities) if it were on.
+    let r = env.run(&[
+        "predict",
+        "--model",
+        "deep",
+        "--prefix",
+        "分开",
+        "--num-chars",
+        "12",
+        "--samples",
+        "3",
+        "--top-k",
+        "1",
+        "--json",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let samples: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(samples.len(), 3);
@@ -999,7 +1011,7 @@ fn logs_get_plain_progress_lines() {
     // 27 minibatches per epoch ((558 - 1) / 5 steps / 4 rows).
     assert_eq!(lines.len(), 2 * 27, "{stderr}");
     assert!(
-        lines[27].starts_with("progress: epoch 2/2, minibatch 1/27 (51.9% of the run), perplexity "),
+        lines[27].starts_with("progress: epoch 2 of 2, minibatch 1 of 27 (51.9% of the run), perplexity "),
         "{}",
         lines[27]
     );

@@ -234,7 +234,7 @@ pub struct AdjustableArgs {
     pub lr_decay: Option<f64>,
     #[arg(long, value_name = "N", help = format!("Epochs between learning-rate decays [default: {}]", textbook().lr_decay.every))]
     pub lr_decay_every: Option<usize>,
-    #[arg(long = "prefix", value_name = "P", help = prefix_help())]
+    #[arg(long = "prefix", value_name = "P", help = prefix_help(), allow_hyphen_values = true)]
     pub prefixes: Vec<String>,
     #[arg(long, value_name = "N", help = format!("Epochs between reports [default: {}]", textbook().pred_period))]
     pub pred_period: Option<usize>,
@@ -405,25 +405,59 @@ fn val_frac_help() -> String {
     )
 }
 
-/// How generated characters are chosen (shared by `predict` and the reports of `train`).
+/// How generated characters are chosen (shared by `predict` and the reports of `train`). One rule for
+/// flags that would otherwise do nothing: --top-k, --top-p (and predict's --samples above 1) sample at
+/// temperature 1 unless --temperature is given, as nanoGPT does; with --temperature 0 (greedy) they are a
+/// usage error.
 #[derive(Args)]
 #[group(id = DRAW, multiple = true)]
 pub struct DrawArgs {
-    /// Softmax temperature: 0 takes the most likely character (greedy), 1 samples from the model, more
-    /// flattens its distribution.
-    #[arg(long, default_value_t = Sampler::default().temperature, value_name = "T", allow_negative_numbers = true)]
-    pub temperature: f64,
-    /// Sample only among the K most likely characters (0 = no limit).
-    #[arg(long, default_value_t = Sampler::default().top_k, value_name = "K")]
-    pub top_k: usize,
-    /// Sample only among the fewest most likely characters whose probabilities reach P (1 = no limit).
-    #[arg(long, default_value_t = Sampler::default().top_p, value_name = "P", allow_negative_numbers = true)]
-    pub top_p: f64,
+    #[arg(long, value_name = "T", allow_negative_numbers = true, help = format!(
+        "Softmax temperature: 0 takes the most likely character (greedy), 1 samples from the model, more flattens \
+         its distribution [default: {}, or 1 with --top-k, --top-p or several --samples]",
+        Sampler::default().temperature
+    ))]
+    pub temperature: Option<f64>,
+    /// Sample only among the K most likely characters (0 = no limit) [default: 0].
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Sample only among the fewest most likely characters whose probabilities reach P (1 = no limit)
+    /// [default: 1].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub top_p: Option<f64>,
 }
 
 impl DrawArgs {
-    fn sampler(&self, seed: u64) -> Sampler {
-        Sampler { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed }
+    /// The sampler these flags describe, for `command` (whose usage error a flag without effect is), with
+    /// `samples` samples drawn at once.
+    fn sampler(&self, seed: u64, samples: usize, command: &str) -> Sampler {
+        let default = Sampler::default();
+        let mut asks_to_sample = Vec::new();
+        if self.top_k.is_some_and(|k| k > 0) {
+            asks_to_sample.push("--top-k");
+        }
+        if self.top_p.is_some_and(|p| p < 1.0) {
+            asks_to_sample.push("--top-p");
+        }
+        if samples > 1 {
+            asks_to_sample.push("--samples");
+        }
+        let temperature = match (self.temperature, asks_to_sample.first()) {
+            (Some(0.0), Some(flag)) => usage_error(
+                command,
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("{flag} has no effect with --temperature 0 (greedy decoding); give a temperature above 0, or drop {flag}"),
+            ),
+            (Some(t), _) => t,
+            (None, Some(_)) => 1.0,
+            (None, None) => default.temperature,
+        };
+        Sampler {
+            temperature,
+            top_k: self.top_k.unwrap_or(default.top_k),
+            top_p: self.top_p.unwrap_or(default.top_p),
+            seed,
+        }
     }
 }
 
@@ -432,11 +466,13 @@ pub struct PredictArgs {
     /// Model folder [default: the last model `train` wrote from this folder].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Text to continue.
-    #[arg(long, value_name = "P")]
+    /// Text to continue (read as the model reads text: with its newline setting; may start with '-').
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
     pub prefix: String,
-    /// Characters to generate after the prefix.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", default_value_t = charrnn::DEFAULT_NUM_CHARS, help = format!(
+        "Characters to generate after the prefix, at most {} (a limit on memory: the text is kept to be printed)",
+        charrnn::MAX_NUM_CHARS
+    ))]
     pub num_chars: usize,
     #[command(flatten)]
     pub draw: DrawArgs,
@@ -561,7 +597,7 @@ impl TrainArgs {
                 val_frac: n.val_frac,
                 pred_period: self.adjust.pred_period.unwrap_or(textbook().pred_period),
                 pred_len: n.pred_len,
-                sampler: self.draw.sampler(n.seed),
+                sampler: self.draw.sampler(n.seed, 1, "train"),
                 checkpoint_every: self.checkpoint_every,
                 max_iters: self.max_iters,
                 time_limit: self.time_limit,
@@ -589,7 +625,7 @@ impl PredictArgs {
                 num_chars: self.num_chars,
                 samples: self.samples,
                 stop: self.stop.clone(),
-                sampler: self.draw.sampler(self.seed),
+                sampler: self.draw.sampler(self.seed, self.samples, "predict"),
                 probs: self.json,
             },
         }

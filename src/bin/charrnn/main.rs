@@ -81,6 +81,12 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
         args::usage_error("predict", clap::error::ErrorKind::ArgumentConflict, msg);
     }
     let signal = catch_stop_signals().context("cannot install the Ctrl-C handler")?;
+    if !args.stream && !args.json && (100_001..=charrnn::MAX_NUM_CHARS).contains(&args.num_chars) {
+        eprintln!(
+            "note: {} characters are printed when all are generated; --stream shows them as they come, and Ctrl-C prints what there is",
+            args.num_chars
+        );
+    }
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
     let outcome = charrnn::run_predict(&args.job(), &mut |_, c| {
@@ -128,9 +134,7 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
 }
 
 fn prepare(args: PrepareArgs) -> anyhow::Result<()> {
-    if args.limit_chars == Some(0) {
-        anyhow::bail!(charrnn::Error::config("--limit-chars", "must be at least 1"));
-    }
+    args.options().validate()?;
     let header = charrnn::prepare(&args.corpus, &args.options(), &args.out)?;
     render::prepared(&args.out, &header);
     Ok(())

@@ -1,8 +1,8 @@
 //! What `charrnn` shows: the training progress bar and report lines, and the output of predict, eval and
 //! info. Samples and results go to stdout, progress and diagnostics to stderr.
 use charrnn::{
-    Dtype, EpochReport, EvalReport, Info, IterationReport, ModelSummary, PredictOutcome, Progress, RollbackReport,
-    RunInfo, TrainObserver, TrainOutcome,
+    describe_position, Dtype, EpochReport, EvalReport, Info, IterationReport, ModelSummary, PredictOutcome, Progress,
+    RollbackReport, RunInfo, TrainObserver, TrainOutcome,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -30,6 +30,11 @@ pub struct Reporter {
     plain_every: Option<Duration>,
     /// When the last plain progress line was printed (or training began).
     last_plain: Instant,
+    /// For the long-run note: epochs between reports, and whether the run has a limit or in-epoch
+    /// reports already (then no note); `None` once the note is settled.
+    long_run: Option<(usize, bool)>,
+    /// When this process trained its first minibatch, and the run's position then.
+    first_minibatch: Option<(Instant, u64)>,
 }
 
 /// The least time between two plain progress lines in a log, in seconds; `CHARRNN_PROGRESS_SECS` may set
@@ -55,6 +60,38 @@ impl Reporter {
                 Duration::from_secs_f64(secs.filter(|s| s.is_finite() && *s >= 0.0).unwrap_or(PLAIN_PROGRESS_SECS))
             }),
             last_plain: Instant::now(),
+            long_run: None,
+            first_minibatch: None,
+        }
+    }
+
+    /// Once, after 5 seconds of training: a note when the run will take hours and its first report is far
+    /// away (the textbook's 250 epochs with a report every 50 suit 10,000 characters, not a novel).
+    fn note_long_run(&mut self, p: &Progress<'_>, position: u64) {
+        let Some((pred_period, bounded)) = self.long_run else { return };
+        let (start, from) = *self.first_minibatch.get_or_insert((Instant::now(), position));
+        let secs = start.elapsed().as_secs_f64();
+        if secs < 5.0 || position <= from {
+            return;
+        }
+        self.long_run = None;
+        let per_minibatch = secs / (position - from) as f64;
+        let total = (p.epochs * p.minibatches) as u64;
+        let report_epoch = (p.epoch.div_ceil(pred_period) * pred_period).min(p.epochs);
+        let to_report = (report_epoch * p.minibatches) as u64 - position.min((report_epoch * p.minibatches) as u64);
+        let (run_left, report_in) = (per_minibatch * (total - position) as f64, per_minibatch * to_report as f64);
+        if bounded || run_left < 3600.0 || report_in < 600.0 {
+            return;
+        }
+        let text = format!(
+            "note: at this speed the run takes about {} more, and its first report (epoch {report_epoch}) comes in about {}; \
+             --pred-period or --eval-every N report sooner, --epochs or --time-limit bound the run (README: Training on your own text)",
+            hours_minutes(run_left),
+            hours_minutes(report_in)
+        );
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
         }
     }
 
@@ -82,7 +119,7 @@ impl Reporter {
         let (speed, left) = self.speed(position, total - position);
         let secs = left.as_secs();
         eprintln!(
-            "progress: epoch {}/{}, minibatch {}/{} ({:.1}% of the run), perplexity {:.3}, {} chars/s, {}:{:02}:{:02} left",
+            "progress: epoch {} of {}, minibatch {} of {} ({:.1}% of the run), perplexity {:.3}, {} chars/s, {}:{:02}:{:02} left",
             p.epoch,
             p.epochs,
             grouped(p.minibatch as u64),
@@ -112,6 +149,15 @@ impl Reporter {
     }
 }
 
+/// A duration in seconds as "2h 48m" or "35m".
+fn hours_minutes(secs: f64) -> String {
+    let minutes = (secs / 60.0).round() as u64;
+    match minutes / 60 {
+        0 => format!("{minutes}m"),
+        h => format!("{h}h {:02}m", minutes % 60),
+    }
+}
+
 /// `n` with thousands separators: 1234567 -> "1,234,567".
 fn grouped(n: u64) -> String {
     let digits = n.to_string();
@@ -131,9 +177,7 @@ fn describe_run(i: &RunInfo) -> String {
     let input = if i.model.arch.embed > 0 { format!("embedding {}", i.model.arch.embed) } else { "one-hot".into() };
     let dropout =
         if i.model.arch.dropout > 0.0 { format!(", dropout {}", i.model.arch.dropout) } else { String::new() };
-    let resumed = i.resumed_at.map(|(e, b)| {
-        format!(", resuming after epoch {e}{}", if b > 0 { format!(" minibatch {b}") } else { String::new() })
-    });
+    let resumed = i.resumed_at.map(|(e, b)| format!(", resuming at {}", describe_position(e + 1, b, i.minibatches)));
     let precision = if c.dtype == Dtype::Fp32 { String::new() } else { format!(", {} output layer", c.dtype) };
     format!(
         "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}{precision}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epoch{}{}",
@@ -160,6 +204,9 @@ fn describe_run(i: &RunInfo) -> String {
 impl TrainObserver for Reporter {
     fn begin(&mut self, info: &RunInfo) {
         self.chars_per_batch = info.config.batch_size * info.config.steps;
+        let c = &info.config;
+        let bounded = c.time_limit.is_some() || c.max_iters.is_some() || c.eval_every.is_some();
+        self.long_run = (!self.quiet).then_some((c.pred_period.max(1), bounded));
         if !self.quiet {
             let notes: String = info.notes.iter().map(|n| format!("\nnote: {n}")).collect();
             let text = format!("{}{notes}", describe_run(info));
@@ -179,6 +226,7 @@ impl TrainObserver for Reporter {
 
     fn minibatch(&mut self, p: &Progress<'_>) {
         let position = ((p.epoch - 1) * p.minibatches + p.minibatch) as u64;
+        self.note_long_run(p, position);
         if !self.tty {
             return self.plain_progress(p, position);
         }
@@ -202,7 +250,7 @@ impl TrainObserver for Reporter {
             let (speed, _) = self.speed(position, 0);
             let bar = self.bar.as_ref().expect("drawn above");
             bar.set_message(format!(
-                "epoch {}/{} minibatch {}/{} perplexity {:.3} {} chars/s",
+                "epoch {} of {}, minibatch {} of {}, perplexity {:.3}, {} chars/s",
                 p.epoch,
                 p.epochs,
                 p.minibatch,
@@ -413,8 +461,9 @@ pub fn model_summary(out: &mut impl Write, m: &ModelSummary) -> std::io::Result<
             o.vocab_size
         )?;
     }
-    if let Some(r) = &f.resume {
-        writeln!(out, "resumable at epoch {} minibatch {}", r.position.epoch, r.position.minibatch)?;
+    if let Some((dir, position)) = &m.resumable {
+        let at = describe_position(position.epoch + 1, position.minibatch, f.minibatches_per_epoch());
+        writeln!(out, "resumable at {at}: charrnn train --resume {}", dir.display())?;
     }
     Ok(())
 }
