@@ -57,7 +57,7 @@ fn wait_for(path: &Path, limit: Duration) {
     }
 }
 
-fn signal(child: &Child, name: &str) {
+pub(crate) fn signal(child: &Child, name: &str) {
     let ok = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap().success();
     assert!(ok, "kill -{name} failed");
 }

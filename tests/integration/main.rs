@@ -2,5 +2,6 @@
 mod checkpoints;
 mod cli;
 mod finetune;
+mod first_hour;
 mod hostile;
 mod pytorch;

@@ -1,0 +1,348 @@
+//! A new user's first hour (issue 15): English text with newlines, sampling flags, pipes and Ctrl-C,
+//! unknown characters, one numbering, messages that read well. Each test is a command as a user types it.
+use crate::cli::{eval_json, Env, Run};
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Verse with speaker names, Windows line endings (every line break is "\r\n").
+const VERSE: &str =
+    "ROMEO:\r\nO, she doth teach the torches to burn bright!\r\n\r\nJULIET:\r\nGood night, good night! \
+parting is such sweet sorrow.\r\n-- the end --\r\n";
+
+/// Trains a small model on VERSE (repeated) into `out`, with `extra` flags.
+fn train_verse(env: &Env, out: &str, extra: &[&str]) {
+    env.write("verse.txt", VERSE.repeat(8).as_bytes());
+    let base = [
+        "train",
+        "--corpus",
+        "verse.txt",
+        "--out",
+        out,
+        "--hidden",
+        "24",
+        "--steps",
+        "8",
+        "--batch",
+        "4",
+        "--epochs",
+        "3",
+        "--lr",
+        "1",
+        "--clip",
+        "1",
+        "--prefix",
+        "ROMEO",
+        "--pred-period",
+        "1",
+        "--pred-len",
+        "30",
+        "--device",
+        "cpu",
+    ];
+    let r = env.run(&[&base[..], extra].concat());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+fn model_json(env: &Env, dir: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(env.path(dir).join("model.json")).unwrap()).unwrap()
+}
+
+fn predict(env: &Env, args: &[&str]) -> Run {
+    let r = env.run(&[&["predict"][..], args].concat());
+    assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+    r
+}
+
+/// 1. A line break is one line break whatever its convention, and the model's newline setting applies to
+/// the corpus, a prefix, a stop string and an eval text alike.
+#[test]
+fn every_text_is_read_with_the_models_newline_setting() {
+    let env = Env::new();
+    train_verse(&env, "spaces", &[]);
+    train_verse(&env, "lines", &["--keep-newlines"]);
+    // Each "\r\n" reads as one character: 8 copies of VERSE are 8 * (its characters - its "\r\n"s).
+    let per_copy = VERSE.chars().count() - VERSE.matches("\r\n").count();
+    for dir in ["spaces", "lines"] {
+        let json = model_json(&env, dir);
+        assert_eq!(json["corpus"]["chars"], 8 * per_copy, "{dir}");
+        let vocab = json["vocab"].as_str().unwrap();
+        assert!(!vocab.contains('\r'), "{dir}: {vocab:?}");
+        assert_eq!(vocab.contains('\n'), dir == "lines", "{dir}: {vocab:?}");
+    }
+    // A prefix with a line break, in each convention, is the same prefix to both models.
+    for dir in ["spaces", "lines"] {
+        let greedy = |prefix: &str| predict(&env, &["--model", dir, "--prefix", prefix, "--num-chars", "20", "--json"]);
+        let unix: serde_json::Value = serde_json::from_str(greedy("ROMEO:\nO").stdout.trim()).unwrap();
+        for other in ["ROMEO:\r\nO", "ROMEO:\rO"] {
+            let r: serde_json::Value = serde_json::from_str(greedy(other).stdout.trim()).unwrap();
+            assert_eq!(r["generated"], unix["generated"], "{dir}: {other:?}");
+        }
+        let expected_text = if dir == "lines" { "ROMEO:\nO" } else { "ROMEO: O" };
+        assert!(unix["text"].as_str().unwrap().starts_with(expected_text), "{dir}: {}", unix["text"]);
+    }
+    // The same text with Unix and with Windows line endings scores the same.
+    env.write("unix.txt", VERSE.replace("\r\n", "\n").repeat(3).as_bytes());
+    env.write("windows.txt", VERSE.repeat(3).as_bytes());
+    for dir in ["spaces", "lines"] {
+        let (u, w) = (
+            eval_json(&env, &["--model", dir, "--corpus", "unix.txt"]),
+            eval_json(&env, &["--model", dir, "--corpus", "windows.txt"]),
+        );
+        assert_eq!((&u["chars"], &u["cross_entropy"]), (&w["chars"], &w["cross_entropy"]), "{dir}");
+    }
+    // A stop string with a line break ends a sample of the newline model at a line end.
+    let stop = ["--num-chars", "200", "--stop", "\r\n", "--temperature", "1", "--seed", "1", "--json"];
+    let r = predict(&env, &[&["--model", "lines", "--prefix", "JULIET:"][..], &stop].concat());
+    let sample: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let generated = sample["generated"].as_str().unwrap();
+    assert!(sample["stopped"].as_bool().unwrap() && generated.ends_with('\n'), "{generated:?}");
+    assert_eq!(generated.matches('\n').count(), 1, "{generated:?}");
+}
+
+/// 2. A stream whose reader goes away stops at once with status 0; Ctrl-C during a long non-streamed
+/// predict prints what there is and exits 130.
+#[test]
+fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
+    let env = Env::new();
+    train_verse(&env, "m", &[]);
+    // Far more than could be generated in the minute this test allows (tens of thousands per second).
+    let huge = ["predict", "--model", "m", "--prefix", "ROMEO", "--num-chars", "10000000", "--temperature", "1"];
+    let mut child =
+        env.command().args(huge).arg("--stream").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut head = [0u8; 80];
+    child.stdout.as_mut().unwrap().read_exact(&mut head).unwrap();
+    drop(child.stdout.take());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("predict --stream went on generating after its reader went away");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "a closed pipe is not an error: {stderr}");
+
+    // Without --stream, predict first notes that it prints at the end: by then Ctrl-C is caught.
+    let mut child = env.command().args(huge).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut note = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut note).unwrap();
+    assert!(note.starts_with("note: 10000000 characters are printed when all are generated"), "{note}");
+    std::thread::sleep(Duration::from_millis(1000));
+    crate::checkpoints::signal(&child, "INT");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), rest);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let generated = stdout.trim_end_matches('\n').strip_prefix("ROMEO").expect("the prefix first").chars().count();
+    assert!(generated > 0 && generated < 10_000_000, "{generated}");
+    assert!(stderr.contains(&format!("printed the {generated} characters generated so far")), "{stderr}");
+}
+
+/// 3. Samples that can contain newlines are told apart; the report's samples stay one line each.
+#[test]
+fn samples_with_newlines_are_separated_and_match_json() {
+    let env = Env::new();
+    env.write("verse.txt", VERSE.repeat(8).as_bytes());
+    let r = env.run(&[
+        "train",
+        "--corpus",
+        "verse.txt",
+        "--out",
+        "lines",
+        "--keep-newlines",
+        "--hidden",
+        "24",
+        "--steps",
+        "8",
+        "--batch",
+        "4",
+        "--epochs",
+        "2",
+        "--lr",
+        "1",
+        "--clip",
+        "1",
+        "--prefix",
+        "ROMEO:\n",
+        "--pred-period",
+        "1",
+        "--pred-len",
+        "60",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let reports: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with(" - ")).collect();
+    assert_eq!(reports.len(), 2, "one line per report sample: {}", r.stdout);
+    assert!(reports.iter().all(|l| l.starts_with(" - ROMEO:\\n")), "{reports:?}");
+    let args = ["--model", "lines", "--prefix", "ROMEO:", "--num-chars", "80", "--temperature", "1", "--seed", "4"];
+    let text = predict(&env, &[&args[..], &["--samples", "3"]].concat()).stdout;
+    let json = predict(&env, &[&args[..], &["--samples", "3", "--json"]].concat()).stdout;
+    let expected: String = json
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("=== sample {} of 3 ===\n{}\n", i + 1, v["text"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(text, expected);
+    // A model without newlines keeps one sample per line.
+    train_verse(&env, "spaces", &[]);
+    let plain =
+        predict(&env, &["--model", "spaces", "--prefix", "ROMEO", "--num-chars", "30", "--samples", "3"]).stdout;
+    assert_eq!(plain.lines().count(), 3, "{plain}");
+}
+
+/// 4. eval can skip characters the model does not know, and says how many; long lists are cut.
+#[test]
+fn eval_skips_unknown_characters_when_asked_and_counts_them() {
+    let env = Env::new();
+    train_verse(&env, "m", &[]);
+    let known = VERSE.replace("\r\n", " ");
+    env.write("with-z.txt", format!("{known}Z{known}ZZ{known}").as_bytes());
+    env.write("without-z.txt", known.repeat(3).as_bytes());
+    let r = env.fails(&["eval", "--model", "m", "--corpus", "with-z.txt"], "'Z'");
+    assert!(r.stderr.contains("--unknown skip"), "{}", r.stderr);
+    let skipped = eval_json(&env, &["--model", "m", "--corpus", "with-z.txt", "--unknown", "skip"]);
+    assert_eq!(skipped["skipped"]["count"], 3);
+    assert_eq!(skipped["skipped"]["chars"], serde_json::json!(["Z"]));
+    let clean = eval_json(&env, &["--model", "m", "--corpus", "without-z.txt"]);
+    assert_eq!((&skipped["chars"], &skipped["cross_entropy"]), (&clean["chars"], &clean["cross_entropy"]));
+    let r = env.run(&["eval", "--model", "m", "--corpus", "with-z.txt", "--unknown", "skip"]);
+    assert!(r.stderr.contains("warning: skipped 3 characters not in the model's vocabulary: 'Z'"), "{}", r.stderr);
+    // 30 unknown characters: the first 20 named, then a count.
+    let many: String = ('一'..).take(30).collect();
+    env.write("many.txt", format!("{known}{many}").as_bytes());
+    let r = env.fails(&["eval", "--model", "m", "--corpus", "many.txt"], "and 10 more");
+    assert!(r.stderr.len() < 400, "{}", r.stderr);
+}
+
+/// 5. One rule for sampling flags: --top-k, --top-p and several --samples sample at temperature 1 unless a
+/// temperature is given; with --temperature 0 they are a usage error.
+#[test]
+fn sampling_flags_never_do_nothing() {
+    let env = Env::new();
+    train_verse(&env, "m", &[]);
+    let base = ["--model", "m", "--prefix", "ROMEO", "--num-chars", "60", "--seed", "9"];
+    for flags in [&["--top-k", "5"][..], &["--top-p", "0.9"], &["--samples", "2"]] {
+        let implied = predict(&env, &[&base[..], flags].concat()).stdout;
+        let explicit = predict(&env, &[&base[..], flags, &["--temperature", "1"]].concat()).stdout;
+        assert_eq!(implied, explicit, "{flags:?}");
+        let r = env.run(&[&["predict"][..], &base, flags, &["--temperature", "0"]].concat());
+        assert_eq!(r.code, 2, "{flags:?}");
+        assert!(r.stderr.contains(flags[0]) && r.stderr.contains("Usage: charrnn predict"), "{}", r.stderr);
+    }
+    let greedy = predict(&env, &base).stdout;
+    assert_ne!(greedy, predict(&env, &[&base[..], &["--top-k", "5"]].concat()).stdout);
+    // The same rule for train's reports.
+    train_verse(&env, "t", &["--top-k", "3"]);
+    assert_eq!(model_json(&env, "t")["train"]["sampler"]["temperature"], 1.0);
+    let r = env.run(&["train", "--corpus", "verse.txt", "--out", "u", "--top-p", "0.5", "--temperature", "0"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("Usage: charrnn train"), "{}", r.stderr);
+}
+
+/// 6. A text of many lines read with its line breaks as spaces gets a note.
+#[test]
+fn a_text_of_many_lines_read_as_spaces_gets_a_note() {
+    let env = Env::new();
+    env.write("short-lines.txt", "To be or not to be,\nthat is the question.\n".repeat(60).as_bytes());
+    let args =
+        ["train", "--corpus", "short-lines.txt", "--hidden", "8", "--steps", "8", "--batch", "4", "--epochs", "1"];
+    let r = env.run(&[&args[..], &["--out", "a"]].concat());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // By hand: 120 line breaks in 2,520 characters, one every 21.
+    assert!(r.stderr.contains("note: the corpus has 120 line breaks (one every 21 characters)"), "{}", r.stderr);
+    assert!(r.stderr.contains("--keep-newlines"), "{}", r.stderr);
+    let r = env.run(&[&args[..], &["--out", "b", "--keep-newlines"]].concat());
+    assert!(!r.stderr.contains("line breaks"), "{}", r.stderr);
+    // The lyrics (2 line breaks per 100 characters or so, 12 in all) get none.
+    let r = env.train(&["--epochs", "1", "--out", "c"]);
+    assert!(!r.stderr.contains("line breaks"), "{}", r.stderr);
+}
+
+/// 8. Messages: the cause once, the user's path, the same words for the same condition, subcommand usage.
+#[test]
+fn messages_name_the_cause_once_and_the_path_given() {
+    let env = Env::new();
+    let r = env.fails(&["train", "--corpus", "nonexist.txt"], "nonexist.txt: no such file or directory");
+    assert_eq!(r.stderr.matches("no such file").count(), 1, "{}", r.stderr);
+    assert!(!r.stderr.contains("os error"), "{}", r.stderr);
+    train_verse(&env, "m", &[]);
+    let r = env.fails(&["plot", "--model", "m", "--out", "no/such/dir/x.svg"], "no/such/dir/x.svg");
+    assert!(!r.stderr.contains(".tmp"), "{}", r.stderr);
+    for args in [
+        &["train", "--corpus", "verse.txt", "--limit-chars", "0"][..],
+        &["eval", "--model", "m", "--limit-chars", "0"],
+        &["prepare", "verse.txt", "--out", "v.tokens", "--limit-chars", "0"],
+    ] {
+        env.fails(args, "invalid --limit-chars: must be at least 1");
+    }
+    let r = env.run(&["predict", "--model", "m", "--prefix", "RO", "--stream", "--samples", "2"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("Usage: charrnn predict"), "{}", r.stderr);
+    // A missing model folder reads the same in every command.
+    let missing = "runs/nope: not a usable charrnn model: no such folder";
+    for args in [
+        &["predict", "--model", "runs/nope", "--prefix", "R"][..],
+        &["eval", "--model", "runs/nope"],
+        &["info", "--model", "runs/nope"],
+        &["train", "--resume", "runs/nope"],
+        &["train", "--corpus", "verse.txt", "--init-from", "runs/nope", "--out", "x"],
+    ] {
+        env.fails(args, missing);
+    }
+}
+
+/// 9. The small surprises.
+#[test]
+fn small_surprises_are_gone() {
+    let env = Env::new();
+    train_verse(&env, "m", &[]);
+    // A default length, and a limit that says what to do.
+    let r = predict(&env, &["--model", "m", "--prefix", "ROMEO", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["generated"].as_str().unwrap().chars().count(), charrnn::DEFAULT_NUM_CHARS);
+    env.fails(&["predict", "--model", "m", "--prefix", "R", "--num-chars", "100000000000"], "invalid --num-chars");
+    // plot refuses what it cannot write.
+    env.fails(&["plot", "--model", "m", "--out", "plot.png"], "plot.png does not end in .svg");
+    assert!(!env.path("plot.png").exists());
+    // A stop string the model could never produce is refused.
+    env.fails(&["predict", "--model", "m", "--prefix", "R", "--stop", "#"], "'#'");
+    // A prefix may start with '-' (VERSE has "-- the end --").
+    let r = predict(&env, &["--model", "m", "--prefix", "-- the", "--num-chars", "5"]);
+    assert!(r.stdout.starts_with("-- the"), "{}", r.stdout);
+    // A model folder outside the working directory is not recorded in ./runs.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = elsewhere.path().join("m");
+    let fresh = Env::new();
+    fresh.write("verse.txt", VERSE.repeat(8).as_bytes());
+    let r = fresh.run(&[
+        "train",
+        "--corpus",
+        "verse.txt",
+        "--out",
+        out.to_str().unwrap(),
+        "--hidden",
+        "8",
+        "--steps",
+        "8",
+        "--batch",
+        "4",
+        "--epochs",
+        "1",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(out.join("model.json").exists());
+    assert!(!fresh.path("runs").exists(), "train --out elsewhere wrote runs/ here");
+}
