@@ -164,24 +164,8 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
             (model, vocab, CorpusIds::Mapped(prepared), None)
         }
         Some((dir, src)) => {
-            config.arch = Arch { dropout: config.arch.dropout, backend: config.arch.backend, ..src.file.model.arch };
-            let vocab = src.vocab.extended(prepared.vocab.chars().iter().copied());
-            let model = src.model.grown(config.model_config(vocab.len()), config.seed)?;
-            let origin = checkpoint::origin(dir, &src)?;
-            let new: String = vocab.chars()[src.vocab.len()..].iter().collect();
-            notes.push(format!(
-                "starting from {} ({} epochs); {}",
-                dir.display(),
-                origin.epoch,
-                match new.chars().count() {
-                    0 => "the corpus has no characters new to it".to_string(),
-                    n => format!(
-                        "{n} characters new to it: {}",
-                        crate::error::quote_chars(&new.chars().collect::<Vec<_>>())
-                    ),
-                }
-            ));
-            let corpus = CorpusIds::in_vocab(prepared, &vocab)?;
+            let (model, vocab, corpus, origin, note) = start_from(dir, src, prepared, &mut config)?;
+            notes.push(note);
             (model, vocab, corpus, Some(origin))
         }
     };
@@ -209,6 +193,29 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
         init_from,
     };
     fit(Fit { out, model, vocab, corpus, template, saved: None, notes, _lock: lock }, None, observer)
+}
+
+/// A new run's start from the trained model `src` (read from `dir`): the model's architecture in `config`
+/// (but for this run's dropout and backend), its network grown to the vocabulary extended by `prepared`'s
+/// new characters, the corpus in that vocabulary, where it started, and a note saying so.
+fn start_from(
+    dir: &Path,
+    src: LoadedModel,
+    prepared: crate::prepared::Prepared,
+    config: &mut TrainConfig,
+) -> Result<(Network, Vocabulary, CorpusIds, checkpoint::Origin, String)> {
+    config.arch = Arch { dropout: config.arch.dropout, backend: config.arch.backend, ..src.file.model.arch };
+    let vocab = src.vocab.extended(prepared.vocab.chars().iter().copied());
+    let model = src.model.grown(config.model_config(vocab.len()), config.seed)?;
+    let origin = checkpoint::origin(dir, &src)?;
+    let new = &vocab.chars()[src.vocab.len()..];
+    let what = match new.len() {
+        0 => "the corpus has no characters new to it".to_string(),
+        n => format!("{n} characters new to it: {}", crate::error::quote_chars(new)),
+    };
+    let note = format!("starting from {} ({} epochs); {what}", dir.display(), origin.epoch);
+    let corpus = CorpusIds::in_vocab(prepared, &vocab)?;
+    Ok((model, vocab, corpus, origin, note))
 }
 
 /// A note for a text of many lines read with its line breaks as spaces (the textbook's default, which

@@ -319,9 +319,10 @@ pub fn train_outcome(outcome: &TrainOutcome, quiet: bool) {
         );
     }
     eprintln!(
-        "saved model to {} ({} epochs on {}, perplexity {:.6})",
+        "saved model to {} ({} epoch{} on {}, perplexity {:.6})",
         outcome.out.display(),
         outcome.epochs,
+        if outcome.epochs == 1 { "" } else { "s" },
         outcome.device,
         outcome.perplexity
     );
