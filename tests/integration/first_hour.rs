@@ -54,7 +54,7 @@ fn predict(env: &Env, args: &[&str]) -> Run {
     r
 }
 
-/// 1. A line break is one line break whatever its convention, and the model's newline setting applies to
+/// Point 1: A line break is one line break whatever its convention, and the model's newline setting applies to
 /// the corpus, a prefix, a stop string and an eval text alike.
 #[test]
 fn every_text_is_read_with_the_models_newline_setting() {
@@ -100,7 +100,7 @@ fn every_text_is_read_with_the_models_newline_setting() {
     assert_eq!(generated.matches('\n').count(), 1, "{generated:?}");
 }
 
-/// 2. A stream whose reader goes away stops at once with status 0; Ctrl-C during a long non-streamed
+/// Point 2: A stream whose reader goes away stops at once with status 0; Ctrl-C during a long non-streamed
 /// predict prints what there is and exits 130.
 #[test]
 fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
@@ -147,7 +147,7 @@ fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
     assert!(stderr.contains(&format!("printed the {generated} characters generated so far")), "{stderr}");
 }
 
-/// 3. Samples that can contain newlines are told apart; the report's samples stay one line each.
+/// Point 3: Samples that can contain newlines are told apart; the report's samples stay one line each.
 #[test]
 fn samples_with_newlines_are_separated_and_match_json() {
     let env = Env::new();
@@ -203,7 +203,7 @@ fn samples_with_newlines_are_separated_and_match_json() {
     assert_eq!(plain.lines().count(), 3, "{plain}");
 }
 
-/// 4. eval can skip characters the model does not know, and says how many; long lists are cut.
+/// Point 4: eval can skip characters the model does not know, and says how many; long lists are cut.
 #[test]
 fn eval_skips_unknown_characters_when_asked_and_counts_them() {
     let env = Env::new();
@@ -227,7 +227,7 @@ fn eval_skips_unknown_characters_when_asked_and_counts_them() {
     assert!(r.stderr.len() < 400, "{}", r.stderr);
 }
 
-/// 5. One rule for sampling flags: --top-k, --top-p and several --samples sample at temperature 1 unless a
+/// Point 5: One rule for sampling flags: --top-k, --top-p and several --samples sample at temperature 1 unless a
 /// temperature is given; with --temperature 0 they are a usage error.
 #[test]
 fn sampling_flags_never_do_nothing() {
@@ -252,7 +252,7 @@ fn sampling_flags_never_do_nothing() {
     assert!(r.stderr.contains("Usage: charrnn train"), "{}", r.stderr);
 }
 
-/// 6. A text of many lines read with its line breaks as spaces gets a note.
+/// Point 6: A text of many lines read with its line breaks as spaces gets a note.
 #[test]
 fn a_text_of_many_lines_read_as_spaces_gets_a_note() {
     let env = Env::new();
@@ -271,7 +271,7 @@ fn a_text_of_many_lines_read_as_spaces_gets_a_note() {
     assert!(!r.stderr.contains("line breaks"), "{}", r.stderr);
 }
 
-/// 8. Messages: the cause once, the user's path, the same words for the same condition, subcommand usage.
+/// Point 8: Messages: the cause once, the user's path, the same words for the same condition, subcommand usage.
 #[test]
 fn messages_name_the_cause_once_and_the_path_given() {
     let env = Env::new();
@@ -304,7 +304,7 @@ fn messages_name_the_cause_once_and_the_path_given() {
     }
 }
 
-/// 9. The small surprises.
+/// Point 9: The small surprises.
 #[test]
 fn small_surprises_are_gone() {
     let env = Env::new();
