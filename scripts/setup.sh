@@ -56,7 +56,7 @@ if [ -n "${LIBTORCH:-}" ]; then
     # The user's own libtorch wins: cargo's [env] never overrides a variable that is already set.
     echo "setup: using LIBTORCH=$LIBTORCH from the environment" >&2
 fi
-torch_dir=$(.venv/bin/python -c "import os, torch; print(os.path.dirname(torch.__file__))")
+torch_dir=$(.venv/bin/python -c "import importlib.util, os; print(importlib.util.find_spec('torch').submodule_search_locations[0])")
 cat > .cargo/config.toml.tmp <<CONF
 # Written by scripts/setup.sh; do not edit (it is rewritten on every run).
 [env]
