@@ -136,10 +136,14 @@ fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
     assert!(note.starts_with("note: 10000000 characters are printed when all are generated"), "{note}");
     std::thread::sleep(Duration::from_millis(1000));
     crate::checkpoints::signal(&child, "INT");
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
+    // stdout is read while stderr is (each can fill its pipe).
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).unwrap();
+        rest
+    });
     let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), rest);
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), rest.join().unwrap());
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     let generated = stdout.trim_end_matches('\n').strip_prefix("ROMEO").expect("the prefix first").chars().count();
     assert!(generated > 0 && generated < 10_000_000, "{generated}");
