@@ -163,6 +163,46 @@ pub fn prepare_process() {
     }
 }
 
+/// Whether `device` multiplies bfloat16 operands natively: a CPU with AVX512-BF16 or AMX-BF16 (the flags of
+/// `/proc/cpuinfo`, or of `CHARRNN_CPU_FLAGS` when set, which tests use to play another CPU), a CUDA device
+/// of compute capability 8.0 or newer (asked of the CUDA runtime libtorch loads). `None` when it cannot
+/// tell.
+pub fn native_bf16(device: Device) -> Option<bool> {
+    match device {
+        Device::Cuda(index) => cuda_capability_major(index as i32).map(|major| major >= 8),
+        _ => {
+            let flags = match std::env::var("CHARRNN_CPU_FLAGS") {
+                Ok(flags) => flags,
+                Err(_) => std::fs::read_to_string("/proc/cpuinfo").ok()?,
+            };
+            Some(cpu_flags_have_bf16(&flags))
+        }
+    }
+}
+
+/// Whether a `flags` line of `/proc/cpuinfo` (or the whole file) names a native bfloat16 product.
+fn cpu_flags_have_bf16(cpuinfo: &str) -> bool {
+    cpuinfo.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
+}
+
+/// The major compute capability of CUDA device `index`, from the CUDA runtime's `cudaDeviceGetAttribute`
+/// (attribute 75, `cudaDevAttrComputeCapabilityMajor`), found among the libraries already loaded.
+fn cuda_capability_major(index: i32) -> Option<i32> {
+    use std::ffi::{c_char, c_int, c_void};
+    extern "C" {
+        fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    }
+    // SAFETY: RTLD_DEFAULT (null) searches the loaded libraries; the symbol, when found, has the CUDA
+    // runtime's documented signature `cudaError_t (int*, cudaDeviceAttr, int)`.
+    let f = unsafe { dlsym(std::ptr::null_mut(), c"cudaDeviceGetAttribute".as_ptr()) };
+    if f.is_null() {
+        return None;
+    }
+    let f: extern "C" fn(*mut c_int, c_int, c_int) -> c_int = unsafe { std::mem::transmute(f) };
+    let mut major: c_int = 0;
+    (f(&mut major, 75, index) == 0).then_some(major)
+}
+
 /// The `Model:` line of each `<gpus>/*/information` file, sorted by folder (the PCI bus address).
 fn gpu_names(gpus: &std::path::Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(gpus) else { return Vec::new() };
@@ -226,6 +266,17 @@ mod tests {
             assert_eq!(DeviceSpec::Auto.resolve().unwrap(), Device::Cpu);
             assert!(status.missing_reason().is_some());
         }
+    }
+
+    #[test]
+    fn bf16_units_are_read_from_the_cpu_flags() {
+        // Flags as /proc/cpuinfo lists them (abridged): an AMD Zen 3, a Zen 4/5, an Intel Sapphire Rapids.
+        let zen3 = "flags : fpu vme avx avx2 fma bmi2 sha_ni";
+        let zen4 = "flags : fpu avx2 avx512f avx512bw avx512_bf16 avx512_vnni";
+        let spr = "flags : fpu avx2 avx512f amx_bf16 amx_tile amx_int8";
+        assert!(!cpu_flags_have_bf16(zen3));
+        assert!(cpu_flags_have_bf16(zen4) && cpu_flags_have_bf16(spr));
+        assert!(!cpu_flags_have_bf16("flags : avx512_bf16x"), "whole flags only");
     }
 
     #[test]

@@ -4,4 +4,5 @@ mod cli;
 mod finetune;
 mod first_hour;
 mod hostile;
+mod machines;
 mod pytorch;
