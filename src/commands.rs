@@ -603,7 +603,9 @@ pub fn run_predict(
     job: &PredictJob,
     on_char: &mut dyn FnMut(usize, char) -> ControlFlow<()>,
 ) -> Result<PredictOutcome> {
-    set_threads(job.threads)?;
+    // One thread unless told: a step of generation is too small to split, and threads that wait on each
+    // other are what makes generation slow when other work shares the cores (`benches/loaded_machine.sh`).
+    set_threads(Some(job.threads.unwrap_or(1)))?;
     let loaded = load_model(job.model.as_deref(), job.device)?;
     let options = loaded.file.corpus.options;
     let mut warnings = Vec::new();

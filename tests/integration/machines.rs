@@ -26,3 +26,32 @@ fn bf16_without_native_units_is_announced() {
         assert!(stdout.contains(expected), "{flags}: {stdout}");
     }
 }
+
+/// `train` (and `eval`) run with GOMP_SPINCOUNT=1000 unless the user set it or OMP_WAIT_POLICY: read from
+/// the running process's own environment, which `/proc` shows as it was at its last exec.
+#[test]
+fn long_commands_shorten_openmp_spinning_unless_told_otherwise() {
+    use std::io::BufRead;
+    let env = Env::new();
+    for (user, expected) in [
+        (None, Some("GOMP_SPINCOUNT=1000")),
+        (Some(("GOMP_SPINCOUNT", "7")), Some("GOMP_SPINCOUNT=7")),
+        (Some(("OMP_WAIT_POLICY", "passive")), None),
+    ] {
+        let mut cmd = env.command();
+        if let Some((name, value)) = user {
+            cmd.env(name, value);
+        }
+        cmd.args(crate::cli::env_train_args()).args(["--epochs", "100000", "--out", "spin", "--force"]);
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut first).unwrap();
+        assert!(first.starts_with("training on"), "{first}");
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let vars: Vec<String> = environ.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        let spin: Vec<&String> = vars.iter().filter(|v| v.starts_with("GOMP_SPINCOUNT=")).collect();
+        assert_eq!(spin.first().map(|s| s.as_str()), expected, "{user:?}");
+    }
+}

@@ -161,7 +161,7 @@ pub struct DeviceArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value_t = DeviceSpec::Auto, value_name = "D")]
     pub device: DeviceSpec,
-    /// CPU threads for libtorch [default: one per core].
+    /// CPU threads for libtorch [default: one per core for train and eval, 1 for predict].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }

@@ -150,7 +150,28 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
+/// OpenMP's spin before a waiting thread sleeps: libgomp's default (300,000 spins, unless `OMP_WAIT_POLICY`
+/// or `GOMP_SPINCOUNT` say otherwise) keeps idle threads busy long enough that two charrnn processes on
+/// shared cores slow each other several times over (once 40 times). With 1,000 a training beside another
+/// one or beside a busy loop runs within 1.15x of the best setting, passive waiting, which costs a third on
+/// a quiet machine where 1,000 costs about 7% (`benches/loaded_machine.sh`, README). libgomp reads its environment when it is loaded, before `main`, so
+/// `train` and `eval` (the long commands) run themselves again with it set, once; a value the user set is
+/// kept. (`predict` runs on one thread, where nothing waits.)
+fn rerun_with_quieter_openmp_waits() {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let (Some(_), Some(command)) = (args.next(), args.next()) else { return };
+    let set = |name: &str| std::env::var_os(name).is_some();
+    if !(command == "train" || command == "eval") || set("GOMP_SPINCOUNT") || set("OMP_WAIT_POLICY") {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    // Only returns if the exec failed; then this process goes on as it is.
+    let _ = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("GOMP_SPINCOUNT", "1000").exec();
+}
+
 fn main() -> ExitCode {
+    rerun_with_quieter_openmp_waits();
     // Before libtorch (and MKL in it) starts, and before any other thread.
     charrnn::prepare_process();
     // libtorch failures that tch turns into panics still get one line, not a backtrace.

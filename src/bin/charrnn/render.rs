@@ -481,7 +481,9 @@ pub fn system_info(out: &mut impl Write, i: &Info) -> std::io::Result<()> {
     writeln!(out, "cuda {cuda}")?;
     writeln!(out, "cudnn {}", if i.cudnn { "available" } else { "not available" })?;
     writeln!(out, "auto device {}", i.auto_device)?;
-    writeln!(out, "cpu threads {}", i.cpu_threads)?;
+    let spin = std::env::var("GOMP_SPINCOUNT").map(|v| format!(", GOMP_SPINCOUNT={v}")).unwrap_or_default();
+    let policy = std::env::var("OMP_WAIT_POLICY").map(|v| format!(", OMP_WAIT_POLICY={v}")).unwrap_or_default();
+    writeln!(out, "cpu threads {}{spin}{policy}", i.cpu_threads)?;
     let bf16 = match i.cpu_bf16 {
         Some(true) => "native (AVX512-BF16 or AMX-BF16)",
         Some(false) => "emulated (no AVX512-BF16 or AMX-BF16): --dtype bf16 is slow here",
