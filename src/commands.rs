@@ -572,7 +572,7 @@ pub struct PredictJob {
     pub model: Option<PathBuf>,
     /// Where to compute.
     pub device: DeviceSpec,
-    /// libtorch's CPU threads (`None`: one per core).
+    /// libtorch's CPU threads (`None`: one).
     pub threads: Option<usize>,
     /// Text to continue.
     pub prefix: String,
