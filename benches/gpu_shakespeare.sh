@@ -8,7 +8,7 @@
 # CONCURRENT=1 (the default on a GPU) runs the configurations at once, sharing the device, which can only
 # make each slower than alone. On the CPU (DEVICE=cpu) it runs a scaled-down configuration instead.
 # Usage: CHARRNN=path/to/charrnn [CORPUS=tinyshakespeare.txt] [DEVICE=cuda|cpu] [LIMIT=170s] [PY=python3]
-#        [OUTDIR=dir for the logs] bash benches/gpu_shakespeare.sh
+#        [OUTDIR=dir for the logs] [CONFIGS="lstm-2x1024 ..." to run only those] bash benches/gpu_shakespeare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${CHARRNN:-./target/release/charrnn}
@@ -35,6 +35,11 @@ else
     configs[lstm-3x512]="--cell lstm --layers 3 --hidden 512 --embed 64 --dropout 0.2 --backend fused --batch 64 --steps 128 --lr 0.002 --lr-decay 0.95 --eval-every ${EVAL_EVERY:-40} --threads 4"
     configs[gru-2x1024]="--cell gru --layers 2 --hidden 1024 --embed 128 --dropout 0.3 --backend fused --batch 64 --steps 128 --lr 0.002 --lr-decay 0.95 --eval-every ${EVAL_EVERY:-40} --threads 4"
     concurrent=${CONCURRENT:-1}
+fi
+if [ -n "${CONFIGS:-}" ]; then
+    for name in "${!configs[@]}"; do
+        [[ " $CONFIGS " == *" $name "* ]] || unset "configs[$name]"
+    done
 fi
 # Prefixes each line of stdin with the seconds since $1 (a `date +%s.%N` value).
 since() { awk -v now="$(date +%s.%N)" -v start="$1" 'BEGIN { printf "%.2f", now - start }'; }

@@ -150,6 +150,43 @@ fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
     assert!(stderr.contains(&format!("printed the {generated} characters generated so far")), "{stderr}");
 }
 
+/// Point 2 for train: a reader that goes away (`charrnn train 2>&1 | head -1`) neither aborts the run nor
+/// makes it fail: it trains to the end, saves, and exits 0.
+#[test]
+fn train_outlives_a_closed_pipe_and_saves() {
+    use std::io::BufRead;
+    let env = Env::new();
+    env.write("verse.txt", VERSE.repeat(8).as_bytes());
+    let args = [
+        "train",
+        "--corpus",
+        "verse.txt",
+        "--out",
+        "m",
+        "--hidden",
+        "8",
+        "--steps",
+        "8",
+        "--batch",
+        "4",
+        "--epochs",
+        "40",
+        "--pred-period",
+        "1",
+        "--verbose",
+        "--device",
+        "cpu",
+    ];
+    let mut child = env.command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("training on"), "{first}");
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(model_json(&env, "m")["epoch"], 40, "the run went on to its end");
+}
+
 /// Point 3: Samples that can contain newlines are told apart; the report's samples stay one line each.
 #[test]
 fn samples_with_newlines_are_separated_and_match_json() {

@@ -1,5 +1,14 @@
 //! The `charrnn` command: parses arguments (args.rs), calls the library, shows the results (render.rs) and
 //! maps errors to exit codes.
+/// `eprintln!` that cannot panic: with stderr closed (`charrnn train 2>&1 | head`), a diagnostic is lost
+/// rather than aborting the run.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod args;
 mod render;
 
@@ -48,7 +57,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         Err(e @ charrnn::Error::Interrupted { .. }) => return Err(e.into()),
         // A limit the user set is a normal end: the checkpoint is saved, and the message says how to go on.
         Err(e @ charrnn::Error::LimitReached { .. }) => {
-            eprintln!("{e}");
+            say!("{e}");
             return Ok(());
         }
         other => other.context(what)?,
@@ -82,7 +91,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
     let signal = catch_stop_signals().context("cannot install the Ctrl-C handler")?;
     if !args.stream && !args.json && (100_001..=charrnn::MAX_NUM_CHARS).contains(&args.num_chars) {
-        eprintln!(
+        say!(
             "note: {} characters are printed when all are generated; --stream shows them as they come, and Ctrl-C prints what there is",
             args.num_chars
         );
@@ -142,7 +151,7 @@ fn prepare(args: PrepareArgs) -> anyhow::Result<()> {
 
 fn plot(args: PlotArgs) -> anyhow::Result<()> {
     charrnn::run_plot(&args.model, &args.out)?;
-    eprintln!("wrote {}", args.out.display());
+    say!("wrote {}", args.out.display());
     Ok(())
 }
 
@@ -182,7 +191,7 @@ fn main() -> ExitCode {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("unknown panic");
-        eprintln!("error: internal error: {}", msg.lines().next().unwrap_or(msg));
+        say!("error: internal error: {}", msg.lines().next().unwrap_or(msg));
     }));
     let cli = args::parse();
     let result = match cli.command {
@@ -202,15 +211,15 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(&charrnn::Error::Interrupted { signal, .. }) = e.downcast_ref() {
-                eprintln!("stopped: {e}");
+                say!("stopped: {e}");
                 return ExitCode::from((128 + signal).clamp(0, 255) as u8);
             }
             if let Some(stopped) = e.downcast_ref::<Stopped>() {
-                eprintln!("stopped: {stopped}");
+                say!("stopped: {stopped}");
                 return ExitCode::from((128 + stopped.signal).clamp(0, 255) as u8);
             }
             let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {line}");
+            say!("error: {line}");
             ExitCode::FAILURE
         }
     }

@@ -90,8 +90,8 @@ impl Reporter {
             hours_minutes(report_in)
         );
         match &self.bar {
-            Some(bar) => bar.suspend(|| eprintln!("{text}")),
-            None => eprintln!("{text}"),
+            Some(bar) => bar.suspend(|| say!("{text}")),
+            None => say!("{text}"),
         }
     }
 
@@ -118,7 +118,7 @@ impl Reporter {
         let total = (p.epochs * p.minibatches) as u64;
         let (speed, left) = self.speed(position, total - position);
         let secs = left.as_secs();
-        eprintln!(
+        say!(
             "progress: epoch {} of {}, minibatch {} of {} ({:.1}% of the run), perplexity {:.3}, {} chars/s, {}:{:02}:{:02} left",
             p.epoch,
             p.epochs,
@@ -211,8 +211,8 @@ impl TrainObserver for Reporter {
             let notes: String = info.notes.iter().map(|n| format!("\nnote: {n}")).collect();
             let text = format!("{}{notes}", describe_run(info));
             match &self.bar {
-                Some(bar) => bar.suspend(|| eprintln!("{text}")),
-                None => eprintln!("{text}"),
+                Some(bar) => bar.suspend(|| say!("{text}")),
+                None => say!("{text}"),
             }
         }
     }
@@ -267,8 +267,8 @@ impl TrainObserver for Reporter {
             r.diverged_in, r.what, r.back_to, r.lr, r.rollback, r.max
         );
         match &self.bar {
-            Some(bar) => bar.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
+            Some(bar) => bar.suspend(|| say!("{line}")),
+            None => say!("{line}"),
         }
     }
 
@@ -306,19 +306,16 @@ impl TrainObserver for Reporter {
 /// After training: warnings, where the kept model is, and the one-line summary (all on stderr).
 pub fn train_outcome(outcome: &TrainOutcome, quiet: bool) {
     for w in &outcome.warnings {
-        eprintln!("warning: {w}");
+        say!("warning: {w}");
     }
     if quiet {
         return;
     }
     if let Some(best) = outcome.best_epoch.filter(|&b| b != outcome.epochs) {
         let last = outcome.out.join(charrnn::LAST_DIR);
-        eprintln!(
-            "kept epoch {best}, the best by validation perplexity; the last epoch's model is in {}",
-            last.display()
-        );
+        say!("kept epoch {best}, the best by validation perplexity; the last epoch's model is in {}", last.display());
     }
-    eprintln!(
+    say!(
         "saved model to {} ({} epoch{} on {}, perplexity {:.6})",
         outcome.out.display(),
         outcome.epochs,
@@ -330,7 +327,7 @@ pub fn train_outcome(outcome: &TrainOutcome, quiet: bool) {
 
 /// What `prepare` wrote (on stderr).
 pub fn prepared(out: &std::path::Path, h: &charrnn::PreparedHeader) {
-    eprintln!(
+    say!(
         "prepared {}: {} characters from {} file{}, vocabulary {}, {}-bit tokens, {}",
         out.display(),
         grouped(h.len),
@@ -351,7 +348,7 @@ pub fn predict_outcome(
     streamed: bool,
 ) -> std::io::Result<()> {
     for w in &outcome.warnings {
-        eprintln!("warning: {w}");
+        say!("warning: {w}");
     }
     let n = outcome.samples.len();
     for (i, s) in outcome.samples.iter().enumerate() {
@@ -413,7 +410,7 @@ impl EvalProgress {
 /// `eval`'s report, as text or one JSON object.
 pub fn eval_report(out: &mut impl Write, r: &EvalReport, json: bool) -> std::io::Result<()> {
     if r.skipped.count > 0 {
-        eprintln!("warning: skipped {}", r.skipped);
+        say!("warning: skipped {}", r.skipped);
     }
     if json {
         return writeln!(out, "{}", serde_json::to_string(r).expect("the report serialises"));
