@@ -283,6 +283,57 @@ fn a_text_of_many_lines_read_as_spaces_gets_a_note() {
     assert!(!r.stderr.contains("line breaks"), "{}", r.stderr);
 }
 
+/// Point 6, continued: a run planned to take hours, with its first report far away, says so once after a
+/// few seconds, with what would help; a run with a time limit does not.
+#[test]
+fn a_run_of_hours_with_a_far_first_report_gets_a_note() {
+    use std::io::BufRead;
+    let env = Env::new();
+    env.write("verse.txt", VERSE.repeat(8).as_bytes());
+    let long = [
+        "train",
+        "--corpus",
+        "verse.txt",
+        "--hidden",
+        "8",
+        "--steps",
+        "8",
+        "--batch",
+        "4",
+        "--epochs",
+        "10000000",
+        "--pred-period",
+        "1000000",
+        "--device",
+        "cpu",
+    ];
+    for (extra, noted) in [(&["--out", "a"][..], true), (&["--out", "b", "--time-limit", "7s"], false)] {
+        let mut child =
+            env.command().args(long).args(extra).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let started = Instant::now();
+        let mut note = None;
+        // The note comes after 5 seconds of training; a run with a time limit ends after 7 without one.
+        while started.elapsed() < Duration::from_secs(60) {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("note: at this speed") => {
+                    note = Some(line);
+                    break;
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        assert_eq!(note.is_some(), noted, "{extra:?}: {note:?}");
+        if let Some(note) = note {
+            assert!(note.contains("its first report (epoch 1000000)"), "{note}");
+            assert!(note.contains("--pred-period") && note.contains("--time-limit"), "{note}");
+        }
+    }
+}
+
 /// Point 8: Messages: the cause once, the user's path, the same words for the same condition, subcommand usage.
 #[test]
 fn messages_name_the_cause_once_and_the_path_given() {

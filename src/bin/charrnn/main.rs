@@ -161,11 +161,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// OpenMP's spin before a waiting thread sleeps: libgomp's default (300,000 spins, unless `OMP_WAIT_POLICY`
 /// or `GOMP_SPINCOUNT` say otherwise) keeps idle threads busy long enough that two charrnn processes on
-/// shared cores slow each other several times over (once 40 times). With 1,000 a training beside another
-/// one or beside a busy loop runs within 1.15x of the best setting, passive waiting, which costs a third on
-/// a quiet machine where 1,000 costs about 7% (`benches/loaded_machine.sh`, README). libgomp reads its environment when it is loaded, before `main`, so
-/// `train` and `eval` (the long commands) run themselves again with it set, once; a value the user set is
-/// kept. (`predict` runs on one thread, where nothing waits.)
+/// shared cores slow each other several times over (once 40 times). With 1,000, training beside another
+/// one or beside a busy loop runs within 1.21x of the best setting (passive waiting, which costs up to a
+/// third on a quiet machine, where 1,000 costs 5-16%; `benches/loaded_machine.sh`, README). libgomp reads
+/// its environment when it is loaded, before `main`, so `train` and `eval` (the long commands) run
+/// themselves again with it set, once; a value the user set is kept. (`predict` runs on one thread, where
+/// nothing waits.)
 fn rerun_with_quieter_openmp_waits() {
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();

@@ -369,7 +369,7 @@ pub fn predict_outcome(
 }
 
 /// The line before sample `i` (0-based) of `n` from a model that keeps newlines.
-pub fn sample_header(i: usize, n: usize) -> String {
+fn sample_header(i: usize, n: usize) -> String {
     format!("=== sample {} of {n} ===", i + 1)
 }
 
