@@ -776,6 +776,8 @@ pub struct Info {
     pub cudnn: bool,
     /// Whether the CPU multiplies bfloat16 natively (`None`: unknown).
     pub cpu_bf16: Option<bool>,
+    /// The first CUDA device's major compute capability, when CUDA is available and the runtime answers.
+    pub cuda_capability: Option<i32>,
 }
 
 /// What `charrnn info --model` reports about a model folder.
@@ -817,5 +819,6 @@ pub fn info() -> Info {
         cpu_threads: tch::get_num_threads(),
         cudnn: tch::Cuda::cudnn_is_available(),
         cpu_bf16: crate::device::native_bf16(tch::Device::Cpu),
+        cuda_capability: tch::Cuda::is_available().then(|| crate::device::cuda_capability_major(0)).flatten(),
     }
 }

@@ -187,7 +187,7 @@ fn cpu_flags_have_bf16(cpuinfo: &str) -> bool {
 
 /// The major compute capability of CUDA device `index`, from the CUDA runtime's `cudaDeviceGetAttribute`
 /// (attribute 75, `cudaDevAttrComputeCapabilityMajor`), found among the libraries already loaded.
-fn cuda_capability_major(index: i32) -> Option<i32> {
+pub fn cuda_capability_major(index: i32) -> Option<i32> {
     use std::ffi::{c_char, c_int, c_void};
     extern "C" {
         fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;

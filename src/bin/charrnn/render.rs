@@ -477,6 +477,10 @@ pub fn system_info(out: &mut impl Write, i: &Info) -> std::io::Result<()> {
     writeln!(out, "libtorch {}", i.libtorch)?;
     writeln!(out, "cuda {cuda}")?;
     writeln!(out, "cudnn {}", if i.cudnn { "available" } else { "not available" })?;
+    if let Some(major) = i.cuda_capability {
+        let bf16 = if major >= 8 { "bf16 native" } else { "no bf16 tensor cores" };
+        writeln!(out, "cuda compute capability {major}.x ({bf16})")?;
+    }
     writeln!(out, "auto device {}", i.auto_device)?;
     let spin = std::env::var("GOMP_SPINCOUNT").map(|v| format!(", GOMP_SPINCOUNT={v}")).unwrap_or_default();
     let policy = std::env::var("OMP_WAIT_POLICY").map(|v| format!(", OMP_WAIT_POLICY={v}")).unwrap_or_default();
