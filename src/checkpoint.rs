@@ -157,8 +157,8 @@ impl ModelFile {
     /// steps and sampling).
     pub fn minibatches_per_epoch(&self) -> usize {
         let t = &self.train;
-        let n_val = (self.corpus.chars as f64 * t.resolved_val_frac(self.corpus.chars)).round() as usize;
-        t.batch_order.batches_per_epoch(self.corpus.chars.saturating_sub(n_val), t.batch_size, t.steps)
+        let trained = self.corpus.chars.saturating_sub(t.held_out(self.corpus.chars));
+        t.batch_order.batches_per_epoch(trained, t.batch_size, t.steps)
     }
 }
 

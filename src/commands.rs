@@ -345,7 +345,7 @@ fn fit(mut run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserv
     }
     let ids = run.corpus.tokens();
     let val_frac = config.resolved_val_frac(ids.len());
-    let n_val = (ids.len() as f64 * val_frac).round() as usize;
+    let n_val = config.held_out(ids.len());
     if val_frac > 0.0 && n_val < 2 {
         return Err(Error::config(
             "--val-frac",

@@ -164,6 +164,11 @@ impl TrainConfig {
         self.val_frac.unwrap_or(if chars >= DEFAULT_VAL_MIN_CHARS { DEFAULT_VAL_FRAC } else { 0.0 })
     }
 
+    /// Characters held out for validation from a corpus of `chars` (its end): that fraction of it, rounded.
+    pub fn held_out(&self, chars: usize) -> usize {
+        (chars as f64 * self.resolved_val_frac(chars)).round() as usize
+    }
+
     /// The network these settings describe, over `vocab_size` characters.
     pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
         ModelConfig::new(vocab_size, self.arch)
