@@ -10,15 +10,14 @@ const VERSE: &str =
     "ROMEO:\r\nO, she doth teach the torches to burn bright!\r\n\r\nJULIET:\r\nGood night, good night! \
 parting is such sweet sorrow.\r\n-- the end --\r\n";
 
-/// Trains a small model on VERSE (repeated) into `out`, with `extra` flags.
-fn train_verse(env: &Env, out: &str, extra: &[&str]) -> Run {
+/// `train` on VERSE (written, repeated, to verse.txt in `env`) with small settings, followed by `extra`
+/// (a flag given again there overrides the one here).
+fn verse_args<'a>(env: &Env, extra: &[&'a str]) -> Vec<&'a str> {
     env.write("verse.txt", VERSE.repeat(8).as_bytes());
     let base = [
         "train",
         "--corpus",
         "verse.txt",
-        "--out",
-        out,
         "--hidden",
         "24",
         "--steps",
@@ -38,7 +37,12 @@ fn train_verse(env: &Env, out: &str, extra: &[&str]) -> Run {
         "--device",
         "cpu",
     ];
-    let r = env.run(&[&base[..], extra].concat());
+    [&base[..], extra].concat()
+}
+
+/// Trains a small model on VERSE into `out`, with `extra` flags (see [`verse_args`]).
+fn train_verse(env: &Env, out: &str, extra: &[&str]) -> Run {
+    let r = env.run(&verse_args(env, &[&["--out", out][..], extra].concat()));
     assert_eq!(r.code, 0, "{}", r.stderr);
     r
 }
@@ -156,27 +160,7 @@ fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
 fn train_outlives_a_closed_pipe_and_saves() {
     use std::io::BufRead;
     let env = Env::new();
-    env.write("verse.txt", VERSE.repeat(8).as_bytes());
-    let args = [
-        "train",
-        "--corpus",
-        "verse.txt",
-        "--out",
-        "m",
-        "--hidden",
-        "8",
-        "--steps",
-        "8",
-        "--batch",
-        "4",
-        "--epochs",
-        "40",
-        "--pred-period",
-        "1",
-        "--verbose",
-        "--device",
-        "cpu",
-    ];
+    let args = verse_args(&env, &["--out", "m", "--epochs", "40", "--verbose"]);
     let mut child = env.command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
     std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
@@ -289,27 +273,10 @@ fn a_text_of_many_lines_read_as_spaces_gets_a_note() {
 fn a_run_of_hours_with_a_far_first_report_gets_a_note() {
     use std::io::BufRead;
     let env = Env::new();
-    env.write("verse.txt", VERSE.repeat(8).as_bytes());
-    let long = [
-        "train",
-        "--corpus",
-        "verse.txt",
-        "--hidden",
-        "8",
-        "--steps",
-        "8",
-        "--batch",
-        "4",
-        "--epochs",
-        "10000000",
-        "--pred-period",
-        "1000000",
-        "--device",
-        "cpu",
-    ];
+    let long = verse_args(&env, &["--epochs", "10000000", "--pred-period", "1000000"]);
     for (extra, noted) in [(&["--out", "a"][..], true), (&["--out", "b", "--time-limit", "7s"], false)] {
         let mut child =
-            env.command().args(long).args(extra).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+            env.command().args(&long).args(extra).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let started = Instant::now();
         let mut note = None;
@@ -389,22 +356,7 @@ fn small_surprises_are_gone() {
     let elsewhere = tempfile::tempdir().unwrap();
     let out = elsewhere.path().join("m");
     let fresh = Env::new();
-    fresh.write("verse.txt", VERSE.repeat(8).as_bytes());
-    let r = fresh.run(&[
-        "train",
-        "--corpus",
-        "verse.txt",
-        "--out",
-        out.to_str().unwrap(),
-        "--hidden",
-        "8",
-        "--steps",
-        "8",
-        "--batch",
-        "4",
-        "--epochs",
-        "1",
-    ]);
+    let r = fresh.run(&verse_args(&fresh, &["--out", out.to_str().unwrap(), "--epochs", "1"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(out.join("model.json").exists());
     assert!(!fresh.path("runs").exists(), "train --out elsewhere wrote runs/ here");
