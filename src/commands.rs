@@ -591,8 +591,6 @@ pub struct PredictOutcome {
     pub warnings: Vec<String>,
     /// Whether the model keeps newlines (so that its samples can span lines).
     pub keeps_newlines: bool,
-    /// Whether `on_char` stopped generation before its end.
-    pub cut_short: bool,
 }
 
 /// Runs `charrnn predict`: `on_char(i, c)` sees each character of sample `i`'s text as soon as it is known:
@@ -611,22 +609,16 @@ pub fn run_predict(
     let mut warnings = Vec::new();
     let mut prefix = options.read_text(&job.prefix);
     if job.unknown == UnknownChars::Skip {
-        let (known, dropped): (String, String) = prefix.chars().partition(|&c| loaded.vocab.index(c).is_some());
-        if !dropped.is_empty() {
+        if let Err(Error::UnknownChars { chars: unknown, .. }) = loaded.vocab.encode(&prefix, "the prefix") {
+            let known: String = prefix.chars().filter(|c| !unknown.contains(c)).collect();
             if known.is_empty() {
                 return Err(Error::config("--prefix", "none of its characters is in the model's vocabulary"));
             }
-            let mut unique: Vec<char> = Vec::new();
-            dropped.chars().for_each(|c| {
-                if !unique.contains(&c) {
-                    unique.push(c)
-                }
-            });
-            let n = dropped.chars().count();
+            let n = prefix.chars().count() - known.chars().count();
             warnings.push(format!(
                 "dropped {n} prefix character{} not in the model's vocabulary: {}",
                 if n == 1 { "" } else { "s" },
-                crate::error::quote_chars(&unique)
+                crate::error::quote_chars(&unknown)
             ));
             prefix = known;
         }
@@ -639,29 +631,18 @@ pub fn run_predict(
     if let Some(stop) = &generate.stop {
         loaded.vocab.encode(stop, "the stop string (--stop)")?;
     }
-    let mut cut_short = false;
-    let mut pass_on = |i: usize, c: char| {
-        let flow = on_char(i, c);
-        cut_short |= flow.is_break();
-        flow
-    };
     for i in 0..generate.samples {
         for c in prefix.chars() {
-            if pass_on(i, c).is_break() {
+            if on_char(i, c).is_break() {
                 let nothing =
                     Generated { text: prefix.clone(), generated: String::new(), probs: Vec::new(), stopped: false };
                 let samples = vec![nothing; generate.samples];
-                return Ok(PredictOutcome {
-                    samples,
-                    warnings,
-                    keeps_newlines: options.keep_newlines,
-                    cut_short: true,
-                });
+                return Ok(PredictOutcome { samples, warnings, keeps_newlines: options.keep_newlines });
             }
         }
     }
-    let samples = generate_until(&loaded.model, &loaded.vocab, &prefix, &generate, &mut pass_on)?;
-    Ok(PredictOutcome { samples, warnings, keeps_newlines: options.keep_newlines, cut_short })
+    let samples = generate_until(&loaded.model, &loaded.vocab, &prefix, &generate, on_char)?;
+    Ok(PredictOutcome { samples, warnings, keeps_newlines: options.keep_newlines })
 }
 
 /// Everything `charrnn eval` needs.
