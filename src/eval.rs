@@ -1,6 +1,6 @@
 //! Evaluation: perplexity and related measures of a model on a text.
 use crate::error::{Error, Result};
-use crate::model::{cross_entropy, step_major, Network};
+use crate::model::{step_major, Network};
 use crate::tokens::Tokens;
 use tch::{Device, Kind, Tensor};
 
@@ -98,10 +98,9 @@ pub fn evaluate_with_progress(
         let steps_per_call = (positions / rows).clamp(1, 512);
         for t in (0..len).step_by(steps_per_call) {
             let k = steps_per_call.min(len - t);
-            let (logits, h_next) = model.forward(&chunk(t, k, 0), &h, false);
+            let (hs, h_next) = model.hidden_states(&chunk(t, k, 0), &h, false);
             h = h_next;
-            let ce = cross_entropy(&logits, &step_major(&chunk(t, k, 1))).to_kind(Kind::Double);
-            let _ = total.shallow_clone().f_add_(&(ce * (rows * k) as f64))?;
+            let _ = total.shallow_clone().f_add_(&model.summed_cross_entropy(&hs, &step_major(&chunk(t, k, 1))))?;
             done += rows * k;
             progress(done, n);
         }
@@ -139,6 +138,7 @@ pub fn evaluate_sample<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cross_entropy;
     use crate::model::Arch;
     use crate::model::ModelConfig;
 
