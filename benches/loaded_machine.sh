@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 16: charrnn on a machine that other work shares. Times the textbook workload (first 10,000
 # characters, defaults, EPOCHS epochs) and `predict --num-chars 5000`, whole processes, the median of ROUNDS,
-# with each setting: charrnn's default (GOMP_SPINCOUNT=1000 for train; one thread for predict), libgomp's
-# own default (GOMP_SPINCOUNT=300000, what charrnn did before), OMP_WAIT_POLICY=passive, and --threads 1
+# with each setting: charrnn's default (GOMP_SPINCOUNT=1000, set before libtorch loads; one thread for
+# predict), libgomp's own default (GOMP_SPINCOUNT=300000, what charrnn did before), OMP_WAIT_POLICY=passive, and --threads 1
 # ... --threads <cores>; on a quiet machine, beside a second charrnn training with its default settings,
 # and beside a plain busy loop on one core.
 # Usage: bash benches/loaded_machine.sh   (EPOCHS=5, ROUNDS=5, CHARRNN=binary)

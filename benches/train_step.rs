@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the textbook workload: one training step (batch 32, steps 35, hidden 256) on the
 //! first 10,000 characters of the bundled corpus, greedy prediction of 50 characters, evaluation, and sampled
-//! generation of 2,000 characters for 1 and 64 samples at once; then a larger model (2 layers of 512-unit GRUs,
+//! generation of 2,000 characters for 1 and 64 samples at once, greedy generation beside the time to read the
+//! weights of a step once; then a larger model (2 layers of 512-unit GRUs,
 //! embedding 256, Adam): a training step in fp32 and bf16, and prediction.
 //!
 //! Run: `make bench` (or `cargo bench --bench train_step`). CPU only; libtorch's CPU ops are synchronous,
@@ -42,9 +43,27 @@ fn textbook_workload(c: &mut Criterion) {
     g.bench_function("eval 10k as one stream (chars)", |b| b.iter(|| evaluate(&model, &ids, usize::MAX).unwrap()));
     g.finish();
 
-    // Sampled generation (temperature 1, top-k 40, top-p 0.95) of 2,000 characters, one sample and 64 at once.
+    // Sampled generation (temperature 1, top-k 40, top-p 0.95) of 2,000 characters, one sample and 64 at once,
+    // and greedy generation, on one thread as `predict` runs; beside it the floor for one step, reading the
+    // weights a step reads (W_hh, b_h, W_hq, b_q; one row of W_xh) once, from the cache, also on one thread.
+    let threads = tch::get_num_threads();
+    charrnn::set_threads(Some(1)).unwrap();
     let mut g = c.benchmark_group("generate");
     g.sample_size(10);
+    g.throughput(Throughput::Elements(2000));
+    let greedy = Generate { num_chars: 2000, samples: 1, ..Default::default() };
+    g.bench_function("1 x 2000 greedy (chars)", |b| {
+        b.iter(|| generate(&model, &vocab, "分开", &greedy, &mut |_, _| {}).unwrap())
+    });
+    let step_weights: Vec<u32> = model.parameters()[1..]
+        .iter()
+        .flat_map(|p| Vec::<f32>::try_from(p.detach().reshape([-1])).unwrap())
+        .map(f32::to_bits)
+        .collect();
+    g.throughput(Throughput::Bytes(4 * step_weights.len() as u64));
+    g.bench_function("read a step's weights once (bytes)", |b| {
+        b.iter(|| std::hint::black_box(&step_weights).iter().fold(0u32, |a, &w| a.wrapping_add(w)))
+    });
     let sampler = Sampler { temperature: 1.0, top_k: 40, top_p: 0.95, seed: 0 };
     for samples in [1usize, 64] {
         let options = Generate { num_chars: 2000, samples, stop: None, sampler, probs: false };
@@ -54,6 +73,7 @@ fn textbook_workload(c: &mut Criterion) {
         });
     }
     g.finish();
+    charrnn::set_threads(Some(threads as usize)).unwrap();
 
     // A larger model: two layers of 512-unit GRUs over a 256-wide embedding, trained with Adam.
     let mut g = c.benchmark_group("gru 2x512");

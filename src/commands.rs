@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate_with_progress, Evaluation};
 use crate::lock::FolderLock;
 use crate::metrics::{append_metrics, read_metrics, replace_metrics, trim_metrics, MetricsLine};
-use crate::model::{Arch, Network};
+use crate::model::{Arch, Dtype, Network};
 use crate::optim::LrDecay;
 use crate::plot::{write_perplexity_svg, Curve};
 use crate::predict::{generate_until, Generate, Generated};
@@ -42,6 +42,9 @@ pub struct TrainJob {
     /// vocabulary, followed by the corpus's new characters ([`Vocabulary::extended`]), whose rows start as
     /// a fresh model's ([`Network::grown`]). The optimizer starts afresh. Its newline setting applies too.
     pub init_from: Option<PathBuf>,
+    /// Choose `config.dtype` from the device (`--dtype auto`): bf16 where it multiplies bfloat16 natively
+    /// ([`crate::device::native_bf16`]: AVX512-BF16 or AMX-BF16, compute capability 8.0 or newer), else fp32.
+    pub auto_dtype: bool,
     /// Hyperparameters. Empty `prefixes` means: the textbook's ("分开", "不分开") where the corpus has
     /// their characters, else the corpus's first character.
     pub config: TrainConfig,
@@ -156,6 +159,15 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     let mut notes = Vec::new();
     if let Some(note) = newline_note(&prepared.header) {
         notes.push(note);
+    }
+    if job.auto_dtype {
+        let native = crate::device::native_bf16(device) == Some(true);
+        config.dtype = if native { Dtype::Bf16 } else { Dtype::Fp32 };
+        let what = if device.is_cuda() { "this GPU" } else { "this CPU" };
+        notes.push(match native {
+            true => format!("--dtype auto: bf16, as {what} multiplies bfloat16 natively"),
+            false => format!("--dtype auto: fp32, as {what} has no native bfloat16 product"),
+        });
     }
     let (model, vocab, corpus, init_from) = match source {
         None => {
@@ -340,7 +352,7 @@ struct Fit {
 
 fn fit(mut run: Fit, resume: Option<&TrainState>, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
     let config = run.template.train.clone();
-    if config.dtype == crate::model::Dtype::Bf16 {
+    if config.dtype == Dtype::Bf16 {
         run.notes.extend(bf16_note(run.model.device()));
     }
     let ids = run.corpus.tokens();

@@ -168,6 +168,7 @@ fn model_copy() -> tempfile::TempDir {
             init_from: None,
             device: charrnn::DeviceSpec::Cpu,
             threads: None,
+            auto_dtype: false,
             config,
         };
         charrnn::run_train(&job, &mut ()).unwrap();

@@ -27,6 +27,27 @@ fn bf16_without_native_units_is_announced() {
     }
 }
 
+/// `--dtype auto` trains in bf16 on a CPU that multiplies bfloat16 natively and in fp32 on one that does
+/// not (the CPUs played by `CHARRNN_CPU_FLAGS`, as above), says which in a note, and records the precision
+/// chosen in model.json, where a resumed run finds it.
+#[test]
+fn dtype_auto_follows_the_cpu() {
+    let env = Env::new();
+    for (flags, expected) in [("flags : fpu avx avx2 fma", "fp32"), ("flags : avx2 avx512f avx512_bf16", "bf16")] {
+        let out = format!("auto-{expected}");
+        let mut cmd = env.command();
+        cmd.env("CHARRNN_CPU_FLAGS", flags).args(crate::cli::env_train_args());
+        let r = cmd.args(["--epochs", "1", "--dtype", "auto", "--out", &out]).output().unwrap();
+        let stderr = String::from_utf8(r.stderr).unwrap();
+        assert!(r.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("note: --dtype auto: {expected}, as this CPU")), "{flags}: {stderr}");
+        assert!(!stderr.contains("no native bfloat16 product (neither"), "auto never picks the slow path: {stderr}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(env.path(&out).join("model.json")).unwrap()).unwrap();
+        assert_eq!(json["train"]["precision"], expected, "{flags}");
+    }
+}
+
 /// `train`, `eval` and `predict` run with GOMP_SPINCOUNT=1000 unless the user set it or OMP_WAIT_POLICY;
 /// `info` runs as it is. The value is the one libgomp itself read when it started (`OMP_DISPLAY_ENV=verbose`
 /// makes it print its settings then), printed once: charrnn starts itself again before libtorch and

@@ -247,6 +247,17 @@ const ARCH: &str = "arch";
 /// The argument group of [`DrawArgs`].
 const DRAW: &str = "draw";
 
+/// `--dtype`: a precision, or `auto` to choose it from the device ([`charrnn::TrainJob::auto_dtype`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// Float32 throughout (the textbook's).
+    Fp32,
+    /// bfloat16 operands, float32 results, for the output layer's products.
+    Bf16,
+    /// bf16 where the device multiplies bfloat16 natively, else fp32.
+    Auto,
+}
+
 /// The flags that describe a new run (refused with `--resume`, which keeps the run's own).
 #[derive(Args)]
 #[group(id = NEW_RUN, multiple = true)]
@@ -283,10 +294,11 @@ pub struct NewRunArgs {
     /// Gradient clipping threshold on the global L2 norm.
     #[arg(long, default_value_t = textbook().clip, allow_negative_numbers = true)]
     pub clip: f64,
-    /// Precision of the output layer's matrix products: fp32, or bf16 (bfloat16 operands, float32
-    /// accumulation: faster where the CPU has AMX or AVX512-BF16, and on GPUs; much slower on CPUs without).
-    #[arg(long, value_enum, default_value_t = textbook().dtype)]
-    pub dtype: Dtype,
+    /// Precision of the output layer's matrix products: fp32, bf16 (bfloat16 operands, float32
+    /// accumulation: faster where the CPU has AMX or AVX512-BF16, and on GPUs of compute capability 8.0 or
+    /// newer; much slower on CPUs without), or auto (bf16 where the device has it natively, else fp32).
+    #[arg(long, value_enum, default_value_t = DtypeArg::Fp32)]
+    pub dtype: DtypeArg,
     /// Minibatch sampler: random (fresh state per minibatch) or consecutive (state carried, detached).
     #[arg(long, value_enum, default_value_t = textbook().batch_order)]
     pub sampling: BatchOrder,
@@ -570,6 +582,7 @@ impl TrainArgs {
             init_from: n.init_from,
             device,
             threads,
+            auto_dtype: n.dtype == DtypeArg::Auto,
             config: TrainConfig {
                 arch: Arch {
                     hidden: a.hidden,
@@ -589,7 +602,7 @@ impl TrainArgs {
                     every: self.adjust.lr_decay_every.unwrap_or(textbook().lr_decay.every),
                 },
                 clip: n.clip,
-                dtype: n.dtype,
+                dtype: if n.dtype == DtypeArg::Bf16 { Dtype::Bf16 } else { Dtype::Fp32 },
                 epochs: self.epochs.unwrap_or(textbook().epochs),
                 batch_order: n.sampling,
                 seed: n.seed,
