@@ -5,11 +5,17 @@
 #   charrnn fp32 / bf16       the CLI (--dtype fp32 and bf16),
 #   pytorch scratch           benches/reference_textbook.py, the textbook's loop written in tensor operations,
 #   pytorch nn.RNN            the same loop on torch.nn.RNN's fused kernel (--model nn),
-#   pytorch nn.RNN bf16       the same under torch.autocast(bfloat16) (--model nn --dtype bf16),
-# each ROUNDS times in turn. Prints training characters per second (minibatch time only, as the report lines
-# give it), wall time and peak RSS of each process, the median of the rounds and charrnn's ratios; the work
-# per character and the fraction of the measured matrix-product peak (benches/matmul_peak.py) it reaches;
-# then greedy prediction of 5,000 characters, process start to exit.
+#   pytorch nn.RNN bf16       the same with its output layer's product under torch.autocast(bfloat16), which
+#                             is what charrnn's --dtype bf16 puts in bfloat16 (--model nn --dtype bf16),
+# each ROUNDS times in turn. Both sides are timed alike: the epoch's minibatches by a clock read at its start
+# and after its loss is read back (once an epoch on both sides; the reference clips on the device too, so
+# neither waits for the host within an epoch), printed to the microsecond (charrnn: its --verbose rate).
+# Prints training characters per second, wall time and peak RSS of each process, and peak RSS beyond an
+# idle process of the same kind (`charrnn --version`; `python -c "import torch"`, which loads PyTorch's CUDA
+# libraries where charrnn loads libtorch_cuda only with a GPU driver), the median of the rounds and
+# charrnn's ratios; the work per character and the fraction of the measured matrix-product peak
+# (benches/matmul_peak.py) it reaches; then greedy prediction of 5,000 characters: process start to exit,
+# and the loop alone as the difference from 10 characters, the same way for both.
 #
 # Usage: bash benches/compare_speed.sh [CORPUS]
 #   LIMIT=10000 EPOCHS=20 ROUNDS=3 THREADS=<all cores> DEVICE=cpu (or cuda)
@@ -77,15 +83,23 @@ for r in $(seq "$rounds"); do
     done
 done
 echo "Training on $device: $corpus, first $limit characters (vocabulary $vocab, $chars_per_epoch trained per epoch), $epochs epochs, $threads threads, $rounds rounds (median)"
-printf '| %-19s | %9s | %9s | %13s |\n' trainer "chars/s" "wall (s)" "peak RSS (MB)"
-printf '| %-19s | %9s | %9s | %13s |\n' --- ---: ---: ---:
+# Peak RSS of an idle process of each kind (MB).
+timed "$tmp/idle" $CHARRNN --version
+idle_charrnn=$(awk '{ print $2 / 1024 }' "$tmp/idle")
+timed "$tmp/idle" "$py" -c "import torch"
+idle_torch=$(awk '{ print $2 / 1024 }' "$tmp/idle")
+printf '| %-19s | %9s | %9s | %13s | %17s |\n' trainer "chars/s" "wall (s)" "peak RSS (MB)" "beyond idle (MB)"
+printf '| %-19s | %9s | %9s | %13s | %17s |\n' --- ---: ---: ---: ---:
 declare -A speed rss
 for n in "${names[@]}"; do
     speed[$n]=$(cut -d' ' -f1 "$tmp/$n.runs" | median)
     wall=$(cut -d' ' -f2 "$tmp/$n.runs" | median)
     rss[$n]=$(cut -d' ' -f3 "$tmp/$n.runs" | median)
-    printf '| %-19s | %9.0f | %9.2f | %13.0f |\n' "$n" "${speed[$n]}" "$wall" "${rss[$n]}"
+    idle=$idle_torch
+    [[ $n == charrnn-* ]] && idle=$idle_charrnn
+    printf '| %-19s | %9.0f | %9.2f | %13.0f | %17.0f |\n' "$n" "${speed[$n]}" "$wall" "${rss[$n]}" "$(awk -v r="${rss[$n]}" -v i="$idle" 'BEGIN { print r - i }')"
 done
+printf 'idle processes: charrnn --version %.0f MB, python -c "import torch" %.0f MB\n' "$idle_charrnn" "$idle_torch"
 for ours in charrnn-fp32 charrnn-bf16; do
     for n in pytorch-scratch pytorch-nn.RNN pytorch-nn.RNN-bf16; do
         printf '%s / %s: %.2fx the speed, %.2fx the peak RSS\n' "$ours" "$n" "$(div "${speed[$ours]}" "${speed[$n]}")" "$(div "${rss[$ours]}" "${rss[$n]}")"
@@ -114,16 +128,19 @@ for r in $(seq "$rounds"); do
     timed "$tmp/t" "$py" benches/reference_textbook.py --corpus "$corpus" --limit-chars "$limit" --predict 5000 \
         --threads "$threads" --device "$device"
     cut -d' ' -f1 "$tmp/t" >>"$tmp/predict.pytorch"
-    sed 's/.* in \([0-9.]*\) sec/\1/' "$tmp/t.out" >>"$tmp/loop.pytorch"
+    timed "$tmp/t" "$py" benches/reference_textbook.py --corpus "$corpus" --limit-chars "$limit" --predict 10 \
+        --threads "$threads" --device "$device"
+    cut -d' ' -f1 "$tmp/t" >>"$tmp/start.pytorch"
 done
 echo
 echo "Prediction on $device: 5,000 greedy characters (median of $rounds); end to end is process start to exit,"
-echo "the loop alone is charrnn's end to end less its time for 10 characters, and the script's own timing for PyTorch"
+echo "the loop alone is that less the same program's time for 10 characters, for both"
 a=$(median <"$tmp/predict.charrnn")
 a0=$(median <"$tmp/start.charrnn")
 b=$(median <"$tmp/predict.pytorch")
-b1=$(median <"$tmp/loop.pytorch")
+b0=$(median <"$tmp/start.pytorch")
 al=$(awk -v a="$a" -v z="$a0" 'BEGIN { print a - z }')
+b1=$(awk -v a="$b" -v z="$b0" 'BEGIN { print a - z }')
 printf '| %-15s | %12s | %13s |\n' "" "end to end" "the loop alone"
 printf '| %-15s | %12s | %13s |\n' --- ---: ---:
 printf '| %-15s | %10.2f s | %11.3f s |\n' charrnn "$a" "$al" "pytorch scratch" "$b" "$b1"

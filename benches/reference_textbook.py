@@ -9,8 +9,13 @@ Usage: python benches/reference_textbook.py --corpus FILE [--limit-chars 10000] 
        [--model scratch|nn] [--pred-len 50] [--predict N] [--device cpu|cuda] [--dtype fp32|bf16]
 --model nn runs the same step on torch.nn.RNN (oneDNN's fused kernel, cuDNN's on a GPU) and nn.Linear with the
 same parameters; --predict N skips training and times greedy prediction of N characters (for
-benches/compare_speed.sh); --dtype bf16 runs the forward pass under torch.autocast(dtype=torch.bfloat16), PyTorch's
-own mixed precision (every matrix product in bfloat16).
+benches/compare_speed.sh); --dtype bf16 (with --model nn) runs the output layer's product under
+torch.autocast(dtype=torch.bfloat16), as charrnn's --dtype bf16 does (the recurrence stays float32).
+
+Timing is charrnn's: the clock is read with time.perf_counter() and printed to the microsecond; the loss is
+summed on the device and read back once an epoch, and gradients are clipped by the factor min(1, clip / norm)
+computed on the device, so that nothing waits for the host within an epoch (on a GPU each `.item()` or
+`if norm > clip` is a synchronisation charrnn does not make).
 """
 import contextlib
 import argparse
@@ -56,14 +61,17 @@ def rnn(inputs, h, params):
     return torch.cat(outputs), h
 
 
-def nn_rnn(params):
-    """The same step on torch.nn.RNN and a batched output layer, sharing `params` (transposed views)."""
+def nn_rnn(params, output_precision):
+    """The same step on torch.nn.RNN and a batched output layer, sharing `params` (transposed views); the output
+    layer's product runs inside `output_precision()` (a no-op, or bfloat16 autocast)."""
     w_xh, w_hh, b_h, w_hq, b_q = params
     zero = torch.zeros_like(b_h)
 
     def run(inputs, h):
         ys, h_last = torch._VF.rnn_tanh(inputs, h.unsqueeze(0), [w_xh.T.contiguous(), w_hh.T.contiguous(), b_h, zero], True, 1, 0.0, True, False, False)
-        return ys.reshape(-1, ys.shape[-1]) @ w_hq + b_q, h_last[0]
+        with output_precision():
+            logits = ys.reshape(-1, ys.shape[-1]) @ w_hq + b_q
+        return logits, h_last[0]
     return run
 
 
@@ -122,35 +130,36 @@ def main():
         t.requires_grad_(True)
     prefixes = [q for q in (a.prefix or ["分开", "不分开"]) if all(c in index for c in q)] or [vocab[ids[0]]]
     if a.predict:
-        start = time.time()
+        start = time.perf_counter()
         predict(prefixes[0], a.predict, params, vocab, index, h)
-        print("predicted %d characters in %.3f sec" % (a.predict, time.time() - start))
+        print("predicted %d characters in %.6f sec" % (a.predict, time.perf_counter() - start))
         return
-    step = nn_rnn(params) if a.model == "nn" else (lambda x, s: rnn(x, s, params))
+    if a.dtype == "bf16" and a.model != "nn":
+        p.error("--dtype bf16 needs --model nn (the from-scratch loop is the textbook's, in float32)")
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.dtype == "bf16" else contextlib.nullcontext
+    step = nn_rnn(params, autocast) if a.model == "nn" else (lambda x, s: rnn(x, s, params))
     for epoch in range(1, a.epochs + 1):
-        start, loss_sum, n = time.time(), 0.0, 0
+        start, loss_sum, n = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=dev), 0
         state = torch.zeros(a.batch, h, device=dev)
         batches = random_batches(ids, a.batch, a.steps, rng) if a.sampling == "random" else consecutive_batches(ids, a.batch, a.steps)
         for x, y in batches:
             x, y = x.to(dev), y.to(dev)
             state = torch.zeros(a.batch, h, device=dev) if a.sampling == "random" else state.detach()
-            with autocast():
-                logits, state = step(F.one_hot(x.T, v).float(), state)
-                loss = F.cross_entropy(logits, y.T.reshape(-1))
+            logits, state = step(F.one_hot(x.T, v).float(), state)
+            loss = F.cross_entropy(logits, y.T.reshape(-1))
             for t in params:
                 t.grad = None
             loss.backward()
             with torch.no_grad():
                 norm = torch.sqrt(sum((t.grad ** 2).sum() for t in params))
-                if norm > a.clip:
-                    for t in params:
-                        t.grad *= a.clip / norm
+                factor = torch.clamp(a.clip / norm, max=1.0)
                 for t in params:
-                    t -= a.lr * t.grad
-            loss_sum, n = loss_sum + loss.item(), n + 1
+                    t -= a.lr * (t.grad * factor)
+            loss_sum, n = loss_sum + loss.detach(), n + 1
+        mean = loss_sum.item() / n
+        elapsed = time.perf_counter() - start
         if epoch % a.pred_period == 0:
-            print("epoch %d, perplexity %f, time %.2f sec" % (epoch, math.exp(loss_sum / n), time.time() - start), flush=True)
+            print("epoch %d, perplexity %f, time %.6f sec" % (epoch, math.exp(mean), elapsed), flush=True)
             for q in prefixes if a.pred_len else []:
                 print(" -", predict(q, a.pred_len, params, vocab, index, h), flush=True)
 

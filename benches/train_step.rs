@@ -66,7 +66,7 @@ fn textbook_workload(c: &mut Criterion) {
     });
     let sampler = Sampler { temperature: 1.0, top_k: 40, top_p: 0.95, seed: 0 };
     for samples in [1usize, 64] {
-        let options = Generate { num_chars: 2000, samples, stop: None, sampler, probs: false };
+        let options = Generate { num_chars: 2000, samples, stop: None, sampler, probs: false, beam: 0 };
         g.throughput(Throughput::Elements((2000 * samples) as u64));
         g.bench_function(format!("{samples} x 2000 sampled (chars)"), |b| {
             b.iter(|| generate(&model, &vocab, "分开", &options, &mut |_, _| {}).unwrap())

@@ -643,12 +643,17 @@ pub fn run_predict(
     if let Some(stop) = &generate.stop {
         loaded.vocab.encode(stop, "the stop string (--stop)")?;
     }
-    for i in 0..generate.samples {
+    for i in 0..generate.outputs() {
         for c in prefix.chars() {
             if on_char(i, c).is_break() {
-                let nothing =
-                    Generated { text: prefix.clone(), generated: String::new(), probs: Vec::new(), stopped: false };
-                let samples = vec![nothing; generate.samples];
+                let nothing = Generated {
+                    text: prefix.clone(),
+                    generated: String::new(),
+                    probs: Vec::new(),
+                    stopped: false,
+                    log_prob: None,
+                };
+                let samples = vec![nothing; generate.outputs()];
                 return Ok(PredictOutcome { samples, warnings, keeps_newlines: options.keep_newlines });
             }
         }

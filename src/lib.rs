@@ -30,6 +30,7 @@ macro_rules! display_as_value_enum {
 }
 
 mod batches;
+mod beam;
 pub mod bptt;
 pub mod checkpoint;
 mod commands;
@@ -54,6 +55,7 @@ mod tokens;
 mod train;
 
 pub use batches::{rows, BatchOrder, EpochPlan};
+pub use beam::{beam_search, MAX_BEAM};
 pub use commands::{
     default_out, info, load_model, model_summary, run_eval, run_plot, run_predict, run_resume, run_train, EvalJob,
     EvalReport, Info, ModelSummary, PredictJob, PredictOutcome, ResumeJob, TrainJob, TrainOutcome, UnknownChars,

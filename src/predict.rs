@@ -124,6 +124,10 @@ pub struct Generate {
     /// Record each generated character's probability in [`Generated::probs`] (a softmax over the vocabulary
     /// per character on the host: about a third of greedy generation's time, so off unless asked for).
     pub probs: bool,
+    /// Beam search of this width instead of drawing ([`crate::beam_search`]): the `beam` most likely
+    /// continuations, each with its probabilities and total log probability. 0: off. Needs greedy
+    /// settings (temperature 0, no top-k or top-p) and one sample.
+    pub beam: usize,
 }
 
 impl Generate {
@@ -142,7 +146,32 @@ impl Generate {
         if self.stop.as_deref() == Some("") {
             return Err(Error::config("--stop", "must not be empty"));
         }
+        if self.beam > 0 {
+            let s = &self.sampler;
+            if s.temperature != 0.0 || s.top_k != 0 || s.top_p < 1.0 {
+                return Err(Error::config(
+                    "--beam",
+                    "searches for the most likely continuations: it cannot be combined with --temperature, --top-k or --top-p",
+                ));
+            }
+            if self.samples != 1 {
+                return Err(Error::config("--beam", "gives the N most likely continuations itself: drop --samples"));
+            }
+            if self.beam > crate::beam::MAX_BEAM {
+                let reason = format!("must be from 1 to {}, got {}", crate::beam::MAX_BEAM, self.beam);
+                return Err(Error::config("--beam", reason));
+            }
+        }
         self.sampler.validate()
+    }
+
+    /// How many continuations come back: the beam's width with beam search, else the samples.
+    pub fn outputs(&self) -> usize {
+        if self.beam > 0 {
+            self.beam
+        } else {
+            self.samples
+        }
     }
 }
 
@@ -158,6 +187,20 @@ pub struct Generated {
     pub probs: Vec<f64>,
     /// Whether it ended at the stop string.
     pub stopped: bool,
+    /// With beam search, the total log probability of the generated characters given the prefix (natural
+    /// log): `sum ln probs`.
+    pub log_prob: Option<f64>,
+}
+
+/// The state after reading `ids` from a zero state (`[L, 1, H]`; a zero state when `ids` is empty): what
+/// generation starts from, before the prefix's last character is fed.
+pub(crate) fn warm_up(model: &Network, ids: &[i64]) -> crate::model::State {
+    let state = model.begin_state(1);
+    if ids.is_empty() {
+        return state;
+    }
+    let x = Tensor::from_slice(ids).to_device(model.device()).view([1, -1]);
+    model.forward(&x, &state, false).1
 }
 
 /// Warms the state up over `prefix`, then generates `options.samples` continuations of up to
@@ -179,16 +222,23 @@ pub fn generate_until(
         return Err(Error::config("--prefix", "must not be empty"));
     }
     options.validate()?;
+    if options.beam > 0 {
+        let beams =
+            crate::beam::beam_search(model, vocab, prefix, options.num_chars, options.beam, options.stop.as_deref())?;
+        for (i, b) in beams.iter().enumerate() {
+            for c in b.generated.chars() {
+                if on_char(i, c).is_break() {
+                    return Ok(beams);
+                }
+            }
+        }
+        return Ok(beams);
+    }
     let ids = vocab.encode(prefix, "the prefix")?;
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let n = options.samples;
-    let mut state = model.begin_state(1);
-    let warm_up = &ids[..ids.len() - 1];
-    if !warm_up.is_empty() {
-        let x = Tensor::from_slice(warm_up).to_device(device).view([1, -1]);
-        state = model.forward(&x, &state, false).1;
-    }
+    let mut state = warm_up(model, &ids[..ids.len() - 1]);
     // The same warmed-up state for every sample: [L, 1, H] -> [L, n, H].
     let expand = |t: &Tensor| t.repeat([1, n as i64, 1]);
     state = crate::model::State { h: expand(&state.h), c: state.c.as_ref().map(expand) };
@@ -196,7 +246,13 @@ pub fn generate_until(
     let mut rngs: Vec<Rng> =
         (0..n).map(|i| Rng::for_stream(options.sampler.seed.wrapping_add(i as u64), Stream::Sample)).collect();
     let mut samples: Vec<Generated> = (0..n)
-        .map(|_| Generated { text: prefix.to_string(), generated: String::new(), probs: Vec::new(), stopped: false })
+        .map(|_| Generated {
+            text: prefix.to_string(),
+            generated: String::new(),
+            probs: Vec::new(),
+            stopped: false,
+            log_prob: None,
+        })
         .collect();
     let v = vocab.len();
     for _ in 0..options.num_chars {
@@ -403,7 +459,7 @@ mod tests {
     fn seeded_samples_repeat_and_a_batch_equals_single_runs() {
         let (model, vocab) = setup();
         let sampler = Sampler { temperature: 1.0, seed: 40, ..Default::default() };
-        let batch = Generate { num_chars: 30, samples: 4, stop: None, sampler, probs: true };
+        let batch = Generate { num_chars: 30, samples: 4, stop: None, sampler, probs: true, beam: 0 };
         let a = generate(&model, &vocab, "ab", &batch, &mut |_, _| {}).unwrap();
         assert_eq!(generate(&model, &vocab, "ab", &batch, &mut |_, _| {}).unwrap(), a);
         assert!(a.iter().any(|s| s.text != a[0].text), "different seeds give different samples");
@@ -421,7 +477,7 @@ mod tests {
     fn samples_stop_at_the_stop_string_and_stream_what_they_keep() {
         let (model, vocab) = setup();
         let sampler = Sampler { temperature: 2.0, seed: 1, ..Default::default() };
-        let options = Generate { num_chars: 200, samples: 3, stop: Some("a".into()), sampler, probs: true };
+        let options = Generate { num_chars: 200, samples: 3, stop: Some("a".into()), sampler, probs: true, beam: 0 };
         let mut streamed = vec![String::new(); 3];
         let out = generate(&model, &vocab, "b", &options, &mut |i, c| streamed[i].push(c)).unwrap();
         for (s, seen) in out.iter().zip(&streamed) {

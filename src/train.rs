@@ -699,7 +699,7 @@ fn report_samples(
     }
     // Seeded by the epoch too, so that a resumed run prints the same samples.
     let sampler = Sampler { seed: config.seed.wrapping_add(epoch as u64), ..config.sampler };
-    let options = Generate { num_chars: config.pred_len, samples: 1, stop: None, sampler, probs: false };
+    let options = Generate { num_chars: config.pred_len, samples: 1, stop: None, sampler, probs: false, beam: 0 };
     let samples =
         config.prefixes.iter().map(|p| Ok(generate(model, vocab, p, &options, &mut |_, _| {})?.remove(0).text));
     samples.collect::<Result<Vec<String>>>().map(Some)

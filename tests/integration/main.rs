@@ -1,4 +1,5 @@
 //! Integration tests, in one binary (each test binary links libtorch, which is slow).
+mod beam;
 mod checkpoints;
 mod cli;
 mod finetune;

@@ -500,9 +500,15 @@ pub struct PredictArgs {
     /// End a sample when it produces this string (kept in the text).
     #[arg(long, value_name = "S")]
     pub stop: Option<String>,
-    /// Print one JSON object per sample: the text and each generated character's probability.
+    /// Print one JSON object per sample: the text and each generated character's probability (and, with
+    /// --beam, the total log probability).
     #[arg(long)]
     pub json: bool,
+    /// Beam search: print the N most likely continuations by total log probability, most likely first,
+    /// instead of a greedy or sampled one (1 is greedy).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=charrnn::MAX_BEAM as u64),
+          conflicts_with_all = ["temperature", "top_k", "top_p", "samples", "stream", "seed"])]
+    pub beam: Option<u64>,
     /// Prefix characters not in the model's vocabulary: error (name them) or skip (drop them, with a
     /// warning).
     #[arg(long, value_enum, default_value_t = UnknownChars::default())]
@@ -640,6 +646,7 @@ impl PredictArgs {
                 stop: self.stop.clone(),
                 sampler: self.draw.sampler(self.seed, self.samples, "predict"),
                 probs: self.json,
+                beam: self.beam.map_or(0, |n| n as usize),
             },
         }
     }

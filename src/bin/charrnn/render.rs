@@ -357,7 +357,10 @@ pub fn predict_outcome(
             writeln!(out, "{}", sample_header(i, n))?;
         }
         if json {
-            let line = serde_json::json!({ "sample": i, "text": s.text, "generated": s.generated, "probs": s.probs, "stopped": s.stopped });
+            let mut line = serde_json::json!({ "sample": i, "text": s.text, "generated": s.generated, "probs": s.probs, "stopped": s.stopped });
+            if let Some(log_prob) = s.log_prob {
+                line["log_prob"] = log_prob.into();
+            }
             writeln!(out, "{line}")?;
         } else if streamed {
             writeln!(out)?;
