@@ -14,8 +14,9 @@
 # idle process of the same kind (`charrnn --version`; `python -c "import torch"`, which loads PyTorch's CUDA
 # libraries where charrnn loads libtorch_cuda only with a GPU driver), the median of the rounds and
 # charrnn's ratios; the work per character and the fraction of the measured matrix-product peak
-# (benches/matmul_peak.py) it reaches; then greedy prediction of 5,000 characters: process start to exit,
-# and the loop alone as the difference from 10 characters, the same way for both.
+# (benches/matmul_peak.py) it reaches; then greedy prediction of 5,000 characters on one thread each
+# (charrnn's default for predict; a step of batch 1 is too small to split): process start to exit, and the
+# loop alone as the difference from 10 characters, the same way for both.
 #
 # Usage: bash benches/compare_speed.sh [CORPUS]
 #   LIMIT=10000 EPOCHS=20 ROUNDS=3 THREADS=<all cores> DEVICE=cpu (or cuda)
@@ -121,19 +122,19 @@ done
 $CHARRNN train --corpus "$corpus" --limit-chars "$limit" --epochs 1 --val-frac 0 --pred-len 0 --device "$device" \
     --out "$tmp/p" --quiet
 for r in $(seq "$rounds"); do
-    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 5000 --device "$device" --threads "$threads"
+    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 5000 --device "$device" --threads 1
     cut -d' ' -f1 "$tmp/t" >>"$tmp/predict.charrnn"
-    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 10 --device "$device" --threads "$threads"
+    timed "$tmp/t" $CHARRNN predict --model "$tmp/p" --prefix 分开 --num-chars 10 --device "$device" --threads 1
     cut -d' ' -f1 "$tmp/t" >>"$tmp/start.charrnn"
     timed "$tmp/t" "$py" benches/reference_textbook.py --corpus "$corpus" --limit-chars "$limit" --predict 5000 \
-        --threads "$threads" --device "$device"
+        --threads 1 --device "$device"
     cut -d' ' -f1 "$tmp/t" >>"$tmp/predict.pytorch"
     timed "$tmp/t" "$py" benches/reference_textbook.py --corpus "$corpus" --limit-chars "$limit" --predict 10 \
-        --threads "$threads" --device "$device"
+        --threads 1 --device "$device"
     cut -d' ' -f1 "$tmp/t" >>"$tmp/start.pytorch"
 done
 echo
-echo "Prediction on $device: 5,000 greedy characters (median of $rounds); end to end is process start to exit,"
+echo "Prediction on $device: 5,000 greedy characters, one thread each (median of $rounds); end to end is process start to exit,"
 echo "the loop alone is that less the same program's time for 10 characters, for both"
 a=$(median <"$tmp/predict.charrnn")
 a0=$(median <"$tmp/start.charrnn")

@@ -171,7 +171,13 @@ mod tests {
 
     /// Every continuation of `len` characters over "abcde", cut after the first `stop` if given, with its
     /// log probability, most likely first (ties by text).
-    fn brute_force(model: &Network, vocab: &Vocabulary, prefix: &str, len: u32, stop: Option<&str>) -> Vec<(String, f64)> {
+    fn brute_force(
+        model: &Network,
+        vocab: &Vocabulary,
+        prefix: &str,
+        len: u32,
+        stop: Option<&str>,
+    ) -> Vec<(String, f64)> {
         let mut texts: Vec<String> = (0..5usize.pow(len))
             .map(|mut k| {
                 let mut s = String::new();

@@ -48,6 +48,7 @@ mod predict;
 mod prepared;
 mod resume;
 mod rng;
+mod serve;
 #[cfg(test)]
 mod testutil;
 mod tokens;
@@ -69,12 +70,15 @@ pub use metrics::{read_metrics, MetricsLine, METRICS_FILE};
 pub use model::{cross_entropy, one_hot, step_major, Arch, Backend, Cell, Dtype, Init, ModelConfig, Network, State};
 pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use plot::{perplexity_svg, Curve};
-pub use predict::{generate, generate_until, predict, Generate, Generated, Sampler, DEFAULT_NUM_CHARS, MAX_NUM_CHARS};
+pub use predict::{
+    generate, generate_batch, generate_until, predict, Generate, Generated, Sampler, DEFAULT_NUM_CHARS, MAX_NUM_CHARS,
+};
 pub use prepared::{
     cache_dir, is_token_file, load_corpus, prepare, CorpusIds, Prepared, PreparedHeader, Source, TOKENS_VERSION,
 };
 pub use resume::{describe_position, BestEpoch, Moments, Position, TrainState};
 pub use rng::{Rng, Stream};
+pub use serve::{serve, ServeJob};
 pub use tokens::Tokens;
 pub use train::{
     carry_state, clip_factor, train, train_step, EpochReport, IterationReport, OnDiverge, Progress, RollbackReport,

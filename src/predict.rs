@@ -43,6 +43,34 @@ impl Sampler {
         Ok(())
     }
 
+    /// The sampler for optional settings, under the rule `predict`, `train` and `serve` share: top-k, top-p
+    /// and several samples draw at temperature 1 unless a temperature is given (greedy decoding would make
+    /// them do nothing); with temperature 0 they are refused. `Err` names the first such setting:
+    /// `"top_k"`, `"top_p"` or `"samples"`.
+    pub fn from_settings(
+        temperature: Option<f64>,
+        top_k: Option<usize>,
+        top_p: Option<f64>,
+        seed: u64,
+        samples: usize,
+    ) -> std::result::Result<Sampler, &'static str> {
+        let default = Sampler::default();
+        let asks_to_sample = [
+            (top_k.is_some_and(|k| k > 0), "top_k"),
+            (top_p.is_some_and(|p| p < 1.0), "top_p"),
+            (samples > 1, "samples"),
+        ]
+        .into_iter()
+        .find_map(|(asks, name)| asks.then_some(name));
+        let temperature = match (temperature, asks_to_sample) {
+            (Some(0.0), Some(name)) => return Err(name),
+            (Some(t), _) => t,
+            (None, Some(_)) => 1.0,
+            (None, None) => default.temperature,
+        };
+        Ok(Sampler { temperature, top_k: top_k.unwrap_or(default.top_k), top_p: top_p.unwrap_or(default.top_p), seed })
+    }
+
     /// Picks a character from `logits` (one row, length V) with `rng`: the argmax at temperature 0, else a
     /// draw from the tempered, top-k and top-p filtered distribution. Ties go to the lower index.
     pub fn pick(&self, logits: &[f32], rng: &mut Rng) -> usize {
@@ -234,58 +262,133 @@ pub fn generate_until(
         }
         return Ok(beams);
     }
-    let ids = vocab.encode(prefix, "the prefix")?;
+    let mut samples = generate_batch(model, vocab, &[(prefix, options)], &mut |_, i, c| on_char(i, c))?;
+    Ok(samples.remove(0))
+}
+
+/// One row of a batch being generated: sample `sample` of request `request`.
+struct Row {
+    request: usize,
+    sample: usize,
+    rng: Rng,
+    /// Characters still to generate.
+    left: usize,
+}
+
+/// Generates several requests together, each `(prefix, options)` as [`generate_until`] would alone: every
+/// sample of every request is one row of a batch, and each step runs the model once for all rows. Each
+/// request's rows start from its own warmed-up prefix and draw with its own sampler, seeds and stop string;
+/// a row leaves the batch when it has its characters or its stop string. `on_char(r, i, c)` sees character
+/// `c` of sample `i` of request `r` as it is chosen; `Break` ends request `r` there (the others go on).
+/// Returns each request's samples. Beam search is not batched: a request with `beam > 0` is refused.
+///
+/// A request gives the texts it gives alone, up to the rounding of a batched matrix product (which can
+/// differ from a smaller batch's in the last bit, and so, rarely, change a draw that lands on a boundary).
+pub fn generate_batch(
+    model: &Network,
+    vocab: &Vocabulary,
+    requests: &[(&str, &Generate)],
+    on_char: &mut dyn FnMut(usize, usize, char) -> ControlFlow<()>,
+) -> Result<Vec<Vec<Generated>>> {
     let _guard = tch::no_grad_guard();
     let device = model.device();
-    let n = options.samples;
-    let mut state = warm_up(model, &ids[..ids.len() - 1]);
-    // The same warmed-up state for every sample: [L, 1, H] -> [L, n, H].
-    let expand = |t: &Tensor| t.repeat([1, n as i64, 1]);
-    state = crate::model::State { h: expand(&state.h), c: state.c.as_ref().map(expand) };
-    let mut x = Tensor::from_slice(&vec![ids[ids.len() - 1]; n]).to_device(device);
-    let mut rngs: Vec<Rng> =
-        (0..n).map(|i| Rng::for_stream(options.sampler.seed.wrapping_add(i as u64), Stream::Sample)).collect();
-    let mut samples: Vec<Generated> = (0..n)
-        .map(|_| Generated {
+    let (mut hs, mut cs, mut rows, mut inputs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut outputs = Vec::with_capacity(requests.len());
+    for (r, (prefix, options)) in requests.iter().enumerate() {
+        options.validate()?;
+        if options.beam > 0 {
+            return Err(Error::config("--beam", "beam search runs on its own, not in a batch"));
+        }
+        if prefix.is_empty() {
+            return Err(Error::config("--prefix", "must not be empty"));
+        }
+        let ids = vocab.encode(prefix, "the prefix")?;
+        let n = options.samples;
+        // The same warmed-up state for every sample: [L, 1, H] -> [L, n, H].
+        let state = warm_up(model, &ids[..ids.len() - 1]);
+        hs.push(state.h.repeat([1, n as i64, 1]));
+        cs.extend(state.c.map(|c| c.repeat([1, n as i64, 1])));
+        for i in 0..n {
+            let rng = Rng::for_stream(options.sampler.seed.wrapping_add(i as u64), Stream::Sample);
+            rows.push(Row { request: r, sample: i, rng, left: options.num_chars });
+            inputs.push(ids[ids.len() - 1]);
+        }
+        let start = Generated {
             text: prefix.to_string(),
             generated: String::new(),
             probs: Vec::new(),
             stopped: false,
             log_prob: None,
-        })
-        .collect();
+        };
+        outputs.push(vec![start; n]);
+    }
+    if rows.is_empty() {
+        return Ok(outputs);
+    }
+    let cat = |ts: &[Tensor]| Tensor::cat(ts, 1);
+    let mut state = crate::model::State { h: cat(&hs), c: (!cs.is_empty()).then(|| cat(&cs)) };
+    let mut ended = vec![false; requests.len()];
     let v = vocab.len();
-    for _ in 0..options.num_chars {
+    // Rows with nothing to generate leave before the first step.
+    let keep: Vec<usize> = (0..rows.len()).filter(|&k| rows[k].left > 0).collect();
+    (rows, inputs, state) = select_rows(rows, inputs, state, &keep, device);
+    while !rows.is_empty() {
+        let x = Tensor::from_slice(&inputs).to_device(device);
         let (y, next) = model.step(&x, &state);
-        state = next;
         let logits = Vec::<f32>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]))?;
-        let mut chosen = Vec::with_capacity(n);
-        for (i, sample) in samples.iter_mut().enumerate() {
-            let row = &logits[i * v..(i + 1) * v];
-            let c = options.sampler.pick(row, &mut rngs[i]);
-            chosen.push(c as i64);
-            if sample.stopped {
+        let (mut keep, mut chosen) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        for (k, row) in rows.iter_mut().enumerate() {
+            if ended[row.request] {
                 continue;
             }
+            let options = requests[row.request].1;
+            let logits = &logits[k * v..(k + 1) * v];
+            let c = options.sampler.pick(logits, &mut row.rng);
+            let sample = &mut outputs[row.request][row.sample];
             let ch = vocab.chars()[c];
             sample.generated.push(ch);
             sample.text.push(ch);
             if options.probs {
-                sample.probs.push(probability(row, c));
+                sample.probs.push(probability(logits, c));
             }
-            if options.stop.as_deref().is_some_and(|s| sample.generated.ends_with(s)) {
-                sample.stopped = true;
-            }
-            if on_char(i, ch).is_break() {
-                return Ok(samples);
+            sample.stopped = options.stop.as_deref().is_some_and(|s| sample.generated.ends_with(s));
+            row.left -= 1;
+            if on_char(row.request, row.sample, ch).is_break() {
+                ended[row.request] = true;
+            } else if !sample.stopped && row.left > 0 {
+                keep.push(k);
+                chosen.push(c as i64);
             }
         }
-        if samples.iter().all(|s| s.stopped) {
-            break;
-        }
-        x = Tensor::from_slice(&chosen).to_device(device);
+        // A request that ended in this step may have rows kept before it ended.
+        let (keep, chosen): (Vec<usize>, Vec<i64>) =
+            keep.into_iter().zip(chosen).filter(|&(k, _)| !ended[rows[k].request]).unzip();
+        (rows, _, state) = select_rows(rows, Vec::new(), next, &keep, device);
+        inputs = chosen;
     }
-    Ok(samples)
+    Ok(outputs)
+}
+
+/// The rows `keep` (indices, ascending) of `rows`, `inputs` (when not empty) and the state's batch dimension.
+fn select_rows(
+    rows: Vec<Row>,
+    inputs: Vec<i64>,
+    state: crate::model::State,
+    keep: &[usize],
+    device: Device,
+) -> (Vec<Row>, Vec<i64>, crate::model::State) {
+    if keep.len() == rows.len() {
+        return (rows, inputs, state);
+    }
+    let inputs = if inputs.is_empty() { inputs } else { keep.iter().map(|&k| inputs[k]).collect() };
+    let index = Tensor::from_slice(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(device);
+    let state = crate::model::State {
+        h: state.h.index_select(1, &index),
+        c: state.c.as_ref().map(|c| c.index_select(1, &index)),
+    };
+    let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
+    let rows = keep.iter().map(|&k| rows[k].take().expect("each row is kept once")).collect();
+    (rows, inputs, state)
 }
 
 /// [`generate_until`] to the end: `on_char(i, c)` sees each character `c` of sample `i` as it is chosen.

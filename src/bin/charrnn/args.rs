@@ -2,7 +2,7 @@
 //! the library (`TrainConfig::default()`, `OptimizerKind::default_lr`, ...), never written here.
 use charrnn::{
     Arch, Backend, BatchOrder, Cell, CorpusOptions, DeviceSpec, Dtype, EvalJob, Generate, Init, LrDecay, OnDiverge,
-    OptimizerKind, PredictJob, ResumeJob, Sampler, TrainConfig, TrainJob, UnknownChars,
+    OptimizerKind, PredictJob, ResumeJob, Sampler, ServeJob, TrainConfig, TrainJob, UnknownChars,
 };
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
@@ -48,6 +48,15 @@ Ctrl-C (or SIGTERM) finishes the current minibatch, saves a resumable checkpoint
   charrnn predict --prefix 分开 --num-chars 2000 --temperature 1 --top-p 0.9 --stream --stop 。
   charrnn predict --prefix 分开x --num-chars 20 --unknown skip --json")]
     Predict(PredictArgs),
+    /// Serve a model over HTTP: a JSON API, streamed as Server-Sent Events, and a web page at /.
+    #[command(after_help = "Examples:
+  charrnn serve
+  charrnn serve --model runs/demo --port 8080
+  curl -s localhost:8080/v1/generate -d '{\"prefix\": \"分开\", \"num_chars\": 20}'
+  curl -sN localhost:8080/v1/generate -d '{\"prefix\": \"分开\", \"temperature\": 0.8, \"stream\": true}'
+
+Ctrl-C (or SIGTERM) stops accepting connections and lets running requests finish for --grace seconds.")]
+    Serve(ServeArgs),
     /// Prepare a corpus: read text files once and write their characters as a token file, which train and
     /// eval memory-map (they prepare and cache one themselves on first use; this makes one explicitly).
     #[command(after_help = "Examples:
@@ -443,33 +452,14 @@ impl DrawArgs {
     /// The sampler these flags describe, for `command` (whose usage error a flag without effect is), with
     /// `samples` samples drawn at once.
     fn sampler(&self, seed: u64, samples: usize, command: &str) -> Sampler {
-        let default = Sampler::default();
-        let mut asks_to_sample = Vec::new();
-        if self.top_k.is_some_and(|k| k > 0) {
-            asks_to_sample.push("--top-k");
-        }
-        if self.top_p.is_some_and(|p| p < 1.0) {
-            asks_to_sample.push("--top-p");
-        }
-        if samples > 1 {
-            asks_to_sample.push("--samples");
-        }
-        let temperature = match (self.temperature, asks_to_sample.first()) {
-            (Some(0.0), Some(flag)) => usage_error(
+        Sampler::from_settings(self.temperature, self.top_k, self.top_p, seed, samples).unwrap_or_else(|name| {
+            let flag = format!("--{}", name.replace('_', "-"));
+            usage_error(
                 command,
                 clap::error::ErrorKind::ArgumentConflict,
                 format!("{flag} has no effect with --temperature 0 (greedy decoding); give a temperature above 0, or drop {flag}"),
-            ),
-            (Some(t), _) => t,
-            (None, Some(_)) => 1.0,
-            (None, None) => default.temperature,
-        };
-        Sampler {
-            temperature,
-            top_k: self.top_k.unwrap_or(default.top_k),
-            top_p: self.top_p.unwrap_or(default.top_p),
-            seed,
-        }
+            )
+        })
     }
 }
 
@@ -628,6 +618,55 @@ impl TrainArgs {
                 ..textbook()
             },
         }))
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Model folder [default: the last model `train` wrote from this folder].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Address to listen on: loopback unless you ask for another (0.0.0.0 serves every interface).
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0: any free one, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Most characters one request may ask for.
+    #[arg(long, default_value_t = ServeJob::default().max_chars as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=charrnn::MAX_NUM_CHARS as u64))]
+    pub max_chars: u64,
+    /// Most samples (or beams) one request may ask for.
+    #[arg(long, default_value_t = ServeJob::default().max_samples as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_samples: u64,
+    /// Requests that may wait for generation; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = ServeJob::default().queue as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub queue: u64,
+    /// Most requests generated together as one batch (1: one at a time).
+    #[arg(long, default_value_t = ServeJob::default().max_batch as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_batch: u64,
+    /// Seconds running requests get to finish after Ctrl-C or SIGTERM.
+    #[arg(long, default_value_t = ServeJob::default().grace.as_secs(), value_name = "S")]
+    pub grace: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl ServeArgs {
+    /// The library's job.
+    pub fn job(&self) -> ServeJob {
+        ServeJob {
+            model: self.model.clone(),
+            device: self.device.device,
+            threads: self.device.threads,
+            host: self.host,
+            port: self.port,
+            max_chars: self.max_chars as usize,
+            max_samples: self.max_samples as usize,
+            queue: self.queue as usize,
+            max_batch: self.max_batch as usize,
+            grace: std::time::Duration::from_secs(self.grace),
+            ..ServeJob::default()
+        }
     }
 }
 

@@ -13,7 +13,7 @@ mod args;
 mod render;
 
 use anyhow::Context;
-use args::{Command, EvalArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, TrainArgs, TrainTask};
+use args::{Command, EvalArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, ServeArgs, TrainArgs, TrainTask};
 use render::Reporter;
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -125,6 +125,14 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
 }
 
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    charrnn::serve(&args.job(), &mut |address, model| {
+        say!("serving {} on http://{address} (Ctrl-C stops)", model.display());
+    })?;
+    say!("stopped");
+    Ok(())
+}
+
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let mut bar = render::EvalProgress::new();
     let report = charrnn::run_eval(&args.job(), &mut |done, total| bar.update(done, total));
@@ -233,6 +241,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(a) => train(*a),
         Command::Predict(a) => predict(a),
+        Command::Serve(a) => serve(a),
         Command::Eval(a) => eval(a),
         Command::Info(a) => info(a),
         Command::Plot(a) => plot(a),
