@@ -7,3 +7,4 @@ mod first_hour;
 mod hostile;
 mod machines;
 mod pytorch;
+mod serve;

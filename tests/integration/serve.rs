@@ -1,0 +1,309 @@
+//! `charrnn serve` (issue 17), started on a free loopback port and spoken to over plain HTTP/1.1: every
+//! endpoint against the CLI's own answers, streaming, many clients at once (the batch path), a full
+//! queue, every bad request, and a clean stop.
+use crate::cli::Env;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+    stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+}
+
+/// One trained model for every test here (training is the slow part): (environment, model folder).
+fn trained() -> &'static (Env, String) {
+    static MODEL: OnceLock<(Env, String)> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let env = Env::new();
+        let r = env.train(&["--epochs", "30", "--out", "m"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        (env, "m".to_string())
+    })
+}
+
+/// Starts `charrnn serve` on a free port with `extra` flags and waits for its "serving" line.
+fn start(extra: &[&str]) -> Server {
+    let (env, model) = trained();
+    let mut child = env
+        .command()
+        .args(["serve", "--model", model, "--port", "0"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let address = line.split("http://").nth(1).and_then(|a| a.split_whitespace().next()).map(str::to_string);
+    let address = address.unwrap_or_else(|| panic!("no address in {line:?}"));
+    assert!(address.starts_with("127.0.0.1:"), "loopback by default: {line}");
+    Server { child, address, stderr }
+}
+
+/// Sends one request (`Connection: close`) and reads the whole answer, undoing chunked encoding.
+fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let mut stream = TcpStream::connect(address).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += &format!("Content-Length: {}\r\n\r\n", body.len());
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut rest = &raw[split + 4..];
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..end]).unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[end + 2..end + 2 + size]);
+            rest = &rest[end + 2 + size + 2..];
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    Answer { status, headers: head, body: String::from_utf8(body).unwrap() }
+}
+
+fn post(address: &str, body: &str) -> Answer {
+    http(address, "POST", "/v1/generate", &[("Content-Type", "application/json")], body.as_bytes())
+}
+
+/// The `generated` texts of a generation answer.
+fn generated(answer: &Answer) -> Vec<String> {
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let samples = answer.json()["samples"].as_array().unwrap().clone();
+    samples.iter().map(|s| s["generated"].as_str().unwrap().to_string()).collect()
+}
+
+/// What `charrnn predict --json` generates with these flags, one text per sample or beam.
+fn predicted(flags: &[&str]) -> Vec<String> {
+    let (env, model) = trained();
+    let mut args = vec!["predict", "--model", model.as_str(), "--json"];
+    args.extend_from_slice(flags);
+    let r = env.run(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["generated"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_endpoint_answers_as_the_command_line_does() {
+    let server = start(&[]);
+    let a = &server.address;
+    let health = http(a, "GET", "/healthz", &[], b"");
+    assert_eq!((health.status, &health.json()["status"]), (200, &serde_json::json!("ok")));
+
+    let (env, model) = trained();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path(model).join("model.json")).unwrap()).unwrap();
+    let described = http(a, "GET", "/v1/model", &[], b"").json();
+    assert_eq!(described["vocab_size"], file["model"]["vocab_size"]);
+    assert_eq!(described["hidden"], file["model"]["hidden"]);
+    assert_eq!(described["epochs"], file["epoch"]);
+    assert_eq!(described["limits"]["max_chars"], 10_000);
+
+    let page = http(a, "GET", "/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page.headers.to_ascii_lowercase().contains("content-type: text/html"), "{}", page.headers);
+    assert!(page.body.contains("<textarea") && page.body.contains("id=\"generate\""));
+    // Offline: the page loads nothing from elsewhere.
+    assert!(!page.body.contains("http://") && !page.body.contains("https://") && !page.body.contains("src="));
+
+    // Greedy, sampled (two samples, one batch) and beam search: what predict gives.
+    let greedy = post(a, r#"{"prefix": "不知", "num_chars": 20}"#);
+    assert_eq!(generated(&greedy), predicted(&["--prefix", "不知", "--num-chars", "20"]));
+    let sampled = post(a, r#"{"prefix": "我", "num_chars": 25, "temperature": 0.9, "seed": 3, "samples": 2}"#);
+    let expected =
+        predicted(&["--prefix", "我", "--num-chars", "25", "--temperature", "0.9", "--seed", "3", "--samples", "2"]);
+    assert_eq!(generated(&sampled), expected);
+    let beams = post(a, r#"{"prefix": "后知", "num_chars": 6, "beam": 3}"#);
+    assert_eq!(generated(&beams), predicted(&["--prefix", "后知", "--num-chars", "6", "--beam", "3"]));
+    let lps: Vec<f64> =
+        beams.json()["samples"].as_array().unwrap().iter().map(|s| s["log_prob"].as_f64().unwrap()).collect();
+    assert!(lps.windows(2).all(|w| w[0] >= w[1]), "{lps:?}");
+    // A stop string, with probabilities.
+    let stopped = post(a, r#"{"prefix": "分开", "num_chars": 200, "stop": "我", "probs": true}"#).json();
+    let s = &stopped["samples"][0];
+    assert!(s["generated"].as_str().unwrap().ends_with('我') && s["stopped"] == true, "{stopped}");
+    assert_eq!(s["probs"].as_array().unwrap().len(), s["generated"].as_str().unwrap().chars().count());
+}
+
+#[test]
+fn a_stream_sends_each_character_then_the_whole_answer() {
+    let server = start(&[]);
+    let body = r#"{"prefix": "不知", "num_chars": 30, "temperature": 1, "seed": 5, "stream": true}"#;
+    let streamed = post(&server.address, body);
+    assert_eq!(streamed.status, 200);
+    assert!(streamed.headers.to_ascii_lowercase().contains("content-type: text/event-stream"), "{}", streamed.headers);
+    let mut chars = String::new();
+    let mut done = None;
+    for block in streamed.body.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let event = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("message");
+        let data: String = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+        match event {
+            "char" => chars.push_str(data["char"].as_str().unwrap()),
+            "done" => done = Some(data),
+            other => panic!("event {other}: {data}"),
+        }
+    }
+    let done = done.expect("a done event");
+    assert_eq!(chars.chars().count(), 30);
+    assert_eq!(done["samples"][0]["generated"].as_str().unwrap(), chars);
+    // The same request unstreamed, and asked for through the Accept header instead.
+    let plain = post(&server.address, &body.replace(r#", "stream": true"#, ""));
+    assert_eq!(generated(&plain), vec![chars.clone()]);
+    let accept = [("Content-Type", "application/json"), ("Accept", "text/event-stream")];
+    let by_header = http(&server.address, "POST", "/v1/generate", &accept, plain_body(body).as_bytes());
+    assert!(by_header.body.contains("event: done"), "{by_header:?}");
+}
+
+fn plain_body(body: &str) -> String {
+    body.replace(r#", "stream": true"#, "")
+}
+
+#[test]
+fn clients_at_once_are_all_answered_and_generated_in_batches() {
+    let server = start(&[]);
+    let prefixes = ["分开", "不知", "我", "后知", "你", "秋"];
+    let requests: Vec<String> = (0..24)
+        .map(|i| format!(r#"{{"prefix": "{}", "num_chars": {}}}"#, prefixes[i % prefixes.len()], 100 + 7 * i))
+        .collect();
+    let address = server.address.clone();
+    let answers: Vec<Answer> = std::thread::scope(|s| {
+        let handles: Vec<_> = requests.iter().map(|r| s.spawn(|| post(&address, r))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let batches: Vec<u64> = answers.iter().map(|a| a.json()["batch"].as_u64().unwrap()).collect();
+    assert!(batches.iter().any(|&b| b > 1), "some requests must share a batch: {batches:?}");
+    // Greedy answers do not depend on the company they were generated in: each alone gives the same.
+    for (request, answer) in requests.iter().zip(&answers) {
+        assert_eq!(generated(answer), generated(&post(&address, request)), "{request}");
+    }
+    let health = http(&address, "GET", "/healthz", &[], b"").json();
+    assert!(health["largest_batch"].as_u64().unwrap() > 1 && health["requests"].as_u64().unwrap() >= 48, "{health}");
+}
+
+#[test]
+fn a_full_queue_is_answered_503_with_retry_after() {
+    let server = start(&["--queue", "1", "--max-batch", "1"]);
+    let address = server.address.clone();
+    let answers: Vec<Answer> = std::thread::scope(|s| {
+        let body = r#"{"prefix": "分开", "num_chars": 10000}"#;
+        let handles: Vec<_> = (0..12).map(|_| s.spawn(|| post(&address, body))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let busy: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
+    assert!(
+        !busy.is_empty() && answers.iter().any(|a| a.status == 200),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert!(answers.iter().all(|a| a.status == 200 || a.status == 503));
+    for a in busy {
+        assert!(a.headers.to_ascii_lowercase().contains("retry-after: 1"), "{}", a.headers);
+        assert!(a.json()["error"].as_str().unwrap().contains("busy"));
+    }
+}
+
+#[test]
+fn bad_requests_get_a_4xx_naming_the_field_and_the_server_keeps_serving() {
+    let server = start(&["--max-chars", "500", "--max-samples", "4"]);
+    let a = &server.address;
+    let cases: [(&str, u16, Option<&str>); 16] = [
+        ("{not json", 400, None),
+        ("[1, 2]", 400, None),
+        (r#"{"prefix": "分开", "bogus": 1}"#, 400, Some("bogus")),
+        (r#"{"num_chars": 5}"#, 400, Some("prefix")),
+        (r#"{"prefix": ""}"#, 400, Some("prefix")),
+        (r#"{"prefix": "分开Z"}"#, 400, Some("prefix")),
+        (r#"{"prefix": "分开", "num_chars": 501}"#, 400, Some("num_chars")),
+        (r#"{"prefix": "分开", "num_chars": -1}"#, 400, Some("num_chars")),
+        (r#"{"prefix": "分开", "num_chars": "ten"}"#, 400, Some("num_chars")),
+        (r#"{"prefix": "分开", "samples": 5}"#, 400, Some("samples")),
+        (r#"{"prefix": "分开", "samples": 0}"#, 400, Some("samples")),
+        (r#"{"prefix": "分开", "beam": 2, "temperature": 1}"#, 400, Some("beam")),
+        (r#"{"prefix": "分开", "beam": 5}"#, 400, Some("beam")),
+        (r#"{"prefix": "分开", "top_k": 3, "temperature": 0}"#, 400, Some("top_k")),
+        (r#"{"prefix": "分开", "temperature": -1}"#, 400, Some("temperature")),
+        (r#"{"prefix": "分开", "stop": "Z"}"#, 400, Some("stop")),
+    ];
+    for (body, status, field) in cases {
+        let answer = post(a, body);
+        assert_eq!(answer.status, status, "{body}: {answer:?}");
+        let json = answer.json();
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}: {json}");
+        assert_eq!(json["field"].as_str(), field, "{body}: {json}");
+    }
+    // A body over the limit (64 KiB): 413, in JSON too.
+    let big = format!(r#"{{"prefix": "{}"}}"#, "分".repeat(30_000));
+    let answer = post(a, &big);
+    assert_eq!(answer.status, 413, "{answer:?}");
+    assert!(answer.json()["error"].as_str().unwrap().contains("too large"));
+    // Unknown paths and methods get 404 and 405; the server still generates.
+    assert_eq!(http(a, "GET", "/etc/passwd", &[], b"").status, 404);
+    assert_eq!(http(a, "GET", "/v1/generate", &[], b"").status, 405);
+    assert_eq!(generated(&post(a, r#"{"prefix": "分开", "num_chars": 3}"#)).len(), 1);
+}
+
+#[test]
+fn sigterm_lets_a_running_request_finish_then_stops() {
+    let mut server = start(&["--grace", "30", "--max-chars", "100000"]);
+    let address = server.address.clone();
+    // About two seconds of generation.
+    let long = std::thread::spawn(move || post(&address, r#"{"prefix": "分开", "num_chars": 60000, "stream": true}"#));
+    // Let the request start streaming before the signal.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    crate::checkpoints::signal(&server.child, "TERM");
+    let answer = long.join().unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.contains("event: done"),
+        "the running request finished: {}",
+        &answer.body[answer.body.len().saturating_sub(300)..]
+    );
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop");
+    let mut rest = String::new();
+    server.stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("stopped") && !rest.contains("panicked"), "{rest}");
+    assert!(TcpStream::connect(&server.address).is_err(), "nothing listens after the stop");
+}
