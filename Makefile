@@ -1,7 +1,7 @@
 # Every target does its own set-up (scripts/setup.sh is idempotent), so each works on a fresh checkout.
 CHARRNN := ./target/release/charrnn
 
-.PHONY: setup build demo test bench speed curves cells finetune shakespeare
+.PHONY: setup build demo test browser serve-load bench speed curves cells finetune shakespeare
 
 setup:
 	bash scripts/setup.sh
@@ -24,6 +24,17 @@ test: setup
 	cargo clippy --release --all-targets -- -D warnings
 	cargo test --release --all-targets
 	cargo test --release --doc
+
+# Headless Chromium drives `charrnn serve`'s web page: types a prefix, presses Generate, checks the streamed
+# text against the API's and saves examples/serve.png. Installs Chromium, its driver and Selenium first.
+browser: build
+	bash scripts/browser_setup.sh
+	.venv/bin/python tests/browser/page_test.py $(CHARRNN)
+
+# Requests per second, characters per second and latency of `charrnn serve` at 1, 8 and 64 clients,
+# batching against one request at a time (benches/results/cpu-serve-load.txt).
+serve-load: build
+	.venv/bin/python benches/serve_load.py $(CHARRNN)
 
 bench: setup
 	cargo bench --bench train_step

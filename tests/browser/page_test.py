@@ -1,0 +1,67 @@
+"""Browser test of `charrnn serve`'s page (issue 17): headless Chromium loads the page, types a prefix,
+presses Generate and finds the streamed text, which must be what the JSON API gives for the same request.
+Saves a screenshot of the page (examples/serve.png unless SCREENSHOT says otherwise).
+
+Run through `make browser` (which installs Chromium, its driver and Selenium, and builds charrnn).
+Usage: python tests/browser/page_test.py CHARRNN_BINARY
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+binary = os.path.abspath(sys.argv[1])
+root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+screenshot = os.environ.get("SCREENSHOT", os.path.join(root, "examples", "serve.png"))
+work = tempfile.mkdtemp()
+env = dict(os.environ, CHARRNN_CACHE=os.path.join(work, "cache"))
+model = os.path.join(work, "demo")
+subprocess.run([binary, "train", "--corpus", os.path.join(root, "data", "yuanqu.txt"), "--limit-chars", "10000",
+                "--epochs", "60", "--out", model, "-q"], check=True, env=env)
+server = subprocess.Popen([binary, "serve", "--model", model, "--port", "0"], stderr=subprocess.PIPE, text=True,
+                          env=env)
+try:
+    line = server.stderr.readline()
+    address = re.search(r"http://\S+", line).group(0)
+    options = Options()
+    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,760"]:
+        options.add_argument(flag)
+    options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    driver = webdriver.Chrome(options=options, service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")))
+    try:
+        driver.get(address + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "rnn 1×256" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "prefix").send_keys("分开")
+        for name, value in [("num_chars", "60"), ("temperature", "0.8"), ("seed", "7"), ("samples", "2")]:
+            field = driver.find_element(By.ID, name)
+            field.clear()
+            field.send_keys(value)
+        driver.find_element(By.ID, "generate").click()
+        wait.until(lambda d: d.find_element(By.ID, "output").get_attribute("data-done") == "true")
+        shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#output .sample .text")]
+        error = driver.find_element(By.ID, "error").text
+        request = json.dumps({"prefix": "分开", "num_chars": 60, "temperature": 0.8, "seed": 7, "samples": 2})
+        api = json.load(urllib.request.urlopen(urllib.request.Request(address + "/v1/generate", data=request.encode())))
+        expected = [s["generated"] for s in api["samples"]]
+        assert error == "", error
+        # The page shows what the API generates (white space as the browser renders it).
+        assert [s.split() for s in shown] == [e.split() for e in expected], (shown, expected)
+        assert [len(e) for e in expected] == [60, 60]
+        os.makedirs(os.path.dirname(screenshot), exist_ok=True)
+        driver.save_screenshot(screenshot)
+        print("browser test passed: the page streamed 2 samples of 60 characters; screenshot %s" % screenshot)
+    finally:
+        driver.quit()
+finally:
+    server.terminate()
+    server.wait(timeout=30)
