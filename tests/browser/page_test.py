@@ -26,7 +26,7 @@ work = tempfile.mkdtemp()
 env = dict(os.environ, CHARRNN_CACHE=os.path.join(work, "cache"))
 model = os.path.join(work, "demo")
 subprocess.run([binary, "train", "--corpus", os.path.join(root, "data", "yuanqu.txt"), "--limit-chars", "10000",
-                "--epochs", "60", "--out", model, "-q"], check=True, env=env)
+                "--epochs", "60", "--val-frac", "0.1", "--out", model, "-q"], check=True, env=env)
 server = subprocess.Popen([binary, "serve", "--model", model, "--port", "0"], stderr=subprocess.PIPE, text=True,
                           env=env)
 try:
@@ -41,6 +41,7 @@ try:
         driver.get(address + "/")
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: "rnn 1×256" in d.find_element(By.ID, "model").text)
+        assert "held-out perplexity" in driver.find_element(By.ID, "model").text
         driver.find_element(By.ID, "prefix").send_keys("分开")
         for name, value in [("num_chars", "60"), ("temperature", "0.8"), ("seed", "7"), ("samples", "2")]:
             field = driver.find_element(By.ID, name)
