@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate_with_progress, Evaluation};
 use crate::lock::FolderLock;
 use crate::metrics::{append_metrics, read_metrics, replace_metrics, trim_metrics, MetricsLine};
-use crate::model::{Arch, Dtype, Network};
+use crate::model::{Arch, Backend, Dtype, Network};
 use crate::optim::LrDecay;
 use crate::plot::{write_perplexity_svg, Curve};
 use crate::predict::{generate_until, Generate, Generated};
@@ -42,6 +42,9 @@ pub struct TrainJob {
     /// vocabulary, followed by the corpus's new characters ([`Vocabulary::extended`]), whose rows start as
     /// a fresh model's ([`Network::grown`]). The optimizer starts afresh. Its newline setting applies too.
     pub init_from: Option<PathBuf>,
+    /// Choose `config.arch.backend` for the cell (the source model's with `init_from`) and the device
+    /// (`--backend auto`): [`Backend::fastest`].
+    pub auto_backend: bool,
     /// Choose `config.dtype` from the device (`--dtype auto`): bf16 where it multiplies bfloat16 natively
     /// ([`crate::device::native_bf16`]: AVX512-BF16 or AMX-BF16, compute capability 8.0 or newer), else fp32.
     pub auto_dtype: bool,
@@ -154,6 +157,10 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     }
     let prepared = load_corpus(&job.corpus, &corpus_options)?;
     let mut config = job.config.clone();
+    if job.auto_backend {
+        let cell = source.as_ref().map_or(config.arch.cell, |(_, src)| src.file.model.arch.cell);
+        config.arch.backend = Backend::fastest(cell, device);
+    }
     let (hash, options) = (prepared.header.hash.clone(), prepared.header.options);
     config.prefixes = config.prefixes.iter().map(|p| options.read_text(p)).collect();
     let mut notes = Vec::new();

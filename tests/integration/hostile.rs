@@ -169,6 +169,7 @@ fn model_copy() -> tempfile::TempDir {
             device: charrnn::DeviceSpec::Cpu,
             threads: None,
             auto_dtype: false,
+            auto_backend: false,
             config,
         };
         charrnn::run_train(&job, &mut ()).unwrap();

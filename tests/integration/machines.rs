@@ -48,6 +48,30 @@ fn dtype_auto_follows_the_cpu() {
     }
 }
 
+/// `--backend auto` (the default) trains an LSTM on the CPU with libtorch's fused kernels, where they are
+/// faster, and every other cell written out; an explicit backend is kept. The choice is recorded in
+/// model.json and named in the run's first line.
+#[test]
+fn the_default_backend_is_the_faster_one_for_the_cell() {
+    let env = Env::new();
+    for (cell, flags, expected) in [
+        ("lstm", &[][..], "fused"),
+        ("gru", &[], "scratch"),
+        ("rnn", &[], "scratch"),
+        ("lstm", &["--backend", "scratch"], "scratch"),
+        ("gru", &["--backend", "fused"], "fused"),
+    ] {
+        let out = format!("{cell}-{}", flags.len());
+        let r = env.train(&[&["--cell", cell, "--epochs", "1", "--out", &out][..], flags].concat());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(env.path(&out).join("model.json")).unwrap()).unwrap();
+        assert_eq!(json["model"]["backend"], expected, "{cell} {flags:?}");
+        let first = r.stderr.lines().next().unwrap();
+        assert_eq!(first.contains("fused kernels"), expected == "fused", "{first}");
+    }
+}
+
 /// `train`, `eval` and `predict` run with GOMP_SPINCOUNT=1000 unless the user set it or OMP_WAIT_POLICY;
 /// `info` runs as it is. The value is the one libgomp itself read when it started (`OMP_DISPLAY_ENV=verbose`
 /// makes it print its settings then), printed once: charrnn starts itself again before libtorch and

@@ -179,8 +179,9 @@ fn describe_run(i: &RunInfo) -> String {
         if i.model.arch.dropout > 0.0 { format!(", dropout {}", i.model.arch.dropout) } else { String::new() };
     let resumed = i.resumed_at.map(|(e, b)| format!(", resuming at {}", describe_position(e + 1, b, i.minibatches)));
     let precision = if c.dtype == Dtype::Fp32 { String::new() } else { format!(", {} output layer", c.dtype) };
+    let fused = if i.model.arch.backend == charrnn::Backend::Fused { ", fused kernels" } else { "" };
     format!(
-        "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}{precision}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epoch{}{}",
+        "training on {}: corpus {} characters ({} trained, {} held out), vocabulary {}; {} {}x{} ({input}{dropout}{precision}{fused}), {} parameters; {} minibatches of {}x{} per epoch, {} lr {}, {} epoch{}{}",
         i.device,
         grouped(i.corpus_chars as u64),
         grouped(i.train_chars as u64),
