@@ -426,6 +426,60 @@ mod tests {
     }
 
     #[test]
+    fn requests_generated_together_give_what_each_gives_alone() {
+        // An LSTM: its state has a memory cell, which each row of the batch must carry as its own.
+        let vocab = Vocabulary::from_text("abcdef");
+        let arch = Arch { cell: crate::model::Cell::Lstm, ..Arch::rnn(8) };
+        let model = Network::new(ModelConfig::new(6, arch), 3, Device::Cpu).unwrap();
+        let sampled = Sampler { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 11 };
+        let requests = [
+            ("ab", Generate { num_chars: 40, samples: 1, ..Default::default() }),
+            ("fedc", Generate { num_chars: 25, samples: 3, sampler: sampled, probs: true, ..Default::default() }),
+            (
+                "c",
+                Generate { num_chars: 60, samples: 2, sampler: sampled, stop: Some("ea".into()), ..Default::default() },
+            ),
+            ("d", Generate { num_chars: 0, samples: 1, ..Default::default() }),
+        ];
+        let refs: Vec<(&str, &Generate)> = requests.iter().map(|(p, g)| (*p, g)).collect();
+        let mut seen = vec![vec![String::new(); 3]; requests.len()];
+        let together = generate_batch(&model, &vocab, &refs, &mut |r, i, c| {
+            seen[r][i].push(c);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        for ((prefix, options), batch) in requests.iter().zip(&together) {
+            let alone = generate(&model, &vocab, prefix, options, &mut |_, _| {}).unwrap();
+            assert_eq!(batch.len(), alone.len());
+            for (b, a) in batch.iter().zip(&alone) {
+                assert_eq!((&b.text, b.stopped), (&a.text, a.stopped), "{prefix}");
+                // Float32 logits of a batched product against a single row's: the last bits may differ.
+                assert_eq!(b.probs.len(), a.probs.len());
+                assert!(b.probs.iter().zip(&a.probs).all(|(x, y)| (x - y).abs() <= 1e-6 * y), "{b:?} {a:?}");
+            }
+        }
+        for (r, samples) in together.iter().enumerate() {
+            for (i, s) in samples.iter().enumerate() {
+                assert_eq!(seen[r][i], s.generated, "streamed as generated");
+            }
+        }
+        assert!(together[2].iter().any(|s| s.stopped && s.generated.len() < 60), "a stop string must end a row early");
+        // Break ends only its own request: request 1 stops after 5 characters of its first sample.
+        let mut count = 0;
+        let cut = generate_batch(&model, &vocab, &refs, &mut |r, _, _| {
+            count += usize::from(r == 1);
+            if r == 1 && count == 5 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert!(cut[1].iter().map(|s| s.generated.chars().count()).sum::<usize>() == 5, "{:?}", cut[1]);
+        assert_eq!((cut[0].clone(), cut[2].clone()), (together[0].clone(), together[2].clone()));
+    }
+
+    #[test]
     fn prediction_is_prefix_plus_n_and_deterministic() {
         let (model, vocab) = setup();
         let a = predict(&model, &vocab, "ab", 10).unwrap();

@@ -285,25 +285,25 @@ fn bad_requests_get_a_4xx_naming_the_field_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn sigterm_lets_a_running_request_finish_then_stops() {
-    let mut server = start(&["--grace", "30", "--max-chars", "100000"]);
-    let address = server.address.clone();
-    // About two seconds of generation.
-    let long = std::thread::spawn(move || post(&address, r#"{"prefix": "分开", "num_chars": 60000, "stream": true}"#));
-    // Let the request start streaming before the signal.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    crate::checkpoints::signal(&server.child, "TERM");
-    let answer = long.join().unwrap();
-    assert_eq!(answer.status, 200);
-    assert!(
-        answer.body.contains("event: done"),
-        "the running request finished: {}",
-        &answer.body[answer.body.len().saturating_sub(300)..]
-    );
-    let status = server.child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "a clean stop");
-    let mut rest = String::new();
-    server.stderr.read_to_string(&mut rest).unwrap();
-    assert!(rest.contains("stopped") && !rest.contains("panicked"), "{rest}");
-    assert!(TcpStream::connect(&server.address).is_err(), "nothing listens after the stop");
+fn sigterm_or_sigint_lets_a_running_request_finish_then_stops() {
+    for signal in ["TERM", "INT"] {
+        let mut server = start(&["--grace", "30", "--max-chars", "100000"]);
+        let address = server.address.clone();
+        // About two seconds of generation.
+        let long =
+            std::thread::spawn(move || post(&address, r#"{"prefix": "分开", "num_chars": 60000, "stream": true}"#));
+        // Let the request start streaming before the signal.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        crate::checkpoints::signal(&server.child, signal);
+        let answer = long.join().unwrap();
+        assert_eq!(answer.status, 200);
+        let tail = &answer.body[answer.body.len().saturating_sub(300)..];
+        assert!(answer.body.contains("event: done"), "{signal}: the running request finished: {tail}");
+        let status = server.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{signal}: a clean stop");
+        let mut rest = String::new();
+        server.stderr.read_to_string(&mut rest).unwrap();
+        assert!(rest.contains("stopped") && !rest.contains("panicked"), "{signal}: {rest}");
+        assert!(TcpStream::connect(&server.address).is_err(), "{signal}: nothing listens after the stop");
+    }
 }
