@@ -170,7 +170,11 @@ pub fn serve(job: &ServeJob, on_ready: &mut dyn FnMut(SocketAddr, &Path)) -> Res
         .map_err(|e| Error::config("serve", format!("cannot start the server's threads ({e})")))?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((job.host, job.port)).await.map_err(|e| {
-            Error::config("--port", format!("cannot listen on {}:{} ({e}); pick another --port", job.host, job.port))
+            let (flag, fix) = match e.kind() {
+                std::io::ErrorKind::AddrNotAvailable => ("--host", "give an address of this machine"),
+                _ => ("--port", "pick another --port"),
+            };
+            Error::config(flag, format!("cannot listen on {}:{} ({e}); {fix}", job.host, job.port))
         })?;
         let address = listener.local_addr().map_err(|e| Error::config("--port", e.to_string()))?;
         let (jobs, queue) = sync_channel(job.queue);

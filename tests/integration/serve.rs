@@ -307,3 +307,15 @@ fn sigterm_or_sigint_lets_a_running_request_finish_then_stops() {
         assert!(TcpStream::connect(&server.address).is_err(), "{signal}: nothing listens after the stop");
     }
 }
+
+#[test]
+fn a_server_that_cannot_start_says_why_in_one_line() {
+    let server = start(&[]);
+    let (env, model) = trained();
+    let port = server.address.split(':').nth(1).unwrap();
+    env.fails(&["serve", "--model", model, "--port", port], "invalid --port: cannot listen on 127.0.0.1");
+    env.fails(&["serve", "--model", model, "--host", "192.0.2.1", "--port", "0"], "invalid --host");
+    env.fails(&["serve", "--model", "nowhere"], "nowhere");
+    let usage = env.run(&["serve", "--model", model, "--max-samples", "0"]);
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+}
