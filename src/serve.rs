@@ -202,12 +202,14 @@ pub fn serve(job: &ServeJob, on_ready: &mut dyn FnMut(SocketAddr, &Path)) -> Res
             .route("/v1/generate", post(generate))
             .layer(DefaultBodyLimit::max(job.max_body))
             .with_state(shared);
+        // Installed before the address is announced, so that a signal from then on stops the server cleanly.
+        let signals = StopSignals::install()?;
         on_ready(address, &dir);
         let signalled = Arc::new(tokio::sync::Notify::new());
         let server = axum::serve(listener, app).with_graceful_shutdown({
             let signalled = signalled.clone();
             async move {
-                stop_signal().await;
+                signals.recv().await;
                 signalled.notify_one();
             }
         });
@@ -227,18 +229,27 @@ pub fn serve(job: &ServeJob, on_ready: &mut dyn FnMut(SocketAddr, &Path)) -> Res
     })
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn stop_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = interrupt => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = interrupt.await;
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment they are installed.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let fail = |e: std::io::Error| Error::config("serve", format!("cannot catch SIGINT and SIGTERM ({e})"));
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).map_err(fail)?,
+            terminate: signal(SignalKind::terminate()).map_err(fail)?,
+        })
+    }
+
+    /// Resolves at the first of the two.
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
 }
