@@ -12,6 +12,7 @@ Examples:
   charrnn train --corpus data/yuanqu.txt --limit-chars 10000
   charrnn predict --prefix 分开 --num-chars 10
   charrnn eval --json
+  charrnn serve --port 8080
   charrnn info
   charrnn plot --model runs/yuanqu
   charrnn completions bash";
@@ -164,13 +165,13 @@ pub fn parse() -> Cli {
     Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
 }
 
-/// Where libtorch computes (shared by train, predict and eval).
+/// Where libtorch computes (shared by train, predict, serve and eval).
 #[derive(Args)]
 pub struct DeviceArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value_t = DeviceSpec::Auto, value_name = "D")]
     pub device: DeviceSpec,
-    /// CPU threads for libtorch [default: one per core for train and eval, 1 for predict].
+    /// CPU threads for libtorch [default: one per core for train and eval, 1 for predict and serve].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }
