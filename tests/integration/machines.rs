@@ -70,6 +70,20 @@ fn the_default_backend_is_the_faster_one_for_the_cell() {
         let first = r.stderr.lines().next().unwrap();
         assert_eq!(first.contains("fused kernels"), expected == "fused", "{first}");
     }
+    // An LSTM on the fused kernels, with dropout between its layers, resumes bit for bit (1 + 1 epochs = 2).
+    let lstm = ["--cell", "lstm", "--layers", "2", "--dropout", "0.2", "--embed", "8", "--optimizer", "adam"];
+    assert_eq!(env.train(&[&lstm[..], &["--epochs", "2", "--out", "whole"]].concat()).code, 0);
+    assert_eq!(env.train(&[&lstm[..], &["--epochs", "1", "--out", "halves"]].concat()).code, 0);
+    let resumed = env.run(&["train", "--resume", "halves", "--epochs", "2"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let weights = |dir: &str| {
+        let file = std::fs::read_dir(env.path(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "safetensors"));
+        std::fs::read(file.expect("a weights file")).unwrap()
+    };
+    assert!(weights("whole") == weights("halves"), "resumed weights differ from an unbroken run's");
 }
 
 /// `train`, `eval` and `predict` run with GOMP_SPINCOUNT=1000 unless the user set it or OMP_WAIT_POLICY;
