@@ -2,7 +2,8 @@
 # The GPU check, for a machine with PyTorch but no Rust: a charrnn binary built elsewhere against that
 # machine's libtorch (CHARRNN), run with its torch/lib on LD_LIBRARY_PATH. Checks that CUDA is found (charrnn
 # loads libtorch_cuda.so at run time), that a model trained on the CPU resumes, predicts and evaluates on the
-# GPU, that CPU and GPU training agree, and the fused (cuDNN) and bf16 paths; then runs benches/compare_speed.sh
+# GPU, that CPU and GPU training agree, the fused (cuDNN) and bf16 paths, fine-tuning, beam search, the LSTM's
+# default backend (with a count of cuDNN's weight-copy warnings) and `serve`; then runs benches/compare_speed.sh
 # with DEVICE=cuda on two workloads.
 # Any failed step or disagreement stops it with a FAIL line and a non-zero status.
 # Usage: CHARRNN=path/to/charrnn [PY=python3] [SPEED=0] bash benches/gpu_check.sh   (SPEED=0 skips the
@@ -54,6 +55,34 @@ $bin train --corpus "$tmp/second.txt" --init-from "$tmp/r" --backend fused --opt
 $bin info --model "$tmp/ft" | grep -E 'vocabulary|started from|trained on'
 $bin predict --model "$tmp/ft" --prefix 'the quick' --num-chars 20 --device cuda
 $bin eval --model "$tmp/ft" --device cuda
+step "beam search on the GPU: 3 beams, most likely first"
+$bin predict --model "$tmp/r" --prefix 分开 --num-chars 12 --beam 3 --json --device cuda | tee "$tmp/beams"
+"$py" -c 'import json, sys
+lps = [json.loads(l)["log_prob"] for l in open(sys.argv[1])]
+sys.exit(not (len(lps) == 3 and lps == sorted(lps, reverse=True)))' "$tmp/beams" || fail "beams missing or not sorted"
+step "an LSTM with the default backend on the GPU (auto: the written-out cells there), and fused for comparison"
+for backend in auto fused; do
+    $bin train --corpus data/yuanqu.txt --limit-chars 50000 --cell lstm --embed 64 --optimizer adam --epochs 2 \
+        --pred-len 0 --device cuda --backend $backend --out "$tmp/lstm-$backend" -v >"$tmp/lstm-$backend.log" 2>&1
+    grep '^epoch' "$tmp/lstm-$backend.log" || true
+    echo "backend $backend: $(grep -o '"backend": *"[a-z]*"' "$tmp/lstm-$backend/model.json" | head -1), $(grep -c 'RNN.cpp' "$tmp/lstm-$backend.log" || true) lines of cuDNN's weight-copy warning"
+done
+grep -q '"backend": *"scratch"' "$tmp/lstm-auto/model.json" || fail "--backend auto should keep the written-out cells on a GPU"
+step "serve on the GPU: health, a greedy request equal to predict's, SIGTERM"
+$bin serve --model "$tmp/r" --device cuda --port 0 2>"$tmp/serve.err" &
+server=$!
+for _ in $(seq 100); do grep -q 'http://' "$tmp/serve.err" && break; sleep 0.2; done
+address=$(grep -o 'http://[0-9.:]*' "$tmp/serve.err") || fail "serve did not start: $(cat "$tmp/serve.err")"
+served=$("$py" -c 'import json, sys, urllib.request
+a = sys.argv[1]
+assert json.load(urllib.request.urlopen(a + "/healthz"))["status"] == "ok"
+body = json.dumps({"prefix": "分开", "num_chars": 30}).encode()
+print(json.load(urllib.request.urlopen(urllib.request.Request(a + "/v1/generate", data=body)))["samples"][0]["text"])' "$address")
+predicted=$($bin predict --model "$tmp/r" --prefix 分开 --num-chars 30 --device cuda)
+kill -TERM $server
+wait $server || fail "serve did not stop cleanly"
+[ "$served" = "$predicted" ] || fail "serve gave '$served', predict '$predicted'"
+echo "serve on cuda: $served"
 [ "${SPEED:-1}" = 0 ] && { echo; echo "gpu_check: all steps passed (speed skipped)"; exit 0; }
 step "speed, demo workload"
 CHARRNN=$bin PY=$py DEVICE=cuda bash benches/compare_speed.sh
