@@ -262,7 +262,7 @@ pub fn generate_until(
         }
         return Ok(beams);
     }
-    let mut samples = generate_batch(model, vocab, &[(prefix, options)], &mut |_, i, c| on_char(i, c))?;
+    let mut samples = generate_batch(model, vocab, &[(prefix, options)], &mut |_, i, c| on_char(i, c), &mut |_, _| {})?;
     Ok(samples.remove(0))
 }
 
@@ -280,7 +280,9 @@ struct Row {
 /// request's rows start from its own warmed-up prefix and draw with its own sampler, seeds and stop string;
 /// a row leaves the batch when it has its characters or its stop string. `on_char(r, i, c)` sees character
 /// `c` of sample `i` of request `r` as it is chosen; `Break` ends request `r` there (the others go on).
-/// Returns each request's samples. Beam search is not batched: a request with `beam > 0` is refused.
+/// `on_done(r, samples)` is called once per request as soon as its last row has left (so that a short
+/// request is answered without waiting for a long one in its batch). Returns each request's samples. Beam
+/// search is not batched: a request with `beam > 0` is refused.
 ///
 /// A request gives the texts it gives alone, up to the rounding of a batched matrix product (which can
 /// differ from a smaller batch's in the last bit, and so, rarely, change a draw that lands on a boundary).
@@ -289,6 +291,7 @@ pub fn generate_batch(
     vocab: &Vocabulary,
     requests: &[(&str, &Generate)],
     on_char: &mut dyn FnMut(usize, usize, char) -> ControlFlow<()>,
+    on_done: &mut dyn FnMut(usize, &[Generated]),
 ) -> Result<Vec<Vec<Generated>>> {
     let _guard = tch::no_grad_guard();
     let device = model.device();
@@ -322,7 +325,20 @@ pub fn generate_batch(
         };
         outputs.push(vec![start; n]);
     }
+    // Requests whose rows have all left the batch, and those reported done.
+    let mut reported = vec![false; requests.len()];
+    let mut report = |rows: &[Row], outputs: &[Vec<Generated>], reported: &mut [bool]| {
+        let mut live = vec![false; reported.len()];
+        rows.iter().for_each(|row| live[row.request] = true);
+        for r in 0..reported.len() {
+            if !live[r] && !reported[r] {
+                reported[r] = true;
+                on_done(r, &outputs[r]);
+            }
+        }
+    };
     if rows.is_empty() {
+        report(&rows, &outputs, &mut reported);
         return Ok(outputs);
     }
     let cat = |ts: &[Tensor]| Tensor::cat(ts, 1);
@@ -332,6 +348,7 @@ pub fn generate_batch(
     // Rows with nothing to generate leave before the first step.
     let keep: Vec<usize> = (0..rows.len()).filter(|&k| rows[k].left > 0).collect();
     (rows, inputs, state) = select_rows(rows, inputs, state, &keep, device);
+    report(&rows, &outputs, &mut reported);
     while !rows.is_empty() {
         let x = Tensor::from_slice(&inputs).to_device(device);
         let (y, next) = model.step(&x, &state);
@@ -365,6 +382,7 @@ pub fn generate_batch(
             keep.into_iter().zip(chosen).filter(|&(k, _)| !ended[rows[k].request]).unzip();
         (rows, _, state) = select_rows(rows, Vec::new(), next, &keep, device);
         inputs = chosen;
+        report(&rows, &outputs, &mut reported);
     }
     Ok(outputs)
 }
@@ -443,11 +461,32 @@ mod tests {
         ];
         let refs: Vec<(&str, &Generate)> = requests.iter().map(|(p, g)| (*p, g)).collect();
         let mut seen = vec![vec![String::new(); 3]; requests.len()];
-        let together = generate_batch(&model, &vocab, &refs, &mut |r, i, c| {
-            seen[r][i].push(c);
-            ControlFlow::Continue(())
-        })
+        // Every event in order: (request, Some(character)) or (request, None) when it is done.
+        let events = std::cell::RefCell::new(Vec::new());
+        let mut done = vec![Vec::new(); requests.len()];
+        let together = generate_batch(
+            &model,
+            &vocab,
+            &refs,
+            &mut |r, i, c| {
+                seen[r][i].push(c);
+                events.borrow_mut().push((r, Some(c)));
+                ControlFlow::Continue(())
+            },
+            &mut |r, samples| {
+                done[r].push(samples.to_vec());
+                events.borrow_mut().push((r, None));
+            },
+        )
         .unwrap();
+        // Each request is reported done once, with its samples, as soon as its last row leaves: the empty
+        // one first, the 25-character one before the 40-character one's 26th character.
+        assert!(done.iter().zip(&together).all(|(d, t)| d.len() == 1 && &d[0] == t));
+        let events = events.into_inner();
+        assert_eq!(events[0], (3, None));
+        let done_1 = events.iter().position(|e| *e == (1, None)).unwrap();
+        let char_26_of_0 = events.iter().enumerate().filter(|(_, e)| e.0 == 0 && e.1.is_some()).nth(25).unwrap().0;
+        assert!(done_1 < char_26_of_0, "{done_1} {char_26_of_0}");
         for ((prefix, options), batch) in requests.iter().zip(&together) {
             let alone = generate(&model, &vocab, prefix, options, &mut |_, _| {}).unwrap();
             assert_eq!(batch.len(), alone.len());
@@ -466,15 +505,24 @@ mod tests {
         assert!(together[2].iter().any(|s| s.stopped && s.generated.len() < 60), "a stop string must end a row early");
         // Break ends only its own request: request 1 stops after 5 characters of its first sample.
         let mut count = 0;
-        let cut = generate_batch(&model, &vocab, &refs, &mut |r, _, _| {
-            count += usize::from(r == 1);
-            if r == 1 && count == 5 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })
+        let mut cut_done = Vec::new();
+        let cut = generate_batch(
+            &model,
+            &vocab,
+            &refs,
+            &mut |r, _, _| {
+                count += usize::from(r == 1);
+                if r == 1 && count == 5 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+            &mut |r, _| cut_done.push(r),
+        )
         .unwrap();
+        cut_done.sort();
+        assert_eq!(cut_done, [0, 1, 2, 3], "an ended request is reported done too");
         assert!(cut[1].iter().map(|s| s.generated.chars().count()).sum::<usize>() == 5, "{:?}", cut[1]);
         assert_eq!((cut[0].clone(), cut[2].clone()), (together[0].clone(), together[2].clone()));
     }

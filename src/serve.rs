@@ -321,7 +321,18 @@ async fn generate(
         }
     }
     if stream {
-        let events = UnboundedReceiverStream::new(replies).map(|reply| {
+        // The worker keeps a request's sender until its whole batch is done: the stream ends at this
+        // request's own last event instead.
+        let (forward, forwarded) = unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(reply) = replies.recv().await {
+                let last = matches!(reply, Reply::Done { .. } | Reply::Failed(_));
+                if forward.send(reply).is_err() || last {
+                    break;
+                }
+            }
+        });
+        let events = UnboundedReceiverStream::new(forwarded).map(|reply| {
             Ok::<Event, std::convert::Infallible>(match reply {
                 Reply::Char { sample, c } => {
                     Event::default().event("char").data(json!({ "sample": sample, "char": c }).to_string())
@@ -485,22 +496,24 @@ fn work(loaded: LoadedModel, queue: Receiver<Job>, max_batch: usize, stats: &Sta
         record(stats, batch.len());
         let requests: Vec<(&str, &Generate)> =
             batch.iter().map(|j| (j.request.prefix.as_str(), &j.request.generate)).collect();
+        let n = batch.len();
+        // Each request is answered as soon as its own rows are done, not when the whole batch is.
         let run = || {
-            generate_batch(&model, &vocab, &requests, &mut |r, sample, c| {
+            let on_char = &mut |r: usize, sample, c| {
                 let gone = batch[r].reply.send(Reply::Char { sample, c }).is_err();
                 if gone || stopping.load(Ordering::Relaxed) {
                     ControlFlow::Break(())
                 } else {
                     ControlFlow::Continue(())
                 }
-            })
+            };
+            let on_done = &mut |r: usize, samples: &[Generated]| {
+                let _ = batch[r].reply.send(Reply::Done { samples: samples.to_vec(), batch: n });
+            };
+            generate_batch(&model, &vocab, &requests, on_char, on_done)
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-            Ok(Ok(outputs)) => {
-                for (job, samples) in batch.iter().zip(outputs) {
-                    let _ = job.reply.send(Reply::Done { samples, batch: batch.len() });
-                }
-            }
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => batch.iter().for_each(|j| drop(j.reply.send(Reply::Failed(e.to_string())))),
             Err(_) => {
                 batch.iter().for_each(|j| drop(j.reply.send(Reply::Failed("generation failed inside libtorch".into()))))
