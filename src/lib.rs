@@ -71,7 +71,8 @@ pub use model::{cross_entropy, one_hot, step_major, Arch, Backend, Cell, Dtype, 
 pub use optim::{LrDecay, Optimizer, OptimizerKind};
 pub use plot::{perplexity_svg, Curve};
 pub use predict::{
-    generate, generate_batch, generate_until, predict, Generate, Generated, Sampler, DEFAULT_NUM_CHARS, MAX_NUM_CHARS,
+    generate, generate_batch, generate_until, predict, Batch, Generate, Generated, Sampler, DEFAULT_NUM_CHARS,
+    MAX_NUM_CHARS,
 };
 pub use prepared::{
     cache_dir, is_token_file, load_corpus, prepare, CorpusIds, Prepared, PreparedHeader, Source, TOKENS_VERSION,

@@ -275,17 +275,10 @@ struct Row {
     left: usize,
 }
 
-/// Generates several requests together, each `(prefix, options)` as [`generate_until`] would alone: every
-/// sample of every request is one row of a batch, and each step runs the model once for all rows. Each
-/// request's rows start from its own warmed-up prefix and draw with its own sampler, seeds and stop string;
-/// a row leaves the batch when it has its characters or its stop string. `on_char(r, i, c)` sees character
-/// `c` of sample `i` of request `r` as it is chosen; `Break` ends request `r` there (the others go on).
-/// `on_done(r, samples)` is called once per request as soon as its last row has left (so that a short
-/// request is answered without waiting for a long one in its batch). Returns each request's samples. Beam
-/// search is not batched: a request with `beam > 0` is refused.
-///
-/// A request gives the texts it gives alone, up to the rounding of a batched matrix product (which can
-/// differ from a smaller batch's in the last bit, and so, rarely, change a draw that lands on a boundary).
+/// Generates several requests together, each `(prefix, options)` as [`generate_until`] would alone (see
+/// [`Batch`]). `on_char(r, i, c)` sees character `c` of sample `i` of request `r` as it is chosen; `Break`
+/// ends request `r` there (the others go on). `on_done(r, samples)` is called once per request as soon as
+/// its last row has left. Returns each request's samples, in order.
 pub fn generate_batch(
     model: &Network,
     vocab: &Vocabulary,
@@ -293,11 +286,67 @@ pub fn generate_batch(
     on_char: &mut dyn FnMut(usize, usize, char) -> ControlFlow<()>,
     on_done: &mut dyn FnMut(usize, &[Generated]),
 ) -> Result<Vec<Vec<Generated>>> {
-    let _guard = tch::no_grad_guard();
-    let device = model.device();
-    let (mut hs, mut cs, mut rows, mut inputs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut outputs = Vec::with_capacity(requests.len());
-    for (r, (prefix, options)) in requests.iter().enumerate() {
+    let mut batch = Batch::new(model, vocab);
+    for (prefix, options) in requests {
+        batch.admit(prefix, options)?;
+    }
+    let mut outputs = vec![Vec::new(); requests.len()];
+    while !batch.is_empty() {
+        batch.step(on_char, &mut |r, samples| {
+            on_done(r, &samples);
+            outputs[r] = samples;
+        })?;
+    }
+    Ok(outputs)
+}
+
+/// Requests generated together, which may join while others run: every sample of every request is one row
+/// of a batch, and each step runs the model once for all rows. A request's rows start from its own
+/// warmed-up prefix and draw with its own sampler, seeds and stop string; a row leaves the batch when it has
+/// its characters or its stop string, and a request is reported done as soon as its last row has left.
+/// Beam search is not batched.
+///
+/// A request gives the texts it gives alone, up to the rounding of a batched matrix product (which can
+/// differ from another batch's in the last bit, and so, rarely, change a draw that lands on a boundary).
+pub struct Batch<'m> {
+    model: &'m Network,
+    vocab: &'m Vocabulary,
+    /// Each request's settings, by id (the order of admission, from 0 again whenever the batch empties).
+    requests: Vec<Generate>,
+    /// Each request's samples so far (taken when it is reported done).
+    outputs: Vec<Vec<Generated>>,
+    /// Whether `on_char` ended the request, and whether it was reported done.
+    ended: Vec<bool>,
+    reported: Vec<bool>,
+    rows: Vec<Row>,
+    /// The character each row feeds next, and the rows' state (`[L, rows, H]`; `None` without rows).
+    inputs: Vec<i64>,
+    state: Option<crate::model::State>,
+}
+
+impl<'m> Batch<'m> {
+    /// An empty batch for `model` over `vocab`.
+    pub fn new(model: &'m Network, vocab: &'m Vocabulary) -> Self {
+        Batch {
+            model,
+            vocab,
+            requests: Vec::new(),
+            outputs: Vec::new(),
+            ended: Vec::new(),
+            reported: Vec::new(),
+            rows: Vec::new(),
+            inputs: Vec::new(),
+            state: None,
+        }
+    }
+
+    /// Whether every request admitted has been reported done.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.reported.iter().all(|&r| r)
+    }
+
+    /// Adds a request, whose rows join at the next step (after its prefix is read); returns its id.
+    pub fn admit(&mut self, prefix: &str, options: &Generate) -> Result<usize> {
         options.validate()?;
         if options.beam > 0 {
             return Err(Error::config("--beam", "beam search runs on its own, not in a batch"));
@@ -305,64 +354,67 @@ pub fn generate_batch(
         if prefix.is_empty() {
             return Err(Error::config("--prefix", "must not be empty"));
         }
-        let ids = vocab.encode(prefix, "the prefix")?;
-        let n = options.samples;
+        let ids = self.vocab.encode(prefix, "the prefix")?;
+        if self.is_empty() {
+            // Ids start again, so that nothing grows over a long-running server's life.
+            (self.requests, self.outputs, self.ended, self.reported) = Default::default();
+        }
+        let _guard = tch::no_grad_guard();
+        let (r, n) = (self.requests.len(), options.samples);
         // The same warmed-up state for every sample: [L, 1, H] -> [L, n, H].
-        let state = warm_up(model, &ids[..ids.len() - 1]);
-        hs.push(state.h.repeat([1, n as i64, 1]));
-        cs.extend(state.c.map(|c| c.repeat([1, n as i64, 1])));
+        let start = warm_up(self.model, &ids[..ids.len() - 1]);
+        let expand = |t: &Tensor| t.repeat([1, n as i64, 1]);
+        let start = crate::model::State { h: expand(&start.h), c: start.c.as_ref().map(expand) };
+        self.state = Some(match self.state.take() {
+            None => start,
+            Some(s) => crate::model::State {
+                h: Tensor::cat(&[&s.h, &start.h], 1),
+                c: s.c.as_ref().zip(start.c.as_ref()).map(|(a, b)| Tensor::cat(&[a, b], 1)),
+            },
+        });
         for i in 0..n {
             let rng = Rng::for_stream(options.sampler.seed.wrapping_add(i as u64), Stream::Sample);
-            rows.push(Row { request: r, sample: i, rng, left: options.num_chars });
-            inputs.push(ids[ids.len() - 1]);
+            self.rows.push(Row { request: r, sample: i, rng, left: options.num_chars });
+            self.inputs.push(ids[ids.len() - 1]);
         }
-        let start = Generated {
-            text: prefix.to_string(),
-            generated: String::new(),
-            probs: Vec::new(),
-            stopped: false,
-            log_prob: None,
-        };
-        outputs.push(vec![start; n]);
+        let text = prefix.to_string();
+        let first = Generated { text, generated: String::new(), probs: Vec::new(), stopped: false, log_prob: None };
+        self.requests.push(options.clone());
+        self.outputs.push(vec![first; n]);
+        self.ended.push(false);
+        self.reported.push(false);
+        // Rows with nothing to generate leave at once.
+        let keep: Vec<usize> = (0..self.rows.len()).filter(|&k| self.rows[k].left > 0).collect();
+        self.select(&keep);
+        Ok(r)
     }
-    // Requests whose rows have all left the batch, and those reported done.
-    let mut reported = vec![false; requests.len()];
-    let mut report = |rows: &[Row], outputs: &[Vec<Generated>], reported: &mut [bool]| {
-        let mut live = vec![false; reported.len()];
-        rows.iter().for_each(|row| live[row.request] = true);
-        for r in 0..reported.len() {
-            if !live[r] && !reported[r] {
-                reported[r] = true;
-                on_done(r, &outputs[r]);
-            }
-        }
-    };
-    if rows.is_empty() {
-        report(&rows, &outputs, &mut reported);
-        return Ok(outputs);
-    }
-    let cat = |ts: &[Tensor]| Tensor::cat(ts, 1);
-    let mut state = crate::model::State { h: cat(&hs), c: (!cs.is_empty()).then(|| cat(&cs)) };
-    let mut ended = vec![false; requests.len()];
-    let v = vocab.len();
-    // Rows with nothing to generate leave before the first step.
-    let keep: Vec<usize> = (0..rows.len()).filter(|&k| rows[k].left > 0).collect();
-    (rows, inputs, state) = select_rows(rows, inputs, state, &keep, device);
-    report(&rows, &outputs, &mut reported);
-    while !rows.is_empty() {
-        let x = Tensor::from_slice(&inputs).to_device(device);
-        let (y, next) = model.step(&x, &state);
+
+    /// Reports the requests whose rows have all left (`on_done`), then, if rows are left, generates one
+    /// character for each (`on_char`; `Break` ends that row's request), then reports again.
+    pub fn step(
+        &mut self,
+        on_char: &mut dyn FnMut(usize, usize, char) -> ControlFlow<()>,
+        on_done: &mut dyn FnMut(usize, Vec<Generated>),
+    ) -> Result<()> {
+        self.report(on_done);
+        let Some(state) = self.state.take() else { return Ok(()) };
+        let _guard = tch::no_grad_guard();
+        let device = self.model.device();
+        let x = Tensor::from_slice(&self.inputs).to_device(device);
+        let (y, next) = self.model.step(&x, &state);
+        self.state = Some(next);
         let logits = Vec::<f32>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]))?;
-        let (mut keep, mut chosen) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
-        for (k, row) in rows.iter_mut().enumerate() {
-            if ended[row.request] {
+        let v = self.vocab.len();
+        let (mut keep, mut chosen) = (Vec::with_capacity(self.rows.len()), Vec::with_capacity(self.rows.len()));
+        for (k, row) in self.rows.iter_mut().enumerate() {
+            if self.ended[row.request] {
                 continue;
             }
-            let options = requests[row.request].1;
+            let options = &self.requests[row.request];
             let logits = &logits[k * v..(k + 1) * v];
             let c = options.sampler.pick(logits, &mut row.rng);
-            let sample = &mut outputs[row.request][row.sample];
-            let ch = vocab.chars()[c];
+            let sample = &mut self.outputs[row.request][row.sample];
+            let ch = self.vocab.chars()[c];
             sample.generated.push(ch);
             sample.text.push(ch);
             if options.probs {
@@ -371,7 +423,7 @@ pub fn generate_batch(
             sample.stopped = options.stop.as_deref().is_some_and(|s| sample.generated.ends_with(s));
             row.left -= 1;
             if on_char(row.request, row.sample, ch).is_break() {
-                ended[row.request] = true;
+                self.ended[row.request] = true;
             } else if !sample.stopped && row.left > 0 {
                 keep.push(k);
                 chosen.push(c as i64);
@@ -379,34 +431,42 @@ pub fn generate_batch(
         }
         // A request that ended in this step may have rows kept before it ended.
         let (keep, chosen): (Vec<usize>, Vec<i64>) =
-            keep.into_iter().zip(chosen).filter(|&(k, _)| !ended[rows[k].request]).unzip();
-        (rows, _, state) = select_rows(rows, Vec::new(), next, &keep, device);
-        inputs = chosen;
-        report(&rows, &outputs, &mut reported);
+            keep.into_iter().zip(chosen).filter(|&(k, _)| !self.ended[self.rows[k].request]).unzip();
+        self.select(&keep);
+        self.inputs = chosen;
+        self.report(on_done);
+        Ok(())
     }
-    Ok(outputs)
-}
 
-/// The rows `keep` (indices, ascending) of `rows`, `inputs` (when not empty) and the state's batch dimension.
-fn select_rows(
-    rows: Vec<Row>,
-    inputs: Vec<i64>,
-    state: crate::model::State,
-    keep: &[usize],
-    device: Device,
-) -> (Vec<Row>, Vec<i64>, crate::model::State) {
-    if keep.len() == rows.len() {
-        return (rows, inputs, state);
+    /// Calls `on_done` for each request not yet reported whose rows have all left.
+    fn report(&mut self, on_done: &mut dyn FnMut(usize, Vec<Generated>)) {
+        let mut live = vec![false; self.requests.len()];
+        self.rows.iter().for_each(|row| live[row.request] = true);
+        for (r, live) in live.into_iter().enumerate() {
+            if !live && !self.reported[r] {
+                self.reported[r] = true;
+                on_done(r, std::mem::take(&mut self.outputs[r]));
+            }
+        }
     }
-    let inputs = if inputs.is_empty() { inputs } else { keep.iter().map(|&k| inputs[k]).collect() };
-    let index = Tensor::from_slice(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(device);
-    let state = crate::model::State {
-        h: state.h.index_select(1, &index),
-        c: state.c.as_ref().map(|c| c.index_select(1, &index)),
-    };
-    let mut rows: Vec<Option<Row>> = rows.into_iter().map(Some).collect();
-    let rows = keep.iter().map(|&k| rows[k].take().expect("each row is kept once")).collect();
-    (rows, inputs, state)
+
+    /// Keeps the rows `keep` (indices, ascending) of the rows, their inputs and the state.
+    fn select(&mut self, keep: &[usize]) {
+        if keep.len() == self.rows.len() {
+            return;
+        }
+        self.inputs = keep.iter().map(|&k| self.inputs[k]).collect();
+        self.state = self.state.take().filter(|_| !keep.is_empty()).map(|state| {
+            let index =
+                Tensor::from_slice(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(self.model.device());
+            crate::model::State {
+                h: state.h.index_select(1, &index),
+                c: state.c.as_ref().map(|c| c.index_select(1, &index)),
+            }
+        });
+        let mut rows: Vec<Option<Row>> = std::mem::take(&mut self.rows).into_iter().map(Some).collect();
+        self.rows = keep.iter().map(|&k| rows[k].take().expect("each row is kept once")).collect();
+    }
 }
 
 /// [`generate_until`] to the end: `on_char(i, c)` sees each character `c` of sample `i` as it is chosen.
@@ -523,6 +583,21 @@ mod tests {
         .unwrap();
         cut_done.sort();
         assert_eq!(cut_done, [0, 1, 2, 3], "an ended request is reported done too");
+        // A request that joins a running batch after 7 steps gives what it gives alone too.
+        let mut batch = Batch::new(&model, &vocab);
+        let mut results = vec![Vec::new(); 2];
+        batch.admit(requests[0].0, &requests[0].1).unwrap();
+        for _ in 0..7 {
+            batch.step(&mut |_, _, _| ControlFlow::Continue(()), &mut |r, s| results[r] = s).unwrap();
+        }
+        assert_eq!(batch.admit(requests[1].0, &requests[1].1).unwrap(), 1);
+        while !batch.is_empty() {
+            batch.step(&mut |_, _, _| ControlFlow::Continue(()), &mut |r, s| results[r] = s).unwrap();
+        }
+        for (result, expected) in results.iter().zip(&together) {
+            let texts = |g: &[Generated]| g.iter().map(|s| s.text.clone()).collect::<Vec<_>>();
+            assert_eq!(texts(result), texts(expected));
+        }
         assert!(cut[1].iter().map(|s| s.generated.chars().count()).sum::<usize>() == 5, "{:?}", cut[1]);
         assert_eq!((cut[0].clone(), cut[2].clone()), (together[0].clone(), together[2].clone()));
     }

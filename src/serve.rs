@@ -8,7 +8,7 @@ use crate::checkpoint::LoadedModel;
 use crate::corpus::{CorpusOptions, Vocabulary};
 use crate::device::{set_threads, DeviceSpec};
 use crate::error::{Error, Result};
-use crate::predict::{generate_batch, Generate, Generated, Sampler, DEFAULT_NUM_CHARS};
+use crate::predict::{Batch, Generate, Generated, Sampler, DEFAULT_NUM_CHARS};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -18,6 +18,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -458,73 +459,104 @@ fn parse(body: &[u8], shared: &Shared) -> std::result::Result<Request, ApiError>
     Ok(Request { prefix, generate, stream })
 }
 
-/// The worker: takes a request and every other one waiting (up to `max_batch`), generates the sampled and
-/// greedy ones as one batch and the beam searches one by one, and sends each its replies; ends when the
-/// queue's sender is gone. A request whose client went away is dropped from its batch; `stopping` ends
-/// every running request.
+/// The worker: generates the sampled and greedy requests together in one [`Batch`], which a request joins
+/// as soon as it arrives (at the next step) while fewer than `max_batch` run, and the beam searches one by
+/// one between steps; sends each request its replies, the last as soon as its own rows are done. Ends when
+/// the queue's sender is gone and nothing runs. A request whose client went away leaves the batch;
+/// `stopping` ends every running request.
 fn work(loaded: LoadedModel, queue: Receiver<Job>, max_batch: usize, stats: &Stats, stopping: &AtomicBool) {
     let LoadedModel { model, vocab, .. } = loaded;
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < max_batch {
+    let mut batch = Batch::new(&model, &vocab);
+    // The running requests' reply channels by batch id, and how many requests the batch has held.
+    let mut running: HashMap<usize, (UnboundedSender<Reply>, usize)> = HashMap::new();
+    loop {
+        // Wait when nothing runs; otherwise take what is waiting, without waiting.
+        let mut arrived = Vec::new();
+        if batch.is_empty() {
+            match queue.recv() {
+                Ok(job) => arrived.push(job),
+                Err(_) => return,
+            }
+        }
+        while running.len() + arrived.len() < max_batch {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => arrived.push(job),
                 Err(_) => break,
             }
         }
-        let (beams, batch): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.request.generate.beam > 0);
-        for job in beams {
-            record(stats, 1);
-            let g = &job.request.generate;
-            let run = || beam_search(&model, &vocab, &job.request.prefix, g.num_chars, g.beam, g.stop.as_deref());
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-                Ok(Ok(beams)) => {
-                    for (i, b) in beams.iter().enumerate() {
-                        for c in b.generated.chars() {
-                            let _ = job.reply.send(Reply::Char { sample: i, c });
-                        }
-                    }
-                    let _ = job.reply.send(Reply::Done { samples: beams, batch: 1 });
-                }
-                Ok(Err(e)) => drop(job.reply.send(Reply::Failed(e.to_string()))),
-                Err(_) => drop(job.reply.send(Reply::Failed("generation failed inside libtorch".into()))),
+        let joining = arrived.iter().filter(|j| j.request.generate.beam == 0).count();
+        for job in arrived {
+            if job.request.generate.beam > 0 {
+                record(stats, 1, 1);
+                beam(&model, &vocab, job);
+                continue;
             }
+            let size = running.len() + 1;
+            match batch.admit(&job.request.prefix, &job.request.generate) {
+                Ok(id) => drop(running.insert(id, (job.reply, size))),
+                Err(e) => drop(job.reply.send(Reply::Failed(e.to_string()))),
+            }
+        }
+        if joining > 0 {
+            record(stats, joining, running.len());
         }
         if batch.is_empty() {
             continue;
         }
-        record(stats, batch.len());
-        let requests: Vec<(&str, &Generate)> =
-            batch.iter().map(|j| (j.request.prefix.as_str(), &j.request.generate)).collect();
-        let n = batch.len();
-        // Each request is answered as soon as its own rows are done, not when the whole batch is.
-        let run = || {
-            let on_char = &mut |r: usize, sample, c| {
-                let gone = batch[r].reply.send(Reply::Char { sample, c }).is_err();
-                if gone || stopping.load(Ordering::Relaxed) {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            };
-            let on_done = &mut |r: usize, samples: &[Generated]| {
-                let _ = batch[r].reply.send(Reply::Done { samples: samples.to_vec(), batch: n });
-            };
-            generate_batch(&model, &vocab, &requests, on_char, on_done)
-        };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => batch.iter().for_each(|j| drop(j.reply.send(Reply::Failed(e.to_string())))),
-            Err(_) => {
-                batch.iter().for_each(|j| drop(j.reply.send(Reply::Failed("generation failed inside libtorch".into()))))
+        // The batch size each request reports: the most requests it ran beside, itself included.
+        let now = running.len();
+        running.values_mut().for_each(|(_, size)| *size = (*size).max(now));
+        let mut finished = Vec::new();
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            batch.step(
+                &mut |r, sample, c| {
+                    let gone = running.get(&r).is_none_or(|(reply, _)| reply.send(Reply::Char { sample, c }).is_err());
+                    if gone || stopping.load(Ordering::Relaxed) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+                &mut |r, samples| finished.push((r, samples)),
+            )
+        }));
+        for (r, samples) in finished {
+            if let Some((reply, size)) = running.remove(&r) {
+                let _ = reply.send(Reply::Done { samples, batch: size });
             }
+        }
+        if !matches!(step, Ok(Ok(()))) {
+            let message = match step {
+                Ok(Err(e)) => e.to_string(),
+                _ => "generation failed inside libtorch".to_string(),
+            };
+            running.drain().for_each(|(_, (reply, _))| drop(reply.send(Reply::Failed(message.clone()))));
+            batch = Batch::new(&model, &vocab);
         }
     }
 }
 
-/// Counts a batch of `n` requests.
-fn record(stats: &Stats, n: usize) {
-    stats.requests.fetch_add(n, Ordering::Relaxed);
+/// Runs one beam search and sends its replies.
+fn beam(model: &crate::model::Network, vocab: &Vocabulary, job: Job) {
+    let g = &job.request.generate;
+    let run = || beam_search(model, vocab, &job.request.prefix, g.num_chars, g.beam, g.stop.as_deref());
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(Ok(beams)) => {
+            for (i, b) in beams.iter().enumerate() {
+                for c in b.generated.chars() {
+                    let _ = job.reply.send(Reply::Char { sample: i, c });
+                }
+            }
+            let _ = job.reply.send(Reply::Done { samples: beams, batch: 1 });
+        }
+        Ok(Err(e)) => drop(job.reply.send(Reply::Failed(e.to_string()))),
+        Err(_) => drop(job.reply.send(Reply::Failed("generation failed inside libtorch".into()))),
+    }
+}
+
+/// Counts `joined` requests joining the generation, which now runs `running` together.
+fn record(stats: &Stats, joined: usize, running: usize) {
+    stats.requests.fetch_add(joined, Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats.largest_batch.fetch_max(n, Ordering::Relaxed);
+    stats.largest_batch.fetch_max(running, Ordering::Relaxed);
 }

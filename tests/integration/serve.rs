@@ -223,6 +223,27 @@ fn clients_at_once_are_all_answered_and_generated_in_batches() {
 }
 
 #[test]
+fn a_request_joins_a_running_batch_and_is_answered_before_it_ends() {
+    let server = start(&["--max-chars", "100000"]);
+    let address = server.address.clone();
+    let long_done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // About two seconds of generation.
+        let long = s.spawn(|| {
+            let answer = post(&address, r#"{"prefix": "分开", "num_chars": 60000}"#);
+            long_done.store(true, std::sync::atomic::Ordering::SeqCst);
+            answer
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let short = post(&address, r#"{"prefix": "不知", "num_chars": 20}"#);
+        assert!(!long_done.load(std::sync::atomic::Ordering::SeqCst), "the short request waited for the long one");
+        assert_eq!(short.json()["batch"], 2, "{}", short.body);
+        assert_eq!(generated(&short), predicted(&["--prefix", "不知", "--num-chars", "20"]));
+        assert_eq!(long.join().unwrap().status, 200);
+    });
+}
+
+#[test]
 fn a_full_queue_is_answered_503_with_retry_after() {
     let server = start(&["--queue", "1", "--max-batch", "1"]);
     let address = server.address.clone();
