@@ -365,13 +365,15 @@ impl<'m> Batch<'m> {
         let start = warm_up(self.model, &ids[..ids.len() - 1]);
         let expand = |t: &Tensor| t.repeat([1, n as i64, 1]);
         let start = crate::model::State { h: expand(&start.h), c: start.c.as_ref().map(expand) };
-        self.state = Some(match self.state.take() {
+        // Computed before anything changes, so that a failure leaves the batch as it was.
+        let merged = match &self.state {
             None => start,
             Some(s) => crate::model::State {
                 h: Tensor::cat(&[&s.h, &start.h], 1),
                 c: s.c.as_ref().zip(start.c.as_ref()).map(|(a, b)| Tensor::cat(&[a, b], 1)),
             },
-        });
+        };
+        self.state = Some(merged);
         for i in 0..n {
             let rng = Rng::for_stream(options.sampler.seed.wrapping_add(i as u64), Stream::Sample);
             self.rows.push(Row { request: r, sample: i, rng, left: options.num_chars });

@@ -492,9 +492,11 @@ fn work(loaded: LoadedModel, queue: Receiver<Job>, max_batch: usize, stats: &Sta
                 continue;
             }
             let size = running.len() + 1;
-            match batch.admit(&job.request.prefix, &job.request.generate) {
-                Ok(id) => drop(running.insert(id, (job.reply, size))),
-                Err(e) => drop(job.reply.send(Reply::Failed(e.to_string()))),
+            let admit = || batch.admit(&job.request.prefix, &job.request.generate);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(admit)) {
+                Ok(Ok(id)) => drop(running.insert(id, (job.reply, size))),
+                Ok(Err(e)) => drop(job.reply.send(Reply::Failed(e.to_string()))),
+                Err(_) => drop(job.reply.send(Reply::Failed("reading the prefix failed inside libtorch".into()))),
             }
         }
         if joining > 0 {
