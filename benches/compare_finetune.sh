@@ -10,13 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shakespeare=${1:-../shared/data/tinyshakespeare.txt}
 epochs=${EPOCHS:-10}
-bash scripts/setup.sh >/dev/null
-cargo build --release --quiet
-bin=./target/release/charrnn
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-export CHARRNN_CACHE="$tmp/cache"
-py=.venv/bin/python
+# shellcheck source=benches/common.sh
+source benches/common.sh
 $py -c 'import sys; t = open("data/yuanqu.txt", encoding="utf-8").read(); sys.stdout.write(t[300000:330000])' >"$tmp/yuanqu-later.txt"
 $py -c 'import sys; t = open(sys.argv[1], encoding="utf-8").read(); sys.stdout.write(t[:30000])' "$shakespeare" >"$tmp/shakespeare-30k.txt"
 common=(--optimizer adam --steps 64 --batch 32 --val-frac 0.1 --pred-period 1000 --device cpu -q)

@@ -13,13 +13,8 @@ cd "$(dirname "$0")/.."
 corpus=${CORPUS:-../shared/data/tinyshakespeare.txt}
 rounds=${ROUNDS:-3}
 threads=$(nproc)
-bash scripts/setup.sh --build-only
-cargo build --release --quiet
-bin=./target/release/charrnn
-py=.venv/bin/python
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-export CHARRNN_CACHE="$tmp/cache"
+# shellcheck source=benches/common.sh
+source benches/common.sh
 # One run: prints "chars/s wall_s rss_mb val_perplexity".
 run() {
     local kind=$1 cell=$2

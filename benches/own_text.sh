@@ -7,13 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=${1:-../shared/data/tinyshakespeare.txt}
 epochs=${EPOCHS:-5}
-bash scripts/setup.sh >/dev/null
-cargo build --release --quiet
-bin=./target/release/charrnn
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-export CHARRNN_CACHE="$tmp/cache"
-py=.venv/bin/python
+# shellcheck source=benches/common.sh
+source benches/common.sh
 common=(--corpus "$corpus" --keep-newlines --val-frac 0.1 --epochs "$epochs" --pred-period "$epochs" --pred-len 200
     --prefix 'ROMEO:' --device cpu)
 declare -A setups=(
