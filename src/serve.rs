@@ -404,10 +404,15 @@ fn parse(body: &[u8], shared: &Shared) -> std::result::Result<Request, ApiError>
     if prefix.is_empty() {
         return Err(ApiError::field("prefix", "prefix must not be empty"));
     }
-    if let Err(Error::UnknownChars { chars, .. }) = shared.vocab.encode(&prefix, "the prefix") {
-        let quoted = crate::error::quote_chars(&chars);
-        return Err(ApiError::field("prefix", format!("prefix has characters the model does not know: {quoted}")));
-    }
+    // A text of the request in the model's vocabulary, or an error naming its field and the characters.
+    let known = |name: &'static str, text: &str| match shared.vocab.encode(text, name) {
+        Err(Error::UnknownChars { chars, .. }) => {
+            let quoted = crate::error::quote_chars(&chars);
+            Err(ApiError::field(name, format!("{name} has characters the model does not know: {quoted}")))
+        }
+        _ => Ok(()),
+    };
+    known("prefix", &prefix)?;
     let num_chars = field(&map, "num_chars")?.unwrap_or(DEFAULT_NUM_CHARS);
     if num_chars > shared.max_chars {
         return Err(ApiError::field("num_chars", format!("num_chars is at most {} here", shared.max_chars)));
@@ -441,10 +446,7 @@ fn parse(body: &[u8], shared: &Shared) -> std::result::Result<Request, ApiError>
         if stop.is_empty() {
             return Err(ApiError::field("stop", "stop must not be empty"));
         }
-        if let Err(Error::UnknownChars { chars, .. }) = shared.vocab.encode(stop, "the stop string") {
-            let quoted = crate::error::quote_chars(&chars);
-            return Err(ApiError::field("stop", format!("stop has characters the model does not know: {quoted}")));
-        }
+        known("stop", stop)?;
     }
     let probs = field(&map, "probs")?.unwrap_or(false);
     let stream = field(&map, "stream")?.unwrap_or(false);
