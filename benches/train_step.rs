@@ -7,20 +7,24 @@
 //! Run: `make bench` (or `cargo bench --bench train_step`). CPU only; libtorch's CPU ops are synchronous,
 //! so reading the clock after each call measures finished work.
 use charrnn::{
-    evaluate, generate, predict, read_corpus, train_step, Arch, BatchOrder, Cell, CorpusOptions, Dtype, Generate, Init,
-    ModelConfig, Network, Optimizer, OptimizerKind, Rng, Sampler, Vocabulary,
+    evaluate, generate, load_corpus, predict, train_step, Arch, BatchOrder, Cell, CorpusOptions, Dropout, Dtype,
+    Generate, Init, ModelConfig, Network, Optimizer, OptimizerKind, Rng, Sampler, StepOptions,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::path::Path;
 use tch::Device;
 
+/// A training step's options: clipping at `clip`, the output layer at `precision`, no dropout.
+fn step(clip: f64, precision: Dtype) -> StepOptions {
+    StepOptions { clip, precision, dropout: Dropout::Seeded(0) }
+}
+
 fn textbook_workload(c: &mut Criterion) {
     // The allocator and MKL settings the CLI runs with.
     charrnn::prepare_process();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/yuanqu.txt");
-    let text = read_corpus(&path, &CorpusOptions { keep_newlines: false, limit_chars: Some(10_000) }).unwrap();
-    let vocab = Vocabulary::from_text(&text);
-    let ids = vocab.encode(&text, "the corpus").unwrap();
+    let prepared = load_corpus(&[path], &CorpusOptions { keep_newlines: false, limit_chars: Some(10_000) }).unwrap();
+    let (vocab, ids) = (prepared.vocab.clone(), prepared.tokens().to_vec());
     let model = Network::new(ModelConfig::rnn(vocab.len(), 256), 0, Device::Cpu).unwrap();
     let plan = BatchOrder::Random.plan(ids.len(), 32, 35, &mut Rng::new(0)).unwrap();
     let (x, y) = plan.minibatch(0, (&ids).into(), Device::Cpu);
@@ -31,10 +35,10 @@ fn textbook_workload(c: &mut Criterion) {
     g.throughput(Throughput::Elements(32 * 35));
     let mut sgd = Optimizer::new(OptimizerKind::Sgd, &model, 100.0).unwrap();
     g.bench_function("train_step (chars)", |b| {
-        b.iter(|| train_step(&model, &x, &y, &state, 0.01, Dtype::Fp32, &mut sgd))
+        b.iter(|| train_step(&model, &x, &y, &state, &step(0.01, Dtype::Fp32), &mut sgd))
     });
     g.bench_function("train_step bf16 (chars)", |b| {
-        b.iter(|| train_step(&model, &x, &y, &state, 0.01, Dtype::Bf16, &mut sgd))
+        b.iter(|| train_step(&model, &x, &y, &state, &step(0.01, Dtype::Bf16), &mut sgd))
     });
     g.throughput(Throughput::Elements(50));
     g.bench_function("predict 50 (chars)", |b| b.iter(|| predict(&model, &vocab, "分开", 50).unwrap()));
@@ -88,7 +92,7 @@ fn textbook_workload(c: &mut Criterion) {
     let state = gru.begin_state(32);
     for precision in [Dtype::Fp32, Dtype::Bf16] {
         g.bench_function(format!("train_step {} (chars)", precision), |b| {
-            b.iter(|| train_step(&gru, &x, &y, &state, 1.0, precision, &mut adam))
+            b.iter(|| train_step(&gru, &x, &y, &state, &step(1.0, precision), &mut adam))
         });
     }
     g.throughput(Throughput::Elements(50));

@@ -36,8 +36,8 @@ pub enum Error {
         batch: usize,
         /// Requested steps per sequence.
         steps: usize,
-        /// The minibatch order.
-        sampling: crate::batches::BatchOrder,
+        /// The minibatch order, as `--sampling` names it.
+        sampling: &'static str,
         /// Which settings would fit.
         hint: String,
     },
@@ -98,7 +98,7 @@ pub enum Error {
         kept: Option<String>,
     },
     /// Training stopped because it was asked to (a signal), after saving a checkpoint.
-    #[error("interrupted at {}{}", crate::resume::describe_position(*epoch, *minibatch, *minibatches), saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
+    #[error("interrupted at {}{}", describe_position(*epoch, *minibatch, *minibatches), saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
     Interrupted {
         /// The signal number that asked for the stop (2 SIGINT, 15 SIGTERM).
         signal: i32,
@@ -112,7 +112,7 @@ pub enum Error {
         saved: Option<PathBuf>,
     },
     /// Training stopped at a limit it was given (`--max-iters`, `--time-limit`), after saving a checkpoint.
-    #[error("stopped by {limit} at {}{}", crate::resume::describe_position(*epoch, *minibatch, *minibatches), saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
+    #[error("stopped by {limit} at {}{}", describe_position(*epoch, *minibatch, *minibatches), saved.as_ref().map(|d| format!("; saved a resumable checkpoint; continue with `charrnn train --resume {}`", d.display())).unwrap_or_default())]
     LimitReached {
         /// The limit, as the command line spells it.
         limit: String,
@@ -150,7 +150,6 @@ impl Error {
     }
 }
 
-/// Characters shown one by one, escaped so that spaces and control characters are visible.
 /// An operating-system error as a sentence: "no such file or directory", without Rust's "(os error 2)".
 pub(crate) fn io_reason(e: &std::io::Error) -> String {
     let text = e.to_string();
@@ -162,12 +161,24 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
     chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default()
 }
 
-/// `chars` quoted, separated by commas; past the first 20, a count of the rest.
+/// Characters shown one by one, escaped so that spaces and control characters are visible (`'a', ' '`),
+/// separated by commas; past the first 20, a count of the rest.
 pub(crate) fn quote_chars(chars: &[char]) -> String {
     const SHOWN: usize = 20;
     let quoted = chars.iter().take(SHOWN).map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
     match chars.len().saturating_sub(SHOWN) {
         0 => quoted,
         rest => format!("{quoted} and {rest} more"),
+    }
+}
+
+/// Where a run stands, as every message says it (epochs and minibatches from 1): "epoch E, after minibatch B
+/// of N" inside epoch `epoch`, "the end of epoch E" when `minibatch` is 0 (the end of the one before) or N.
+pub fn describe_position(epoch: usize, minibatch: usize, minibatches: usize) -> String {
+    match minibatch {
+        0 if epoch <= 1 => "the start of training".to_string(),
+        0 => format!("the end of epoch {}", epoch - 1),
+        b if b >= minibatches => format!("the end of epoch {epoch}"),
+        b => format!("epoch {epoch}, after minibatch {b} of {minibatches}"),
     }
 }

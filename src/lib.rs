@@ -3,6 +3,13 @@
 //! The textbook char-RNN (Dive into Deep Learning, "RNN from scratch"): characters encoded one-hot with
 //! `scatter`, a tanh RNN step, mean cross-entropy, gradient clipping by global norm, SGD, truncated
 //! backpropagation through time with detached state, greedy prefix-conditioned prediction and perplexity.
+//! Beyond it: GRU and LSTM cells, stacked layers, embeddings, dropout, Adam, sampling controls, beam search,
+//! validation, checkpoints that survive a crash and resume exactly.
+//!
+//! The layers, each importing only those below it: the ground (errors, atomic writes, the generator,
+//! devices) → `data` (text, vocabulary, token files, batches) → `model` (configuration, parameters, state,
+//! the network, backpropagation written out) → evaluation, `generate` and `train` → `store` (model folders,
+//! checkpoints, metrics, chart, lock) → `commands` (what each command of the binary does).
 //!
 //! ```no_run
 //! use charrnn::{train, predict, Arch, Network, TrainConfig, Vocabulary};
@@ -16,101 +23,94 @@
 //! ```
 #![deny(missing_docs)]
 
-/// `Display` for the enums that the command line takes: the name clap parses (which serde writes too:
-/// both follow the variant's name, lower-cased; `names_agree` in the tests checks it).
-macro_rules! display_as_value_enum {
+/// `Display` as the name the command line and model.json give a value (the enum's `name()`).
+macro_rules! display_by_name {
     ($($t:ty),*) => {$(
         impl std::fmt::Display for $t {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let value = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
-                f.write_str(value.get_name())
+                f.write_str(self.name())
             }
         }
     )*};
 }
 
-mod batches;
-mod beam;
-pub mod bptt;
-pub mod checkpoint;
 mod commands;
-mod corpus;
+mod data;
 mod device;
 mod error;
 mod eval;
-mod lock;
-mod metrics;
+mod generate;
 mod model;
-mod optim;
-mod params;
-mod plot;
-mod predict;
-mod prepared;
-mod resume;
 mod rng;
-mod serve;
+pub mod store;
 #[cfg(test)]
 mod testutil;
-mod tokens;
-
 mod train;
+mod util;
 
-pub use batches::{rows, BatchOrder, EpochPlan};
-pub use beam::{beam_search, MAX_BEAM};
-pub use commands::{
-    default_out, info, load_model, model_summary, run_eval, run_plot, run_predict, run_resume, run_train, EvalJob,
-    EvalReport, Info, ModelSummary, PredictJob, PredictOutcome, ResumeJob, TrainJob, TrainOutcome, UnknownChars,
-    LAST_DIR, PLOT_FILE,
+pub use commands::eval::{run_eval, EvalJob, EvalReport};
+pub use commands::info::{info, model_summary, Info, ModelSummary};
+pub use commands::load::load_model;
+pub use commands::plot::run_plot;
+pub use commands::predict::{run_predict, PredictJob, PredictOutcome, UnknownChars};
+pub use commands::resume::{run_resume, ResumeJob};
+#[cfg(feature = "serve")]
+pub use commands::serve::{serve, ServeJob};
+pub use commands::train::{run_train, TrainJob, TrainOutcome};
+pub use data::batches::{BatchOrder, EpochPlan};
+pub use data::corpus::{cache_dir, load_corpus, CorpusIds, Skipped};
+pub use data::prepared::{is_token_file, prepare, Prepared, PreparedHeader, Source, TOKENS_VERSION};
+pub use data::text::{expand_sources, text_hash, CorpusOptions};
+pub use data::tokens::Tokens;
+pub use data::vocab::Vocabulary;
+pub use device::{
+    cuda_capability_major, device_name, load_cuda_backend, native_bf16, prepare_process, set_threads, CudaStatus,
+    DeviceSpec,
 };
-pub use corpus::{read_corpus, text_hash, CorpusOptions, Vocabulary};
-pub use device::{device_name, load_cuda_backend, prepare_process, set_threads, CudaStatus, DeviceSpec};
-pub use error::{Error, Result};
+pub use error::{describe_position, Error, Result};
 pub use eval::{evaluate, evaluate_sample, evaluate_with_progress, perplexity, Evaluation};
-pub use metrics::{read_metrics, MetricsLine, METRICS_FILE};
-pub use model::{cross_entropy, one_hot, step_major, Arch, Backend, Cell, Dtype, Init, ModelConfig, Network, State};
-pub use optim::{LrDecay, Optimizer, OptimizerKind};
-pub use plot::{perplexity_svg, Curve};
-pub use predict::{
-    generate, generate_batch, generate_until, predict, Batch, Generate, Generated, Sampler, DEFAULT_NUM_CHARS,
-    MAX_NUM_CHARS,
-};
-pub use prepared::{
-    cache_dir, is_token_file, load_corpus, prepare, CorpusIds, Prepared, PreparedHeader, Source, TOKENS_VERSION,
-};
-pub use resume::{describe_position, BestEpoch, Moments, Position, TrainState};
+pub use generate::batch::{generate_batch, Batch};
+pub use generate::beam::beam_search;
+pub use generate::options::{Generate, Generated, DEFAULT_NUM_CHARS, MAX_BEAM, MAX_NUM_CHARS};
+pub use generate::sampler::Sampler;
+pub use generate::{generate, generate_until, predict};
+pub use model::config::{Arch, Backend, Cell, Dtype, Init, ModelConfig};
+pub use model::dropout::Dropout;
+pub use model::network::Network;
+pub use model::ops::{cross_entropy, one_hot, step_major};
+pub use model::state::State;
 pub use rng::{Rng, Stream};
-pub use serve::{serve, ServeJob};
-pub use tokens::Tokens;
-pub use train::{
-    carry_state, clip_factor, train, train_step, EpochReport, IterationReport, OnDiverge, Progress, RollbackReport,
-    RunInfo, SaveReason, StepOutput, TrainConfig, TrainObserver, TrainSummary, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC,
-    DEFAULT_VAL_MIN_CHARS,
+pub use train::config::{OnDiverge, TrainConfig, AUTO_CHECKPOINT_SECS, DEFAULT_VAL_FRAC, DEFAULT_VAL_MIN_CHARS};
+pub use train::observer::{
+    EpochReport, IterationReport, Progress, RollbackReport, RunInfo, SaveReason, TrainObserver, TrainSummary,
 };
+pub use train::optim::{Moments, Optimizer, OptimizerKind};
+pub use train::run::train;
+pub use train::schedule::LrDecay;
+pub use train::state::{BestEpoch, Position, TrainState};
+pub use train::step::{carry_state, clip_factor, train_step, StepOptions, StepOutput};
 
-display_as_value_enum!(Cell, Init, Backend, OptimizerKind, Dtype, BatchOrder, UnknownChars, OnDiverge);
+display_by_name!(Cell, Init, Backend, OptimizerKind, Dtype, BatchOrder, UnknownChars, OnDiverge);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::ValueEnum;
 
-    fn agree<T: ValueEnum + serde::Serialize + std::fmt::Display>() {
-        for v in T::value_variants() {
-            assert_eq!(
-                serde_json::to_value(v).unwrap(),
-                v.to_string(),
-                "model files and the command line name it alike"
-            );
+    /// Model files and the command line name every value alike: serde's name is the `Display` name.
+    fn agree<T: serde::Serialize + std::fmt::Display>(values: &[T]) {
+        for v in values {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.to_string());
         }
     }
 
     #[test]
     fn names_agree() {
-        agree::<Cell>();
-        agree::<Init>();
-        agree::<Backend>();
-        agree::<OptimizerKind>();
-        agree::<Dtype>();
-        agree::<BatchOrder>();
+        agree(&[Cell::Rnn, Cell::Gru, Cell::Lstm]);
+        agree(&[Init::Normal, Init::Uniform]);
+        agree(&[Backend::Scratch, Backend::Fused]);
+        agree(&[OptimizerKind::Sgd, OptimizerKind::Adam]);
+        agree(&[Dtype::Fp32, Dtype::Bf16]);
+        agree(&[BatchOrder::Random, BatchOrder::Consecutive]);
+        agree(&[OnDiverge::Stop, OnDiverge::Rollback]);
     }
 }

@@ -1,6 +1,6 @@
 //! Checkpoints end to end: exact resume, Ctrl-C and SIGTERM, SIGKILL at random moments, divergence.
 use crate::cli::{env_train_args, Env, LYRICS};
-use charrnn::checkpoint;
+use charrnn::store as checkpoint;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ const LONG_RUN: &[&str] = &[
 ];
 
 fn spawn(env: &Env, args: &[&str]) -> Child {
-    env.command().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    env.command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 fn wait_for(path: &Path, limit: Duration) {
@@ -100,7 +100,7 @@ pub(crate) fn assert_same_parameters(a: &Path, b: &Path) {
 
 /// Where the resumable checkpoint in `dir/last` stands: (epochs completed, minibatches into the next).
 fn position(dir: &Path) -> (usize, usize) {
-    let loaded = checkpoint::load(&dir.join(charrnn::LAST_DIR), Device::Cpu).unwrap();
+    let loaded = checkpoint::load(&dir.join(charrnn::store::LAST_DIR), Device::Cpu).unwrap();
     let p = &loaded.file.resume.as_ref().expect("a resumable checkpoint").position;
     (p.epoch, p.minibatch)
 }
@@ -136,10 +136,10 @@ fn ten_epochs_then_resume_to_twenty_equals_twenty_straight() {
     assert_same_parameters(&env.path("a"), &env.path("b"));
     // metrics.jsonl: one line per epoch, continued across the resume (timings aside, the same lines).
     let metrics = |dir: &str| -> Vec<(u64, f64, f64, f64, f64)> {
-        let text = std::fs::read_to_string(env.path(dir).join(charrnn::METRICS_FILE)).unwrap();
+        let text = std::fs::read_to_string(env.path(dir).join(charrnn::store::METRICS_FILE)).unwrap();
         text.lines()
             .map(|l| {
-                let m: charrnn::MetricsLine = serde_json::from_str(l).unwrap();
+                let m: charrnn::store::MetricsLine = serde_json::from_str(l).unwrap();
                 assert!(m.chars_per_sec > 0.0 && m.elapsed_sec > 0.0 && m.grad_norm > 0.0, "{l}");
                 (m.epoch as u64, m.train_perplexity, m.val_perplexity.unwrap(), m.learning_rate, m.grad_norm)
             })
@@ -262,9 +262,9 @@ fn sigkill_at_random_moments_always_leaves_a_loadable_model() {
     let total = position(&env.path("m")).0 + 1;
     let r = env.run(&["train", "--resume", "m", "--epochs", &total.to_string(), "--device", "cpu"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let log = std::fs::read_to_string(env.path("m").join(charrnn::METRICS_FILE)).unwrap();
+    let log = std::fs::read_to_string(env.path("m").join(charrnn::store::METRICS_FILE)).unwrap();
     let epochs: Vec<usize> =
-        log.lines().map(|l| serde_json::from_str::<charrnn::MetricsLine>(l).unwrap().epoch).collect();
+        log.lines().map(|l| serde_json::from_str::<charrnn::store::MetricsLine>(l).unwrap().epoch).collect();
     assert_eq!(epochs, (1..=total).collect::<Vec<_>>());
     // The saves' own files only: no leftover temporaries or orphaned weights.
     for dir in ["m", "m/last"] {
@@ -422,7 +422,7 @@ fn a_folder_has_one_writer_and_foreign_files_survive_a_forced_run() {
     assert_eq!(std::fs::read(env.path("mine/weights-mine.safetensors")).unwrap(), b"not charrnn's");
     let log = std::fs::read_to_string(env.path("mine/metrics.jsonl")).unwrap();
     let epochs: Vec<usize> =
-        log.lines().map(|l| serde_json::from_str::<charrnn::MetricsLine>(l).unwrap().epoch).collect();
+        log.lines().map(|l| serde_json::from_str::<charrnn::store::MetricsLine>(l).unwrap().epoch).collect();
     assert_eq!(epochs, vec![1, 2], "the new run's log replaces the old one: {log}");
     checkpoint::load(&env.path("mine"), Device::Cpu).unwrap();
 
@@ -473,7 +473,7 @@ fn resume_may_change_the_learning_rate_and_the_reports() {
     assert!(second.starts_with("note: the learning rate of epoch 5 changes from 1 to 0.5"), "{}", r.stderr);
     let log = std::fs::read_to_string(env.path("r/metrics.jsonl")).unwrap();
     let rates: Vec<f64> =
-        log.lines().map(|l| serde_json::from_str::<charrnn::MetricsLine>(l).unwrap().learning_rate).collect();
+        log.lines().map(|l| serde_json::from_str::<charrnn::store::MetricsLine>(l).unwrap().learning_rate).collect();
     assert_eq!(rates, vec![1.0, 1.0, 1.0, 1.0, 0.5, 0.5]);
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path("r/model.json")).unwrap()).unwrap();
     assert_eq!(json["train"]["lr"], 0.5);

@@ -1,5 +1,8 @@
 //! The `charrnn` binary end to end, each test in its own temporary folder.
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A lyric-like corpus big enough for small minibatches.
 pub(crate) const LYRICS: &str =
@@ -17,6 +20,54 @@ pub(crate) struct Run {
     pub(crate) stderr: String,
 }
 
+/// The longest any `charrnn` that a test starts may run: past it, the test kills it and fails.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The subcommands that compute on a device (and take `--device`).
+const ON_A_DEVICE: [&str; 4] = ["train", "predict", "eval", "serve"];
+
+/// `args` with `--device cpu` after a subcommand that computes on a device, unless `args` name a device: a
+/// CI machine may have a GPU, and a test that compares runs bit for bit must not put one of them there.
+pub(crate) fn on_cpu<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = args.to_vec();
+    if args.first().is_some_and(|a| ON_A_DEVICE.contains(a)) && !args.iter().any(|a| a.starts_with("--device")) {
+        args.splice(1..1, ["--device", "cpu"]);
+    }
+    args
+}
+
+/// Waits for `child` at most `limit`; past it, kills it and fails the test.
+pub(crate) fn wait_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("charrnn ran longer than {limit:?} and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `cmd` to its end (at most [`TIMEOUT`]), its output read as it comes.
+pub(crate) fn output(mut cmd: Command) -> Run {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8(bytes).unwrap()
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let status = wait_within(&mut child, TIMEOUT);
+    Run { code: status.code().unwrap_or(-1), stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
 impl Env {
     pub(crate) fn new() -> Self {
         let env = Env { dir: tempfile::tempdir().unwrap() };
@@ -32,21 +83,23 @@ impl Env {
         std::fs::write(self.path(name), bytes).unwrap();
     }
 
-    /// `charrnn` in the temporary folder, caching prepared corpora in its `.cache` (not the user's).
-    pub(crate) fn command(&self) -> std::process::Command {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("charrnn"));
-        cmd.current_dir(self.dir.path()).env("CHARRNN_CACHE", self.path(".cache"));
+    /// `charrnn args...` on the device `args` name (the default `auto` picks a GPU where there is one): for
+    /// the tests about device choice. Run in the temporary folder, caching prepared corpora in its `.cache`
+    /// (not the user's).
+    pub(crate) fn command_as_given(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("charrnn"));
+        cmd.current_dir(self.dir.path()).env("CHARRNN_CACHE", self.path(".cache")).args(args);
         cmd
     }
 
-    /// Runs `charrnn args...` in the temporary folder.
+    /// `charrnn args...` on the CPU (see [`on_cpu`]), in the temporary folder.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        self.command_as_given(&on_cpu(args))
+    }
+
+    /// Runs `charrnn args...` on the CPU, in the temporary folder.
     pub(crate) fn run(&self, args: &[&str]) -> Run {
-        let out = self.command().args(args).output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8(out.stdout).unwrap(),
-            stderr: String::from_utf8(out.stderr).unwrap(),
-        }
+        output(self.command(args))
     }
 
     /// A quick training run with small settings, plus `extra` flags (which may repeat and override them).
@@ -432,7 +485,7 @@ fn retraining_needs_force_and_then_replaces_the_model_whole() {
     assert_eq!(env.train(&["--epochs", "2", "--out", "m", "--hidden", "16", "--force"]).code, 0);
     let files = model_files(&env.path("m"));
     assert_eq!(files.len(), 2, "old weights must be gone: {files:?}");
-    let loaded = charrnn::checkpoint::load(&env.path("m"), tch::Device::Cpu).unwrap();
+    let loaded = charrnn::store::load(&env.path("m"), tch::Device::Cpu).unwrap();
     assert_eq!(loaded.model.config().arch.hidden, 16);
     assert_eq!(loaded.file.epoch, 2);
     assert_eval_agrees_with_predict(&env, "m");
@@ -840,7 +893,7 @@ fn info_summarises_a_model_and_completions_print_scripts() {
     ] {
         assert!(r.stdout.contains(needle), "{needle:?} not in {}", r.stdout);
     }
-    let loaded = charrnn::checkpoint::load(&env.path("m"), tch::Device::Cpu).unwrap();
+    let loaded = charrnn::store::load(&env.path("m"), tch::Device::Cpu).unwrap();
     let count: i64 = loaded.model.parameters().iter().map(|p| p.numel() as i64).sum();
     assert!(r.stdout.contains(&format!("parameters {}", group(count))), "{} vs {count}", r.stdout);
     env.fails(&["info", "--model", "nowhere"], "no such folder");
@@ -1004,9 +1057,11 @@ fn logs_get_plain_progress_lines() {
     // With no terminal, a line at most every CHARRNN_PROGRESS_SECS (30 by default; 0 here: every minibatch).
     let mut args = env_train_args();
     args.extend(["--epochs", "2", "--out", "m"]);
-    let out = env.command().args(&args).env("CHARRNN_PROGRESS_SECS", "0").output().unwrap();
-    assert!(out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let mut cmd = env.command(&args);
+    cmd.env("CHARRNN_PROGRESS_SECS", "0");
+    let out = crate::cli::output(cmd);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let stderr = out.stderr;
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
     // 27 minibatches per epoch ((558 - 1) / 5 steps / 4 rows).
     assert_eq!(lines.len(), 2 * 27, "{stderr}");
@@ -1019,9 +1074,10 @@ fn logs_get_plain_progress_lines() {
     assert!(!stderr.contains('\u{1b}') && !stderr.contains('\r'));
     // The default keeps a short run's log free of them, and --quiet prints nothing.
     assert!(!env.train(&["--epochs", "2", "--out", "n"]).stderr.contains("progress: "));
-    let quiet =
-        env.command().args(&args).args(["--out", "q", "--quiet"]).env("CHARRNN_PROGRESS_SECS", "0").output().unwrap();
-    assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+    let mut cmd = env.command(&[&args[..], &["--out", "q", "--quiet"]].concat());
+    cmd.env("CHARRNN_PROGRESS_SECS", "0");
+    let quiet = crate::cli::output(cmd);
+    assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
 }
 
 #[test]

@@ -33,7 +33,7 @@ fn fine_tune(env: &Env, corpus: &str, from: &str, out: &str, extra: &[&str]) -> 
 }
 
 fn weights(env: &Env, dir: &str) -> HashMap<String, Tensor> {
-    let loaded = charrnn::checkpoint::load(&env.path(dir), Device::Cpu).unwrap();
+    let loaded = charrnn::store::load(&env.path(dir), Device::Cpu).unwrap();
     loaded.model.named_parameters().into_iter().map(|(n, t)| (n, t.detach().copy())).collect()
 }
 
@@ -73,7 +73,7 @@ fn init_from_keeps_the_trained_rows_and_starts_new_characters_as_a_fresh_model()
             let (v_old, v_new) = (old.chars().count() as i64, grown.chars().count() as i64);
 
             let (s, g) = (weights(&env, &src), weights(&env, &at_start));
-            let arch: Arch = charrnn::checkpoint::load(&env.path(&src), Device::Cpu).unwrap().model.config().arch;
+            let arch: Arch = charrnn::store::load(&env.path(&src), Device::Cpu).unwrap().model.config().arch;
             assert_eq!((arch.cell.to_string(), arch.embed.to_string()), (cell.to_string(), embed.to_string()));
             let fresh = Network::new(ModelConfig::new(v_new as usize, arch), 7, Device::Cpu).unwrap();
             let f: HashMap<String, Tensor> =
@@ -131,7 +131,7 @@ fn a_fine_tuned_run_records_its_origin_and_resumes_exactly() {
         assert!(w.equal(&split[name]), "{name} differs after resuming a fine-tuned run");
     }
     assert!(vocab(&env, "whole").contains('\n'), "the source kept newlines, so the fine-tuned run does");
-    let file = charrnn::checkpoint::read_model_file(&env.path("split")).unwrap();
+    let file = charrnn::store::read_model_file(&env.path("split")).unwrap();
     let origin = file.init_from.expect("model.json records where the run started");
     assert_eq!(origin.model, std::fs::canonicalize(env.path("src")).unwrap());
     assert_eq!((origin.epoch, file.epoch, file.version), (2, 4, 2));
@@ -144,13 +144,13 @@ fn a_fine_tuned_run_records_its_origin_and_resumes_exactly() {
     // The backend and the output layer's precision are this run's to choose.
     let r = fine_tune(&env, "second.txt", "src", "fused", &["--epochs", "1", "--backend", "fused", "--dtype", "bf16"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let file = charrnn::checkpoint::read_model_file(&env.path("fused")).unwrap();
+    let file = charrnn::store::read_model_file(&env.path("fused")).unwrap();
     assert_eq!((file.model.arch.backend.to_string(), file.train.dtype.to_string()), ("fused".into(), "bf16".into()));
     assert_eq!(file.model.arch.cell.to_string(), "gru");
     // Fine-tuning in place (--out the source folder) needs no --force.
     let r = fine_tune(&env, "second.txt", "whole", "whole", &["--epochs", "1"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(charrnn::checkpoint::read_model_file(&env.path("whole")).unwrap().init_from.unwrap().epoch, 4);
+    assert_eq!(charrnn::store::read_model_file(&env.path("whole")).unwrap().init_from.unwrap().epoch, 4);
 }
 
 /// Bad uses of --init-from: one error line (or clap's usage error), a non-zero exit, the existing model

@@ -1,6 +1,6 @@
 //! A new user's first hour (issue 15): English text with newlines, sampling flags, pipes and Ctrl-C,
 //! unknown characters, one numbering, messages that read well. Each test is a command as a user types it.
-use crate::cli::{eval_json, Env, Run};
+use crate::cli::{eval_json, wait_within, Env, Run, TIMEOUT};
 use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -111,34 +111,35 @@ fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
     train_verse(&env, "m", &[]);
     // Far more than could be generated in the minute this test allows (tens of thousands per second).
     let huge = ["predict", "--model", "m", "--prefix", "ROMEO", "--num-chars", "10000000", "--temperature", "1"];
-    let mut child =
-        env.command().args(huge).arg("--stream").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = env
+        .command(&[&huge[..], &["--stream"]].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut head = [0u8; 80];
     child.stdout.as_mut().unwrap().read_exact(&mut head).unwrap();
     drop(child.stdout.take());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            panic!("predict --stream went on generating after its reader went away");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Generating all 10,000,000 would take minutes: it must stop when its reader goes away.
+    let status = wait_within(&mut child, Duration::from_secs(60));
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.is_empty(), "a closed pipe is not an error: {stderr}");
 
     // Without --stream, predict first notes that it prints at the end: by then Ctrl-C is caught.
-    let mut child = env.command().args(huge).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = env.command(&huge).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut note = String::new();
     std::io::BufRead::read_line(&mut stderr, &mut note).unwrap();
     assert!(note.starts_with("note: 10000000 characters are printed when all are generated"), "{note}");
-    std::thread::sleep(Duration::from_millis(1000));
+    // Once the process has used a second of CPU time more, generation is under way (loading this tiny model
+    // takes a few hundredths), whatever the machine's speed.
+    let busy = cpu_seconds(child.id());
+    while cpu_seconds(child.id()) < busy + 1.0 {
+        assert!(child.try_wait().unwrap().is_none(), "predict ended before the signal");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     crate::checkpoints::signal(&child, "INT");
     // stdout is read while stderr is (each can fill its pipe).
     let rest = std::thread::spawn(move || {
@@ -146,9 +147,11 @@ fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
         stderr.read_to_string(&mut rest).unwrap();
         rest
     });
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), rest.join().unwrap());
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let status = wait_within(&mut child, TIMEOUT);
+    let stderr = rest.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
     let generated = stdout.trim_end_matches('\n').strip_prefix("ROMEO").expect("the prefix first").chars().count();
     assert!(generated > 0 && generated < 10_000_000, "{generated}");
     assert!(stderr.contains(&format!("printed the {generated} characters generated so far")), "{stderr}");
@@ -161,12 +164,12 @@ fn train_outlives_a_closed_pipe_and_saves() {
     use std::io::BufRead;
     let env = Env::new();
     let args = verse_args(&env, &["--out", "m", "--epochs", "40", "--verbose"]);
-    let mut child = env.command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = env.command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut first = String::new();
     std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut first).unwrap();
     assert!(first.starts_with("training on"), "{first}");
     drop(child.stdout.take());
-    let status = child.wait().unwrap();
+    let status = wait_within(&mut child, TIMEOUT);
     assert_eq!(status.code(), Some(0));
     assert_eq!(model_json(&env, "m")["epoch"], 40, "the run went on to its end");
 }
@@ -276,7 +279,7 @@ fn a_run_of_hours_with_a_far_first_report_gets_a_note() {
     let long = verse_args(&env, &["--epochs", "10000000", "--pred-period", "1000000"]);
     for (extra, noted) in [(&["--out", "a"][..], true), (&["--out", "b", "--time-limit", "7s"], false)] {
         let mut child =
-            env.command().args(&long).args(extra).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+            env.command(&[&long[..], extra].concat()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let started = Instant::now();
         let mut note = None;
@@ -361,3 +364,21 @@ fn small_surprises_are_gone() {
     assert!(out.join("model.json").exists());
     assert!(!fresh.path("runs").exists(), "train --out elsewhere wrote runs/ here");
 }
+
+/// The CPU time (user and system) the process `pid` has used so far, in seconds, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces, and ends with ')'): utime and stime are
+    // the 12th and 13th of them, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().map(|t| t.parse::<f64>().unwrap_or(0.0)).sum());
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { sysconf(SC_CLK_TCK) } as f64;
+    ticks / per_second
+}
+
+extern "C" {
+    fn sysconf(name: std::ffi::c_int) -> std::ffi::c_long;
+}
+/// `_SC_CLK_TCK` in glibc's <unistd.h>.
+const SC_CLK_TCK: std::ffi::c_int = 2;

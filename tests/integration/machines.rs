@@ -1,5 +1,5 @@
 //! What charrnn does differently by machine (issue 16): bfloat16 where the CPU has it, a note where not.
-use crate::cli::Env;
+use crate::cli::{env_train_args, output, Env};
 
 /// `CHARRNN_CPU_FLAGS` plays a CPU: an AMD Zen 3 (AVX2, no bfloat16 units) gets a note with `--dtype bf16`
 /// and `info` says bf16 is emulated; a Zen 4 (AVX512-BF16) and a Sapphire Rapids (AMX-BF16) get neither;
@@ -12,16 +12,18 @@ fn bf16_without_native_units_is_announced() {
     for (i, (flags, native)) in cpus.into_iter().enumerate() {
         for dtype in ["bf16", "fp32"] {
             let out = format!("m-{i}-{dtype}");
-            let mut cmd = env.command();
-            cmd.env("CHARRNN_CPU_FLAGS", flags).args(crate::cli::env_train_args());
-            let r = cmd.args(["--epochs", "1", "--dtype", dtype, "--out", &out]).output().unwrap();
-            let stderr = String::from_utf8(r.stderr).unwrap();
-            assert!(r.status.success(), "{stderr}");
+            let mut cmd =
+                env.command(&[&env_train_args()[..], &["--epochs", "1", "--dtype", dtype, "--out", &out]].concat());
+            cmd.env("CHARRNN_CPU_FLAGS", flags);
+            let r = output(cmd);
+            let stderr = r.stderr;
+            assert_eq!(r.code, 0, "{stderr}");
             let noted = stderr.contains("note: this CPU has no native bfloat16 product");
             assert_eq!(noted, !native && dtype == "bf16", "{flags} {dtype}: {stderr}");
         }
-        let info = env.command().env("CHARRNN_CPU_FLAGS", flags).arg("info").output().unwrap();
-        let stdout = String::from_utf8(info.stdout).unwrap();
+        let mut info = env.command(&["info"]);
+        info.env("CHARRNN_CPU_FLAGS", flags);
+        let stdout = output(info).stdout;
         let expected = if native { "cpu bf16 native" } else { "cpu bf16 emulated" };
         assert!(stdout.contains(expected), "{flags}: {stdout}");
     }
@@ -35,11 +37,12 @@ fn dtype_auto_follows_the_cpu() {
     let env = Env::new();
     for (flags, expected) in [("flags : fpu avx avx2 fma", "fp32"), ("flags : avx2 avx512f avx512_bf16", "bf16")] {
         let out = format!("auto-{expected}");
-        let mut cmd = env.command();
-        cmd.env("CHARRNN_CPU_FLAGS", flags).args(crate::cli::env_train_args());
-        let r = cmd.args(["--epochs", "1", "--dtype", "auto", "--out", &out]).output().unwrap();
-        let stderr = String::from_utf8(r.stderr).unwrap();
-        assert!(r.status.success(), "{stderr}");
+        let mut cmd =
+            env.command(&[&env_train_args()[..], &["--epochs", "1", "--dtype", "auto", "--out", &out]].concat());
+        cmd.env("CHARRNN_CPU_FLAGS", flags);
+        let r = output(cmd);
+        let stderr = r.stderr;
+        assert_eq!(r.code, 0, "{stderr}");
         assert!(stderr.contains(&format!("note: --dtype auto: {expected}, as this CPU")), "{flags}: {stderr}");
         assert!(!stderr.contains("no native bfloat16 product (neither"), "auto never picks the slow path: {stderr}");
         let json: serde_json::Value =
@@ -97,11 +100,11 @@ fn long_commands_shorten_openmp_spinning_unless_told_otherwise() {
     let spins = |stderr: &str| -> Vec<String> {
         stderr.lines().filter_map(|l| l.trim().strip_prefix("GOMP_SPINCOUNT = ")).map(str::to_string).collect()
     };
-    let mut train = env.command();
+    let mut train = env.command(&[&env_train_args()[..], &["--epochs", "2", "--out", "m"]].concat());
     train.env_remove("GOMP_SPINCOUNT").env_remove("OMP_WAIT_POLICY").env("OMP_DISPLAY_ENV", "verbose");
-    let trained = train.args(crate::cli::env_train_args()).args(["--epochs", "2", "--out", "m"]).output().unwrap();
-    let stderr = String::from_utf8(trained.stderr).unwrap();
-    assert!(trained.status.success(), "{stderr}");
+    let trained = output(train);
+    let stderr = trained.stderr;
+    assert_eq!(trained.code, 0, "{stderr}");
     assert_eq!(spins(&stderr), ["'1000'"], "{stderr}");
     assert!(env.path("m/model.json").exists());
     let eval = ["eval", "--model", "m", "--json"];
@@ -110,14 +113,14 @@ fn long_commands_shorten_openmp_spinning_unless_told_otherwise() {
         [(None, "'1000'"), (Some(("GOMP_SPINCOUNT", "7")), "'7'"), (Some(("OMP_WAIT_POLICY", "passive")), "'0'")]
     {
         for args in [&eval[..], &predict[..]] {
-            let mut cmd = env.command();
+            let mut cmd = env.command(args);
             cmd.env_remove("GOMP_SPINCOUNT").env_remove("OMP_WAIT_POLICY").env("OMP_DISPLAY_ENV", "verbose");
             if let Some((name, value)) = user {
                 cmd.env(name, value);
             }
-            let out = cmd.args(args).output().unwrap();
-            let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
-            assert!(out.status.success(), "{args:?} {user:?}: {stderr}");
+            let out = output(cmd);
+            let (stdout, stderr) = (out.stdout, out.stderr);
+            assert_eq!(out.code, 0, "{args:?} {user:?}: {stderr}");
             assert_eq!(spins(&stderr), [expected], "{args:?} {user:?}: {stderr}");
             if args[0] == "predict" {
                 assert!(stdout.starts_with("不知 不觉") && stdout.trim_end().chars().count() == 10, "{stdout}");
@@ -128,9 +131,9 @@ fn long_commands_shorten_openmp_spinning_unless_told_otherwise() {
         }
     }
     // info is not started again: libgomp keeps its own default.
-    let mut info = env.command();
+    let mut info = env.command(&["info"]);
     info.env_remove("GOMP_SPINCOUNT").env_remove("OMP_WAIT_POLICY").env("OMP_DISPLAY_ENV", "verbose");
-    let out = info.arg("info").output().unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success() && spins(&stderr).len() == 1 && spins(&stderr)[0] != "'1000'", "{stderr}");
+    let out = output(info);
+    let stderr = out.stderr;
+    assert!(out.code == 0 && spins(&stderr).len() == 1 && spins(&stderr)[0] != "'1000'", "{stderr}");
 }

@@ -50,9 +50,7 @@ fn trained() -> &'static (Env, String) {
 fn start(extra: &[&str]) -> Server {
     let (env, model) = trained();
     let mut child = env
-        .command()
-        .args(["serve", "--model", model, "--port", "0"])
-        .args(extra)
+        .command(&[&["serve", "--model", model, "--port", "0"][..], extra].concat())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

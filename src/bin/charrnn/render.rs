@@ -313,7 +313,7 @@ pub fn train_outcome(outcome: &TrainOutcome, quiet: bool) {
         return;
     }
     if let Some(best) = outcome.best_epoch.filter(|&b| b != outcome.epochs) {
-        let last = outcome.out.join(charrnn::LAST_DIR);
+        let last = outcome.out.join(charrnn::store::LAST_DIR);
         say!("kept epoch {best}, the best by validation perplexity; the last epoch's model is in {}", last.display());
     }
     say!(

@@ -1,0 +1,474 @@
+//! The arguments of `train`, for a new run and for `--resume`, and their conversion into the library's jobs.
+use crate::args::choices::{CellArg, InitArg, OnDivergeArg, OptimizerArg, SamplingArg};
+use crate::args::generate::DrawArgs;
+use crate::args::{DeviceArgs, ARCH, NEW_RUN};
+use charrnn::{Arch, Backend, CorpusOptions, Dtype, LrDecay, OptimizerKind, ResumeJob, TrainConfig, TrainJob};
+use clap::Args;
+use std::path::PathBuf;
+
+fn textbook() -> TrainConfig {
+    TrainConfig::default()
+}
+
+/// `charrnn train`: the flags that a resumed run accepts are the plain fields of this struct; every flag that
+/// describes a new run lives in [`NewRunArgs`], [`ArchArgs`] or [`DrawArgs`], whose groups `--resume`
+/// conflicts with as a whole, so a flag added there can never be silently ignored by a resumed run. (clap
+/// gives no group to a struct with a flattened struct inside, hence groups side by side.)
+#[derive(Args)]
+pub struct TrainArgs {
+    /// UTF-8 text to train on: a file, or a folder (every file below it, in sorted order, hidden ones
+    /// skipped), or a token file from `charrnn prepare`; repeat to read several in order as one text (with
+    /// --resume: only if they moved; it must be the same text).
+    #[arg(long, value_name = "PATH", required_unless_present = "resume")]
+    pub corpus: Vec<PathBuf>,
+    /// Continue the run saved in this model folder exactly where it stopped, with its settings; only
+    /// --epochs (the new total), --checkpoint-every, --max-iters, --time-limit, --lr, --lr-decay,
+    /// --lr-decay-every, --prefix, --pred-period, --corpus, --device, --threads, --quiet and --verbose may
+    /// be given with it.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    #[arg(long, value_name = "N", help = epochs_help())]
+    pub epochs: Option<usize>,
+    /// Save a checkpoint every N epochs (always after the last, and on Ctrl-C) [default: after each
+    /// minibatch that ends a minute or more after the previous checkpoint, so long epochs are saved as they
+    /// go].
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+    /// Stop after N minibatches in all (a resumed run's earlier ones count), saving a resumable checkpoint.
+    #[arg(long, value_name = "N")]
+    pub max_iters: Option<u64>,
+    /// Stop after the minibatch that ends this long after the start (90s, 30m, 2h, 1d), saving a resumable
+    /// checkpoint.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub time_limit: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Print nothing but warnings and errors (no configuration line, reports, bar or summary).
+    #[arg(long, short, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print a report line every epoch, with the learning rate, gradient norm and speed.
+    #[arg(long, short)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub adjust: AdjustableArgs,
+    #[command(flatten)]
+    pub new: NewRunArgs,
+    #[command(flatten)]
+    pub arch: ArchArgs,
+    /// How the reports' predictions choose characters (seeded by --seed and the epoch); part of a new run.
+    #[command(flatten)]
+    pub draw: DrawArgs,
+}
+
+/// Settings of a run that `--resume` may change: the learning-rate schedule and the reports. A new rate
+/// makes the continuation differ from an uninterrupted run (and `train` says so); the others do not.
+#[derive(Args)]
+pub struct AdjustableArgs {
+    #[arg(long, allow_negative_numbers = true, help = lr_help())]
+    pub lr: Option<f64>,
+    #[arg(long, value_name = "F", allow_negative_numbers = true, help = format!(
+        "Multiply the learning rate by F every --lr-decay-every epochs (1 = no decay) [default: {}]",
+        textbook().lr_decay.factor
+    ))]
+    pub lr_decay: Option<f64>,
+    #[arg(long, value_name = "N", help = format!("Epochs between learning-rate decays [default: {}]", textbook().lr_decay.every))]
+    pub lr_decay_every: Option<usize>,
+    #[arg(long = "prefix", value_name = "P", help = prefix_help(), allow_hyphen_values = true)]
+    pub prefixes: Vec<String>,
+    #[arg(long, value_name = "N", help = format!("Epochs between reports [default: {}]", textbook().pred_period))]
+    pub pred_period: Option<usize>,
+}
+
+/// `--backend`: how the recurrence is computed, or `auto` to choose by cell and device
+/// ([`charrnn::Backend::fastest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// The faster for the cell and device: fused for an LSTM on a CPU, scratch otherwise.
+    Auto,
+    /// The cells written out in tensor operations (the textbook's).
+    Scratch,
+    /// libtorch's fused RNN/GRU/LSTM kernels (oneDNN on a CPU, cuDNN on a GPU).
+    Fused,
+}
+
+/// `--dtype`: a precision, or `auto` to choose it from the device ([`charrnn::TrainJob::auto_dtype`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// Float32 throughout (the textbook's).
+    Fp32,
+    /// bfloat16 operands, float32 results, for the output layer's products.
+    Bf16,
+    /// bf16 where the device multiplies bfloat16 natively, else fp32.
+    Auto,
+}
+
+/// The flags that describe a new run (refused with `--resume`, which keeps the run's own).
+#[derive(Args)]
+#[group(id = NEW_RUN, multiple = true)]
+pub struct NewRunArgs {
+    /// Model folder to write [default: runs/<corpus file stem>]; one that holds anything is refused
+    /// without --force.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Replace what --out holds: the old model stays until this run's first checkpoint replaces it, and
+    /// only files that charrnn wrote are removed.
+    #[arg(long)]
+    pub force: bool,
+    /// Start from this trained model folder: its architecture, weights and vocabulary, followed by the
+    /// corpus's new characters (in ascending order, initialised as a fresh model's); a fresh optimizer, and
+    /// this run's other settings. --out may be the same folder.
+    #[arg(long, value_name = "DIR")]
+    pub init_from: Option<PathBuf>,
+    /// Dropout probability between layers and before the output layer (training only).
+    #[arg(long, default_value_t = textbook().arch.dropout, value_name = "P", allow_negative_numbers = true)]
+    pub dropout: f64,
+    /// Recurrence: scratch (the cells written out, step by step), fused (libtorch's RNN/GRU/LSTM kernels;
+    /// oneDNN on a CPU, cuDNN on a GPU), or auto (fused for an LSTM on a CPU, where it is about 2.5x as
+    /// fast, scratch otherwise). Same parameters, same results.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// Time steps per sequence (BPTT length).
+    #[arg(long, default_value_t = textbook().steps)]
+    pub steps: usize,
+    /// Sequences per minibatch.
+    #[arg(long, default_value_t = textbook().batch_size)]
+    pub batch: usize,
+    /// Update rule: sgd (the textbook's) or adam.
+    #[arg(long, value_enum, default_value_t = textbook().optimizer.into())]
+    pub optimizer: OptimizerArg,
+    /// Gradient clipping threshold on the global L2 norm.
+    #[arg(long, default_value_t = textbook().clip, allow_negative_numbers = true)]
+    pub clip: f64,
+    /// Precision of the output layer's matrix products: fp32, bf16 (bfloat16 operands, float32
+    /// accumulation: faster where the CPU has AMX or AVX512-BF16, and on GPUs of compute capability 8.0 or
+    /// newer; much slower on CPUs without), or auto (bf16 where the device has it natively, else fp32).
+    #[arg(long, value_enum, default_value_t = DtypeArg::Fp32)]
+    pub dtype: DtypeArg,
+    /// Minibatch sampler: random (fresh state per minibatch) or consecutive (state carried, detached).
+    #[arg(long, value_enum, default_value_t = textbook().batch_order.into())]
+    pub sampling: SamplingArg,
+    /// Seed for initialisation and shuffling.
+    #[arg(long, default_value_t = textbook().seed)]
+    pub seed: u64,
+    /// Use only the first N characters of the corpus.
+    #[arg(long, value_name = "N")]
+    pub limit_chars: Option<usize>,
+    /// Keep newlines (by default each newline and carriage return becomes a space).
+    #[arg(long)]
+    pub keep_newlines: bool,
+    #[arg(long, value_name = "F", allow_negative_numbers = true, help = val_frac_help())]
+    pub val_frac: Option<f64>,
+    /// Also every N minibatches inside an epoch: score the held-out text, print a report line (iter,
+    /// epoch fraction, perplexity since the last one, val perplexity, time) and keep the best model.
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
+    /// Score at most N held-out characters per evaluation, in pieces spread over the held-out part (keeps
+    /// validation cheap on a big corpus) [default: all of it].
+    #[arg(long, value_name = "N")]
+    pub val_chars: Option<usize>,
+    /// When the loss or gradient norm stops being finite: stop (keeping the last checkpoint), or rollback
+    /// (go back to the last good epoch with a lower learning rate and carry on).
+    #[arg(long, value_enum, default_value_t = textbook().on_diverge.into())]
+    pub on_diverge: OnDivergeArg,
+    /// With --on-diverge rollback: multiply the learning rate by F at each rollback, 0 < F < 1.
+    #[arg(long, value_name = "F", default_value_t = textbook().rollback_lr_factor, allow_negative_numbers = true)]
+    pub rollback_lr_factor: f64,
+    /// With --on-diverge rollback: stop as without it after N rollbacks.
+    #[arg(long, value_name = "N", default_value_t = textbook().max_rollbacks)]
+    pub max_rollbacks: usize,
+    /// Characters predicted per prefix in reports.
+    #[arg(long, default_value_t = textbook().pred_len)]
+    pub pred_len: usize,
+}
+
+/// The network's shape: refused with `--resume` and with `--init-from`, which take the model's.
+#[derive(Args)]
+#[group(id = ARCH, multiple = true)]
+pub struct ArchArgs {
+    /// Hidden units.
+    #[arg(long, default_value_t = textbook().arch.hidden)]
+    pub hidden: usize,
+    /// Recurrent cell: rnn (the textbook's tanh RNN), gru or lstm.
+    #[arg(long, value_enum, default_value_t = textbook().arch.cell.into())]
+    pub cell: CellArg,
+    /// Stacked recurrent layers.
+    #[arg(long, default_value_t = textbook().arch.layers)]
+    pub layers: usize,
+    /// Learned embedding of this width instead of one-hot input (0 = one-hot).
+    #[arg(long, default_value_t = textbook().arch.embed, value_name = "DIM")]
+    pub embed: usize,
+    #[arg(long, value_enum, help = init_help())]
+    pub init: Option<InitArg>,
+}
+
+/// A duration: a positive number of seconds, or of minutes, hours or days with the suffix m, h or d (s for
+/// seconds is allowed).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match s.trim().char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s.trim()[..i], c),
+        _ => (s.trim(), 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86_400.0,
+        _ => return Err(format!("unknown unit {unit:?}; expected a duration such as 90s, 30m or 2h")),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(std::time::Duration::from_secs_f64(n * scale)),
+        _ => Err(format!("{s:?} is not a positive duration; expected one such as 90s, 30m or 2h")),
+    }
+}
+
+fn epochs_help() -> String {
+    format!(
+        "Passes over the corpus, in all (a resumed run's earlier epochs count) [default: {}; a resumed run keeps \
+         its own]",
+        textbook().epochs
+    )
+}
+
+fn init_help() -> String {
+    let (sgd, adam) = (OptimizerKind::Sgd, OptimizerKind::Adam);
+    format!(
+        "Initialisation: normal (the textbook's N(0, 0.01) weights, zero biases) or uniform (PyTorch's \
+         U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias) [default: {} with {sgd}, {} with {adam}]",
+        sgd.default_init(),
+        adam.default_init()
+    )
+}
+
+fn lr_help() -> String {
+    let (sgd, adam) = (OptimizerKind::Sgd, OptimizerKind::Adam);
+    format!("Learning rate [default: {} for {sgd}, {} for {adam}]", sgd.default_lr(), adam.default_lr())
+}
+
+fn prefix_help() -> String {
+    let quoted: Vec<String> = textbook().prefixes;
+    format!(
+        "Prefix to predict from at every report; repeat for several [default: {} when the corpus has them, else \
+         its first character]",
+        quoted.join(" and ")
+    )
+}
+
+fn val_frac_help() -> String {
+    format!(
+        "Hold out this fraction of the corpus (its end) for validation; the best epoch by validation perplexity is \
+         kept [default: {} from {} characters on, else 0]",
+        charrnn::DEFAULT_VAL_FRAC,
+        charrnn::DEFAULT_VAL_MIN_CHARS
+    )
+}
+
+/// What `charrnn train` was asked to do.
+pub enum TrainTask {
+    /// A new run.
+    New(Box<TrainJob>),
+    /// Continue a saved run.
+    Resume(Box<ResumeJob>),
+}
+
+impl TrainArgs {
+    /// The job these flags describe (clap has already refused new-run flags with `--resume`).
+    pub fn into_task(self) -> TrainTask {
+        let (device, threads) = (self.device.device, self.device.threads);
+        if let Some(dir) = self.resume {
+            let epochs = self.epochs;
+            let (checkpoint_every, corpus) = (self.checkpoint_every, self.corpus);
+            let (max_iters, time_limit) = (self.max_iters, self.time_limit);
+            let a = self.adjust;
+            let lr_decay =
+                (a.lr_decay.is_some() || a.lr_decay_every.is_some()).then_some((a.lr_decay, a.lr_decay_every));
+            return TrainTask::Resume(Box::new(ResumeJob {
+                lr: a.lr,
+                lr_decay,
+                prefixes: a.prefixes,
+                pred_period: a.pred_period,
+                dir,
+                epochs,
+                checkpoint_every,
+                corpus,
+                device,
+                threads,
+                max_iters,
+                time_limit,
+            }));
+        }
+        let (n, a) = (self.new, self.arch);
+        let optimizer: OptimizerKind = n.optimizer.into();
+        let corpus = self.corpus;
+        TrainTask::New(Box::new(TrainJob {
+            corpus,
+            corpus_options: CorpusOptions { keep_newlines: n.keep_newlines, limit_chars: n.limit_chars },
+            out: n.out,
+            force: n.force,
+            init_from: n.init_from,
+            device,
+            threads,
+            auto_dtype: n.dtype == DtypeArg::Auto,
+            auto_backend: n.backend == BackendArg::Auto,
+            config: TrainConfig {
+                arch: Arch {
+                    hidden: a.hidden,
+                    cell: a.cell.into(),
+                    layers: a.layers,
+                    embed: a.embed,
+                    dropout: n.dropout,
+                    init: a.init.map_or(optimizer.default_init(), Into::into),
+                    backend: match n.backend {
+                        BackendArg::Fused => Backend::Fused,
+                        BackendArg::Scratch | BackendArg::Auto => Backend::Scratch,
+                    },
+                },
+                steps: n.steps,
+                batch_size: n.batch,
+                optimizer,
+                lr: self.adjust.lr.unwrap_or(optimizer.default_lr()),
+                lr_decay: LrDecay {
+                    factor: self.adjust.lr_decay.unwrap_or(textbook().lr_decay.factor),
+                    every: self.adjust.lr_decay_every.unwrap_or(textbook().lr_decay.every),
+                },
+                clip: n.clip,
+                dtype: if n.dtype == DtypeArg::Bf16 { Dtype::Bf16 } else { Dtype::Fp32 },
+                epochs: self.epochs.unwrap_or(textbook().epochs),
+                batch_order: n.sampling.into(),
+                seed: n.seed,
+                prefixes: self.adjust.prefixes,
+                val_frac: n.val_frac,
+                pred_period: self.adjust.pred_period.unwrap_or(textbook().pred_period),
+                pred_len: n.pred_len,
+                sampler: self.draw.sampler(n.seed, 1, "train"),
+                checkpoint_every: self.checkpoint_every,
+                max_iters: self.max_iters,
+                time_limit: self.time_limit,
+                eval_every: n.eval_every,
+                val_chars: n.val_chars,
+                on_diverge: n.on_diverge.into(),
+                rollback_lr_factor: n.rollback_lr_factor,
+                max_rollbacks: n.max_rollbacks,
+                ..textbook()
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{command, Cli, Command};
+    use clap::Parser;
+
+    /// The flags a resumed run accepts (besides --resume itself and --help).
+    const RESUMABLE: [&str; 14] = [
+        "corpus",
+        "epochs",
+        "checkpoint-every",
+        "max-iters",
+        "time-limit",
+        "device",
+        "threads",
+        "quiet",
+        "verbose",
+        "lr",
+        "lr-decay",
+        "lr-decay-every",
+        "prefix",
+        "pred-period",
+    ];
+
+    /// `charrnn train --resume m` plus one flag (with a value it accepts, if it takes one).
+    fn with_resume(arg: &clap::Arg) -> Vec<String> {
+        let long = arg.get_long().expect("train's flags are long");
+        let mut argv = vec!["charrnn".to_string(), "train".into(), "--resume".into(), "m".into(), format!("--{long}")];
+        if arg.get_action().takes_values() {
+            let value = arg.get_possible_values().first().map_or("1".to_string(), |v| v.get_name().to_string());
+            argv.push(match long {
+                "device" => "cpu".into(),
+                "time-limit" => "90s".into(),
+                _ => value,
+            });
+        }
+        argv
+    }
+
+    #[test]
+    fn every_train_flag_outside_the_resumable_set_is_refused_with_resume() {
+        let cli = command();
+        let train = cli.find_subcommand("train").unwrap();
+        let mut refused = 0;
+        for arg in train.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["resume", "help"].contains(&long) {
+                continue;
+            }
+            let argv = with_resume(arg);
+            let result = command().try_get_matches_from(&argv);
+            if RESUMABLE.contains(&long) {
+                assert!(result.is_ok(), "{argv:?}: {}", result.err().unwrap());
+            } else {
+                let err = result.err().unwrap_or_else(|| panic!("{argv:?} was accepted"));
+                assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{argv:?}");
+                assert!(err.to_string().contains(&format!("--{long}")), "{argv:?}: {err}");
+                // The error names the flag given and --resume, not every flag of a new run.
+                let before_usage = err.to_string().split("Usage").next().unwrap_or_default().to_string();
+                assert_eq!(before_usage.matches("--").count(), 2, "{argv:?}: {err}");
+                refused += 1;
+            }
+        }
+        // The 29 flags of a new run, --out to --top-p (so the walk saw them all).
+        assert_eq!(refused, 29);
+    }
+
+    #[test]
+    fn architecture_flags_are_refused_with_init_from_and_run_settings_accepted() {
+        let base = ["charrnn", "train", "--corpus", "c.txt", "--init-from", "m"];
+        for flag in ["--hidden=8", "--cell=gru", "--layers=2", "--embed=4", "--init=uniform"] {
+            let err = command().try_get_matches_from(base.iter().copied().chain([flag])).err();
+            let err = err.unwrap_or_else(|| panic!("{flag} was accepted with --init-from"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{flag}");
+            assert!(err.to_string().contains(flag.split('=').next().unwrap()), "{flag}: {err}");
+            let before_usage = err.to_string().split("Usage").next().unwrap_or_default().to_string();
+            assert_eq!(before_usage.matches("--").count(), 2, "{flag}: {err}");
+        }
+        for flag in ["--dropout=0.1", "--backend=fused", "--lr=0.1", "--optimizer=adam", "--out=o", "--force"] {
+            let matches = command().try_get_matches_from(base.iter().copied().chain([flag]));
+            assert!(matches.is_ok(), "{flag}: {}", matches.err().unwrap());
+        }
+        let err = command().try_get_matches_from(["charrnn", "train", "--resume", "m", "--init-from", "m"]);
+        assert_eq!(err.err().map(|e| e.kind()), Some(clap::error::ErrorKind::ArgumentConflict));
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        for (text, secs) in [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("2h", 7200.0), ("1d", 86_400.0)] {
+            assert_eq!(parse_duration(text), Ok(std::time::Duration::from_secs_f64(secs)), "{text}");
+        }
+        for bad in ["abc", "", "0", "-5m", "3w", "h", "inf"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_library() {
+        let cli = Cli::try_parse_from(["charrnn", "train", "--corpus", "x.txt"]).unwrap();
+        let Command::Train(args) = cli.command else { panic!("train") };
+        let TrainTask::New(job) = args.into_task() else { panic!("a new run") };
+        let mut expected = TrainConfig::default();
+        // Two settings follow the optimizer, and report prefixes are chosen from the corpus.
+        expected.arch.init = expected.optimizer.default_init();
+        expected.prefixes = Vec::new();
+        assert_eq!(job.config, expected);
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_its_epochs_unless_given() {
+        for (argv, epochs) in [(vec!["--epochs", "9"], Some(9)), (vec![], None)] {
+            let all = [&["charrnn", "train", "--resume", "m"][..], &argv].concat();
+            let Command::Train(args) = Cli::try_parse_from(&all).unwrap().command else { panic!("train") };
+            let TrainTask::Resume(job) = args.into_task() else { panic!("a resumed run") };
+            assert_eq!(job.epochs, epochs);
+        }
+    }
+}

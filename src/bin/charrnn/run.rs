@@ -1,0 +1,129 @@
+//! What each subcommand does: its arguments turned into the library's job, the call, and what is shown.
+#[cfg(feature = "serve")]
+use crate::args::ServeArgs;
+use crate::args::{self, EvalArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, TrainArgs, TrainTask};
+use crate::render::{self, Reporter};
+use crate::signals::{catch_stop_signals, Stopped};
+use anyhow::Context;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let signal = catch_stop_signals().context("cannot install the Ctrl-C handler")?;
+    let mut reporter = Reporter::new(signal, args.quiet, args.verbose);
+    let (outcome, what) = match args.into_task() {
+        TrainTask::Resume(job) => {
+            let what = format!("resuming {} failed", job.dir.display());
+            (charrnn::run_resume(&job, &mut reporter), what)
+        }
+        TrainTask::New(job) => {
+            let corpus: Vec<String> = job.corpus.iter().map(|p| p.display().to_string()).collect();
+            let what = format!("training on {} failed", corpus.join(", "));
+            (charrnn::run_train(&job, &mut reporter), what)
+        }
+    };
+    if let Some(bar) = &reporter.bar {
+        bar.finish_and_clear();
+    }
+    let outcome = match outcome {
+        Err(e @ charrnn::Error::Interrupted { .. }) => return Err(e.into()),
+        // A limit the user set is a normal end: the checkpoint is saved, and the message says how to go on.
+        Err(e @ charrnn::Error::LimitReached { .. }) => {
+            say!("{e}");
+            return Ok(());
+        }
+        other => other.context(what)?,
+    };
+    if let Some(e) = reporter.write_error {
+        return Err(e.into());
+    }
+    render::train_outcome(&outcome, reporter.quiet);
+    Ok(())
+}
+
+pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
+    if args.stream && args.samples > 1 {
+        let msg = format!("--stream writes a single sample; drop --stream or --samples {}", args.samples);
+        args::usage_error("predict", clap::error::ErrorKind::ArgumentConflict, msg);
+    }
+    let signal = catch_stop_signals().context("cannot install the Ctrl-C handler")?;
+    if !args.stream && !args.json && (100_001..=charrnn::MAX_NUM_CHARS).contains(&args.num_chars) {
+        say!(
+            "note: {} characters are printed when all are generated; --stream shows them as they come, and Ctrl-C prints what there is",
+            args.num_chars
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    let mut write_error = None;
+    let outcome = charrnn::run_predict(&args.job(), &mut |_, c| {
+        if signal.load(Ordering::Relaxed) != 0 {
+            return ControlFlow::Break(());
+        }
+        if args.stream {
+            // A reader that went away (a closed pipe) ends generation at once.
+            if let Err(e) = write!(out, "{c}").and_then(|_| out.flush()) {
+                write_error = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    render::predict_outcome(&mut out, &outcome, args.json, args.stream)?;
+    match signal.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        sig => {
+            let n: usize = outcome.samples.iter().map(|s| s.generated.chars().count()).sum();
+            let what = format!("printed the {n} characters generated so far");
+            Err(Stopped { signal: sig as i32, what }.into())
+        }
+    }
+}
+
+#[cfg(feature = "serve")]
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    charrnn::serve(&args.job(), &mut |address, model| {
+        say!("serving {} on http://{address} (Ctrl-C stops)", model.display());
+    })?;
+    say!("stopped");
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let mut bar = render::EvalProgress::new();
+    let report = charrnn::run_eval(&args.job(), &mut |done, total| bar.update(done, total));
+    bar.finish();
+    let report = report?;
+    Ok(render::eval_report(&mut std::io::stdout().lock(), &report, args.json)?)
+}
+
+pub fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match args.model {
+        Some(dir) => render::model_summary(&mut out, &charrnn::model_summary(Some(&dir))?)?,
+        None => render::system_info(&mut out, &charrnn::info())?,
+    }
+    Ok(())
+}
+
+pub fn prepare(args: PrepareArgs) -> anyhow::Result<()> {
+    args.options().validate()?;
+    let header = charrnn::prepare(&args.corpus, &args.options(), &args.out)?;
+    render::prepared(&args.out, &header);
+    Ok(())
+}
+
+pub fn plot(args: PlotArgs) -> anyhow::Result<()> {
+    charrnn::run_plot(&args.model, &args.out)?;
+    say!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Prints the completion script of `shell`.
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    clap_complete::generate(shell, &mut args::command(), "charrnn", &mut std::io::stdout());
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! What several commands load the same way: a model folder (the one given, or the last one trained here)
+//! and the corpus a model folder records.
+use crate::data::corpus::load_corpus;
+use crate::data::prepared::Prepared;
+use crate::data::text::CorpusOptions;
+use crate::device::DeviceSpec;
+use crate::error::{io_reason, Error, Result};
+use crate::store::layout::resolve_model_dir;
+use crate::store::load::{load, LoadedModel};
+use std::path::{Path, PathBuf};
+
+/// Loads the model of `--model` (or the last one trained here) onto `device`.
+pub fn load_model(model_dir: Option<&Path>, device: DeviceSpec) -> Result<LoadedModel> {
+    let dir = resolve_model_dir(model_dir)?;
+    load(&dir, device.resolve()?)
+}
+
+/// The text of `paths` read with `options`; when `recorded` (the paths are the ones a model folder
+/// recorded, not given by the user), a file that cannot be read is an error that says so and that `fix`
+/// (how to pass another corpus) is the way on.
+pub(crate) fn load_text(
+    paths: &[PathBuf],
+    options: &CorpusOptions,
+    recorded: Option<(&str, &str)>,
+) -> Result<Prepared> {
+    match (load_corpus(paths, options), recorded) {
+        (Err(Error::Io { path, reason }), Some((whose, fix))) => {
+            let reason = format!("{whose} {} cannot be read ({}); {fix}", path.display(), io_reason(&reason));
+            Err(Error::config("--corpus", reason))
+        }
+        (prepared, _) => prepared,
+    }
+}

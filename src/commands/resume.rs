@@ -1,0 +1,119 @@
+//! `charrnn train --resume`: the run's resumable checkpoint read back, the corpus checked to be the same text,
+//! the settings a resumed run may change applied, and the run trained on exactly where it stood.
+use crate::commands::load::load_text;
+use crate::commands::train::{fit, Fit, TrainOutcome};
+use crate::data::corpus::CorpusIds;
+use crate::device::{device_name, set_threads, DeviceSpec};
+use crate::error::{Error, Result};
+use crate::store::format::CorpusInfo;
+use crate::store::layout::{LAST_DIR, MODEL_JSON, NO_SUCH_FOLDER};
+use crate::store::load::{load, load_state};
+use crate::store::lock::FolderLock;
+use crate::store::metrics::trim_metrics;
+use crate::train::config::TrainConfig;
+use crate::train::observer::TrainObserver;
+use crate::train::schedule::LrDecay;
+use std::path::PathBuf;
+
+/// Everything `charrnn train --resume` needs.
+#[derive(Debug, Clone)]
+pub struct ResumeJob {
+    /// The model folder of the run to continue (its resumable checkpoint is in `<dir>/last`).
+    pub dir: PathBuf,
+    /// New total of epochs; `None` keeps the run's.
+    pub epochs: Option<usize>,
+    /// New checkpoint period; `None` keeps the run's.
+    pub checkpoint_every: Option<usize>,
+    /// The corpus, if it moved; empty reads it from where the run read it. Either way it must be the same
+    /// text.
+    pub corpus: Vec<PathBuf>,
+    /// Where to compute (a run may continue on another device).
+    pub device: DeviceSpec,
+    /// CPU threads for libtorch; `None` keeps its default.
+    pub threads: Option<usize>,
+    /// Stop after this many minibatches in all (see [`TrainConfig::max_iters`]).
+    pub max_iters: Option<u64>,
+    /// Stop after this long (see [`TrainConfig::time_limit`]).
+    pub time_limit: Option<std::time::Duration>,
+    /// A new learning rate from here on; `None` keeps the run's.
+    pub lr: Option<f64>,
+    /// A new decay factor and period (either may be `None`: kept); `None` keeps both.
+    pub lr_decay: Option<(Option<f64>, Option<usize>)>,
+    /// New report prefixes; empty keeps the run's.
+    pub prefixes: Vec<String>,
+    /// A new report period; `None` keeps the run's.
+    pub pred_period: Option<usize>,
+}
+
+impl ResumeJob {
+    /// The run's settings `run` with this job's changes; text (the prefixes) is read with `options`.
+    fn apply(&self, run: &TrainConfig, options: &crate::data::text::CorpusOptions) -> TrainConfig {
+        let mut t = run.clone();
+        t.epochs = self.epochs.unwrap_or(t.epochs);
+        t.checkpoint_every = self.checkpoint_every.or(t.checkpoint_every);
+        (t.max_iters, t.time_limit) = (self.max_iters, self.time_limit);
+        t.lr = self.lr.unwrap_or(t.lr);
+        if let Some((factor, every)) = self.lr_decay {
+            t.lr_decay =
+                LrDecay { factor: factor.unwrap_or(t.lr_decay.factor), every: every.unwrap_or(t.lr_decay.every) };
+        }
+        if !self.prefixes.is_empty() {
+            t.prefixes = self.prefixes.iter().map(|p| options.read_text(p)).collect();
+        }
+        t.pred_period = self.pred_period.unwrap_or(t.pred_period);
+        t
+    }
+}
+
+/// Runs `charrnn train --resume`: reads the run's resumable checkpoint, checks the corpus is the same
+/// text, and continues training exactly where the run stood, saving as [`crate::run_train`] does.
+pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
+    set_threads(job.threads)?;
+    let device = job.device.resolve()?;
+    if !job.dir.is_dir() {
+        return Err(Error::bad_model(&job.dir, NO_SUCH_FOLDER));
+    }
+    let lock = FolderLock::acquire(&job.dir)?;
+    let last = job.dir.join(LAST_DIR);
+    if !last.join(MODEL_JSON).exists() {
+        let why = "no resumable checkpoint in it (expected last/model.json, which training writes beside the model); pass the folder given to --out, or train again: models saved before checkpoints existed can be used but not resumed";
+        return Err(Error::bad_model(&job.dir, why));
+    }
+    let loaded = load(&last, device)?;
+    let state = load_state(&last, &loaded)?;
+    let mut template = loaded.file.clone();
+    // The same text, in the run's vocabulary.
+    let recorded = job.corpus.is_empty().then_some(("the run's corpus", "if it moved, pass --corpus FILE"));
+    let paths = if job.corpus.is_empty() { template.corpus.paths() } else { job.corpus.clone() };
+    let prepared = load_text(&paths, &template.corpus.options, recorded)?;
+    let hash = prepared.header.hash.clone();
+    if template.corpus.hash.as_deref().is_some_and(|h| h != hash)
+        || prepared.header.len as usize != template.corpus.chars
+    {
+        let reason = format!(
+            "{} is not the text the run trained on (its length or fingerprint differs); resume needs the same corpus",
+            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+        return Err(Error::config("--corpus", reason));
+    }
+    let corpus = CorpusIds::in_vocab(prepared, &loaded.vocab)?;
+    // The run's settings with this job's changes, and a note when they change the learning rate.
+    template.corpus = CorpusInfo::record(&paths, template.corpus.options, template.corpus.chars, hash);
+    template.device = device_name(device);
+    let before = template.train;
+    template.train = job.apply(&before, &template.corpus.options);
+    template.train.validate()?;
+    let p = &state.position;
+    let (from, to) = (before.lr_at(p.epoch + 1, p.lr_scale), template.train.lr_at(p.epoch + 1, p.lr_scale));
+    let mut notes = Vec::new();
+    if (before.lr, before.lr_decay) != (template.train.lr, template.train.lr_decay) {
+        notes.push(format!(
+            "the learning rate of epoch {} changes from {from} to {to}: the continuation differs from an uninterrupted run",
+            p.epoch + 1
+        ));
+    }
+    trim_metrics(&job.dir, p.epoch)?;
+    let saved = Some(p.epoch);
+    let (out, model, vocab) = (job.dir.clone(), loaded.model, loaded.vocab);
+    fit(Fit { out, model, vocab, corpus, template, saved, notes, _lock: lock }, Some(&state), observer)
+}

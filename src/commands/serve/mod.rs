@@ -1,0 +1,286 @@
+//! `charrnn serve`: generation over HTTP from one loaded model: a JSON API, the same answered as
+//! Server-Sent Events, and a web page. One worker thread owns the model (libtorch work stays off the async
+//! threads); the requests that wait for it together are generated as one batch.
+//!
+//! Endpoints: `GET /` (the page), `GET /healthz`, `GET /v1/model`, `POST /v1/generate`.
+mod request;
+mod worker;
+
+use crate::commands::load::load_model;
+use crate::device::{device_name, set_threads, DeviceSpec};
+use crate::error::{Error, Result};
+use crate::generate::options::{DEFAULT_NUM_CHARS, MAX_BEAM};
+use crate::store::layout::resolve_model_dir;
+use crate::store::load::LoadedModel;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use request::{answer, parse, ApiError, Rules};
+use serde_json::{json, Value};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::unbounded_channel;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+use worker::{work, Job, Reply, Stats};
+
+/// Everything `charrnn serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeJob {
+    /// Model folder; `None` means the last one trained here.
+    pub model: Option<PathBuf>,
+    /// Where to compute.
+    pub device: DeviceSpec,
+    /// libtorch's CPU threads (`None`: one, as `predict`).
+    pub threads: Option<usize>,
+    /// Address to listen on (loopback unless asked otherwise).
+    pub host: IpAddr,
+    /// Port (0: any free one; the one taken is passed to `on_ready`).
+    pub port: u16,
+    /// Most characters one request may ask for.
+    pub max_chars: usize,
+    /// Most samples (or beams) one request may ask for.
+    pub max_samples: usize,
+    /// Requests that may wait for the worker; one more is answered 503 with Retry-After.
+    pub queue: usize,
+    /// Most requests generated together as one batch.
+    pub max_batch: usize,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// After SIGINT or SIGTERM, how long running requests may take to finish.
+    pub grace: Duration,
+}
+
+impl Default for ServeJob {
+    fn default() -> Self {
+        ServeJob {
+            model: None,
+            device: DeviceSpec::default(),
+            threads: None,
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            max_chars: 10_000,
+            max_samples: 16,
+            queue: 64,
+            max_batch: 64,
+            max_body: 64 * 1024,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the handlers share.
+struct Shared {
+    jobs: SyncSender<Job>,
+    rules: Rules,
+    model: Value,
+    stats: Arc<Stats>,
+}
+
+/// Runs the server until SIGINT or SIGTERM: loads the model, listens, calls `on_ready(address, model
+/// folder)` once it accepts connections, and on a signal stops accepting, lets running requests finish for
+/// up to `job.grace`, then ends them.
+pub fn serve(job: &ServeJob, on_ready: &mut dyn FnMut(SocketAddr, &Path)) -> Result<()> {
+    if job.max_chars == 0 || job.max_samples == 0 || job.queue == 0 || job.max_batch == 0 {
+        return Err(Error::config("serve", "--max-chars, --max-samples, --queue and --max-batch must be at least 1"));
+    }
+    set_threads(Some(job.threads.unwrap_or(1)))?;
+    let dir = resolve_model_dir(job.model.as_deref())?;
+    let loaded = load_model(Some(&dir), job.device)?;
+    let shared_model = describe(&dir, &loaded, job);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::config("serve", format!("cannot start the server's threads ({e})")))?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((job.host, job.port)).await.map_err(|e| {
+            let (flag, fix) = match e.kind() {
+                std::io::ErrorKind::AddrNotAvailable => ("--host", "give an address of this machine"),
+                _ => ("--port", "pick another --port"),
+            };
+            Error::config(flag, format!("cannot listen on {}:{} ({e}); {fix}", job.host, job.port))
+        })?;
+        let address = listener.local_addr().map_err(|e| Error::config("--port", e.to_string()))?;
+        let (jobs, queue) = sync_channel(job.queue);
+        let stats = Arc::new(Stats::default());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let rules = Rules {
+            vocab: loaded.vocab.clone(),
+            options: loaded.file.corpus.options,
+            max_chars: job.max_chars,
+            max_samples: job.max_samples,
+        };
+        let worker = {
+            let (stats, stopping, max_batch) = (stats.clone(), stopping.clone(), job.max_batch);
+            std::thread::spawn(move || work(loaded, queue, max_batch, &stats, &stopping))
+        };
+        let shared = Arc::new(Shared { jobs, rules, model: shared_model, stats });
+        let app = Router::new()
+            .route("/", get(page))
+            .route("/healthz", get(healthz))
+            .route("/v1/model", get(model))
+            .route("/v1/generate", post(generate))
+            .layer(DefaultBodyLimit::max(job.max_body))
+            .with_state(shared);
+        // Installed before the address is announced, so that a signal from then on stops the server cleanly.
+        let signals = StopSignals::install()?;
+        on_ready(address, &dir);
+        let signalled = Arc::new(tokio::sync::Notify::new());
+        let server = axum::serve(listener, app).with_graceful_shutdown({
+            let signalled = signalled.clone();
+            async move {
+                signals.recv().await;
+                signalled.notify_one();
+            }
+        });
+        let grace = async {
+            signalled.notified().await;
+            tokio::time::sleep(job.grace).await;
+        };
+        tokio::select! {
+            served = server => served.map_err(|e| Error::config("serve", format!("the server failed ({e})")))?,
+            _ = grace => {}
+        }
+        // The router (and with it the queue's sender) is gone: the worker ends after its current batch, which
+        // `stopping` cuts short.
+        stopping.store(true, Ordering::Relaxed);
+        let _ = worker.join();
+        Ok(())
+    })
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment they are installed.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let fail = |e: std::io::Error| Error::config("serve", format!("cannot catch SIGINT and SIGTERM ({e})"));
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).map_err(fail)?,
+            terminate: signal(SignalKind::terminate()).map_err(fail)?,
+        })
+    }
+
+    /// Resolves at the first of the two.
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+/// `GET /v1/model`'s answer.
+fn describe(dir: &Path, loaded: &LoadedModel, job: &ServeJob) -> Value {
+    let f = &loaded.file;
+    json!({
+        "dir": dir.display().to_string(),
+        "cell": f.model.arch.cell,
+        "hidden": f.model.arch.hidden,
+        "layers": f.model.arch.layers,
+        "embed": f.model.arch.embed,
+        "vocab_size": f.model.vocab_size,
+        "parameters": f.model.parameter_count(),
+        "epochs": f.epoch,
+        "perplexity": f.perplexity,
+        "validation": f.validation,
+        "corpus": f.corpus,
+        "keep_newlines": f.corpus.options.keep_newlines,
+        "device": device_name(loaded.model.device()),
+        "limits": { "max_chars": job.max_chars, "max_samples": job.max_samples, "max_beam": job.max_samples.min(MAX_BEAM) },
+        "defaults": { "num_chars": DEFAULT_NUM_CHARS, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "samples": 1 },
+    })
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
+    let s = &shared.stats;
+    axum::Json(json!({
+        "status": "ok",
+        "requests": s.requests.load(Ordering::Relaxed),
+        "batches": s.batches.load(Ordering::Relaxed),
+        "largest_batch": s.largest_batch.load(Ordering::Relaxed),
+        "rejected_busy": s.rejected_busy.load(Ordering::Relaxed),
+    }))
+}
+
+async fn model(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
+    axum::Json(shared.model.clone())
+}
+
+async fn generate(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> std::result::Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::body(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large"),
+        status => ApiError::body(status, format!("cannot read the request body ({e})")),
+    })?;
+    let mut request = parse(&body, &shared.rules)?;
+    let accepts_events =
+        headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+    request.stream |= accepts_events;
+    let stream = request.stream;
+    let (reply, mut replies) = unbounded_channel();
+    match shared.jobs.try_send(Job { request, reply }) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            shared.stats.rejected_busy.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::body(StatusCode::SERVICE_UNAVAILABLE, "the server is busy: retry shortly"));
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            return Err(ApiError::body(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"));
+        }
+    }
+    if stream {
+        // The worker keeps a request's sender until its whole batch is done: the stream ends at this
+        // request's own last event instead.
+        let (forward, forwarded) = unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(reply) = replies.recv().await {
+                let last = matches!(reply, Reply::Done { .. } | Reply::Failed(_));
+                if forward.send(reply).is_err() || last {
+                    break;
+                }
+            }
+        });
+        let events = UnboundedReceiverStream::new(forwarded).map(|reply| {
+            Ok::<Event, std::convert::Infallible>(match reply {
+                Reply::Char { sample, c } => {
+                    Event::default().event("char").data(json!({ "sample": sample, "char": c }).to_string())
+                }
+                Reply::Done { samples, batch } => {
+                    Event::default().event("done").data(answer(&samples, batch).to_string())
+                }
+                Reply::Failed(message) => Event::default().event("error").data(json!({ "error": message }).to_string()),
+            })
+        });
+        return Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response());
+    }
+    while let Some(reply) = replies.recv().await {
+        match reply {
+            Reply::Char { .. } => {}
+            Reply::Done { samples, batch } => return Ok(axum::Json(answer(&samples, batch)).into_response()),
+            Reply::Failed(message) => return Err(ApiError::body(StatusCode::INTERNAL_SERVER_ERROR, message)),
+        }
+    }
+    Err(ApiError::body(StatusCode::SERVICE_UNAVAILABLE, "the server stopped before this request was generated"))
+}

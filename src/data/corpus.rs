@@ -1,0 +1,133 @@
+//! A corpus loaded for a model: prepared once (and cached) from its files, then read in a given vocabulary.
+use crate::data::prepared::{is_token_file, prepare, Prepared, Source};
+use crate::data::text::{expand_sources, text_hash, CorpusOptions};
+use crate::data::tokens::Tokens;
+use crate::data::vocab::Vocabulary;
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+
+/// Characters left out of a text because a vocabulary lacks them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Skipped {
+    /// How many were left out.
+    pub count: usize,
+    /// Which, each once.
+    pub chars: Vec<char>,
+}
+
+impl std::fmt::Display for Skipped {
+    /// "N characters not in the model's vocabulary: 'x', 'y'" (the first 20, then a count).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let chars = crate::error::quote_chars(&self.chars);
+        write!(f, "{} characters not in the model's vocabulary: {chars}", self.count)
+    }
+}
+
+/// A corpus's character indices in a given vocabulary: the prepared file itself when its vocabulary is
+/// that one, else a copy in memory with each index mapped.
+pub enum CorpusIds {
+    /// The prepared file's own tokens.
+    Mapped(Prepared),
+    /// Remapped indices.
+    Owned(Vec<i64>),
+}
+
+impl CorpusIds {
+    /// `prepared`'s text in `vocab`'s indices; characters that `vocab` lacks are an error naming them.
+    pub fn in_vocab(prepared: Prepared, vocab: &Vocabulary) -> Result<CorpusIds> {
+        Self::remap(prepared, vocab, false).map(|(ids, _)| ids)
+    }
+
+    /// `prepared`'s text in `vocab`'s indices, with the characters that `vocab` lacks left out (the text
+    /// around them joined); also returns how many were left out and which (each once, in the order of
+    /// `prepared`'s vocabulary).
+    pub fn in_vocab_skipping(prepared: Prepared, vocab: &Vocabulary) -> Result<(CorpusIds, Skipped)> {
+        Self::remap(prepared, vocab, true)
+    }
+
+    fn remap(prepared: Prepared, vocab: &Vocabulary, skip: bool) -> Result<(CorpusIds, Skipped)> {
+        if prepared.vocab == *vocab {
+            return Ok((CorpusIds::Mapped(prepared), Skipped::default()));
+        }
+        let table: Vec<Option<usize>> = prepared.vocab.chars().iter().map(|&c| vocab.index(c)).collect();
+        let unknown: Vec<char> =
+            prepared.vocab.chars().iter().zip(&table).filter(|(_, i)| i.is_none()).map(|(&c, _)| c).collect();
+        if !unknown.is_empty() && !skip {
+            return Err(Error::UnknownChars { what: "the corpus", chars: unknown });
+        }
+        let ids = prepared.tokens().to_vec();
+        let kept: Vec<i64> = ids.iter().filter_map(|&i| table[i as usize].map(|j| j as i64)).collect();
+        let skipped = Skipped { count: ids.len() - kept.len(), chars: unknown };
+        Ok((CorpusIds::Owned(kept), skipped))
+    }
+
+    /// The indices.
+    pub fn tokens(&self) -> Tokens<'_> {
+        match self {
+            CorpusIds::Mapped(p) => p.tokens(),
+            CorpusIds::Owned(v) => Tokens::I64(v),
+        }
+    }
+}
+
+/// The folder where prepared corpora are cached: `$CHARRNN_CACHE`, else `$XDG_CACHE_HOME/charrnn`, else
+/// `~/.cache/charrnn`, else the system's temporary folder.
+pub fn cache_dir() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("CHARRNN_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("charrnn")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("charrnn")))
+        .unwrap_or_else(|| std::env::temp_dir().join("charrnn-cache"))
+}
+
+/// The prepared form of the text in `paths` (files and folders, see [`expand_sources`]) read with
+/// `options`, or of a token file given alone (whose own reading options then apply; `options` must leave
+/// them alone). A text is prepared once into [`cache_dir`] and reused while its sources are unchanged (the
+/// same files, each of the same size and modification time, read with the same options); when the cache
+/// cannot be written, it is prepared into a temporary file, removed once open.
+pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepared> {
+    if let [path] = paths {
+        if is_token_file(path) {
+            let prepared = Prepared::open(path)?;
+            if *options != CorpusOptions::default() && *options != prepared.header.options {
+                let reason = "a prepared corpus keeps the newline and length settings it was prepared with; drop --keep-newlines and --limit-chars, or give the text file";
+                return Err(Error::config("--corpus", reason));
+            }
+            return Ok(prepared);
+        }
+    }
+    if paths.is_empty() {
+        return Err(Error::config("--corpus", "give at least one file or folder"));
+    }
+    let files = expand_sources(paths)?;
+    if let Some(token_file) = files.iter().find(|f| is_token_file(f)) {
+        let reason = format!("{} is a prepared corpus, which can only be given alone", token_file.display());
+        return Err(Error::config("--corpus", reason));
+    }
+    let sources = files.iter().map(|f| Source::of(f)).collect::<Result<Vec<_>>>()?;
+    let names: Vec<String> = sources.iter().map(|s| s.path.display().to_string()).collect();
+    // "crlf": token files cached before `\r\n` read as one line break have other names, so none is reused.
+    let key = text_hash(&format!("{}\n{options:?}\ncrlf", names.join("\n")));
+    let dir = cache_dir();
+    let cached = dir.join(format!("{}.tokens", key.trim_start_matches("fnv1a64:")));
+    // The header first: a cache of changed sources is prepared again without reading its tokens.
+    if Prepared::header_of(&cached).is_ok_and(|h| h.sources == sources && h.options == *options) {
+        if let Ok(prepared) = Prepared::open(&cached) {
+            return Ok(prepared);
+        }
+    }
+    if std::fs::create_dir_all(&dir).is_ok() {
+        match prepare(&files, options, &cached) {
+            Ok(header) if header.sources == sources => return Prepared::open(&cached),
+            Ok(_) => {}
+            // The cache could not be written: prepare privately below.
+            Err(Error::Io { path: failed, .. }) if !files.contains(&failed) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // No usable cache (or a source changed while it was read): a private temporary file.
+    let tmp = std::env::temp_dir().join(format!("charrnn-{}-{}.tokens", std::process::id(), &key[8..]));
+    let result = prepare(&files, options, &tmp).and_then(|_| Prepared::open(&tmp));
+    let _ = std::fs::remove_file(&tmp);
+    result
+}

@@ -1,0 +1,113 @@
+//! Dropout whose masks come from the run's own seed, not from libtorch's global generator (which every
+//! thread of a process shares, and which a resumed run could not put back where it stood).
+//!
+//! Element `i` of a mask is kept when a counter-based hash of `(key, i)` is at least `p · 2³²`: the mask is
+//! a function of the key and the position alone, computed on the mask's device with integer tensor
+//! operations, so it is the same on every device, in every process and whatever else draws random
+//! numbers meanwhile.
+use crate::rng::Rng;
+use tch::{Device, Kind, Tensor};
+
+/// Whether a pass drops units: `Off` for evaluation and generation, `Seeded(seed)` in training, each
+/// minibatch with its own seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropout {
+    /// No dropout.
+    Off,
+    /// Masks drawn from this seed.
+    Seeded(u64),
+}
+
+/// 2³² − 1: the hash works on 32-bit values held in Int64 tensors, so that no product overflows.
+const LOW32: i64 = 0xFFFF_FFFF;
+/// The multiplier of the 32-bit integer hash below (below 2²⁷: a product with a 32-bit value fits in 59 bits).
+const MIX: i64 = 0x045d_9f3b;
+
+/// A 32-bit integer hash of each element of `x` (Int64 values below 2³²): two rounds of xor-shift and
+/// multiply (the avalanche hash of Thomas Mueller), each element on its own.
+fn hash32(x: &Tensor) -> Tensor {
+    let round = |x: &Tensor| (x.bitwise_right_shift_tensor_scalar(16).bitwise_xor_tensor(x) * MIX).bitwise_and(LOW32);
+    let x = round(&round(x));
+    x.bitwise_right_shift_tensor_scalar(16).bitwise_xor_tensor(&x)
+}
+
+impl Dropout {
+    /// Whether units are dropped at probability `p`.
+    pub(crate) fn drops(self, p: f64) -> bool {
+        matches!(self, Dropout::Seeded(_)) && p > 0.0
+    }
+
+    /// The dropout mask for `site` (which layer boundary of the pass) with drop probability `p`: Float
+    /// `shape` on `device`, each element 0 (dropped) or `1 / (1 - p)` (kept and scaled, as in inverted
+    /// dropout). `None` when nothing is dropped (`Off`, or `p` 0).
+    pub(crate) fn mask(self, site: u64, p: f64, shape: &[i64], device: Device) -> Option<Tensor> {
+        let Dropout::Seeded(seed) = self.drops(p).then_some(self)? else { return None };
+        let mut keys = Rng::new(seed ^ site.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (k1, k2) = ((keys.next_u64() as i64) & LOW32, (keys.next_u64() as i64) & LOW32);
+        let n: i64 = shape.iter().product();
+        let index = Tensor::arange(n, (Kind::Int64, device));
+        let bits = hash32(&hash32(&index.bitwise_xor(k1)).bitwise_xor(k2));
+        // Kept with probability 1 - p: the hash is at least p · 2^32.
+        let threshold = (p * 4_294_967_296.0).ceil() as i64;
+        Some((bits.ge(threshold).to_kind(Kind::Float) * (1.0 / (1.0 - p))).view(shape))
+    }
+
+    /// `x` with its units dropped as [`Dropout::mask`] says for `site`; `x` itself when nothing is dropped.
+    pub(crate) fn apply(self, site: u64, p: f64, x: &Tensor) -> Tensor {
+        match self.mask(site, p, &x.size(), x.device()) {
+            Some(mask) => x * mask,
+            None => x.shallow_clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(mask: &Tensor) -> Vec<bool> {
+        Vec::<f32>::try_from(mask.reshape([-1])).unwrap().iter().map(|&v| v != 0.0).collect()
+    }
+
+    #[test]
+    fn the_hash_matches_the_same_hash_computed_with_u32_arithmetic() {
+        // The reference: the hash written with wrapping 32-bit integers on the host.
+        let reference = |mut x: u32| {
+            x = ((x >> 16) ^ x).wrapping_mul(MIX as u32);
+            x = ((x >> 16) ^ x).wrapping_mul(MIX as u32);
+            (x >> 16) ^ x
+        };
+        let inputs: Vec<i64> = [0u32, 1, 2, 0xFFFF, 0x10000, 0xDEAD_BEEF, u32::MAX].iter().map(|&x| x as i64).collect();
+        let ours = Vec::<i64>::try_from(hash32(&Tensor::from_slice(&inputs))).unwrap();
+        let theirs: Vec<i64> = inputs.iter().map(|&x| reference(x as u32) as i64).collect();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn masks_keep_one_minus_p_scaled_and_depend_on_the_seed_and_site_alone() {
+        let shape = [200, 500];
+        for p in [0.1, 0.5, 0.9] {
+            let mask = Dropout::Seeded(3).mask(0, p, &shape, Device::Cpu).unwrap();
+            let kept_share = kept(&mask).iter().filter(|&&k| k).count() as f64 / 100_000.0;
+            // A binomial share of 100,000 draws: its standard deviation is below 0.0016.
+            assert!((kept_share - (1.0 - p)).abs() < 0.01, "p {p}: kept {kept_share}");
+            let values = Vec::<f32>::try_from(mask.reshape([-1])).unwrap();
+            let scale = (1.0 / (1.0 - p)) as f32;
+            assert!(values.iter().all(|&v| v == 0.0 || v == scale), "p {p}");
+        }
+        let a = Dropout::Seeded(3).mask(1, 0.5, &shape, Device::Cpu).unwrap();
+        // libtorch's global generator moving in between changes nothing.
+        let _ = Tensor::rand([1000], (Kind::Float, Device::Cpu));
+        assert!(a.equal(&Dropout::Seeded(3).mask(1, 0.5, &shape, Device::Cpu).unwrap()), "same seed, same mask");
+        for other in
+            [Dropout::Seeded(4).mask(1, 0.5, &shape, Device::Cpu), Dropout::Seeded(3).mask(2, 0.5, &shape, Device::Cpu)]
+        {
+            let other = kept(&other.unwrap());
+            let agree = kept(&a).iter().zip(&other).filter(|(x, y)| x == y).count() as f64 / 100_000.0;
+            // Independent masks of p = 0.5 agree on about half the elements.
+            assert!((agree - 0.5).abs() < 0.01, "{agree}");
+        }
+        assert!(Dropout::Off.mask(0, 0.5, &shape, Device::Cpu).is_none());
+        assert!(Dropout::Seeded(3).mask(0, 0.0, &shape, Device::Cpu).is_none());
+    }
+}
