@@ -5,6 +5,7 @@ use crate::args::{self, EvalArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, 
 use crate::render::{self, Reporter};
 use crate::signals::{catch_stop_signals, Stopped};
 use anyhow::Context;
+use clap::error::ErrorKind;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,8 @@ use std::sync::atomic::Ordering;
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let signal = catch_stop_signals().context("cannot install the Ctrl-C handler")?;
     let mut reporter = Reporter::new(signal, args.quiet, args.verbose);
-    let (outcome, what) = match args.into_task() {
+    let task = args.into_task().unwrap_or_else(|msg| args::usage_error("train", ErrorKind::ArgumentConflict, msg));
+    let (outcome, what) = match task {
         TrainTask::Resume(job) => {
             let what = format!("resuming {} failed", job.dir.display());
             (charrnn::run_resume(&job, &mut reporter), what)
@@ -45,7 +47,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     if args.stream && args.samples > 1 {
         let msg = format!("--stream writes a single sample; drop --stream or --samples {}", args.samples);
-        args::usage_error("predict", clap::error::ErrorKind::ArgumentConflict, msg);
+        args::usage_error("predict", ErrorKind::ArgumentConflict, msg);
     }
     let signal = catch_stop_signals().context("cannot install the Ctrl-C handler")?;
     if !args.stream && !args.json && (100_001..=charrnn::MAX_NUM_CHARS).contains(&args.num_chars) {
@@ -56,7 +58,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
-    let outcome = charrnn::run_predict(&args.job(), &mut |_, c| {
+    let job = args.job().unwrap_or_else(|msg| args::usage_error("predict", ErrorKind::ArgumentConflict, msg));
+    let outcome = charrnn::run_predict(&job, &mut |_, c| {
         if signal.load(Ordering::Relaxed) != 0 {
             return ControlFlow::Break(());
         }

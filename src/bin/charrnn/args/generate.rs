@@ -1,7 +1,7 @@
 //! The arguments of `predict` and `serve`, and how generated characters are chosen (shared with `train`'s
 //! reports).
 use crate::args::choices::UnknownArg;
-use crate::args::{usage_error, DeviceArgs, DRAW};
+use crate::args::common::{DeviceArgs, DRAW};
 #[cfg(feature = "serve")]
 use charrnn::ServeJob;
 use charrnn::{Generate, PredictJob, Sampler};
@@ -31,16 +31,12 @@ pub struct DrawArgs {
 }
 
 impl DrawArgs {
-    /// The sampler these flags describe, for `command` (whose usage error a flag without effect is), with
-    /// `samples` samples drawn at once.
-    pub(crate) fn sampler(&self, seed: u64, samples: usize, command: &str) -> Sampler {
-        Sampler::from_settings(self.temperature, self.top_k, self.top_p, seed, samples).unwrap_or_else(|name| {
+    /// The sampler these flags describe, with `samples` samples drawn at once; `Err`: the usage error of a
+    /// flag that would have no effect.
+    pub(crate) fn sampler(&self, seed: u64, samples: usize) -> Result<Sampler, String> {
+        Sampler::from_settings(self.temperature, self.top_k, self.top_p, seed, samples).map_err(|name| {
             let flag = format!("--{}", name.replace('_', "-"));
-            usage_error(
-                command,
-                clap::error::ErrorKind::ArgumentConflict,
-                format!("{flag} has no effect with --temperature 0 (greedy decoding); give a temperature above 0, or drop {flag}"),
-            )
+            format!("{flag} has no effect with --temperature 0 (greedy decoding); give a temperature above 0, or drop {flag}")
         })
     }
 }
@@ -90,9 +86,9 @@ pub struct PredictArgs {
 }
 
 impl PredictArgs {
-    /// The library's job.
-    pub fn job(&self) -> PredictJob {
-        PredictJob {
+    /// The library's job; `Err`: the usage error of a sampling flag that would have no effect.
+    pub fn job(&self) -> Result<PredictJob, String> {
+        Ok(PredictJob {
             model: self.model.clone(),
             device: self.device.device,
             threads: self.device.threads,
@@ -102,11 +98,11 @@ impl PredictArgs {
                 num_chars: self.num_chars,
                 samples: self.samples,
                 stop: self.stop.clone(),
-                sampler: self.draw.sampler(self.seed, self.samples, "predict"),
+                sampler: self.draw.sampler(self.seed, self.samples)?,
                 probs: self.json,
                 beam: self.beam.map_or(0, |n| n as usize),
             },
-        }
+        })
     }
 }
 

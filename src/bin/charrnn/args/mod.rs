@@ -2,6 +2,7 @@
 //! Defaults are read from the library (`TrainConfig::default()`, `OptimizerKind::default_lr`, ...), never
 //! written here.
 mod choices;
+mod common;
 mod generate;
 mod other;
 mod train;
@@ -12,16 +13,8 @@ pub use generate::ServeArgs;
 pub use other::{EvalArgs, InfoArgs, PlotArgs, PrepareArgs};
 pub use train::{TrainArgs, TrainTask};
 
-use charrnn::DeviceSpec;
-use clap::{Args, CommandFactory, Parser, Subcommand};
-
-/// The argument groups whose flags a resumed run refuses (and, for [`ARCH`], `--init-from` too).
-/// The argument group of [`train::NewRunArgs`].
-pub(crate) const NEW_RUN: &str = "new-run";
-/// The argument group of [`train::ArchArgs`].
-pub(crate) const ARCH: &str = "arch";
-/// The argument group of [`generate::DrawArgs`].
-pub(crate) const DRAW: &str = "draw";
+use clap::{CommandFactory, Parser, Subcommand};
+use common::{ARCH, DRAW, NEW_RUN};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -142,13 +135,121 @@ pub fn parse() -> Cli {
     Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
 }
 
-/// Where libtorch computes (shared by train, predict, serve and eval).
-#[derive(Args)]
-pub struct DeviceArgs {
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value_t = DeviceSpec::Auto, value_name = "D")]
-    pub device: DeviceSpec,
-    /// CPU threads for libtorch [default: one per core for train and eval, 1 for predict and serve].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use charrnn::TrainConfig;
+    use train::parse_duration;
+
+    /// The flags a resumed run accepts (besides --resume itself and --help).
+    const RESUMABLE: [&str; 14] = [
+        "corpus",
+        "epochs",
+        "checkpoint-every",
+        "max-iters",
+        "time-limit",
+        "device",
+        "threads",
+        "quiet",
+        "verbose",
+        "lr",
+        "lr-decay",
+        "lr-decay-every",
+        "prefix",
+        "pred-period",
+    ];
+
+    /// `charrnn train --resume m` plus one flag (with a value it accepts, if it takes one).
+    fn with_resume(arg: &clap::Arg) -> Vec<String> {
+        let long = arg.get_long().expect("train's flags are long");
+        let mut argv = vec!["charrnn".to_string(), "train".into(), "--resume".into(), "m".into(), format!("--{long}")];
+        if arg.get_action().takes_values() {
+            let value = arg.get_possible_values().first().map_or("1".to_string(), |v| v.get_name().to_string());
+            argv.push(match long {
+                "device" => "cpu".into(),
+                "time-limit" => "90s".into(),
+                _ => value,
+            });
+        }
+        argv
+    }
+
+    #[test]
+    fn every_train_flag_outside_the_resumable_set_is_refused_with_resume() {
+        let cli = command();
+        let train = cli.find_subcommand("train").unwrap();
+        let mut refused = 0;
+        for arg in train.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["resume", "help"].contains(&long) {
+                continue;
+            }
+            let argv = with_resume(arg);
+            let result = command().try_get_matches_from(&argv);
+            if RESUMABLE.contains(&long) {
+                assert!(result.is_ok(), "{argv:?}: {}", result.err().unwrap());
+            } else {
+                let err = result.err().unwrap_or_else(|| panic!("{argv:?} was accepted"));
+                assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{argv:?}");
+                assert!(err.to_string().contains(&format!("--{long}")), "{argv:?}: {err}");
+                // The error names the flag given and --resume, not every flag of a new run.
+                let before_usage = err.to_string().split("Usage").next().unwrap_or_default().to_string();
+                assert_eq!(before_usage.matches("--").count(), 2, "{argv:?}: {err}");
+                refused += 1;
+            }
+        }
+        // The 29 flags of a new run, --out to --top-p (so the walk saw them all).
+        assert_eq!(refused, 29);
+    }
+
+    #[test]
+    fn architecture_flags_are_refused_with_init_from_and_run_settings_accepted() {
+        let base = ["charrnn", "train", "--corpus", "c.txt", "--init-from", "m"];
+        for flag in ["--hidden=8", "--cell=gru", "--layers=2", "--embed=4", "--init=uniform"] {
+            let err = command().try_get_matches_from(base.iter().copied().chain([flag])).err();
+            let err = err.unwrap_or_else(|| panic!("{flag} was accepted with --init-from"));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{flag}");
+            assert!(err.to_string().contains(flag.split('=').next().unwrap()), "{flag}: {err}");
+            let before_usage = err.to_string().split("Usage").next().unwrap_or_default().to_string();
+            assert_eq!(before_usage.matches("--").count(), 2, "{flag}: {err}");
+        }
+        for flag in ["--dropout=0.1", "--backend=fused", "--lr=0.1", "--optimizer=adam", "--out=o", "--force"] {
+            let matches = command().try_get_matches_from(base.iter().copied().chain([flag]));
+            assert!(matches.is_ok(), "{flag}: {}", matches.err().unwrap());
+        }
+        let err = command().try_get_matches_from(["charrnn", "train", "--resume", "m", "--init-from", "m"]);
+        assert_eq!(err.err().map(|e| e.kind()), Some(clap::error::ErrorKind::ArgumentConflict));
+    }
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        for (text, secs) in [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("2h", 7200.0), ("1d", 86_400.0)] {
+            assert_eq!(parse_duration(text), Ok(std::time::Duration::from_secs_f64(secs)), "{text}");
+        }
+        for bad in ["abc", "", "0", "-5m", "3w", "h", "inf"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_library() {
+        let cli = Cli::try_parse_from(["charrnn", "train", "--corpus", "x.txt"]).unwrap();
+        let Command::Train(args) = cli.command else { panic!("train") };
+        let Ok(TrainTask::New(job)) = args.into_task() else { panic!("a new run") };
+        let mut expected = TrainConfig::default();
+        // Two settings follow the optimizer, and report prefixes are chosen from the corpus.
+        expected.arch.init = expected.optimizer.default_init();
+        expected.prefixes = Vec::new();
+        assert_eq!(job.config, expected);
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_its_epochs_unless_given() {
+        for (argv, epochs) in [(vec!["--epochs", "9"], Some(9)), (vec![], None)] {
+            let all = [&["charrnn", "train", "--resume", "m"][..], &argv].concat();
+            let Command::Train(args) = Cli::try_parse_from(&all).unwrap().command else { panic!("train") };
+            let Ok(TrainTask::Resume(job)) = args.into_task() else { panic!("a resumed run") };
+            assert_eq!(job.epochs, epochs);
+        }
+    }
 }

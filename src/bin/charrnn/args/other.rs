@@ -1,6 +1,6 @@
 //! The arguments of `prepare`, `info`, `plot` and `eval`.
 use crate::args::choices::UnknownArg;
-use crate::args::DeviceArgs;
+use crate::args::common::DeviceArgs;
 use charrnn::{CorpusOptions, EvalJob};
 use clap::Args;
 use std::path::PathBuf;

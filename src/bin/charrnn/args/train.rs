@@ -1,7 +1,7 @@
 //! The arguments of `train`, for a new run and for `--resume`, and their conversion into the library's jobs.
 use crate::args::choices::{CellArg, InitArg, OnDivergeArg, OptimizerArg, SamplingArg};
+use crate::args::common::{DeviceArgs, ARCH, NEW_RUN};
 use crate::args::generate::DrawArgs;
-use crate::args::{DeviceArgs, ARCH, NEW_RUN};
 use charrnn::{Arch, Backend, CorpusOptions, Dtype, LrDecay, OptimizerKind, ResumeJob, TrainConfig, TrainJob};
 use clap::Args;
 use std::path::PathBuf;
@@ -203,7 +203,7 @@ pub struct ArchArgs {
 
 /// A duration: a positive number of seconds, or of minutes, hours or days with the suffix m, h or d (s for
 /// seconds is allowed).
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = match s.trim().char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&s.trim()[..i], c),
         _ => (s.trim(), 's'),
@@ -271,8 +271,9 @@ pub enum TrainTask {
 }
 
 impl TrainArgs {
-    /// The job these flags describe (clap has already refused new-run flags with `--resume`).
-    pub fn into_task(self) -> TrainTask {
+    /// The job these flags describe (clap has already refused new-run flags with `--resume`); `Err`: the
+    /// usage error of a sampling flag that would have no effect.
+    pub fn into_task(self) -> Result<TrainTask, String> {
         let (device, threads) = (self.device.device, self.device.threads);
         if let Some(dir) = self.resume {
             let epochs = self.epochs;
@@ -281,7 +282,7 @@ impl TrainArgs {
             let a = self.adjust;
             let lr_decay =
                 (a.lr_decay.is_some() || a.lr_decay_every.is_some()).then_some((a.lr_decay, a.lr_decay_every));
-            return TrainTask::Resume(Box::new(ResumeJob {
+            return Ok(TrainTask::Resume(Box::new(ResumeJob {
                 lr: a.lr,
                 lr_decay,
                 prefixes: a.prefixes,
@@ -294,12 +295,12 @@ impl TrainArgs {
                 threads,
                 max_iters,
                 time_limit,
-            }));
+            })));
         }
         let (n, a) = (self.new, self.arch);
         let optimizer: OptimizerKind = n.optimizer.into();
         let corpus = self.corpus;
-        TrainTask::New(Box::new(TrainJob {
+        Ok(TrainTask::New(Box::new(TrainJob {
             corpus,
             corpus_options: CorpusOptions { keep_newlines: n.keep_newlines, limit_chars: n.limit_chars },
             out: n.out,
@@ -339,7 +340,7 @@ impl TrainArgs {
                 val_frac: n.val_frac,
                 pred_period: self.adjust.pred_period.unwrap_or(textbook().pred_period),
                 pred_len: n.pred_len,
-                sampler: self.draw.sampler(n.seed, 1, "train"),
+                sampler: self.draw.sampler(n.seed, 1)?,
                 checkpoint_every: self.checkpoint_every,
                 max_iters: self.max_iters,
                 time_limit: self.time_limit,
@@ -350,125 +351,6 @@ impl TrainArgs {
                 max_rollbacks: n.max_rollbacks,
                 ..textbook()
             },
-        }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::args::{command, Cli, Command};
-    use clap::Parser;
-
-    /// The flags a resumed run accepts (besides --resume itself and --help).
-    const RESUMABLE: [&str; 14] = [
-        "corpus",
-        "epochs",
-        "checkpoint-every",
-        "max-iters",
-        "time-limit",
-        "device",
-        "threads",
-        "quiet",
-        "verbose",
-        "lr",
-        "lr-decay",
-        "lr-decay-every",
-        "prefix",
-        "pred-period",
-    ];
-
-    /// `charrnn train --resume m` plus one flag (with a value it accepts, if it takes one).
-    fn with_resume(arg: &clap::Arg) -> Vec<String> {
-        let long = arg.get_long().expect("train's flags are long");
-        let mut argv = vec!["charrnn".to_string(), "train".into(), "--resume".into(), "m".into(), format!("--{long}")];
-        if arg.get_action().takes_values() {
-            let value = arg.get_possible_values().first().map_or("1".to_string(), |v| v.get_name().to_string());
-            argv.push(match long {
-                "device" => "cpu".into(),
-                "time-limit" => "90s".into(),
-                _ => value,
-            });
-        }
-        argv
-    }
-
-    #[test]
-    fn every_train_flag_outside_the_resumable_set_is_refused_with_resume() {
-        let cli = command();
-        let train = cli.find_subcommand("train").unwrap();
-        let mut refused = 0;
-        for arg in train.get_arguments() {
-            let Some(long) = arg.get_long() else { continue };
-            if ["resume", "help"].contains(&long) {
-                continue;
-            }
-            let argv = with_resume(arg);
-            let result = command().try_get_matches_from(&argv);
-            if RESUMABLE.contains(&long) {
-                assert!(result.is_ok(), "{argv:?}: {}", result.err().unwrap());
-            } else {
-                let err = result.err().unwrap_or_else(|| panic!("{argv:?} was accepted"));
-                assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{argv:?}");
-                assert!(err.to_string().contains(&format!("--{long}")), "{argv:?}: {err}");
-                // The error names the flag given and --resume, not every flag of a new run.
-                let before_usage = err.to_string().split("Usage").next().unwrap_or_default().to_string();
-                assert_eq!(before_usage.matches("--").count(), 2, "{argv:?}: {err}");
-                refused += 1;
-            }
-        }
-        // The 29 flags of a new run, --out to --top-p (so the walk saw them all).
-        assert_eq!(refused, 29);
-    }
-
-    #[test]
-    fn architecture_flags_are_refused_with_init_from_and_run_settings_accepted() {
-        let base = ["charrnn", "train", "--corpus", "c.txt", "--init-from", "m"];
-        for flag in ["--hidden=8", "--cell=gru", "--layers=2", "--embed=4", "--init=uniform"] {
-            let err = command().try_get_matches_from(base.iter().copied().chain([flag])).err();
-            let err = err.unwrap_or_else(|| panic!("{flag} was accepted with --init-from"));
-            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{flag}");
-            assert!(err.to_string().contains(flag.split('=').next().unwrap()), "{flag}: {err}");
-            let before_usage = err.to_string().split("Usage").next().unwrap_or_default().to_string();
-            assert_eq!(before_usage.matches("--").count(), 2, "{flag}: {err}");
-        }
-        for flag in ["--dropout=0.1", "--backend=fused", "--lr=0.1", "--optimizer=adam", "--out=o", "--force"] {
-            let matches = command().try_get_matches_from(base.iter().copied().chain([flag]));
-            assert!(matches.is_ok(), "{flag}: {}", matches.err().unwrap());
-        }
-        let err = command().try_get_matches_from(["charrnn", "train", "--resume", "m", "--init-from", "m"]);
-        assert_eq!(err.err().map(|e| e.kind()), Some(clap::error::ErrorKind::ArgumentConflict));
-    }
-
-    #[test]
-    fn durations_read_as_people_write_them() {
-        for (text, secs) in [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("2h", 7200.0), ("1d", 86_400.0)] {
-            assert_eq!(parse_duration(text), Ok(std::time::Duration::from_secs_f64(secs)), "{text}");
-        }
-        for bad in ["abc", "", "0", "-5m", "3w", "h", "inf"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn defaults_come_from_the_library() {
-        let cli = Cli::try_parse_from(["charrnn", "train", "--corpus", "x.txt"]).unwrap();
-        let Command::Train(args) = cli.command else { panic!("train") };
-        let TrainTask::New(job) = args.into_task() else { panic!("a new run") };
-        let mut expected = TrainConfig::default();
-        // Two settings follow the optimizer, and report prefixes are chosen from the corpus.
-        expected.arch.init = expected.optimizer.default_init();
-        expected.prefixes = Vec::new();
-        assert_eq!(job.config, expected);
-    }
-
-    #[test]
-    fn a_resumed_run_keeps_its_epochs_unless_given() {
-        for (argv, epochs) in [(vec!["--epochs", "9"], Some(9)), (vec![], None)] {
-            let all = [&["charrnn", "train", "--resume", "m"][..], &argv].concat();
-            let Command::Train(args) = Cli::try_parse_from(&all).unwrap().command else { panic!("train") };
-            let TrainTask::Resume(job) = args.into_task() else { panic!("a resumed run") };
-            assert_eq!(job.epochs, epochs);
-        }
+        })))
     }
 }
