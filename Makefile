@@ -1,7 +1,7 @@
 # Every target does its own set-up (scripts/setup.sh is idempotent), so each works on a fresh checkout.
 CHARRNN := ./target/release/charrnn
 
-.PHONY: setup build demo test browser serve-load bench speed curves cells finetune shakespeare
+.PHONY: setup build demo test browser screenshot serve-load bench speed curves cells finetune shakespeare
 
 setup:
 	bash scripts/setup.sh
@@ -22,14 +22,21 @@ demo: build
 test: setup
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
+	# The library alone, without the command line's and the server's dependencies.
+	cargo check --release --lib --no-default-features
 	cargo test --release --all-targets
 	cargo test --release --doc
 
 # Headless Chromium drives `charrnn serve`'s web page: types a prefix, presses Generate, checks the streamed
-# text against the API's and saves examples/serve.png. Installs Chromium, its driver and Selenium first.
+# text against the API's. Installs Chromium, its driver and Selenium first.
 browser: build
 	bash scripts/browser_setup.sh
 	.venv/bin/python tests/browser/page_test.py $(CHARRNN)
+
+# The browser test, saving its screenshot as the README's examples/serve.png.
+screenshot: build
+	bash scripts/browser_setup.sh
+	.venv/bin/python tests/browser/page_test.py $(CHARRNN) examples/serve.png
 
 # Requests per second, characters per second and latency of `charrnn serve` at 1, 8 and 64 clients,
 # batching against one request at a time (benches/results/cpu-serve-load.txt).

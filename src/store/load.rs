@@ -226,15 +226,22 @@ mod tests {
         assert!(err.contains("W_xh is Float [4, 6], expected Float [5, 6]"), "{err}");
     }
 
+    /// A model whose parameters live on a GPU, where there is one, is saved from CPU copies and loads on the
+    /// CPU; anywhere, the device model.json records does not decide where a model loads.
     #[test]
-    fn a_model_trained_on_cuda_loads_on_the_cpu() {
-        // Weights are always written from CPU copies; the device is only recorded.
+    fn a_model_saved_on_any_device_loads_on_the_cpu() {
         let dir = tempfile::tempdir().unwrap();
         let (model, file) = sample(1);
-        save(dir.path(), &model, ModelFile { device: "cuda:0".into(), ..file }).unwrap();
+        let device = crate::device::DeviceSpec::Auto.resolve().unwrap();
+        let values: Vec<Tensor> = model.parameters().iter().map(|p| p.detach().copy()).collect();
+        let on_device = Network::from_tensors(model.config(), values, device).unwrap();
+        assert_eq!(on_device.device(), device);
+        save(dir.path(), &on_device, ModelFile { device: "cuda:0".into(), ..file }).unwrap();
         let loaded = load(dir.path(), Device::Cpu).unwrap();
         assert_eq!(loaded.file.device, "cuda:0");
         assert_eq!(loaded.model.device(), Device::Cpu);
-        assert!(loaded.model.parameters()[0].equal(model.parameters()[0]));
+        for (a, b) in loaded.model.parameters().iter().zip(model.parameters()) {
+            assert!(a.equal(b));
+        }
     }
 }

@@ -1,9 +1,10 @@
 """Browser test of `charrnn serve`'s page (issue 17): headless Chromium loads the page, types a prefix,
-presses Generate and finds the streamed text, which must be what the JSON API gives for the same request.
-Saves a screenshot of the page (examples/serve.png unless SCREENSHOT says otherwise).
+presses Generate and finds the streamed text, which must be, character for character, what the JSON API
+gives for the same request. Saves a screenshot of the page to SCREENSHOT when given (`make screenshot`
+writes examples/serve.png), else to a temporary folder.
 
 Run through `make browser` (which installs Chromium, its driver and Selenium, and builds charrnn).
-Usage: python tests/browser/page_test.py CHARRNN_BINARY
+Usage: python tests/browser/page_test.py CHARRNN_BINARY [SCREENSHOT]
 """
 import json
 import os
@@ -21,8 +22,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 binary = os.path.abspath(sys.argv[1])
 root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-screenshot = os.environ.get("SCREENSHOT", os.path.join(root, "examples", "serve.png"))
 work = tempfile.mkdtemp()
+screenshot = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else os.path.join(work, "serve.png")
 env = dict(os.environ, CHARRNN_CACHE=os.path.join(work, "cache"))
 model = os.path.join(work, "demo")
 subprocess.run([binary, "train", "--corpus", os.path.join(root, "data", "yuanqu.txt"), "--limit-chars", "10000",
@@ -49,14 +50,17 @@ try:
             field.send_keys(value)
         driver.find_element(By.ID, "generate").click()
         wait.until(lambda d: d.find_element(By.ID, "output").get_attribute("data-done") == "true")
-        shown = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#output .sample .text")]
+        shown = [e.get_attribute("textContent") for e in driver.find_elements(By.CSS_SELECTOR, "#output .sample .text")]
         error = driver.find_element(By.ID, "error").text
         request = json.dumps({"prefix": "分开", "num_chars": 60, "temperature": 0.8, "seed": 7, "samples": 2})
         api = json.load(urllib.request.urlopen(urllib.request.Request(address + "/v1/generate", data=request.encode())))
         expected = [s["generated"] for s in api["samples"]]
         assert error == "", error
-        # The page shows what the API generates (white space as the browser renders it).
-        assert [s.split() for s in shown] == [e.split() for e in expected], (shown, expected)
+        # The page holds exactly what the API generates (and shows its white space: `white-space: pre-wrap`).
+        assert shown == expected, (shown, expected)
+        style = driver.execute_script(
+            "return getComputedStyle(document.querySelector('#output .sample')).whiteSpace")
+        assert style == "pre-wrap", style
         assert [len(e) for e in expected] == [60, 60]
         os.makedirs(os.path.dirname(screenshot), exist_ok=True)
         driver.save_screenshot(screenshot)

@@ -66,6 +66,11 @@ fn start(extra: &[&str]) -> Server {
 
 /// Sends one request (`Connection: close`) and reads the whole answer, undoing chunked encoding.
 fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    read_answer(send(address, method, path, headers, body), &mut |_| {})
+}
+
+/// Opens a connection to `address` and sends one request (`Connection: close`).
+fn send(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(address).unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -74,8 +79,22 @@ fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body:
     request += &format!("Content-Length: {}\r\n\r\n", body.len());
     stream.write_all(request.as_bytes()).unwrap();
     stream.write_all(body).unwrap();
+    stream
+}
+
+/// Reads the whole answer from `stream`, undoing chunked encoding; `seen` is shown the bytes read so far
+/// each time more arrive.
+fn read_answer(mut stream: TcpStream, seen: &mut dyn FnMut(&[u8])) -> Answer {
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        seen(&raw);
+    }
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
     let head = String::from_utf8(raw[..split].to_vec()).unwrap();
     let mut rest = &raw[split + 4..];
@@ -96,6 +115,20 @@ fn http(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body:
         rest.to_vec()
     };
     Answer { status, headers: head, body: String::from_utf8(body).unwrap() }
+}
+
+/// Posts a streamed generation request and reads its answer, calling `started` once, as soon as its first
+/// character has arrived (the request runs then).
+fn post_streamed(address: &str, body: &str, started: impl FnOnce()) -> Answer {
+    let stream = send(address, "POST", "/v1/generate", &[("Content-Type", "application/json")], body.as_bytes());
+    let mut started = Some(started);
+    read_answer(stream, &mut |raw| {
+        if raw.windows(11).any(|w| w == b"event: char") {
+            if let Some(started) = started.take() {
+                started();
+            }
+        }
+    })
 }
 
 fn post(address: &str, body: &str) -> Answer {
@@ -225,19 +258,23 @@ fn a_request_joins_a_running_batch_and_is_answered_before_it_ends() {
     let server = start(&["--max-chars", "100000"]);
     let address = server.address.clone();
     let long_done = std::sync::atomic::AtomicBool::new(false);
+    let (started, running) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
-        // About two seconds of generation.
+        // About two seconds of generation, streamed, so that its first character says it runs.
         let long = s.spawn(|| {
-            let answer = post(&address, r#"{"prefix": "分开", "num_chars": 60000}"#);
+            let body = r#"{"prefix": "分开", "num_chars": 60000, "stream": true}"#;
+            let answer = post_streamed(&address, body, || started.send(()).unwrap());
             long_done.store(true, std::sync::atomic::Ordering::SeqCst);
             answer
         });
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        running.recv().unwrap();
         let short = post(&address, r#"{"prefix": "不知", "num_chars": 20}"#);
         assert!(!long_done.load(std::sync::atomic::Ordering::SeqCst), "the short request waited for the long one");
         assert_eq!(short.json()["batch"], 2, "{}", short.body);
         assert_eq!(generated(&short), predicted(&["--prefix", "不知", "--num-chars", "20"]));
-        assert_eq!(long.join().unwrap().status, 200);
+        let long = long.join().unwrap();
+        assert_eq!(long.status, 200);
+        assert!(long.body.contains("event: done"), "the long request finished");
     });
 }
 
@@ -308,17 +345,17 @@ fn sigterm_or_sigint_lets_a_running_request_finish_then_stops() {
     for signal in ["TERM", "INT"] {
         let mut server = start(&["--grace", "30", "--max-chars", "100000"]);
         let address = server.address.clone();
-        // About two seconds of generation.
-        let long =
-            std::thread::spawn(move || post(&address, r#"{"prefix": "分开", "num_chars": 60000, "stream": true}"#));
-        // Let the request start streaming before the signal.
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // About two seconds of generation, which runs once its first character has arrived.
+        let (started, running) = std::sync::mpsc::channel();
+        let body = r#"{"prefix": "分开", "num_chars": 60000, "stream": true}"#;
+        let long = std::thread::spawn(move || post_streamed(&address, body, || started.send(()).unwrap()));
+        running.recv().unwrap();
         crate::checkpoints::signal(&server.child, signal);
         let answer = long.join().unwrap();
         assert_eq!(answer.status, 200);
         let tail = &answer.body[answer.body.len().saturating_sub(300)..];
         assert!(answer.body.contains("event: done"), "{signal}: the running request finished: {tail}");
-        let status = server.child.wait().unwrap();
+        let status = crate::cli::wait_within(&mut server.child, crate::cli::TIMEOUT);
         assert_eq!(status.code(), Some(0), "{signal}: a clean stop");
         let mut rest = String::new();
         server.stderr.read_to_string(&mut rest).unwrap();
