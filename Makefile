@@ -22,8 +22,9 @@ demo: build
 test: setup
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
-	# The library alone, without the command line's and the server's dependencies.
+	# The library alone, without the command line's and the server's dependencies; its documentation.
 	cargo check --release --lib --no-default-features
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --lib
 	cargo test --release --all-targets
 	cargo test --release --doc
 

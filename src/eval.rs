@@ -115,7 +115,7 @@ pub fn evaluate_with_progress(
 const SAMPLE_PIECES: usize = 8;
 
 /// Like [`evaluate`], but scoring at most about `max_chars` characters of `ids` when it is longer: equal
-/// pieces from the starts of [`SAMPLE_PIECES`] equal parts of the text, each evaluated on its own (its
+/// pieces from the starts of equal parts of the text (`SAMPLE_PIECES` of them), each evaluated on its own (its
 /// windows from a zero state), their cross-entropies combined by their numbers of predictions. `None`, or a
 /// text no longer than `max_chars`, scores the whole text.
 pub fn evaluate_sample<'a>(

@@ -61,7 +61,7 @@ pub use data::batches::{BatchOrder, EpochPlan};
 pub use data::corpus::{cache_dir, load_corpus, CorpusIds, Skipped};
 pub use data::prepared::{is_token_file, prepare, Prepared, PreparedHeader, Source, TOKENS_VERSION};
 pub use data::text::{expand_sources, text_hash, CorpusOptions};
-pub use data::tokens::Tokens;
+pub use data::tokens::{FileTokens, Tokens};
 pub use data::vocab::Vocabulary;
 pub use device::{
     cuda_capability_major, device_name, load_cuda_backend, native_bf16, prepare_process, set_threads, CudaStatus,

@@ -3,6 +3,7 @@
 use crate::commands::load::load_text;
 use crate::commands::train::{fit, Fit, TrainOutcome};
 use crate::data::corpus::CorpusIds;
+use crate::data::text::CorpusOptions;
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::store::format::CorpusInfo;
@@ -12,7 +13,6 @@ use crate::store::lock::FolderLock;
 use crate::store::metrics::trim_metrics;
 use crate::train::config::TrainConfig;
 use crate::train::observer::TrainObserver;
-use crate::train::schedule::LrDecay;
 use std::path::PathBuf;
 
 /// Everything `charrnn train --resume` needs.
@@ -37,8 +37,10 @@ pub struct ResumeJob {
     pub time_limit: Option<std::time::Duration>,
     /// A new learning rate from here on; `None` keeps the run's.
     pub lr: Option<f64>,
-    /// A new decay factor and period (either may be `None`: kept); `None` keeps both.
-    pub lr_decay: Option<(Option<f64>, Option<usize>)>,
+    /// A new decay factor; `None` keeps the run's.
+    pub lr_decay: Option<f64>,
+    /// A new decay period; `None` keeps the run's.
+    pub lr_decay_every: Option<usize>,
     /// New report prefixes; empty keeps the run's.
     pub prefixes: Vec<String>,
     /// A new report period; `None` keeps the run's.
@@ -47,16 +49,13 @@ pub struct ResumeJob {
 
 impl ResumeJob {
     /// The run's settings `run` with this job's changes; text (the prefixes) is read with `options`.
-    fn apply(&self, run: &TrainConfig, options: &crate::data::text::CorpusOptions) -> TrainConfig {
+    fn apply(&self, run: &TrainConfig, options: &CorpusOptions) -> TrainConfig {
         let mut t = run.clone();
         t.epochs = self.epochs.unwrap_or(t.epochs);
         t.checkpoint_every = self.checkpoint_every.or(t.checkpoint_every);
         (t.max_iters, t.time_limit) = (self.max_iters, self.time_limit);
         t.lr = self.lr.unwrap_or(t.lr);
-        if let Some((factor, every)) = self.lr_decay {
-            t.lr_decay =
-                LrDecay { factor: factor.unwrap_or(t.lr_decay.factor), every: every.unwrap_or(t.lr_decay.every) };
-        }
+        t.lr_decay = t.lr_decay.with(self.lr_decay, self.lr_decay_every);
         if !self.prefixes.is_empty() {
             t.prefixes = self.prefixes.iter().map(|p| options.read_text(p)).collect();
         }

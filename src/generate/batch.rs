@@ -19,7 +19,7 @@ struct Row {
     left: usize,
 }
 
-/// Generates several requests together, each `(prefix, options)` as [`generate_until`] would alone (see
+/// Generates several requests together, each `(prefix, options)` as [`crate::generate_until`] would alone (see
 /// [`Batch`]). `on_char(r, i, c)` sees character `c` of sample `i` of request `r` as it is chosen; `Break`
 /// ends request `r` there (the others go on). `on_done(r, samples)` is called once per request as soon as
 /// its last row has left. Returns each request's samples, in order.

@@ -94,7 +94,8 @@ impl<T> Params<T> {
 }
 
 impl ModelConfig {
-    /// Names and shapes of the parameters, in the order they are saved (see [`Params::specs`]).
+    /// Names and shapes of the parameters, in the order they are saved: `E`, then for each layer `W_xh`,
+    /// `W_hh`, `b_h` (and a GRU's `b_hn`), with a `_l{l}` suffix above the first layer, then `W_hq` and `b_q`.
     pub fn param_specs(&self) -> Vec<(String, Vec<i64>)> {
         Params::<()>::specs(self).into_vec()
     }

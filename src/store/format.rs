@@ -52,7 +52,7 @@ impl CorpusInfo {
 }
 
 /// What a resumable checkpoint adds to `model.json`: where the run stands and the file with the rest of its
-/// state ([`TrainState`]'s tensors).
+/// state ([`crate::TrainState`]'s tensors).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ResumeInfo {
     /// Where the run stands.

@@ -65,7 +65,7 @@ pub struct TrainConfig {
     #[serde(skip)]
     pub time_limit: Option<std::time::Duration>,
     /// Minibatches between evaluations of the held-out text inside an epoch, each with a report
-    /// ([`TrainObserver::iteration`]) and the best model kept; `None`: at epoch ends only.
+    /// ([`crate::TrainObserver::iteration`]) and the best model kept; `None`: at epoch ends only.
     #[serde(default)]
     pub eval_every: Option<usize>,
     /// At most about this many held-out characters per evaluation, spread over the held-out part

@@ -75,7 +75,7 @@ pub struct IterationReport {
     pub seconds: f64,
 }
 
-/// A rollback after divergence (see [`OnDiverge::Rollback`]).
+/// A rollback after divergence (see [`crate::OnDiverge::Rollback`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RollbackReport {
     /// The epoch that diverged.
@@ -147,7 +147,7 @@ pub trait TrainObserver {
         Ok(())
     }
     /// Called after every minibatch: `Some(signal)` stops training after a checkpoint, with
-    /// [`Error::Interrupted`] carrying `signal`.
+    /// [`crate::Error::Interrupted`] carrying `signal`.
     fn stop_requested(&mut self) -> Option<i32> {
         None
     }

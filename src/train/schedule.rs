@@ -22,6 +22,11 @@ impl LrDecay {
         base * self.factor.powi(((epoch.max(1) - 1) / self.every.max(1)) as i32)
     }
 
+    /// This decay with the factor and the period replaced where given.
+    pub fn with(self, factor: Option<f64>, every: Option<usize>) -> LrDecay {
+        LrDecay { factor: factor.unwrap_or(self.factor), every: every.unwrap_or(self.every) }
+    }
+
     /// Checks the factor and period.
     pub fn validate(&self) -> Result<()> {
         if !(self.factor > 0.0 && self.factor <= 1.0) {
@@ -44,6 +49,8 @@ mod tests {
         let lrs: Vec<f64> = (1..=7).map(|e| d.lr_at(8.0, e)).collect();
         assert_eq!(lrs, vec![8.0, 8.0, 8.0, 4.0, 4.0, 4.0, 2.0]);
         assert_eq!(LrDecay::default().lr_at(8.0, 100), 8.0);
+        assert_eq!(d.with(None, Some(2)), LrDecay { factor: 0.5, every: 2 });
+        assert_eq!(d.with(Some(0.9), None), LrDecay { factor: 0.9, every: 3 });
         assert!(LrDecay { factor: 0.0, every: 1 }.validate().is_err());
         assert!(LrDecay { factor: 1.5, every: 1 }.validate().is_err());
         assert!(LrDecay { factor: 0.9, every: 0 }.validate().is_err());

@@ -38,7 +38,7 @@ pub struct StepOutput {
     pub loss: Tensor,
     /// The gradient's global L2 norm before clipping (scalar Float).
     pub grad_norm: Tensor,
-    /// The loss's gradients before clipping, in [`ModelConfig::param_specs`] order (under autograd, the
+    /// The loss's gradients before clipping, in [`crate::ModelConfig::param_specs`] order (under autograd, the
     /// parameters' `grad()` buffers, which the next step overwrites).
     pub grads: Vec<Tensor>,
     /// The final state, `[layers, batch, H]` tensors, possibly attached to this step's graph (pass it

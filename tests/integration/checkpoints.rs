@@ -319,21 +319,28 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Copies the model folder of `tests/fixtures/NAME` to `old` in `env` (its corpus to `old-lyrics.txt`) and
+/// checks that it scores its corpus as it did when it was written (the fixture's eval.json).
+fn scores_as_then(env: &Env, name: &str) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    copy_dir(&fixture.join("model"), &env.path("old"));
+    std::fs::copy(fixture.join("lyrics.txt"), env.path("old-lyrics.txt")).unwrap();
+    let then: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture.join("eval.json")).unwrap()).unwrap();
+    let now = crate::cli::eval_json(env, &["--model", "old", "--corpus", "old-lyrics.txt"]);
+    assert_eq!((&now["chars"], &now["context"]), (&then["chars"], &then["context"]));
+    // The same float32 sums, possibly in another order on another CPU: 557 predictions of 30 classes through
+    // one or two layers, each good to about 1e-6 relative.
+    let (a, b) = (now["cross_entropy"].as_f64().unwrap(), then["cross_entropy"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-5 * b, "{name}: cross-entropy now {a}, then {b}");
+}
+
 /// A model folder that charrnn 0.1.0 wrote before the architecture, parameters and training state were
 /// restructured (tests/fixtures/v0.1.0-gru, with its README) still loads, scores its corpus as it did
 /// then, and resumes.
 #[test]
 fn a_model_folder_from_an_earlier_version_loads_evaluates_and_resumes() {
     let env = Env::new();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v0.1.0-gru");
-    copy_dir(&fixture.join("model"), &env.path("old"));
-    std::fs::copy(fixture.join("lyrics.txt"), env.path("old-lyrics.txt")).unwrap();
-    let then: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture.join("eval.json")).unwrap()).unwrap();
-    let now = crate::cli::eval_json(&env, &["--model", "old", "--corpus", "old-lyrics.txt"]);
-    assert_eq!((&now["chars"], &now["context"]), (&then["chars"], &then["context"]));
-    // The same float32 sums, possibly in another order on another CPU: 557 predictions of 30 classes.
-    let (a, b) = (now["cross_entropy"].as_f64().unwrap(), then["cross_entropy"].as_f64().unwrap());
-    assert!((a - b).abs() < 1e-5 * b, "cross-entropy now {a}, then {b}");
+    scores_as_then(&env, "v0.1.0-gru");
     let info = env.run(&["info", "--model", "old/last"]);
     assert!(info.stdout.contains("network gru, 1 layer of 8 units"), "{}", info.stdout);
     assert!(info.stdout.contains("resumable at the end of epoch 3: charrnn train --resume old"), "{}", info.stdout);
@@ -352,16 +359,7 @@ fn a_model_folder_from_an_earlier_version_loads_evaluates_and_resumes() {
 #[test]
 fn a_model_folder_of_the_format_before_the_layers_loads_evaluates_and_resumes() {
     let env = Env::new();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bb3ab55-lstm");
-    copy_dir(&fixture.join("model"), &env.path("old"));
-    std::fs::copy(fixture.join("lyrics.txt"), env.path("old-lyrics.txt")).unwrap();
-    let then: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture.join("eval.json")).unwrap()).unwrap();
-    let now = crate::cli::eval_json(&env, &["--model", "old", "--corpus", "old-lyrics.txt"]);
-    assert_eq!((&now["chars"], &now["context"]), (&then["chars"], &then["context"]));
-    // The same float32 sums, possibly in another order on another CPU: 557 predictions of 30 classes through
-    // two layers.
-    let (a, b) = (now["cross_entropy"].as_f64().unwrap(), then["cross_entropy"].as_f64().unwrap());
-    assert!((a - b).abs() < 1e-5 * b, "cross-entropy now {a}, then {b}");
+    scores_as_then(&env, "bb3ab55-lstm");
     let info = env.run(&["info", "--model", "old/last"]);
     assert!(
         info.stdout.contains("network lstm, 2 layers of 8 units, embedding 4 input, dropout 0.1"),

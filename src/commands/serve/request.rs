@@ -3,7 +3,7 @@
 use crate::data::text::CorpusOptions;
 use crate::data::vocab::Vocabulary;
 use crate::error::{quote_chars, Error};
-use crate::generate::options::{check_beam, Generate, Generated, DEFAULT_NUM_CHARS};
+use crate::generate::options::{check_beam, prefix_ids, Generate, Generated, DEFAULT_NUM_CHARS};
 use crate::generate::sampler::Sampler;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -102,18 +102,16 @@ pub(super) fn parse(body: &[u8], shared: &Rules) -> std::result::Result<Request,
     }
     let prefix: String = field(&map, "prefix")?.ok_or_else(|| ApiError::field("prefix", "prefix is required"))?;
     let prefix = shared.options.read_text(&prefix);
-    if prefix.is_empty() {
-        return Err(ApiError::field("prefix", "prefix must not be empty"));
-    }
     // A text of the request in the model's vocabulary, or an error naming its field and the characters.
-    let known = |name: &'static str, text: &str| match shared.vocab.encode(text, name) {
-        Err(Error::UnknownChars { chars, .. }) => {
+    let unknown = |name: &'static str, e: Error| match e {
+        Error::UnknownChars { chars, .. } => {
             let quoted = quote_chars(&chars);
-            Err(ApiError::field(name, format!("{name} has characters the model does not know: {quoted}")))
+            ApiError::field(name, format!("{name} has characters the model does not know: {quoted}"))
         }
-        _ => Ok(()),
+        Error::InvalidConfig { reason, .. } => ApiError::field(name, format!("{name} {reason}")),
+        other => ApiError::field(name, other.to_string()),
     };
-    known("prefix", &prefix)?;
+    prefix_ids(&shared.vocab, &prefix).map_err(|e| unknown("prefix", e))?;
     let num_chars = field(&map, "num_chars")?.unwrap_or(DEFAULT_NUM_CHARS);
     if num_chars > shared.max_chars {
         return Err(ApiError::field("num_chars", format!("num_chars is at most {} here", shared.max_chars)));
@@ -147,7 +145,7 @@ pub(super) fn parse(body: &[u8], shared: &Rules) -> std::result::Result<Request,
         if stop.is_empty() {
             return Err(ApiError::field("stop", "stop must not be empty"));
         }
-        known("stop", stop)?;
+        shared.vocab.encode(stop, "stop").map_err(|e| unknown("stop", e))?;
     }
     let probs = field(&map, "probs")?.unwrap_or(false);
     let stream = field(&map, "stream")?.unwrap_or(false);

@@ -2,7 +2,7 @@
 use crate::args::choices::{CellArg, InitArg, OnDivergeArg, OptimizerArg, SamplingArg};
 use crate::args::common::{DeviceArgs, ARCH, NEW_RUN};
 use crate::args::generate::DrawArgs;
-use charrnn::{Arch, Backend, CorpusOptions, Dtype, LrDecay, OptimizerKind, ResumeJob, TrainConfig, TrainJob};
+use charrnn::{Arch, Backend, CorpusOptions, Dtype, OptimizerKind, ResumeJob, TrainConfig, TrainJob};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -280,11 +280,10 @@ impl TrainArgs {
             let (checkpoint_every, corpus) = (self.checkpoint_every, self.corpus);
             let (max_iters, time_limit) = (self.max_iters, self.time_limit);
             let a = self.adjust;
-            let lr_decay =
-                (a.lr_decay.is_some() || a.lr_decay_every.is_some()).then_some((a.lr_decay, a.lr_decay_every));
             return Ok(TrainTask::Resume(Box::new(ResumeJob {
                 lr: a.lr,
-                lr_decay,
+                lr_decay: a.lr_decay,
+                lr_decay_every: a.lr_decay_every,
                 prefixes: a.prefixes,
                 pred_period: a.pred_period,
                 dir,
@@ -327,10 +326,7 @@ impl TrainArgs {
                 batch_size: n.batch,
                 optimizer,
                 lr: self.adjust.lr.unwrap_or(optimizer.default_lr()),
-                lr_decay: LrDecay {
-                    factor: self.adjust.lr_decay.unwrap_or(textbook().lr_decay.factor),
-                    every: self.adjust.lr_decay_every.unwrap_or(textbook().lr_decay.every),
-                },
+                lr_decay: textbook().lr_decay.with(self.adjust.lr_decay, self.adjust.lr_decay_every),
                 clip: n.clip,
                 dtype: if n.dtype == DtypeArg::Bf16 { Dtype::Bf16 } else { Dtype::Fp32 },
                 epochs: self.epochs.unwrap_or(textbook().epochs),
