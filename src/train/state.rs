@@ -3,6 +3,7 @@
 //! file.
 use crate::data::batches::BatchOrder;
 use crate::error::{Error, Result};
+use crate::model::config::Cell;
 use crate::model::network::Network;
 use crate::model::state::State;
 use crate::train::config::TrainConfig;
@@ -131,38 +132,41 @@ impl TrainState {
         model: &Network,
         config: &TrainConfig,
     ) -> Result<TrainState> {
-        let take = |name: &str, like: &Tensor| -> Result<Tensor> {
+        // Each tensor is checked against the shape it must have, worked out from the model and the settings
+        // without allocating it (a model file may claim any batch size).
+        let device = model.device();
+        let take = |name: &str, shape: &[i64]| -> Result<Tensor> {
             let t = tensors
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, t)| t)
                 .ok_or_else(|| Error::TrainingState { reason: format!("it lacks {name}") })?;
-            if t.size() != like.size() || t.kind() != Kind::Float {
-                let reason = format!("{name} is {:?} {:?}, expected Float {:?}", t.kind(), t.size(), like.size());
+            if t.size() != shape || t.kind() != Kind::Float {
+                let reason = format!("{name} is {:?} {:?}, expected Float {shape:?}", t.kind(), t.size());
                 return Err(Error::TrainingState { reason });
             }
-            Ok(t.to_device(like.device()).copy())
+            Ok(t.to_device(device).copy())
         };
         let named = model.named_parameters();
         let per_param = |prefix: &str| -> Result<Vec<Tensor>> {
-            named.iter().map(|(n, p)| take(&format!("{prefix}{n}"), p)).collect()
+            named.iter().map(|(n, p)| take(&format!("{prefix}{n}"), &p.size())).collect()
         };
-        let scalar = Tensor::zeros([], (Kind::Float, model.device()));
         let adam = match config.optimizer {
             OptimizerKind::Adam => Some(Moments { m: per_param(ADAM_M)?, v: per_param(ADAM_V)? }),
             OptimizerKind::Sgd => None,
         };
         let best = position.best.is_some().then(|| per_param(BEST)).transpose()?;
         let carry = if position.minibatch > 0 && config.batch_order == BatchOrder::Consecutive {
-            let fresh = model.begin_state(config.batch_size);
-            let c = fresh.c.as_ref().map(|c| take(CARRY_C, c)).transpose()?;
-            Some(State { h: take(CARRY_H, &fresh.h)?, c })
+            let arch = &model.config().arch;
+            let shape = [arch.layers as i64, config.batch_size.min(i64::MAX as usize) as i64, arch.hidden as i64];
+            let c = (arch.cell == Cell::Lstm).then(|| take(CARRY_C, &shape)).transpose()?;
+            Some(State { h: take(CARRY_H, &shape)?, c })
         } else {
             None
         };
         Ok(TrainState {
-            loss_sum: take(LOSS_SUM, &scalar)?,
-            grad_norm_sum: take(GRAD_NORM_SUM, &scalar)?,
+            loss_sum: take(LOSS_SUM, &[])?,
+            grad_norm_sum: take(GRAD_NORM_SUM, &[])?,
             position,
             adam,
             best,
@@ -174,7 +178,7 @@ impl TrainState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{Arch, Cell, ModelConfig};
+    use crate::model::config::{Arch, ModelConfig};
     use tch::Device;
 
     /// A two-layer LSTM trained with Adam and consecutive sampling, stopped in the middle of epoch 3 with a

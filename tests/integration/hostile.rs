@@ -18,9 +18,10 @@ fn cases() -> u32 {
 
 const TEXT: &str = "分开 不分开 我不能再想 我不 我不 我不要再想你";
 
-/// A small two-layer GRU with an embedding, trained with Adam and validation by the `charrnn` binary and
-/// stopped inside an epoch (so its state holds moments, the best epoch and a position inside the epoch),
-/// made once; each case gets its own copy of its resumable checkpoint `m/last`.
+/// A small two-layer GRU with an embedding, trained with Adam, consecutive sampling and validation by the
+/// `charrnn` binary and stopped inside an epoch (so its state holds moments, the best epoch, a position inside
+/// the epoch and the carried state), made once; each case gets its own copy of its resumable checkpoint
+/// `m/last`.
 fn model_copy() -> tempfile::TempDir {
     static ORIGINAL: OnceLock<Env> = OnceLock::new();
     let original = ORIGINAL.get_or_init(|| {
@@ -50,6 +51,8 @@ fn model_copy() -> tempfile::TempDir {
             "0.01",
             "--val-frac",
             "0.2",
+            "--sampling",
+            "consecutive",
             "--prefix",
             "分开",
             "--max-iters",
