@@ -22,6 +22,8 @@
 //! println!("{}", predict(&model, &vocab, "分开", 10).unwrap());
 //! ```
 #![deny(missing_docs)]
+// Every type a public item exposes can be named by its users.
+#![deny(unnameable_types)]
 
 /// `Display` as the name the command line and model.json give a value (the enum's `name()`).
 macro_rules! display_by_name {
