@@ -82,16 +82,20 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     let device = job.device.resolve()?;
     let first = job.corpus.first().ok_or_else(|| Error::config("--corpus", "give at least one file or folder"))?;
     let out = job.out.clone().unwrap_or_else(|| default_out(first));
+    // The model folder, for this run alone; the model it starts from, with --init-from.
     let lock = FolderLock::claim_for_new_run(&out, job.force, job.init_from.as_deref())?;
     let source = job.init_from.as_deref().map(|dir| Ok::<_, Error>((dir, load(dir, device)?))).transpose()?;
+    // The text in the vocabulary the run trains in, and the settings with their automatic choices made.
     let data = Data::load(job, source.as_ref().map(|(_, src)| src))?;
     let (config, notes) = settle(job, device, &data, source.as_ref().map(|(_, src)| src));
+    // The model: fresh, or grown from the source to the extended vocabulary.
     let (model, init_from) = match &source {
         None => (Network::new(config.model_config(data.vocab.len()), config.seed, device)?, None),
         Some((dir, src)) => {
             (src.model.grown(config.model_config(data.vocab.len()), config.seed)?, Some(origin(dir, src)?))
         }
     };
+    // What the checkpointer writes of the run, then training.
     let corpus = CorpusInfo::record(&job.corpus, data.header.options, data.corpus.tokens().len(), data.header.hash);
     let template = ModelFile::for_run(&data.vocab, model.config(), config, corpus, device_name(device), init_from);
     fit(
