@@ -1,6 +1,6 @@
 //! `charrnn eval`: a model's perplexity on a text (its training corpus by default), read in windows of the
 //! context it was trained with, or as one stream.
-use crate::commands::load::{load_model, load_text};
+use crate::commands::load::{bom_note, load_model, load_text};
 use crate::commands::predict::UnknownChars;
 use crate::data::corpus::{CorpusIds, Skipped};
 use crate::data::text::CorpusOptions;
@@ -47,6 +47,9 @@ pub struct EvalReport {
     pub bits_per_char: f64,
     /// Characters of the text left out because the model does not know them (`--unknown skip`).
     pub skipped: Skipped,
+    /// What the user should know about how the text was read (byte-order marks dropped), a line each.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// Runs `charrnn eval`; `progress(done, total)` follows the predictions scored.
@@ -65,6 +68,7 @@ pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result
     }
     let recorded = job.corpus.is_empty().then_some(("the training corpus", "pass --corpus FILE"));
     let prepared = load_text(&paths, &options, recorded)?;
+    let notes: Vec<String> = bom_note(&prepared.header).into_iter().collect();
     let (corpus, skipped) = match job.unknown {
         UnknownChars::Skip => CorpusIds::in_vocab_skipping(prepared, &loaded.vocab)?,
         UnknownChars::Error => match CorpusIds::in_vocab(prepared, &loaded.vocab) {
@@ -92,5 +96,6 @@ pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result
         bits_per_char: evaluation.bits_per_char(),
         evaluation,
         skipped,
+        notes,
     })
 }

@@ -1,7 +1,7 @@
-//! What several commands load the same way: a model folder (the one given, or the last one trained here)
-//! and the corpus a model folder records.
+//! What several commands load the same way: a model folder (the one given, or the last one trained here),
+//! the corpus a model folder records, and what they say of a text they read.
 use crate::data::corpus::load_corpus;
-use crate::data::prepared::Prepared;
+use crate::data::prepared::{Prepared, PreparedHeader};
 use crate::data::text::CorpusOptions;
 use crate::device::DeviceSpec;
 use crate::error::{io_reason, Error, Result};
@@ -30,4 +30,14 @@ pub(crate) fn load_text(
         }
         (prepared, _) => prepared,
     }
+}
+
+/// A note that the byte-order marks at the start of the corpus's files were dropped, when there were any.
+pub(crate) fn bom_note(header: &PreparedHeader) -> Option<String> {
+    let what = match header.boms {
+        0 => return None,
+        1 if header.sources.len() == 1 => "the corpus starts with a byte-order mark (U+FEFF)".to_string(),
+        n => format!("{n} of the corpus's {} files start with a byte-order mark (U+FEFF)", header.sources.len()),
+    };
+    Some(format!("{what}, which says how the text is encoded and is not part of it: dropped"))
 }

@@ -1,5 +1,6 @@
 //! `charrnn train`: a new run reads as four steps down the layers: load the text in its vocabulary, build
 //! or grow the model, make the checkpointer, train ([`fit`], which a resumed run shares).
+use crate::commands::load::bom_note;
 use crate::data::corpus::{load_corpus, CorpusIds};
 use crate::data::prepared::PreparedHeader;
 use crate::data::text::CorpusOptions;
@@ -152,6 +153,7 @@ fn settle(job: &TrainJob, device: Device, data: &Data, source: Option<&LoadedMod
     }
     config.prefixes = config.prefixes.iter().map(|p| data.header.options.read_text(p)).collect();
     notes.extend(newline_note(&data.header));
+    notes.extend(bom_note(&data.header));
     if job.auto_dtype {
         let native = native_bf16(device) == Some(true);
         config.dtype = if native { Dtype::Bf16 } else { Dtype::Fp32 };

@@ -106,8 +106,9 @@ pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepare
     }
     let sources = files.iter().map(|f| Source::of(f)).collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = sources.iter().map(|s| s.path.display().to_string()).collect();
-    // "crlf": token files cached before `\r\n` read as one line break have other names, so none is reused.
-    let key = text_hash(&format!("{}\n{options:?}\ncrlf", names.join("\n")));
+    // "crlf bom": token files cached before `\r\n` read as one line break, or before byte-order marks were
+    // dropped, have other names, so none is reused.
+    let key = text_hash(&format!("{}\n{options:?}\ncrlf bom", names.join("\n")));
     let dir = cache_dir();
     let cached = dir.join(format!("{}.tokens", key.trim_start_matches("fnv1a64:")));
     // The header first: a cache of changed sources is prepared again without reading its tokens.

@@ -62,6 +62,13 @@ pub struct PreparedHeader {
     /// files prepared before it was counted.
     #[serde(default)]
     pub line_breaks: Option<u64>,
+    /// Files that started with a byte-order mark, which was dropped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The narrowest token width for a vocabulary of `size` characters.
@@ -81,10 +88,11 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
     // Which characters occur, by code point (a table, not a set: this runs once per character).
     let mut seen = vec![false; CODE_POINTS];
     let mut hash = Fnv1a64::default();
-    let (len, line_breaks) = for_each_char(paths, options, CHUNK, |c| {
+    let read = for_each_char(paths, options, CHUNK, |c| {
         seen[c as usize] = true;
         hash.add(c);
     })?;
+    let len = read.chars;
     if len == 0 {
         let path = paths.first().cloned().unwrap_or_default();
         return Err(Error::EmptyCorpus { path });
@@ -98,7 +106,8 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         hash: hash.finish(),
         sources,
         options: *options,
-        line_breaks: Some(line_breaks),
+        line_breaks: Some(read.line_breaks),
+        boms: read.boms,
     };
     let mut index = vec![0u32; CODE_POINTS];
     for (i, &c) in vocab.iter().enumerate() {
@@ -118,7 +127,7 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         let mut failed = None;
         let width = header.width as usize;
         let mut pending: Vec<u8> = Vec::with_capacity(CHUNK + 4);
-        let (written, _) = for_each_char(paths, options, CHUNK, |c| {
+        let written = for_each_char(paths, options, CHUNK, |c| {
             pending.extend_from_slice(&index[c as usize].to_le_bytes()[..width]);
             if pending.len() >= CHUNK {
                 if failed.is_none() {
@@ -130,6 +139,7 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         if let Some(e) = failed.or_else(|| w.write_all(&pending).err()) {
             return Err(Error::io(tmp, e));
         }
+        let written = written.chars;
         if written != header.len {
             let reason = format!("the sources changed while they were read ({written} characters, then {len})");
             return Err(Error::config("--corpus", reason));

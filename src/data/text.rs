@@ -9,6 +9,21 @@ use std::path::{Path, PathBuf};
 /// Bytes read from a source at a time.
 pub(crate) const CHUNK: usize = 1 << 20;
 
+/// The byte-order mark, U+FEFF: at the start of a file it says how the text is encoded and is not part of
+/// it.
+const BOM: char = '\u{feff}';
+
+/// What a pass of [`for_each_char`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TextRead {
+    /// Characters passed on.
+    pub(crate) chars: u64,
+    /// Of which line breaks (`\r\n`, `\r` or `\n`).
+    pub(crate) line_breaks: u64,
+    /// Files that started with a byte-order mark, dropped.
+    pub(crate) boms: u64,
+}
+
 /// How a corpus file is read; saved with the model so `eval` can read it again the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct CorpusOptions {
@@ -27,11 +42,13 @@ impl CorpusOptions {
         Ok(())
     }
 
-    /// Reads `text` as the options say, without the character limit: each line break (`\r\n`, `\r` or `\n`)
-    /// becomes one `\n`, or a space unless newlines are kept. What every text given to a model goes through
-    /// (its corpus, a prefix, a stop string, an evaluation text).
+    /// Reads `text` as the options say, without the character limit: a byte-order mark at its start is
+    /// dropped, and each line break (`\r\n`, `\r` or `\n`) becomes one `\n`, or a space unless newlines are
+    /// kept. What every text given to a model goes through (its corpus, a prefix, a stop string, an
+    /// evaluation text).
     pub fn read_text(&self, text: &str) -> String {
         let mut reader = CharReader::new(*self);
+        let text = text.strip_prefix(BOM).unwrap_or(text);
         text.chars().filter_map(|c| reader.read(c)).collect()
     }
 }
@@ -65,28 +82,30 @@ impl CharReader {
 }
 
 /// Decodes the UTF-8 text of `paths` (concatenated), `chunk` bytes at a time ([`CHUNK`] outside tests),
-/// applies `options` (newlines, character limit) and calls `each` with every character; the first invalid
-/// UTF-8 before the limit is an error naming its file and byte offset. Stops at the character limit. Returns
-/// the characters passed and how many of them were line breaks. The answer does not depend on `chunk`.
+/// drops a byte-order mark at the start of each file, applies `options` (newlines, character limit) and
+/// calls `each` with every character; the first invalid UTF-8 before the limit is an error naming its file
+/// and byte offset. Stops at the character limit. The answer does not depend on `chunk`.
 pub(crate) fn for_each_char(
     paths: &[PathBuf],
     options: &CorpusOptions,
     chunk: usize,
     mut each: impl FnMut(char),
-) -> Result<(u64, u64)> {
+) -> Result<TextRead> {
     let limit = options.limit_chars.map_or(u64::MAX, |n| n as u64);
-    let mut count = 0u64;
+    let (mut count, mut boms) = (0u64, 0u64);
     let mut buf = vec![0u8; chunk.max(1)];
     // One reader for the whole text: a `\r` ending one file and a `\n` starting the next are one line break.
     let mut reader = CharReader::new(*options);
+    let done = |count, reader: &CharReader, boms| TextRead { chars: count, line_breaks: reader.line_breaks, boms };
     for path in paths {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         // Bytes of a character cut by the end of the previous chunk, and the file offset of `carry[0]`.
         let mut carry: Vec<u8> = Vec::new();
         let mut offset = 0u64;
+        let mut first = true;
         loop {
             if count >= limit {
-                return Ok((count, reader.line_breaks));
+                return Ok(done(count, &reader, boms));
             }
             let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
             if n == 0 {
@@ -103,10 +122,16 @@ pub(crate) fn for_each_char(
                 Err(e) if e.error_len().is_none() => (e.valid_up_to(), None),
                 Err(e) => (e.valid_up_to(), Some(e.valid_up_to())),
             };
-            let text = std::str::from_utf8(&carry[..valid]).expect("valid up to here");
+            let mut text = std::str::from_utf8(&carry[..valid]).expect("valid up to here");
+            if first && !text.is_empty() {
+                first = false;
+                if let Some(rest) = text.strip_prefix(BOM) {
+                    (text, boms) = (rest, boms + 1);
+                }
+            }
             for c in text.chars() {
                 if count >= limit {
-                    return Ok((count, reader.line_breaks));
+                    return Ok(done(count, &reader, boms));
                 }
                 if let Some(c) = reader.read(c) {
                     each(c);
@@ -120,14 +145,22 @@ pub(crate) fn for_each_char(
             carry.drain(..valid);
         }
     }
-    Ok((count, reader.line_breaks))
+    Ok(done(count, &reader, boms))
 }
 
 /// The text files that `paths` name, in order: a file is itself; a folder is every regular file below it,
-/// in sorted path order, skipping hidden files and folders (names starting with a dot). A folder without
-/// any is an error.
+/// in sorted path order, skipping hidden files and folders (names starting with a dot). Symbolic links are
+/// followed, to files and to folders, but never into a folder that contains the link (a loop, read once);
+/// a link to nothing is an error naming it. A folder without any file is an error.
 pub fn expand_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    /// `dir`'s files into `out`; `within` holds the canonical paths of the folders being read, `dir`'s
+    /// own and those above it.
+    fn walk(dir: &Path, within: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+        let canonical = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+        if within.contains(&canonical) {
+            return Ok(());
+        }
+        within.push(canonical);
         let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .collect::<std::io::Result<_>>()
@@ -137,20 +170,30 @@ pub fn expand_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+            let path = entry.path();
+            // What the entry is, a link followed to what it names.
+            let kind = std::fs::metadata(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    let reason =
+                        format!("{} is a symbolic link to nothing; remove it or point it at a file", path.display());
+                    Error::config("--corpus", reason)
+                }
+                _ => Error::io(&path, e),
+            })?;
             if kind.is_dir() {
-                walk(&entry.path(), out)?;
+                walk(&path, within, out)?;
             } else if kind.is_file() {
-                out.push(entry.path());
+                out.push(path);
             }
         }
+        within.pop();
         Ok(())
     }
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
             let before = files.len();
-            walk(path, &mut files)?;
+            walk(path, &mut Vec::new(), &mut files)?;
             if files.len() == before {
                 return Err(Error::config(
                     "--corpus",
@@ -188,8 +231,8 @@ mod tests {
             })
             .collect();
         let mut text = String::new();
-        let (count, breaks) = for_each_char(&paths, &options, chunk, |c| text.push(c))?;
-        Ok((text, count, breaks))
+        let read = for_each_char(&paths, &options, chunk, |c| text.push(c))?;
+        Ok((text, read.chars, read.line_breaks))
     }
 
     #[test]
@@ -206,6 +249,54 @@ mod tests {
         let limited = CorpusOptions { keep_newlines: true, limit_chars: Some(3) };
         assert_eq!(read_all(&[b"a\r\nbc"], limited, 2).unwrap().0, "a\nb", "a line break counts as one character");
         assert_eq!(limited.read_text("a\r\nbc"), "a\nbc", "read_text has no limit");
+    }
+
+    #[test]
+    fn links_in_a_folder_are_followed_but_not_round_a_loop_and_a_link_to_nothing_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (corpus, elsewhere) = (dir.path().join("corpus"), dir.path().join("elsewhere"));
+        std::fs::create_dir_all(corpus.join("sub")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        for (path, text) in
+            [(corpus.join("a.txt"), "a"), (corpus.join("sub/b.txt"), "b"), (elsewhere.join("c.txt"), "c")]
+        {
+            std::fs::write(path, text).unwrap();
+        }
+        let link = |to: &Path, at: &str| std::os::unix::fs::symlink(to, corpus.join(at)).unwrap();
+        link(&elsewhere, "d-folder");
+        link(&elsewhere.join("c.txt"), "e-file.txt");
+        link(&corpus, "sub/f-loop");
+        let names: Vec<String> = expand_sources(&[corpus.clone()])
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(&corpus).unwrap().display().to_string())
+            .collect();
+        // Sorted by name; the loop back to the corpus itself is not read again.
+        assert_eq!(names, ["a.txt", "d-folder/c.txt", "e-file.txt", "sub/b.txt"]);
+        link(&dir.path().join("gone"), "g-dangling");
+        let err = expand_sources(&[corpus.clone()]).unwrap_err().to_string();
+        assert!(err.contains("g-dangling is a symbolic link to nothing"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped_at_the_start_of_each_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = ["\u{feff}ab", "\u{feff}c\u{feff}d", "e"]
+            .iter()
+            .enumerate()
+            .map(|(k, text)| {
+                let path = dir.path().join(format!("{k}.txt"));
+                std::fs::write(&path, text).unwrap();
+                path
+            })
+            .collect();
+        for chunk in [1, 2, CHUNK] {
+            let mut text = String::new();
+            let read = for_each_char(&paths, &CorpusOptions::default(), chunk, |c| text.push(c)).unwrap();
+            // Worked by hand: the two leading marks go, the one inside the second file stays.
+            assert_eq!((text.as_str(), read.chars, read.boms), ("abc\u{feff}de", 6, 2), "chunk {chunk}");
+        }
+        assert_eq!(CorpusOptions::default().read_text("\u{feff}分开\u{feff}"), "分开\u{feff}");
     }
 
     #[test]
@@ -244,11 +335,13 @@ mod tests {
             (if keep { kept } else { kept.replace('\n', " ") }, breaks)
         };
         let mut text = String::new();
+        // Each file's text, without a byte-order mark at its start.
+        let own = |s: &str| s.strip_prefix('\u{feff}').unwrap_or(s).to_string();
         for (k, bytes) in files.iter().enumerate() {
             match std::str::from_utf8(bytes) {
-                Ok(s) => text.push_str(s),
+                Ok(s) => text.push_str(&own(s)),
                 Err(e) => {
-                    text.push_str(std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap());
+                    text.push_str(&own(std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap()));
                     let (before, _) = read(&text);
                     // A `\r` at the very end may still become part of a `\r\n`: it is one character either way.
                     if limit.is_some_and(|n| before.chars().count() >= n) {
@@ -261,8 +354,8 @@ mod tests {
         Ok(read(&text))
     }
 
-    /// Bytes that are often UTF-8, with every line-break convention, multi-byte characters and the
-    /// occasional invalid or cut-off sequence.
+    /// Bytes that are often UTF-8, with every line-break convention, multi-byte characters, byte-order marks
+    /// (at a file's start or inside it) and the occasional invalid or cut-off sequence.
     fn text_bytes() -> impl Strategy<Value = Vec<u8>> {
         let piece = prop_oneof![
             Just(b"\r".to_vec()),
@@ -271,6 +364,7 @@ mod tests {
             Just("分".as_bytes().to_vec()),
             Just("é".as_bytes().to_vec()),
             Just("😀".as_bytes().to_vec()),
+            Just("\u{feff}".as_bytes().to_vec()),
             "[a-z ]{1,3}".prop_map(String::into_bytes),
             Just(vec![0xff]),
             Just("分".as_bytes()[..2].to_vec()),

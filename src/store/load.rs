@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::network::Network;
 use crate::store::format::{ModelFile, Origin, FORMAT, VERSION};
 use crate::store::layout::{MODEL_JSON, NO_SUCH_FOLDER};
+use crate::store::lock::writer_of;
 use crate::train::state::TrainState;
 use crate::util::Fnv1a64;
 use std::fs::File;
@@ -32,7 +33,13 @@ pub fn read_model_file(dir: &Path) -> Result<ModelFile> {
         return Err(Error::bad_model(dir, NO_SUCH_FOLDER));
     }
     let path = dir.join(MODEL_JSON);
-    let bytes = std::fs::read(&path).map_err(|e| Error::bad_model(&path, format!("cannot read it ({e})")))?;
+    let bytes = std::fs::read(&path).map_err(|e| match writer_of(dir) {
+        Some(writer) => Error::bad_model(
+            dir,
+            format!("a charrnn run ({writer}) is training into it and has not saved its first checkpoint yet; wait for that (a minute or so), or stop the run"),
+        ),
+        None => Error::bad_model(&path, format!("cannot read it ({e})")),
+    })?;
     let file: ModelFile =
         serde_json::from_slice(&bytes).map_err(|e| Error::bad_model(&path, format!("corrupted JSON ({e})")))?;
     if file.format != FORMAT {

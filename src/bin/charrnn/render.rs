@@ -413,6 +413,9 @@ impl EvalProgress {
 
 /// `eval`'s report, as text or one JSON object.
 pub fn eval_report(out: &mut impl Write, r: &EvalReport, json: bool) -> std::io::Result<()> {
+    for note in &r.notes {
+        say!("note: {note}");
+    }
     if r.skipped.count > 0 {
         say!("warning: skipped {}", r.skipped);
     }

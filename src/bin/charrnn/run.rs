@@ -127,6 +127,10 @@ pub fn plot(args: PlotArgs) -> anyhow::Result<()> {
 
 /// Prints the completion script of `shell`.
 pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
-    clap_complete::generate(shell, &mut args::command(), "charrnn", &mut std::io::stdout());
-    Ok(())
+    // Written here, not by clap_complete, which panics when the reader goes away (`| head -1`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut args::command(), "charrnn", &mut script);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)?;
+    Ok(out.flush()?)
 }

@@ -223,10 +223,24 @@ mod tests {
 
     #[test]
     fn durations_read_as_people_write_them() {
-        for (text, secs) in [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("2h", 7200.0), ("1d", 86_400.0)] {
+        // Worked out by hand.
+        let cases = [
+            ("90", 90.0),
+            ("90s", 90.0),
+            ("1.5m", 90.0),
+            ("4min", 240.0),
+            ("1h30m", 5400.0),
+            ("1h 30min", 5400.0),
+            ("2h", 7200.0),
+            ("1.5 hours", 5400.0),
+            ("1d", 86_400.0),
+            ("2 days 3h", 183_600.0),
+            ("0.001s", 0.001),
+        ];
+        for (text, secs) in cases {
             assert_eq!(parse_duration(text), Ok(std::time::Duration::from_secs_f64(secs)), "{text}");
         }
-        for bad in ["abc", "", "0", "-5m", "3w", "h", "inf"] {
+        for bad in ["abc", "", "0", "0s", "-5m", "3w", "h", "inf", "1h30", "1..5h", "NaNs"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

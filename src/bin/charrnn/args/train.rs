@@ -37,8 +37,8 @@ pub struct TrainArgs {
     /// Stop after N minibatches in all (a resumed run's earlier ones count), saving a resumable checkpoint.
     #[arg(long, value_name = "N")]
     pub max_iters: Option<u64>,
-    /// Stop after the minibatch that ends this long after the start (90s, 30m, 2h, 1d), saving a resumable
-    /// checkpoint.
+    /// Stop after the minibatch that ends this long after the start (90s, 4min, 1h30m, 2h, 1d), saving a
+    /// resumable checkpoint.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub time_limit: Option<std::time::Duration>,
     #[command(flatten)]
@@ -201,24 +201,38 @@ pub struct ArchArgs {
     pub init: Option<InitArg>,
 }
 
-/// A duration: a positive number of seconds, or of minutes, hours or days with the suffix m, h or d (s for
-/// seconds is allowed).
+/// A duration as people write it: a number of seconds (`90`), or numbers each with a unit, added up (`90s`,
+/// `4min`, `1h30m`, `1.5h`, `2 days`): s, sec, second; m, min, minute; h, hr, hour; d, day (and their
+/// plurals). Positive, finite.
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = match s.trim().char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s.trim()[..i], c),
-        _ => (s.trim(), 's'),
-    };
-    let scale = match unit {
-        's' => 1.0,
-        'm' => 60.0,
-        'h' => 3600.0,
-        'd' => 86_400.0,
-        _ => return Err(format!("unknown unit {unit:?}; expected a duration such as 90s, 30m or 2h")),
-    };
-    match number.parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 => Ok(std::time::Duration::from_secs_f64(n * scale)),
-        _ => Err(format!("{s:?} is not a positive duration; expected one such as 90s, 30m or 2h")),
+    let expected = "expected a duration such as 90s, 4min, 1h30m or 2h";
+    let text = s.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return positive(seconds).ok_or_else(|| format!("{s:?} is not a positive duration; {expected}"));
     }
+    let (mut total, mut rest) = (0.0, text);
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().map_err(|_| format!("{s:?} is not a duration; {expected}"))?;
+        let after = rest[number_len..].trim_start();
+        let unit_len = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
+        let scale = match after[..unit_len].to_ascii_lowercase().as_str() {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86_400.0,
+            "" => return Err(format!("{s:?}: a number without a unit after another; {expected}")),
+            unit => return Err(format!("unknown unit {unit:?} in {s:?}; {expected}")),
+        };
+        total += number * scale;
+        rest = after[unit_len..].trim_start();
+    }
+    positive(total).ok_or_else(|| format!("{s:?} is not a positive duration; {expected}"))
+}
+
+/// `seconds` as a duration, if it is positive and finite.
+fn positive(seconds: f64) -> Option<std::time::Duration> {
+    (seconds.is_finite() && seconds > 0.0).then(|| std::time::Duration::from_secs_f64(seconds))
 }
 
 fn epochs_help() -> String {
