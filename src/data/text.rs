@@ -266,7 +266,7 @@ mod tests {
         link(&elsewhere, "d-folder");
         link(&elsewhere.join("c.txt"), "e-file.txt");
         link(&corpus, "sub/f-loop");
-        let names: Vec<String> = expand_sources(&[corpus.clone()])
+        let names: Vec<String> = expand_sources(std::slice::from_ref(&corpus))
             .unwrap()
             .iter()
             .map(|p| p.strip_prefix(&corpus).unwrap().display().to_string())
@@ -274,7 +274,7 @@ mod tests {
         // Sorted by name; the loop back to the corpus itself is not read again.
         assert_eq!(names, ["a.txt", "d-folder/c.txt", "e-file.txt", "sub/b.txt"]);
         link(&dir.path().join("gone"), "g-dangling");
-        let err = expand_sources(&[corpus.clone()]).unwrap_err().to_string();
+        let err = expand_sources(std::slice::from_ref(&corpus)).unwrap_err().to_string();
         assert!(err.contains("g-dangling is a symbolic link to nothing"), "{err}");
     }
 
