@@ -26,6 +26,31 @@ pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>)
     })
 }
 
+/// The process that writes the temporary file named `name` by [`write_atomic`] (`.<file>.<pid>.tmp`), if it
+/// is one.
+pub(crate) fn atomic_temporary_owner(name: &str) -> Option<u32> {
+    let (file, pid) = name.strip_prefix('.')?.strip_suffix(".tmp")?.rsplit_once('.')?;
+    (!file.is_empty()).then_some(())?;
+    pid.parse().ok()
+}
+
+/// Removes the entries of `dir` that `owner` says a process wrote as temporaries (files or folders), when
+/// that process is no longer running: it was killed before it could finish or remove them.
+pub(crate) fn sweep_dead_temporaries(dir: &Path, owner: impl Fn(&str) -> Option<u32>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(&owner) else { continue };
+        if pid != std::process::id() && !process_alive(pid) {
+            let path = entry.path();
+            let _ = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                _ => std::fs::remove_file(&path),
+            };
+        }
+    }
+}
+
 /// Replaces `path` by `bytes` atomically (temporary file in the same folder, fsync, rename).
 pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |tmp| {
@@ -128,9 +153,133 @@ impl Fnv1a64 {
     }
 }
 
+/// A checksum of a byte stream fed in pieces of any length: 64-bit FNV-1a over its little-endian 64-bit
+/// words (the last one padded with zeros), eight times fewer multiplications than over bytes; written as
+/// `fnv1a64w:` and 16 hex digits.
+#[derive(Default)]
+pub(crate) struct WordChecksum {
+    hash: Fnv1a64Word,
+    /// Bytes of a word not yet complete.
+    pending: Vec<u8>,
+}
+
+/// The state of [`WordChecksum`]'s hash.
+struct Fnv1a64Word(u64);
+
+impl Default for Fnv1a64Word {
+    fn default() -> Self {
+        Fnv1a64Word(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl WordChecksum {
+    /// Adds the next bytes.
+    pub(crate) fn add(&mut self, mut bytes: &[u8]) {
+        if !self.pending.is_empty() {
+            let take = (8 - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.pending.len() < 8 {
+                return;
+            }
+            let word = u64::from_le_bytes(self.pending[..8].try_into().expect("8 bytes"));
+            self.mix(word);
+            self.pending.clear();
+        }
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        self.pending.extend_from_slice(words.remainder());
+    }
+
+    fn mix(&mut self, word: u64) {
+        self.hash.0 = (self.hash.0 ^ word).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+
+    /// The checksum of what was added.
+    pub(crate) fn finish(mut self) -> String {
+        if !self.pending.is_empty() {
+            let mut word = [0u8; 8];
+            word[..self.pending.len()].copy_from_slice(&self.pending);
+            self.mix(u64::from_le_bytes(word));
+        }
+        format!("fnv1a64w:{:016x}", self.hash.0)
+    }
+}
+
+extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
+
+/// Whether the process `pid` is running (a process that left a temporary file behind and is gone cannot
+/// finish it).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    // Signal 0 checks that the process exists (EPERM: it does, and belongs to someone else).
+    // SAFETY: kill with signal 0 sends nothing.
+    i32::try_from(pid)
+        .is_ok_and(|pid| unsafe { kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_word_checksum_does_not_depend_on_how_the_bytes_are_cut() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let whole = {
+            let mut c = WordChecksum::default();
+            c.add(&bytes);
+            c.finish()
+        };
+        for piece in [1, 3, 7, 8, 13, 999] {
+            let mut c = WordChecksum::default();
+            bytes.chunks(piece).for_each(|p| c.add(p));
+            assert_eq!(c.finish(), whole, "pieces of {piece}");
+        }
+        // Worked by hand: one word, 0x0807060504030201, xor'd into the offset basis and multiplied.
+        let mut c = WordChecksum::default();
+        c.add(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let expected = (0xcbf2_9ce4_8422_2325u64 ^ 0x0807_0605_0403_0201).wrapping_mul(0x0000_0100_0000_01b3);
+        assert_eq!(c.finish(), format!("fnv1a64w:{expected:016x}"));
+        let mut changed = bytes.clone();
+        changed[500] ^= 1;
+        let mut c = WordChecksum::default();
+        c.add(&changed);
+        assert_ne!(c.finish(), whole, "one changed bit changes it");
+    }
+
+    #[test]
+    fn temporaries_of_finished_processes_are_swept_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let live = std::process::id();
+        let names =
+            [format!(".model.json.{gone}.tmp"), format!(".model.json.{live}.tmp"), "notes.txt".into(), ".x.tmp".into()];
+        for name in &names {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        std::fs::create_dir(dir.path().join(format!(".w.{gone}.tmp"))).unwrap();
+        sweep_dead_temporaries(dir.path(), atomic_temporary_owner);
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut expected = vec![format!(".model.json.{live}.tmp"), ".x.tmp".to_string(), "notes.txt".to_string()];
+        expected.sort();
+        assert_eq!(left, expected);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_finished_one_is_not() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
 
     #[test]
     fn fnv1a_matches_the_published_test_vectors() {

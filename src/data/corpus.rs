@@ -1,9 +1,10 @@
 //! A corpus loaded for a model: prepared once (and cached) from its files, then read in a given vocabulary.
-use crate::data::prepared::{is_token_file, prepare, Prepared, Source};
+use crate::data::prepared::{is_token_file, prepare, Prepared, PreparedHeader, Source};
 use crate::data::text::{expand_sources, text_hash, CorpusOptions};
 use crate::data::tokens::Tokens;
 use crate::data::vocab::Vocabulary;
 use crate::error::{Error, Result};
+use crate::util::{atomic_temporary_owner, sweep_dead_temporaries};
 use std::path::PathBuf;
 
 /// Characters left out of a text because a vocabulary lacks them.
@@ -80,6 +81,16 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("charrnn-cache"))
 }
 
+/// How the private token files of a process begin: `charrnn-<pid>-<key>.tokens`.
+const PRIVATE: &str = "charrnn-";
+
+/// The process of a private token file (or of its temporary, `.charrnn-<pid>-….tokens.<pid>.tmp`), by name.
+fn private_token_file_owner(name: &str) -> Option<u32> {
+    let name = name.strip_prefix('.').unwrap_or(name);
+    let (pid, rest) = name.strip_prefix(PRIVATE)?.split_once('-')?;
+    rest.contains(".tokens").then(|| pid.parse().ok())?
+}
+
 /// The prepared form of the text in `paths` (files and folders, see [`expand_sources`]) read with
 /// `options`, or of a token file given alone (whose own reading options then apply; `options` must leave
 /// them alone). A text is prepared once into [`cache_dir`] and reused while its sources are unchanged (the
@@ -110,9 +121,14 @@ pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepare
     // dropped, have other names, so none is reused.
     let key = text_hash(&format!("{}\n{options:?}\ncrlf bom", names.join("\n")));
     let dir = cache_dir();
+    // What preparations that were killed left behind.
+    sweep_dead_temporaries(&dir, atomic_temporary_owner);
+    sweep_dead_temporaries(&std::env::temp_dir(), private_token_file_owner);
     let cached = dir.join(format!("{}.tokens", key.trim_start_matches("fnv1a64:")));
-    // The header first: a cache of changed sources is prepared again without reading its tokens.
-    if Prepared::header_of(&cached).is_ok_and(|h| h.sources == sources && h.options == *options) {
+    // The header first: a cache of changed sources (or one without a checksum, from before there was one)
+    // is prepared again without reading its tokens; a cache whose tokens fail their checksum, after.
+    let usable = |h: PreparedHeader| h.sources == sources && h.options == *options && h.checksum.is_some();
+    if Prepared::header_of(&cached).is_ok_and(usable) {
         if let Ok(prepared) = Prepared::open(&cached) {
             return Ok(prepared);
         }
@@ -127,7 +143,7 @@ pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepare
         }
     }
     // No usable cache (or a source changed while it was read): a private temporary file.
-    let tmp = std::env::temp_dir().join(format!("charrnn-{}-{}.tokens", std::process::id(), &key[8..]));
+    let tmp = std::env::temp_dir().join(format!("{PRIVATE}{}-{}.tokens", std::process::id(), &key[8..]));
     let result = prepare(&files, options, &tmp).and_then(|_| Prepared::open(&tmp));
     let _ = std::fs::remove_file(&tmp);
     result

@@ -9,9 +9,10 @@ use crate::data::text::{for_each_char, CorpusOptions, CHUNK};
 use crate::data::tokens::{FileTokens, Tokens};
 use crate::data::vocab::Vocabulary;
 use crate::error::{Error, Result};
-use crate::util::{write_atomic, Fnv1a64};
+use crate::util::{write_atomic, Fnv1a64, WordChecksum};
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// The first bytes of every token file.
@@ -65,6 +66,10 @@ pub struct PreparedHeader {
     /// Files that started with a byte-order mark, which was dropped.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub boms: u64,
+    /// A checksum of the token bytes (64-bit FNV-1a over their 64-bit words), checked when the file is
+    /// opened; absent in files prepared before it was kept (which are then read unchecked).
+    #[serde(default)]
+    pub checksum: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -108,34 +113,34 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         options: *options,
         line_breaks: Some(read.line_breaks),
         boms: read.boms,
+        // Known once the tokens are written: the header is written with a checksum of the same length, then
+        // again with the real one.
+        checksum: Some(WordChecksum::default().finish()),
     };
     let mut index = vec![0u32; CODE_POINTS];
     for (i, &c) in vocab.iter().enumerate() {
         index[c as usize] = i as u32;
     }
+    let mut header = header;
     write_atomic(out, |tmp| {
         let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         let mut w = BufWriter::with_capacity(CHUNK, file);
-        let json = serde_json::to_vec(&header).expect("the header serialises");
-        let mut head = Vec::with_capacity(24 + json.len() + 8);
-        head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&TOKENS_VERSION.to_le_bytes());
-        head.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        head.extend_from_slice(&json);
-        head.resize(head.len().next_multiple_of(8), 0);
-        w.write_all(&head).map_err(|e| Error::io(tmp, e))?;
+        w.write_all(&head_bytes(&header)).map_err(|e| Error::io(tmp, e))?;
         let mut failed = None;
         let width = header.width as usize;
+        let mut checksum = WordChecksum::default();
         let mut pending: Vec<u8> = Vec::with_capacity(CHUNK + 4);
         let written = for_each_char(paths, options, CHUNK, |c| {
             pending.extend_from_slice(&index[c as usize].to_le_bytes()[..width]);
             if pending.len() >= CHUNK {
+                checksum.add(&pending);
                 if failed.is_none() {
                     failed = w.write_all(&pending).err();
                 }
                 pending.clear();
             }
         })?;
+        checksum.add(&pending);
         if let Some(e) = failed.or_else(|| w.write_all(&pending).err()) {
             return Err(Error::io(tmp, e));
         }
@@ -144,9 +149,24 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
             let reason = format!("the sources changed while they were read ({written} characters, then {len})");
             return Err(Error::config("--corpus", reason));
         }
-        w.flush().map_err(|e| Error::io(tmp, e))
+        header.checksum = Some(checksum.finish());
+        let mut file = w.into_inner().map_err(|e| Error::io(tmp, e.into_error()))?;
+        file.rewind().and_then(|_| file.write_all(&head_bytes(&header))).map_err(|e| Error::io(tmp, e))
     })?;
     Ok(header)
+}
+
+/// The bytes before a token file's tokens: the magic, the version, the header's length and the header,
+/// padded to a multiple of 8 bytes.
+fn head_bytes(header: &PreparedHeader) -> Vec<u8> {
+    let json = serde_json::to_vec(header).expect("the header serialises");
+    let mut head = Vec::with_capacity(24 + json.len() + 8);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&TOKENS_VERSION.to_le_bytes());
+    head.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    head.extend_from_slice(&json);
+    head.resize(head.len().next_multiple_of(8), 0);
+    head
 }
 
 /// An open token file, its header and vocabulary checked and its tokens read on demand (positioned reads:
@@ -162,18 +182,22 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Opens the token file at `path`, checking its magic, version, header, size and every token.
+    /// Opens the token file at `path`, checking its magic, version, header, size, checksum and every token
+    /// (one pass over the tokens, 1 MiB at a time).
     pub fn open(path: &Path) -> Result<Prepared> {
         let (file, offset, header, vocab) = Self::read_header(path)?;
-        let prepared = Prepared { file, offset, header, vocab };
-        // Every token must index the vocabulary: checked once here, so that readers can trust them.
-        let max = prepared.tokens().max_chunked();
-        if max.is_some_and(|m| m as usize >= prepared.vocab.len()) {
-            let size = prepared.vocab.len();
-            let reason = format!("a token ({}) is outside its vocabulary of {size}", max.unwrap_or(0));
-            return Err(Error::BadCorpus { path: path.to_path_buf(), reason });
+        let bad = |reason: String| Error::BadCorpus { path: path.to_path_buf(), reason };
+        let (checksum, max) =
+            scan(&file, offset, header.len * header.width as u64, header.width).map_err(|e| Error::io(path, e))?;
+        if header.checksum.as_ref().is_some_and(|c| *c != checksum) {
+            return Err(bad("its tokens do not match the checksum in its header: they changed after it was prepared (a disk error, a tool that rewrote it); prepare it again".into()));
         }
-        Ok(prepared)
+        // Every token must index the vocabulary: checked once here, so that readers can trust them.
+        if max.is_some_and(|m| m as usize >= vocab.len()) {
+            let reason = format!("a token ({}) is outside its vocabulary of {}", max.unwrap_or(0), vocab.len());
+            return Err(bad(reason));
+        }
+        Ok(Prepared { file, offset, header, vocab })
     }
 
     /// The header of the token file at `path` (checked as [`Prepared::open`] checks it, but without reading
@@ -224,6 +248,26 @@ impl Prepared {
         let (start, len, width) = (self.offset, self.header.len as usize, self.header.width);
         Tokens::File(FileTokens { file: &self.file, start, len, width })
     }
+}
+
+/// The checksum of the `bytes` token bytes of `file` from `offset`, and the largest token (of `width` bytes,
+/// little-endian), if any.
+fn scan(file: &File, offset: u64, bytes: u64, width: u8) -> std::io::Result<(String, Option<u32>)> {
+    let mut buf = vec![0u8; CHUNK.min(bytes as usize)];
+    let (mut checksum, mut max, mut at) = (WordChecksum::default(), None::<u32>, 0u64);
+    while at < bytes {
+        let chunk = &mut buf[..(bytes - at).min(CHUNK as u64) as usize];
+        file.read_exact_at(chunk, offset + at)?;
+        checksum.add(chunk);
+        let largest = match width {
+            1 => chunk.iter().copied().max().map(u32::from),
+            2 => chunk.chunks_exact(2).map(|b| u32::from(u16::from_le_bytes([b[0], b[1]]))).max(),
+            _ => chunk.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).max(),
+        };
+        max = max.max(largest);
+        at += chunk.len() as u64;
+    }
+    Ok((checksum.finish(), max))
 }
 
 /// Whether `path` starts like a token file.
@@ -312,9 +356,23 @@ mod tests {
         newer[16..20].copy_from_slice(&(TOKENS_VERSION + 1).to_le_bytes());
         std::fs::write(&damaged, &newer).unwrap();
         assert!(Prepared::open(&damaged).err().unwrap().to_string().contains("newer than this charrnn"));
-        let mut wild = bytes.clone();
-        *wild.last_mut().unwrap() = 200;
-        std::fs::write(&damaged, &wild).unwrap();
+        // "ok": tokens 0 ('k') and 1 ('o') swapped into "ko" stay within the vocabulary; the checksum tells.
+        let n = bytes.len();
+        let mut swapped = bytes.clone();
+        swapped.swap(n - 2, n - 1);
+        std::fs::write(&damaged, &swapped).unwrap();
+        let err = Prepared::open(&damaged).err().unwrap().to_string();
+        assert!(err.contains("do not match the checksum in its header"), "{err}");
+        // A file without a checksum (prepared before there was one) is read unchecked, its tokens still held to
+        // its vocabulary.
+        let header = Prepared::header_of(&out).unwrap();
+        let unchecked = PreparedHeader { checksum: None, ..header };
+        let mut old = head_bytes(&unchecked);
+        old.extend_from_slice(&swapped[n - 2..]);
+        std::fs::write(&damaged, &old).unwrap();
+        assert_eq!(Prepared::open(&damaged).unwrap().tokens().to_vec(), vec![0, 1]);
+        *old.last_mut().unwrap() = 200;
+        std::fs::write(&damaged, &old).unwrap();
         assert!(Prepared::open(&damaged).err().unwrap().to_string().contains("outside its vocabulary"));
         std::fs::write(&damaged, b"plain text, not tokens").unwrap();
         assert!(Prepared::open(&damaged).err().unwrap().to_string().contains("not a charrnn token file"));

@@ -85,15 +85,6 @@ impl<'a> Tokens<'a> {
         }
     }
 
-    /// The largest index, if there is any, reading a bounded piece at a time.
-    pub fn max_chunked(&self) -> Option<i64> {
-        let piece = READ_CHUNK / 4;
-        (0..self.len())
-            .step_by(piece)
-            .filter_map(|s| self.slice(s, piece.min(self.len() - s)).to_vec().into_iter().max())
-            .max()
-    }
-
     /// The characters as Int64 indices.
     pub fn to_vec(&self) -> Vec<i64> {
         let mut out = Vec::with_capacity(self.len());

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::store::format::{ModelFile, ResumeInfo};
 use crate::store::layout::MODEL_JSON;
 use crate::train::state::TrainState;
-use crate::util::{crash_point, sync_dir, write_atomic, write_bytes_atomic};
+use crate::util::{crash_point, sweep_dead_temporaries, sync_dir, write_atomic, write_bytes_atomic};
 use std::path::Path;
 use tch::{Device, Tensor};
 
@@ -45,7 +45,10 @@ pub fn save_parts(dir: &Path, params: &[(String, Tensor)], file: ModelFile, stat
     };
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let tmp = parent.join(format!(".{name}.new-{}", std::process::id()));
+    // What a first save that was killed left behind.
+    let prefix = format!(".{name}.new-");
+    sweep_dead_temporaries(parent, |entry| entry.strip_prefix(&prefix)?.parse().ok());
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     crash_point("a new model folder made under a temporary name");
