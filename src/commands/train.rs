@@ -126,17 +126,12 @@ impl Data {
         options.keep_newlines |= source.is_some_and(|src| src.file.corpus.options.keep_newlines);
         let prepared = load_corpus(&job.corpus, &options)?;
         let header = prepared.header.clone();
-        let Some(src) = source else {
-            return Ok(Data {
-                vocab: prepared.vocab.clone(),
-                corpus: CorpusIds::Mapped(prepared),
-                header,
-                known: None,
-            });
+        let (vocab, known) = match source {
+            None => (prepared.vocab.clone(), None),
+            Some(src) => (src.vocab.extended(prepared.vocab.chars().iter().copied()), Some(src.vocab.len())),
         };
-        let vocab = src.vocab.extended(prepared.vocab.chars().iter().copied());
         let corpus = CorpusIds::in_vocab(prepared, &vocab)?;
-        Ok(Data { vocab, corpus, header, known: Some(src.vocab.len()) })
+        Ok(Data { vocab, corpus, header, known })
     }
 }
 

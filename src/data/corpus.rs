@@ -1,11 +1,11 @@
 //! A corpus loaded for a model: prepared once (and cached) from its files, then read in a given vocabulary.
-use crate::data::prepared::{is_token_file, prepare, Prepared, PreparedHeader, Source};
+use crate::data::prepared::{is_token_file, prepare, write_remapped, Prepared, PreparedHeader, Source};
 use crate::data::text::{expand_sources, text_hash, CorpusOptions};
 use crate::data::tokens::Tokens;
 use crate::data::vocab::Vocabulary;
 use crate::error::{Error, Result};
 use crate::util::{atomic_temporary_owner, sweep_dead_temporaries};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Characters left out of a text because a vocabulary lacks them.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -24,14 +24,10 @@ impl std::fmt::Display for Skipped {
     }
 }
 
-/// A corpus's character indices in a given vocabulary: the prepared file itself when its vocabulary is
-/// that one, else a copy in memory with each index mapped.
-pub enum CorpusIds {
-    /// The prepared file's own tokens.
-    Mapped(Prepared),
-    /// Remapped indices.
-    Owned(Vec<i64>),
-}
+/// A corpus's character indices in a given vocabulary, read from a token file: the prepared file itself
+/// when its vocabulary is that one, else a copy remapped to it, cached beside prepared corpora (so that a
+/// corpus of any size is read in bounded memory either way).
+pub struct CorpusIds(Prepared);
 
 impl CorpusIds {
     /// `prepared`'s text in `vocab`'s indices; characters that `vocab` lacks are an error naming them.
@@ -48,27 +44,49 @@ impl CorpusIds {
 
     fn remap(prepared: Prepared, vocab: &Vocabulary, skip: bool) -> Result<(CorpusIds, Skipped)> {
         if prepared.vocab == *vocab {
-            return Ok((CorpusIds::Mapped(prepared), Skipped::default()));
+            return Ok((CorpusIds(prepared), Skipped::default()));
         }
-        let table: Vec<Option<usize>> = prepared.vocab.chars().iter().map(|&c| vocab.index(c)).collect();
+        let table: Vec<Option<u32>> =
+            prepared.vocab.chars().iter().map(|&c| vocab.index(c).map(|i| i as u32)).collect();
         let unknown: Vec<char> =
             prepared.vocab.chars().iter().zip(&table).filter(|(_, i)| i.is_none()).map(|(&c, _)| c).collect();
         if !unknown.is_empty() && !skip {
             return Err(Error::UnknownChars { what: "the corpus", chars: unknown });
         }
-        let ids = prepared.tokens().to_vec();
-        let kept: Vec<i64> = ids.iter().filter_map(|&i| table[i as usize].map(|j| j as i64)).collect();
-        let skipped = Skipped { count: ids.len() - kept.len(), chars: unknown };
-        Ok((CorpusIds::Owned(kept), skipped))
+        // Named after the text (its header, checksum and sources included) and the vocabulary.
+        let description = serde_json::to_string(&prepared.header).expect("the header serialises");
+        let key = text_hash(&format!("{description}\n{}", vocab.chars().iter().collect::<String>()));
+        let remapped =
+            cached_or_prepared(&key, "remapped-", |out| write_remapped(&prepared, vocab, &table, out).map(|_| ()))?;
+        let skipped = Skipped { count: (prepared.header.len - remapped.header.len) as usize, chars: unknown };
+        Ok((CorpusIds(remapped), skipped))
     }
 
     /// The indices.
     pub fn tokens(&self) -> Tokens<'_> {
-        match self {
-            CorpusIds::Mapped(p) => p.tokens(),
-            CorpusIds::Owned(v) => Tokens::I64(v),
+        self.0.tokens()
+    }
+}
+
+/// The token file named after `key` (a fingerprint, `fnv1a64:…`) in the cache, when it is whole; else the
+/// one `write` writes there, or, where the cache cannot be written, into a private temporary file (removed
+/// once open).
+fn cached_or_prepared(key: &str, kind: &str, write: impl Fn(&Path) -> Result<()>) -> Result<Prepared> {
+    let dir = cache_dir();
+    let name = format!("{kind}{}.tokens", key.trim_start_matches("fnv1a64:"));
+    let cached = dir.join(&name);
+    if Prepared::header_of(&cached).is_ok_and(|h| h.checksum.is_some()) {
+        if let Ok(prepared) = Prepared::open(&cached) {
+            return Ok(prepared);
         }
     }
+    if std::fs::create_dir_all(&dir).is_ok() && write(&cached).is_ok() {
+        return Prepared::open(&cached);
+    }
+    let tmp = std::env::temp_dir().join(format!("{PRIVATE}{}-{name}", std::process::id()));
+    let result = write(&tmp).and_then(|_| Prepared::open(&tmp));
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 /// The folder where prepared corpora are cached: `$CHARRNN_CACHE`, else `$XDG_CACHE_HOME/charrnn`, else

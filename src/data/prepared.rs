@@ -51,7 +51,7 @@ pub struct PreparedHeader {
     pub width: u8,
     /// Tokens (characters) in the file.
     pub len: u64,
-    /// The vocabulary, sorted, as one string.
+    /// The vocabulary, in index order (sorted, but in a text remapped to a model's vocabulary), as one string.
     pub vocab: String,
     /// The text's FNV-1a fingerprint ([`crate::text_hash`] of the text as read).
     pub hash: String,
@@ -113,25 +113,37 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         options: *options,
         line_breaks: Some(read.line_breaks),
         boms: read.boms,
-        // Known once the tokens are written: the header is written with a checksum of the same length, then
-        // again with the real one.
-        checksum: Some(WordChecksum::default().finish()),
+        checksum: None,
     };
     let mut index = vec![0u32; CODE_POINTS];
     for (i, &c) in vocab.iter().enumerate() {
         index[c as usize] = i as u32;
     }
-    let mut header = header;
+    write_token_file(out, header, |push| for_each_char(paths, options, CHUNK, |c| push(index[c as usize])).map(|_| ()))
+}
+
+/// Writes a token file at `out` (atomically: a failure leaves no file) described by `header` (its checksum
+/// filled in here), its tokens what `produce` passes to the function it is given, in order: exactly
+/// `header.len` of them, or the text changed while it was read, an error.
+fn write_token_file(
+    out: &Path,
+    mut header: PreparedHeader,
+    produce: impl FnOnce(&mut dyn FnMut(u32)) -> Result<()>,
+) -> Result<PreparedHeader> {
+    // Known once the tokens are written: the header is written with a checksum of the same length, then
+    // again with the real one.
+    header.checksum = Some(WordChecksum::default().finish());
     write_atomic(out, |tmp| {
         let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         let mut w = BufWriter::with_capacity(CHUNK, file);
         w.write_all(&head_bytes(&header)).map_err(|e| Error::io(tmp, e))?;
-        let mut failed = None;
+        let (mut failed, mut written) = (None, 0u64);
         let width = header.width as usize;
         let mut checksum = WordChecksum::default();
         let mut pending: Vec<u8> = Vec::with_capacity(CHUNK + 4);
-        let written = for_each_char(paths, options, CHUNK, |c| {
-            pending.extend_from_slice(&index[c as usize].to_le_bytes()[..width]);
+        produce(&mut |token| {
+            pending.extend_from_slice(&token.to_le_bytes()[..width]);
+            written += 1;
             if pending.len() >= CHUNK {
                 checksum.add(&pending);
                 if failed.is_none() {
@@ -144,9 +156,9 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         if let Some(e) = failed.or_else(|| w.write_all(&pending).err()) {
             return Err(Error::io(tmp, e));
         }
-        let written = written.chars;
         if written != header.len {
-            let reason = format!("the sources changed while they were read ({written} characters, then {len})");
+            let reason =
+                format!("the sources changed while they were read ({} characters, then {written})", header.len);
             return Err(Error::config("--corpus", reason));
         }
         header.checksum = Some(checksum.finish());
@@ -154,6 +166,49 @@ pub fn prepare(paths: &[PathBuf], options: &CorpusOptions, out: &Path) -> Result
         file.rewind().and_then(|_| file.write_all(&head_bytes(&header))).map_err(|e| Error::io(tmp, e))
     })?;
     Ok(header)
+}
+
+/// Tokens read at a time when a token file is read whole (a bounded piece of memory).
+const TOKENS_AT_A_TIME: usize = 1 << 20;
+
+/// `source`'s text in the indices of `vocab`, as a token file at `out`: source token `i` becomes
+/// `table[i]`, or is left out where that is `None` (a character `vocab` lacks). Two passes over the
+/// source, a bounded piece at a time: the first counts what stays and fingerprints its text.
+pub(crate) fn write_remapped(
+    source: &Prepared,
+    vocab: &Vocabulary,
+    table: &[Option<u32>],
+    out: &Path,
+) -> Result<PreparedHeader> {
+    let tokens = source.tokens();
+    let each_piece = |f: &mut dyn FnMut(&[i64])| {
+        for start in (0..tokens.len()).step_by(TOKENS_AT_A_TIME) {
+            f(&tokens.slice(start, TOKENS_AT_A_TIME.min(tokens.len() - start)).to_vec());
+        }
+    };
+    let (mut kept, mut hash) = (0u64, Fnv1a64::default());
+    each_piece(&mut |piece| {
+        for j in piece.iter().filter_map(|&t| table[t as usize]) {
+            kept += 1;
+            hash.add(vocab.char(j as usize));
+        }
+    });
+    let h = &source.header;
+    let header = PreparedHeader {
+        width: width_for(vocab.len()),
+        len: kept,
+        vocab: vocab.chars().iter().collect(),
+        hash: hash.finish(),
+        sources: h.sources.clone(),
+        options: h.options,
+        line_breaks: h.line_breaks.filter(|_| kept == h.len),
+        boms: h.boms,
+        checksum: None,
+    };
+    write_token_file(out, header, |push| {
+        each_piece(&mut |piece| piece.iter().filter_map(|&t| table[t as usize]).for_each(&mut *push));
+        Ok(())
+    })
 }
 
 /// The bytes before a token file's tokens: the magic, the version, the header's length and the header,
@@ -311,6 +366,33 @@ mod tests {
             assert_eq!(header.len as usize, whole.chars().count());
             assert_eq!(header.width, 1);
         }
+    }
+
+    #[test]
+    fn a_remapped_token_file_holds_the_text_in_the_other_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "t.txt", "bacab");
+        let out = dir.path().join("t.tokens");
+        prepare(&[path], &CorpusOptions::default(), &out).unwrap();
+        let source = Prepared::open(&out).unwrap();
+        // Into a vocabulary of another order that lacks 'b': the text without its b's, worked by hand.
+        let vocab = Vocabulary::from_chars(vec!['c', 'a', 'z']).unwrap();
+        let table: Vec<Option<u32>> = source.vocab.chars().iter().map(|&c| vocab.index(c).map(|i| i as u32)).collect();
+        let remapped_path = dir.path().join("r.tokens");
+        let header = write_remapped(&source, &vocab, &table, &remapped_path).unwrap();
+        let remapped = Prepared::open(&remapped_path).unwrap();
+        assert_eq!(remapped.tokens().to_vec(), vec![1, 0, 1]);
+        assert_eq!(
+            (header.len, header.hash.as_str(), remapped.vocab.chars()),
+            (3, text_hash("aca").as_str(), vocab.chars())
+        );
+        // Into a vocabulary that has every character: the same text, whose fingerprint is the source's.
+        let grown = source.vocab.extended("xy".chars());
+        let grown = Vocabulary::from_chars(grown.chars().iter().rev().copied().collect()).unwrap();
+        let table: Vec<Option<u32>> = source.vocab.chars().iter().map(|&c| grown.index(c).map(|i| i as u32)).collect();
+        let header = write_remapped(&source, &grown, &table, &remapped_path).unwrap();
+        assert_eq!(Prepared::open(&remapped_path).unwrap().tokens().to_vec(), grown.encode("bacab", "t").unwrap());
+        assert_eq!(header.hash, source.header.hash);
     }
 
     #[test]
