@@ -48,7 +48,7 @@ pub struct PredictJob {
 /// What `charrnn predict` produced.
 #[derive(Debug, Clone)]
 pub struct PredictOutcome {
-    /// One per requested sample (shorter than asked for when `on_char` stopped generation).
+    /// One per requested sample (shorter than asked for when `on_char` or `keep_going` stopped generation).
     pub samples: Vec<Generated>,
     /// Problems that did not stop it (dropped prefix characters), for the user to see.
     pub warnings: Vec<String>,
@@ -58,11 +58,14 @@ pub struct PredictOutcome {
 
 /// Runs `charrnn predict`: `on_char(i, c)` sees each character of sample `i`'s text as soon as it is known:
 /// the prefix (read with the model's text options, without skipped characters) first, then each generated
-/// character; when it returns `Break`, generation stops and the samples so far are returned. The stop
-/// string is read with the model's text options too, and must be made of characters the model knows.
+/// character; when it returns `Break`, generation stops and the samples so far are returned.
+/// `keep_going()` is asked as generation goes, beam searches included (see [`generate_until`]): `Break`
+/// (Ctrl-C) stops it the same way. The stop string is read with the model's text options too, and must be
+/// made of characters the model knows.
 pub fn run_predict(
     job: &PredictJob,
     on_char: &mut dyn FnMut(usize, char) -> ControlFlow<()>,
+    keep_going: &mut dyn FnMut() -> ControlFlow<()>,
 ) -> Result<PredictOutcome> {
     // One thread unless told: a step of generation is too small to split, and threads that wait on each
     // other are what makes generation slow when other work shares the cores (`benches/loaded_machine.sh`).
@@ -96,7 +99,7 @@ pub fn run_predict(
     }
     for i in 0..generate.outputs() {
         for c in prefix.chars() {
-            if on_char(i, c).is_break() {
+            if keep_going().is_break() || on_char(i, c).is_break() {
                 let nothing = Generated {
                     text: prefix.clone(),
                     generated: String::new(),
@@ -109,6 +112,6 @@ pub fn run_predict(
             }
         }
     }
-    let samples = generate_until(&loaded.model, &loaded.vocab, &prefix, &generate, on_char)?;
+    let samples = generate_until(&loaded.model, &loaded.vocab, &prefix, &generate, on_char, keep_going)?;
     Ok(PredictOutcome { samples, warnings, keeps_newlines: options.keep_newlines })
 }

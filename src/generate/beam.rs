@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::generate::options::{check_beam, prefix_ids, Generated, MAX_BEAM};
 use crate::model::network::Network;
 use crate::model::ops::logsumexp;
+use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
 /// One continuation being extended.
@@ -44,6 +45,9 @@ fn better(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
 /// scores every extension `log_prob + ln softmax(y)[c]` in f64 on the host and keeps the `beam` best.
 /// `beam` 1 is greedy generation, character for character. With `beam >= V^(num_chars - 1)` the search
 /// is exhaustive, so its first continuation is the most likely of all.
+///
+/// `keep_going()` is asked before each step; when it returns `Break` (a client that went away, a shutdown,
+/// Ctrl-C) the search ends there and returns the best continuations found so far, ranked the same way.
 pub fn beam_search(
     model: &Network,
     vocab: &Vocabulary,
@@ -51,6 +55,7 @@ pub fn beam_search(
     num_chars: usize,
     beam: usize,
     stop: Option<&str>,
+    keep_going: &mut dyn FnMut() -> ControlFlow<()>,
 ) -> Result<Vec<Generated>> {
     check_beam(beam, MAX_BEAM)?;
     let ids = prefix_ids(vocab, prefix)?;
@@ -63,6 +68,9 @@ pub fn beam_search(
     let mut inputs = vec![last];
     let v = vocab.len();
     for _ in 0..num_chars {
+        if keep_going().is_break() {
+            break;
+        }
         let x = Tensor::from_slice(&inputs).to_device(device);
         let (y, next) = model.step(&x, &state);
         let logits = Vec::<f32>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]))?;
@@ -201,7 +209,7 @@ mod tests {
         for seed in 0..20 {
             let (model, vocab) = peaked(seed);
             let all = brute_force(&model, &vocab, "ab", 3, None);
-            let beams = beam_search(&model, &vocab, "ab", 3, 25, None).unwrap();
+            let beams = beam_search(&model, &vocab, "ab", 3, 25, None, &mut || ControlFlow::Continue(())).unwrap();
             assert_eq!(beams.len(), 25);
             for (b, (text, lp)) in beams.iter().zip(&all) {
                 // Float32 logits through two paths (one step at a time, one pass), summed over 3 characters.
@@ -223,7 +231,7 @@ mod tests {
         for seed in 0..10 {
             let (model, vocab) = peaked(seed);
             for prefix in ["a", "dcb"] {
-                let beam = beam_search(&model, &vocab, prefix, 30, 1, None).unwrap();
+                let beam = beam_search(&model, &vocab, prefix, 30, 1, None, &mut || ControlFlow::Continue(())).unwrap();
                 assert_eq!(beam.len(), 1);
                 assert_eq!(beam[0].text, predict(&model, &vocab, prefix, 30).unwrap(), "seed {seed} {prefix}");
                 let sum: f64 = beam[0].probs.iter().map(|p| p.ln()).sum();
@@ -238,7 +246,7 @@ mod tests {
         for seed in 0..10 {
             let (model, vocab) = peaked(seed);
             let all = brute_force(&model, &vocab, "e", 3, Some("b"));
-            let beams = beam_search(&model, &vocab, "e", 3, 25, Some("b")).unwrap();
+            let beams = beam_search(&model, &vocab, "e", 3, 25, Some("b"), &mut || ControlFlow::Continue(())).unwrap();
             assert_eq!(beams.len(), 25.min(all.len()));
             for (b, (text, lp)) in beams.iter().zip(&all) {
                 assert_eq!(b.generated, *text, "seed {seed}");
@@ -253,7 +261,7 @@ mod tests {
     #[test]
     fn fewer_continuations_than_the_beam_come_back_sorted_and_distinct() {
         let (model, vocab) = peaked(3);
-        let beams = beam_search(&model, &vocab, "c", 2, 1000, None).unwrap();
+        let beams = beam_search(&model, &vocab, "c", 2, 1000, None, &mut || ControlFlow::Continue(())).unwrap();
         assert_eq!(beams.len(), 25, "5^2 continuations of 2 characters");
         assert!(beams.windows(2).all(|w| w[0].log_prob >= w[1].log_prob));
         let mut texts: Vec<&str> = beams.iter().map(|b| b.generated.as_str()).collect();
@@ -263,9 +271,32 @@ mod tests {
         // The probabilities of all 25 continuations add up to 1.
         let total: f64 = beams.iter().map(|b| b.log_prob.unwrap().exp()).sum();
         assert!((total - 1.0).abs() < 1e-9, "{total}");
-        let none = beam_search(&model, &vocab, "c", 0, 4, None).unwrap();
+        let none = beam_search(&model, &vocab, "c", 0, 4, None, &mut || ControlFlow::Continue(())).unwrap();
         assert_eq!((none.len(), none[0].text.as_str(), none[0].log_prob), (1, "c", Some(0.0)));
-        assert!(beam_search(&model, &vocab, "c", 2, 0, None).is_err());
-        assert!(beam_search(&model, &vocab, "c", 2, MAX_BEAM + 1, None).is_err());
+        assert!(beam_search(&model, &vocab, "c", 2, 0, None, &mut || ControlFlow::Continue(())).is_err());
+        assert!(beam_search(&model, &vocab, "c", 2, MAX_BEAM + 1, None, &mut || ControlFlow::Continue(())).is_err());
+    }
+
+    #[test]
+    fn a_search_told_to_stop_returns_the_best_continuations_so_far() {
+        // Stopped before its step k + 1, a search of 6 characters has the beams of a search of k: the
+        // brute force above checks those at k = 3.
+        let (model, vocab) = peaked(5);
+        for k in 0..4 {
+            let mut asked = 0;
+            let stopped = beam_search(&model, &vocab, "ab", 6, 7, None, &mut || {
+                asked += 1;
+                if asked > k {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+            assert_eq!(asked, k + 1, "asked once before each step, and not again once stopped");
+            let short = beam_search(&model, &vocab, "ab", k, 7, None, &mut || ControlFlow::Continue(())).unwrap();
+            let texts = |b: &[Generated]| b.iter().map(|g| (g.text.clone(), g.log_prob)).collect::<Vec<_>>();
+            assert_eq!(texts(&stopped), texts(&short), "stopped after {k} steps");
+        }
     }
 }

@@ -19,6 +19,8 @@ use std::ops::ControlFlow;
 /// for all samples together, or with `options.beam` the most likely continuations ([`beam_search`]).
 /// `on_char(i, c)` is called for each character `c` of sample `i` as soon as it is chosen (a beam search's
 /// once it ends); when it returns `Break`, generation stops there and the samples so far are returned.
+/// `keep_going()` is asked before each character is chosen and before each step of a beam search: `Break`
+/// (Ctrl-C, a client that went away, a shutdown) stops generation the same way, beam searches included.
 ///
 /// Sample `i` draws from its own generator seeded with `sampler.seed + i`, and the warm-up runs once for
 /// all samples, so a batch of N gives the texts of N single runs with seeds `seed .. seed + N` (up to the
@@ -29,10 +31,12 @@ pub fn generate_until(
     prefix: &str,
     options: &Generate,
     on_char: &mut dyn FnMut(usize, char) -> ControlFlow<()>,
+    keep_going: &mut dyn FnMut() -> ControlFlow<()>,
 ) -> Result<Vec<Generated>> {
     options.validate()?;
     if options.beam > 0 {
-        let beams = beam_search(model, vocab, prefix, options.num_chars, options.beam, options.stop.as_deref())?;
+        let stop = options.stop.as_deref();
+        let beams = beam_search(model, vocab, prefix, options.num_chars, options.beam, stop, keep_going)?;
         for (i, b) in beams.iter().enumerate() {
             for c in b.generated.chars() {
                 if on_char(i, c).is_break() {
@@ -42,7 +46,16 @@ pub fn generate_until(
         }
         return Ok(beams);
     }
-    let mut samples = generate_batch(model, vocab, &[(prefix, options)], &mut |_, i, c| on_char(i, c), &mut |_, _| {})?;
+    let mut samples = generate_batch(
+        model,
+        vocab,
+        &[(prefix, options)],
+        &mut |_, i, c| {
+            keep_going()?;
+            on_char(i, c)
+        },
+        &mut |_, _| {},
+    )?;
     Ok(samples.remove(0))
 }
 
@@ -54,10 +67,11 @@ pub fn generate(
     options: &Generate,
     on_char: &mut dyn FnMut(usize, char),
 ) -> Result<Vec<Generated>> {
-    generate_until(model, vocab, prefix, options, &mut |i, c| {
+    let on_char = &mut |i, c| {
         on_char(i, c);
         ControlFlow::Continue(())
-    })
+    };
+    generate_until(model, vocab, prefix, options, on_char, &mut || ControlFlow::Continue(()))
 }
 
 /// Warms the state up over `prefix`, then generates `num_chars` characters greedily (argmax at each step).

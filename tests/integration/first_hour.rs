@@ -155,6 +155,28 @@ fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
     let generated = stdout.trim_end_matches('\n').strip_prefix("ROMEO").expect("the prefix first").chars().count();
     assert!(generated > 0 && generated < 10_000_000, "{generated}");
     assert!(stderr.contains(&format!("printed the {generated} characters generated so far")), "{stderr}");
+
+    // A beam search stops at its next step too, and prints its best beams so far, most likely first.
+    let beam = ["predict", "--model", "m", "--prefix", "ROMEO", "--num-chars", "10000000", "--beam", "4", "--json"];
+    let mut child = env.command(&beam).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let busy = cpu_seconds(child.id());
+    while cpu_seconds(child.id()) < busy + 1.0 {
+        assert!(child.try_wait().unwrap().is_none(), "predict ended before the signal");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    crate::checkpoints::signal(&child, "INT");
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let status = wait_within(&mut child, TIMEOUT);
+    assert_eq!(status.code(), Some(130), "{stdout}");
+    let beams: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(beams.len(), 4, "{stdout}");
+    let lps: Vec<f64> = beams.iter().map(|b| b["log_prob"].as_f64().unwrap()).collect();
+    assert!(lps.windows(2).all(|w| w[0] >= w[1]), "{lps:?}");
+    for b in &beams {
+        let n = b["generated"].as_str().unwrap().chars().count();
+        assert!(n > 0 && n < 10_000_000 && b["text"].as_str().unwrap().starts_with("ROMEO"), "{b}");
+    }
 }
 
 /// Point 2 for train: a reader that goes away (`charrnn train 2>&1 | head -1`) neither aborts the run nor

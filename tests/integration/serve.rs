@@ -135,6 +135,47 @@ fn post(address: &str, body: &str) -> Answer {
     http(address, "POST", "/v1/generate", &[("Content-Type", "application/json")], body.as_bytes())
 }
 
+/// Whether a short greedy request is answered in full: 200, three characters, not interrupted.
+fn answers_in_full(address: &str) -> bool {
+    let answer = post(address, r#"{"prefix": "不知", "num_chars": 3}"#);
+    answer.status == 200 && answer.json()["interrupted"] == false && generated(&answer)[0].chars().count() == 3
+}
+
+/// `GET /healthz`'s counters.
+fn health(address: &str) -> serde_json::Value {
+    let answer = http(address, "GET", "/healthz", &[], b"");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.json()
+}
+
+/// Polls `GET /healthz` until `done` holds of it, and returns it.
+fn health_until(address: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + crate::cli::TIMEOUT;
+    loop {
+        let h = health(address);
+        if done(&h) {
+            return h;
+        }
+        assert!(std::time::Instant::now() < deadline, "healthz never got there: {h}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Reads from `stream` until the server closes it; returns what came and how long after `start` it closed.
+fn until_closed(mut stream: TcpStream, start: std::time::Instant) -> (Vec<u8>, std::time::Duration) {
+    stream.set_read_timeout(Some(crate::cli::TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, start.elapsed()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, start.elapsed()),
+            Err(e) => panic!("the server kept the connection open ({e}) after {:?}", start.elapsed()),
+        }
+    }
+}
+
 /// The `generated` texts of a generation answer.
 fn generated(answer: &Answer) -> Vec<String> {
     assert_eq!(answer.status, 200, "{answer:?}");
@@ -169,7 +210,14 @@ fn every_endpoint_answers_as_the_command_line_does() {
     assert_eq!(described["vocab_size"], file["model"]["vocab_size"]);
     assert_eq!(described["hidden"], file["model"]["hidden"]);
     assert_eq!(described["epochs"], file["epoch"]);
-    assert_eq!(described["limits"]["max_chars"], 10_000);
+    // The limits a client must keep to, each the flag's default (README, `charrnn serve --help`).
+    let limits = &described["limits"];
+    let expected = serde_json::json!({
+        "max_chars": 10_000, "max_samples": 16, "max_beam": 16, "max_body": 65_536, "queue": 64, "max_batch": 64,
+        "max_connections": 256, "header_timeout_s": 10.0, "body_timeout_s": 10.0, "grace_s": 10.0,
+    });
+    assert_eq!(limits, &expected);
+    assert!(answers_in_full(a));
 
     let page = http(a, "GET", "/", &[], b"");
     assert_eq!(page.status, 200);
@@ -355,6 +403,7 @@ fn sigterm_or_sigint_lets_a_running_request_finish_then_stops() {
         assert_eq!(answer.status, 200);
         let tail = &answer.body[answer.body.len().saturating_sub(300)..];
         assert!(answer.body.contains("event: done"), "{signal}: the running request finished: {tail}");
+        assert!(answer.body.contains(r#""interrupted":false"#), "{signal}: finished within the grace: {tail}");
         let status = crate::cli::wait_within(&mut server.child, crate::cli::TIMEOUT);
         assert_eq!(status.code(), Some(0), "{signal}: a clean stop");
         let mut rest = String::new();
@@ -374,4 +423,111 @@ fn a_server_that_cannot_start_says_why_in_one_line() {
     env.fails(&["serve", "--model", "nowhere"], "nowhere");
     let usage = env.run(&["serve", "--model", model, "--max-samples", "0"]);
     assert_eq!(usage.code, 2, "{}", usage.stderr);
+}
+
+#[test]
+fn silent_idle_and_half_sent_connections_are_closed_after_their_timeouts() {
+    let server = start(&["--header-timeout", "1", "--body-timeout", "1.5s"]);
+    let a = &server.address;
+    let second = std::time::Duration::from_secs(1);
+    // One that sends nothing, and one that stops inside its headers: closed at the header timeout, unanswered.
+    let start = std::time::Instant::now();
+    let silent = TcpStream::connect(a).unwrap();
+    let mut half_head = TcpStream::connect(a).unwrap();
+    half_head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    for (name, stream) in [("silent", silent), ("half a head", half_head)] {
+        let (got, after) = until_closed(stream, start);
+        // Not before the timeout, and long before the default's 10 s (so the flag was taken).
+        assert!(got.is_empty() && after >= second * 9 / 10 && after < second * 8, "{name}: {got:?} after {after:?}");
+    }
+    // Half a body: 408 in JSON naming the flag, at the body timeout, and the connection closed.
+    let body = r#"{"prefix": "分开", "num_chars": 3}"#.as_bytes();
+    let start = std::time::Instant::now();
+    let mut half_body = TcpStream::connect(a).unwrap();
+    let head = format!("POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    half_body.write_all(head.as_bytes()).unwrap();
+    half_body.write_all(&body[..10]).unwrap();
+    let (got, after) = until_closed(half_body, start);
+    let got = String::from_utf8(got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 408") && got.contains("--body-timeout"), "{got}");
+    assert!(after >= second * 14 / 10 && after < second * 8, "answered after {after:?}, not at the body timeout");
+    // A keep-alive connection left idle after its answer: closed at the header timeout.
+    let mut kept = TcpStream::connect(a).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0u8; 15];
+    kept.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200 OK");
+    let (rest, after) = until_closed(kept, std::time::Instant::now());
+    assert!(String::from_utf8(rest).unwrap().contains(r#""status":"ok""#));
+    assert!(after >= second * 9 / 10 && after < second * 8, "closed after {after:?}");
+    // The server has served none of them and still answers.
+    assert_eq!(health(a)["requests"], 0);
+    assert!(answers_in_full(a));
+}
+
+#[test]
+fn connections_over_the_cap_are_refused_while_a_request_still_succeeds() {
+    let server = start(&["--max-connections", "4", "--header-timeout", "5min"]);
+    let a = &server.address;
+    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(a).unwrap()).collect();
+    // The fourth place: a request is answered.
+    assert!(answers_in_full(a));
+    // Once that connection is gone (healthz sees the three idle ones and itself), a fourth idle one fills
+    // the cap: the connection after it, accepted after it, is refused in JSON with Retry-After.
+    let h = health_until(a, |h| h["connections"] == 4);
+    let fourth = TcpStream::connect(a).unwrap();
+    let refused = post(a, r#"{"prefix": "分开", "num_chars": 3}"#);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.headers.to_ascii_lowercase().contains("retry-after: 1"), "{}", refused.headers);
+    assert!(refused.json()["error"].as_str().unwrap().contains("too many open connections"), "{}", refused.body);
+    drop((idle, fourth));
+    let after = health_until(a, |h| h["connections"] == 1);
+    assert_eq!(after["refused_connections"], 1, "{after}");
+    assert_eq!(after["requests"], h["requests"], "the refused request was never read");
+    assert!(answers_in_full(a));
+}
+
+#[test]
+fn a_client_that_goes_away_stops_its_generation_at_the_next_step() {
+    let server = start(&["--max-chars", "100000"]);
+    let a = &server.address;
+    // Each would run for minutes (a beam search of 100,000 characters far longer).
+    let bodies = [
+        r#"{"prefix": "分开", "num_chars": 100000, "samples": 3, "temperature": 1}"#,
+        r#"{"prefix": "分开", "num_chars": 100000, "stream": true}"#,
+        r#"{"prefix": "分开", "num_chars": 100000, "beam": 16}"#,
+        r#"{"prefix": "分开", "num_chars": 100000, "beam": 16, "stream": true}"#,
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let client = send(a, "POST", "/v1/generate", &[("Content-Type", "application/json")], body.as_bytes());
+        let running = health_until(a, |h| h["running"] == 1);
+        drop(client);
+        let after = health_until(a, |h| h["running"] == 0);
+        assert_eq!(after["abandoned"], i + 1, "{body}: {after}");
+        let steps = after["steps"].as_u64().unwrap() - running["steps"].as_u64().unwrap();
+        assert!(steps < 100_000, "{body}: ran {steps} steps, all it asked for");
+    }
+    assert_eq!(health(a)["interrupted"], 0);
+}
+
+#[test]
+fn a_beam_search_is_stopped_at_shutdown_once_the_grace_has_passed() {
+    let mut server = start(&["--grace", "1", "--max-chars", "100000"]);
+    let address = server.address.clone();
+    let body = r#"{"prefix": "分开", "num_chars": 100000, "beam": 16}"#;
+    let client = std::thread::spawn(move || post(&address, body));
+    health_until(&server.address, |h| h["running"] == 1);
+    let signalled = std::time::Instant::now();
+    crate::checkpoints::signal(&server.child, "TERM");
+    let answer = client.join().unwrap();
+    let status = crate::cli::wait_within(&mut server.child, crate::cli::TIMEOUT);
+    assert!(signalled.elapsed() >= std::time::Duration::from_secs(1), "the grace was kept");
+    assert_eq!(status.code(), Some(0));
+    // It is answered with the beams so far, marked as cut short.
+    let json = answer.json();
+    assert_eq!(json["interrupted"], true, "{}", &answer.body[..answer.body.len().min(300)]);
+    let beams = json["samples"].as_array().unwrap();
+    assert!(!beams.is_empty() && beams.iter().all(|b| b["generated"].as_str().unwrap().chars().count() < 100_000));
+    let lps: Vec<f64> = beams.iter().map(|b| b["log_prob"].as_f64().unwrap()).collect();
+    assert!(lps.windows(2).all(|w| w[0] >= w[1]), "most likely first: {lps:?}");
 }

@@ -59,10 +59,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
     let job = args.job().unwrap_or_else(|msg| args::usage_error("predict", ErrorKind::ArgumentConflict, msg));
-    let outcome = charrnn::run_predict(&job, &mut |_, c| {
-        if signal.load(Ordering::Relaxed) != 0 {
-            return ControlFlow::Break(());
-        }
+    let on_char = &mut |_, c| {
         if args.stream {
             // A reader that went away (a closed pipe) ends generation at once.
             if let Err(e) = write!(out, "{c}").and_then(|_| out.flush()) {
@@ -71,7 +68,12 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
             }
         }
         ControlFlow::Continue(())
-    })?;
+    };
+    let keep_going = &mut || match signal.load(Ordering::Relaxed) {
+        0 => ControlFlow::Continue(()),
+        _ => ControlFlow::Break(()),
+    };
+    let outcome = charrnn::run_predict(&job, on_char, keep_going)?;
     if let Some(e) = write_error {
         return Err(e.into());
     }

@@ -3,6 +3,7 @@
 //! threads); the requests that wait for it together are generated as one batch.
 //!
 //! Endpoints: `GET /` (the page), `GET /healthz`, `GET /v1/model`, `POST /v1/generate`.
+mod listen;
 mod request;
 mod worker;
 
@@ -13,13 +14,13 @@ use crate::generate::options::{DEFAULT_NUM_CHARS, MAX_BEAM};
 use crate::store::layout::resolve_model_dir;
 use crate::store::load::LoadedModel;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequest, State};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use listen::Connections;
 use request::{answer, parse, ApiError, Rules};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
@@ -56,7 +57,16 @@ pub struct ServeJob {
     pub max_batch: usize,
     /// Largest request body, in bytes.
     pub max_body: usize,
-    /// After SIGINT or SIGTERM, how long running requests may take to finish.
+    /// Most connections open at once; one more is answered 503 with Retry-After and closed.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, from its opening or from its last
+    /// answer (so also how long an idle keep-alive connection is kept); past it, it is closed.
+    pub header_timeout: Duration,
+    /// How long a request's body may take to arrive once its headers have; past it, 408 and the connection
+    /// closed.
+    pub body_timeout: Duration,
+    /// After SIGINT or SIGTERM, how long running requests may take to finish; past it, generation stops at
+    /// its next step and each request is answered with what it has (`"interrupted": true`).
     pub grace: Duration,
 }
 
@@ -73,6 +83,9 @@ impl Default for ServeJob {
             queue: 64,
             max_batch: 64,
             max_body: 64 * 1024,
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(10),
         }
     }
@@ -84,14 +97,23 @@ struct Shared {
     rules: Rules,
     model: Value,
     stats: Arc<Stats>,
+    connections: Arc<Connections>,
+    body_timeout: Duration,
 }
+
+/// After the grace, how long the answers cut short get to go out before the connections are dropped.
+const LAST_ANSWERS: Duration = Duration::from_secs(2);
 
 /// Runs the server until SIGINT or SIGTERM: loads the model, listens, calls `on_ready(address, model
 /// folder)` once it accepts connections, and on a signal stops accepting, lets running requests finish for
 /// up to `job.grace`, then ends them.
 pub fn serve(job: &ServeJob, on_ready: &mut dyn FnMut(SocketAddr, &Path)) -> Result<()> {
-    if job.max_chars == 0 || job.max_samples == 0 || job.queue == 0 || job.max_batch == 0 {
-        return Err(Error::config("serve", "--max-chars, --max-samples, --queue and --max-batch must be at least 1"));
+    if [job.max_chars, job.max_samples, job.queue, job.max_batch, job.max_connections].contains(&0) {
+        let flags = "--max-chars, --max-samples, --queue, --max-batch and --max-connections";
+        return Err(Error::config("serve", format!("{flags} must be at least 1")));
+    }
+    if job.header_timeout.is_zero() || job.body_timeout.is_zero() {
+        return Err(Error::config("serve", "--header-timeout and --body-timeout must be above 0"));
     }
     set_threads(Some(job.threads.unwrap_or(1)))?;
     let dir = resolve_model_dir(job.model.as_deref())?;
@@ -102,7 +124,7 @@ pub fn serve(job: &ServeJob, on_ready: &mut dyn FnMut(SocketAddr, &Path)) -> Res
         .enable_all()
         .build()
         .map_err(|e| Error::config("serve", format!("cannot start the server's threads ({e})")))?;
-    runtime.block_on(async {
+    let worker = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((job.host, job.port)).await.map_err(|e| {
             let (flag, fix) = match e.kind() {
                 std::io::ErrorKind::AddrNotAvailable => ("--host", "give an address of this machine"),
@@ -124,7 +146,15 @@ pub fn serve(job: &ServeJob, on_ready: &mut dyn FnMut(SocketAddr, &Path)) -> Res
             let (stats, stopping, max_batch) = (stats.clone(), stopping.clone(), job.max_batch);
             std::thread::spawn(move || work(loaded, queue, max_batch, &stats, &stopping))
         };
-        let shared = Arc::new(Shared { jobs, rules, model: shared_model, stats });
+        let connections = Arc::new(Connections::new(job.max_connections, job.header_timeout));
+        let shared = Arc::new(Shared {
+            jobs,
+            rules,
+            model: shared_model,
+            stats: stats.clone(),
+            connections: connections.clone(),
+            body_timeout: job.body_timeout,
+        });
         let app = Router::new()
             .route("/", get(page))
             .route("/healthz", get(healthz))
@@ -135,28 +165,21 @@ pub fn serve(job: &ServeJob, on_ready: &mut dyn FnMut(SocketAddr, &Path)) -> Res
         // Installed before the address is announced, so that a signal from then on stops the server cleanly.
         let signals = StopSignals::install()?;
         on_ready(address, &dir);
-        let signalled = Arc::new(tokio::sync::Notify::new());
-        let server = axum::serve(listener, app).with_graceful_shutdown({
-            let signalled = signalled.clone();
-            async move {
-                signals.recv().await;
-                signalled.notify_one();
-            }
-        });
-        let grace = async {
-            signalled.notified().await;
-            tokio::time::sleep(job.grace).await;
-        };
-        tokio::select! {
-            served = server => served.map_err(|e| Error::config("serve", format!("the server failed ({e})")))?,
-            _ = grace => {}
+        connections.accept(listener, app, stats, signals.recv()).await;
+        // Nothing new is accepted, and each connection closes once its current request is answered. Past the
+        // grace, generation stops at its next step, and the answers so far go out.
+        if tokio::time::timeout(job.grace, connections.closed()).await.is_err() {
+            stopping.store(true, Ordering::Relaxed);
+            let _ = tokio::time::timeout(LAST_ANSWERS, connections.closed()).await;
         }
-        // The router (and with it the queue's sender) is gone: the worker ends after its current batch, which
-        // `stopping` cuts short.
         stopping.store(true, Ordering::Relaxed);
-        let _ = worker.join();
-        Ok(())
-    })
+        Ok::<_, Error>(worker)
+    })?;
+    // Dropping the runtime drops what connections are left, and with them the last senders of the queue:
+    // the worker then ends, its running requests cut at their next step.
+    drop(runtime);
+    let _ = worker.join();
+    Ok(())
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, caught from the moment they are installed.
@@ -201,7 +224,18 @@ fn describe(dir: &Path, loaded: &LoadedModel, job: &ServeJob) -> Value {
         "corpus": f.corpus,
         "keep_newlines": f.corpus.options.keep_newlines,
         "device": device_name(loaded.model.device()),
-        "limits": { "max_chars": job.max_chars, "max_samples": job.max_samples, "max_beam": job.max_samples.min(MAX_BEAM) },
+        "limits": {
+            "max_chars": job.max_chars,
+            "max_samples": job.max_samples,
+            "max_beam": job.max_samples.min(MAX_BEAM),
+            "max_body": job.max_body,
+            "queue": job.queue,
+            "max_batch": job.max_batch,
+            "max_connections": job.max_connections,
+            "header_timeout_s": job.header_timeout.as_secs_f64(),
+            "body_timeout_s": job.body_timeout.as_secs_f64(),
+            "grace_s": job.grace.as_secs_f64(),
+        },
         "defaults": { "num_chars": DEFAULT_NUM_CHARS, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "samples": 1 },
     })
 }
@@ -218,6 +252,12 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
         "batches": s.batches.load(Ordering::Relaxed),
         "largest_batch": s.largest_batch.load(Ordering::Relaxed),
         "rejected_busy": s.rejected_busy.load(Ordering::Relaxed),
+        "running": s.running.load(Ordering::Relaxed),
+        "steps": s.steps.load(Ordering::Relaxed),
+        "abandoned": s.abandoned.load(Ordering::Relaxed),
+        "interrupted": s.interrupted.load(Ordering::Relaxed),
+        "connections": shared.connections.count(),
+        "refused_connections": s.refused_connections.load(Ordering::Relaxed),
     }))
 }
 
@@ -227,16 +267,26 @@ async fn model(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
 
 async fn generate(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: std::result::Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> std::result::Result<Response, ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::body(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large"),
-        status => ApiError::body(status, format!("cannot read the request body ({e})")),
-    })?;
+    let accept = request.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok());
+    let accepts_events = accept.is_some_and(|a| a.contains("text/event-stream"));
+    let body = match tokio::time::timeout(shared.body_timeout, Bytes::from_request(request, &())).await {
+        Ok(body) => body.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::body(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large")
+            }
+            status => ApiError::body(status, format!("cannot read the request body ({e})")),
+        })?,
+        Err(_) => {
+            let within = shared.body_timeout.as_secs_f64();
+            return Err(ApiError::body(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {within} s (--body-timeout)"),
+            ));
+        }
+    };
     let mut request = parse(&body, &shared.rules)?;
-    let accepts_events =
-        headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     request.stream |= accepts_events;
     let stream = request.stream;
     let (reply, mut replies) = unbounded_channel();
@@ -251,11 +301,17 @@ async fn generate(
         }
     }
     if stream {
-        // The worker keeps a request's sender until its whole batch is done: the stream ends at this
-        // request's own last event instead.
+        // The stream ends at this request's own last event. A client that goes away drops the stream, and
+        // so `replies`, at once (not only at the next reply, which a beam search sends only at its end): the
+        // worker sees its reply channel closed and stops generating at the next step.
         let (forward, forwarded) = unbounded_channel();
         tokio::spawn(async move {
-            while let Some(reply) = replies.recv().await {
+            loop {
+                let reply = tokio::select! {
+                    reply = replies.recv() => reply,
+                    _ = forward.closed() => None,
+                };
+                let Some(reply) = reply else { break };
                 let last = matches!(reply, Reply::Done { .. } | Reply::Failed(_));
                 if forward.send(reply).is_err() || last {
                     break;
@@ -267,8 +323,8 @@ async fn generate(
                 Reply::Char { sample, c } => {
                     Event::default().event("char").data(json!({ "sample": sample, "char": c }).to_string())
                 }
-                Reply::Done { samples, batch } => {
-                    Event::default().event("done").data(answer(&samples, batch).to_string())
+                Reply::Done { samples, batch, interrupted } => {
+                    Event::default().event("done").data(answer(&samples, batch, interrupted).to_string())
                 }
                 Reply::Failed(message) => Event::default().event("error").data(json!({ "error": message }).to_string()),
             })
@@ -278,7 +334,9 @@ async fn generate(
     while let Some(reply) = replies.recv().await {
         match reply {
             Reply::Char { .. } => {}
-            Reply::Done { samples, batch } => return Ok(axum::Json(answer(&samples, batch)).into_response()),
+            Reply::Done { samples, batch, interrupted } => {
+                return Ok(axum::Json(answer(&samples, batch, interrupted)).into_response())
+            }
             Reply::Failed(message) => return Err(ApiError::body(StatusCode::INTERNAL_SERVER_ERROR, message)),
         }
     }

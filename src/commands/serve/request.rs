@@ -53,13 +53,17 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot carry another request.
+            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        }
         response
     }
 }
 
 /// The JSON answer to a generation request: the samples (or beams, most likely first) as `predict --json`
-/// gives them, and the number of requests generated in the same batch.
-pub(super) fn answer(samples: &[Generated], batch: usize) -> Value {
+/// gives them, the number of requests generated in the same batch, and whether a shutdown cut them short.
+pub(super) fn answer(samples: &[Generated], batch: usize, interrupted: bool) -> Value {
     let samples: Vec<Value> = samples
         .iter()
         .enumerate()
@@ -71,7 +75,7 @@ pub(super) fn answer(samples: &[Generated], batch: usize) -> Value {
             v
         })
         .collect();
-    json!({ "samples": samples, "batch": batch })
+    json!({ "samples": samples, "batch": batch, "interrupted": interrupted })
 }
 
 /// An optional field of `map` as a `T`; a value of the wrong type is an error naming the field.

@@ -18,8 +18,9 @@ use tokio::sync::mpsc::UnboundedSender;
 pub(super) enum Reply {
     /// Character `c` of sample `sample`, as soon as it is chosen.
     Char { sample: usize, c: char },
-    /// All samples, and how many requests were generated in the batch with this one (itself included).
-    Done { samples: Vec<Generated>, batch: usize },
+    /// All samples, how many requests were generated in the batch with this one (itself included), and
+    /// whether a shutdown past the grace cut them short.
+    Done { samples: Vec<Generated>, batch: usize, interrupted: bool },
     /// Generation failed (the message says why).
     Failed(String),
 }
@@ -37,13 +38,54 @@ pub(super) struct Stats {
     pub(super) batches: AtomicUsize,
     pub(super) largest_batch: AtomicUsize,
     pub(super) rejected_busy: AtomicUsize,
+    /// Requests being generated now.
+    pub(super) running: AtomicUsize,
+    /// Generation steps run: one model step for the whole batch, or for all of a beam search's beams.
+    pub(super) steps: AtomicUsize,
+    /// Requests whose client went away before their answer (their generation stopped at the next step).
+    pub(super) abandoned: AtomicUsize,
+    /// Requests cut short by a shutdown past the grace.
+    pub(super) interrupted: AtomicUsize,
+    /// Connections refused because `--max-connections` were open.
+    pub(super) refused_connections: AtomicUsize,
+}
+
+/// Why a request's generation was stopped before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Its client went away.
+    Gone,
+    /// The server is stopping and the grace has passed.
+    Stopping,
+}
+
+/// Whether a request may go on: not if its client went away, nor once the server is stopping.
+fn cut(reply: &UnboundedSender<Reply>, stopping: &AtomicBool) -> Option<Cut> {
+    if reply.is_closed() {
+        Some(Cut::Gone)
+    } else if stopping.load(Ordering::Relaxed) {
+        Some(Cut::Stopping)
+    } else {
+        None
+    }
+}
+
+/// Sends a request its last reply, and counts it if it was cut short or its client is gone.
+fn conclude(stats: &Stats, reply: &UnboundedSender<Reply>, cut: Option<Cut>, samples: Vec<Generated>, batch: usize) {
+    let interrupted = cut == Some(Cut::Stopping);
+    if interrupted {
+        stats.interrupted.fetch_add(1, Ordering::Relaxed);
+    }
+    if cut == Some(Cut::Gone) || reply.send(Reply::Done { samples, batch, interrupted }).is_err() {
+        stats.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The worker: generates the sampled and greedy requests together in one [`Batch`], which a request joins
 /// as soon as it arrives (at the next step) while fewer than `max_batch` run, and the beam searches one by
 /// one between steps; sends each request its replies, the last as soon as its own rows are done. Ends when
-/// the queue's sender is gone and nothing runs. A request whose client went away leaves the batch;
-/// `stopping` ends every running request.
+/// the queue's sender is gone and nothing runs. A request whose client went away leaves the batch at the
+/// next step (a beam search too); `stopping` ends every running request the same way.
 pub(super) fn work(loaded: LoadedModel, queue: Receiver<Job>, max_batch: usize, stats: &Stats, stopping: &AtomicBool) {
     let LoadedModel { model, vocab, .. } = loaded;
     let mut batch = Batch::new(&model, &vocab);
@@ -68,7 +110,9 @@ pub(super) fn work(loaded: LoadedModel, queue: Receiver<Job>, max_batch: usize, 
         for job in arrived {
             if job.request.generate.beam > 0 {
                 record(stats, 1, 1);
-                beam(&model, &vocab, job);
+                stats.running.store(running.len() + 1, Ordering::Relaxed);
+                beam(&model, &vocab, job, stats, stopping);
+                stats.running.store(running.len(), Ordering::Relaxed);
                 continue;
             }
             let size = running.len() + 1;
@@ -82,6 +126,7 @@ pub(super) fn work(loaded: LoadedModel, queue: Receiver<Job>, max_batch: usize, 
         if joining > 0 {
             record(stats, joining, running.len());
         }
+        stats.running.store(running.len(), Ordering::Relaxed);
         if batch.is_empty() {
             continue;
         }
@@ -89,14 +134,22 @@ pub(super) fn work(loaded: LoadedModel, queue: Receiver<Job>, max_batch: usize, 
         let now = running.len();
         running.values_mut().for_each(|(_, size)| *size = (*size).max(now));
         let mut finished = Vec::new();
+        let mut cuts = HashMap::new();
+        stats.steps.fetch_add(1, Ordering::Relaxed);
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             batch.step(
                 &mut |r, sample, c| {
-                    let gone = running.get(&r).is_none_or(|(reply, _)| reply.send(Reply::Char { sample, c }).is_err());
-                    if gone || stopping.load(Ordering::Relaxed) {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
+                    let why = match running.get(&r) {
+                        Some((reply, _)) => cut(reply, stopping)
+                            .or_else(|| reply.send(Reply::Char { sample, c }).is_err().then_some(Cut::Gone)),
+                        None => Some(Cut::Gone),
+                    };
+                    match why {
+                        Some(why) => {
+                            cuts.insert(r, why);
+                            ControlFlow::Break(())
+                        }
+                        None => ControlFlow::Continue(()),
                     }
                 },
                 &mut |r, samples| finished.push((r, samples)),
@@ -104,30 +157,44 @@ pub(super) fn work(loaded: LoadedModel, queue: Receiver<Job>, max_batch: usize, 
         }));
         for (r, samples) in finished {
             if let Some((reply, size)) = running.remove(&r) {
-                let _ = reply.send(Reply::Done { samples, batch: size });
+                conclude(stats, &reply, cuts.get(&r).copied(), samples, size);
             }
         }
+        stats.running.store(running.len(), Ordering::Relaxed);
         if !matches!(step, Ok(Ok(()))) {
             let message = match step {
                 Ok(Err(e)) => e.to_string(),
                 _ => "generation failed inside libtorch".to_string(),
             };
             running.drain().for_each(|(_, (reply, _))| drop(reply.send(Reply::Failed(message.clone()))));
+            stats.running.store(0, Ordering::Relaxed);
             batch = Batch::new(&model, &vocab);
         }
     }
 }
 
-/// Runs one beam search and sends its replies: each continuation's characters, then all of them.
-fn beam(model: &Network, vocab: &Vocabulary, job: Job) {
+/// Runs one beam search and sends its replies: each continuation's characters, then all of them. The search
+/// stops at the next step when its client goes away or the server is stopping.
+fn beam(model: &Network, vocab: &Vocabulary, job: Job, stats: &Stats, stopping: &AtomicBool) {
+    let mut why = None;
     let run = || {
-        generate_until(model, vocab, &job.request.prefix, &job.request.generate, &mut |sample, c| {
+        let on_char = &mut |sample, c| {
             let _ = job.reply.send(Reply::Char { sample, c });
             ControlFlow::Continue(())
-        })
+        };
+        let keep_going = &mut || {
+            why = cut(&job.reply, stopping);
+            if why.is_some() {
+                ControlFlow::Break(())
+            } else {
+                stats.steps.fetch_add(1, Ordering::Relaxed);
+                ControlFlow::Continue(())
+            }
+        };
+        generate_until(model, vocab, &job.request.prefix, &job.request.generate, on_char, keep_going)
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-        Ok(Ok(beams)) => drop(job.reply.send(Reply::Done { samples: beams, batch: 1 })),
+        Ok(Ok(beams)) => conclude(stats, &job.reply, why, beams, 1),
         Ok(Err(e)) => drop(job.reply.send(Reply::Failed(e.to_string()))),
         Err(_) => drop(job.reply.send(Reply::Failed("generation failed inside libtorch".into()))),
     }

@@ -1,12 +1,16 @@
 //! The arguments of `predict` and `serve`, and how generated characters are chosen (shared with `train`'s
 //! reports).
 use crate::args::choices::UnknownArg;
+#[cfg(feature = "serve")]
+use crate::args::common::{parse_duration, parse_duration_or_zero};
 use crate::args::common::{DeviceArgs, DRAW};
 #[cfg(feature = "serve")]
 use charrnn::ServeJob;
 use charrnn::{Generate, PredictJob, Sampler};
 use clap::Args;
 use std::path::PathBuf;
+#[cfg(feature = "serve")]
+use std::time::Duration;
 
 /// How generated characters are chosen (shared by `predict` and the reports of `train`). One rule for
 /// flags that would otherwise do nothing: --top-k, --top-p (and predict's --samples above 1) sample at
@@ -130,9 +134,23 @@ pub struct ServeArgs {
     /// Most requests generated together as one batch (1: one at a time).
     #[arg(long, default_value_t = ServeJob::default().max_batch as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_batch: u64,
-    /// Seconds running requests get to finish after Ctrl-C or SIGTERM.
-    #[arg(long, default_value_t = ServeJob::default().grace.as_secs(), value_name = "S")]
-    pub grace: u64,
+    /// Largest request body, in bytes; a larger one is answered 413.
+    #[arg(long, default_value_t = ServeJob::default().max_body as u64, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(2..=1 << 30))]
+    pub max_body: u64,
+    /// Most connections open at once; one more is answered 503 with Retry-After and closed.
+    #[arg(long, default_value_t = ServeJob::default().max_connections as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// How long a connection may take to send a request's headers, from its opening or its last answer
+    /// (so also how long an idle keep-alive connection is kept); then it is closed [e.g. 10s, 1min].
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// How long a request's body may take to arrive after its headers; then 408 and the connection closed.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// How long running requests get to finish after Ctrl-C or SIGTERM (0: none); then generation stops at
+    /// its next step and each is answered with what it has, marked "interrupted".
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration_or_zero)]
+    pub grace: Duration,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -151,8 +169,11 @@ impl ServeArgs {
             max_samples: self.max_samples as usize,
             queue: self.queue as usize,
             max_batch: self.max_batch as usize,
-            grace: std::time::Duration::from_secs(self.grace),
-            ..ServeJob::default()
+            max_body: self.max_body as usize,
+            max_connections: self.max_connections as usize,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            grace: self.grace,
         }
     }
 }

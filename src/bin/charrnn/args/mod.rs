@@ -139,7 +139,7 @@ pub fn parse() -> Cli {
 mod tests {
     use super::*;
     use charrnn::TrainConfig;
-    use train::parse_duration;
+    use common::{parse_duration, parse_duration_or_zero};
 
     /// The flags a resumed run accepts (besides --resume itself and --help).
     const RESUMABLE: [&str; 14] = [
@@ -243,6 +243,11 @@ mod tests {
         for bad in ["abc", "", "0", "0s", "-5m", "3w", "h", "inf", "1h30", "1..5h", "NaNs"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+        // --grace may be none at all; anything else is read as above.
+        assert_eq!(parse_duration_or_zero("0"), Ok(std::time::Duration::ZERO));
+        assert_eq!(parse_duration_or_zero(" 0.0 "), Ok(std::time::Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("1m30s"), Ok(std::time::Duration::from_secs(90)));
+        assert!(parse_duration_or_zero("-1").is_err() && parse_duration_or_zero("0x").is_err());
     }
 
     #[test]
@@ -255,6 +260,11 @@ mod tests {
         expected.arch.init = expected.optimizer.default_init();
         expected.prefixes = Vec::new();
         assert_eq!(job.config, expected);
+        #[cfg(feature = "serve")]
+        {
+            let Command::Serve(args) = Cli::try_parse_from(["charrnn", "serve"]).unwrap().command else { panic!() };
+            assert_eq!(format!("{:?}", args.job()), format!("{:?}", charrnn::ServeJob::default()));
+        }
     }
 
     #[test]
