@@ -1,7 +1,7 @@
 # Every target does its own set-up (scripts/setup.sh is idempotent), so each works on a fresh checkout.
 CHARRNN := ./target/release/charrnn
 
-.PHONY: setup build demo test browser screenshot serve-load bench speed curves cells finetune shakespeare
+.PHONY: setup build demo test browser screenshot serve-load serve-hostile bench speed curves cells finetune shakespeare
 
 setup:
 	bash scripts/setup.sh
@@ -43,6 +43,11 @@ screenshot: build
 # batching against one request at a time (benches/results/cpu-serve-load.txt).
 serve-load: build
 	.venv/bin/python benches/serve_load.py $(CHARRNN)
+
+# 1,000 idle connections and 500 half-sent bodies against `charrnn serve` limited to 1,024 open files: what
+# it answers, what it still holds after its timeouts (benches/results/cpu-serve-hostile.txt).
+serve-hostile: build
+	.venv/bin/python benches/serve_hostile.py $(CHARRNN)
 
 bench: setup
 	cargo bench --bench train_step

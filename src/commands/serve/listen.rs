@@ -15,9 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-/// Refusals over the cap answered at once; past that a connection is closed without an answer, so that a
-/// flood of connections cannot hold more than the cap plus these.
-const REFUSALS: usize = 64;
+/// Refused connections held open at once until their client has read the answer; past that a refused
+/// connection is answered and closed at once, so that a flood of connections cannot hold more than the cap
+/// plus these.
+const REFUSALS: usize = 256;
 
 /// How long a refused connection is given to take its answer.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
@@ -71,8 +72,9 @@ impl Connections {
                 }
                 Err(_) => {
                     stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                        tokio::spawn(refuse(tcp, permit));
+                    match refusals.clone().try_acquire_owned() {
+                        Ok(permit) => drop(tokio::spawn(refuse(tcp, permit))),
+                        Err(_) => refuse_now(tcp),
                     }
                 }
             }
@@ -107,22 +109,34 @@ async fn serve_one(
     let _ = connection.await;
 }
 
-/// Answers a connection over the cap 503 with Retry-After, in JSON as every error, and closes it once the
-/// client has had the answer (its request is read and dropped, for at most [`REFUSAL_TIME`]).
-async fn refuse(mut tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+/// The answer to a connection over the cap: 503 with Retry-After, in JSON as every error.
+fn refusal() -> String {
     let body = r#"{"error":"the server has too many open connections: retry shortly","field":null}"#;
-    let answer = format!(
+    format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
-    );
+    )
+}
+
+/// Answers a connection over the cap with [`refusal`] and closes it once the client has had the answer (its
+/// request is read and dropped, for at most [`REFUSAL_TIME`]): closing with unread bytes would reset the
+/// connection, and the client might lose the answer.
+async fn refuse(mut tcp: TcpStream, _permit: OwnedSemaphorePermit) {
     let _ = tokio::time::timeout(REFUSAL_TIME, async {
-        tcp.write_all(answer.as_bytes()).await?;
+        tcp.write_all(refusal().as_bytes()).await?;
         tcp.shutdown().await?;
-        // Closing with unread bytes would reset the connection, and the client might lose the answer.
         let mut sink = [0u8; 4096];
         while tcp.read(&mut sink).await? > 0 {}
         Ok::<(), std::io::Error>(())
     })
     .await;
+}
+
+/// [`refuse`] without waiting, for when [`REFUSALS`] already wait: what the client has sent so far is read
+/// and dropped, the answer written (a fresh connection's buffer takes it whole) and the connection closed.
+fn refuse_now(tcp: TcpStream) {
+    let mut sink = [0u8; 4096];
+    while matches!(tcp.try_read(&mut sink), Ok(n) if n > 0) {}
+    let _ = tcp.try_write(refusal().as_bytes());
 }
