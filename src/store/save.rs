@@ -35,19 +35,19 @@ fn fresh_name(dir: &Path, kind: &str, epoch: usize) -> String {
 /// the training `state`, to the folder `dir`, described by `file` (whose file names and sizes, and `resume`,
 /// are filled in here). Crash-safe: see the module documentation.
 pub fn save_parts(dir: &Path, params: &[(String, Tensor)], file: ModelFile, state: Option<&TrainState>) -> Result<()> {
-    if dir.is_dir() {
-        return save_into(dir, params, file, state);
-    }
-    // A new folder is filled under a temporary name and renamed into place: it appears whole or not at all.
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    // What a first save that was killed left behind.
+    // What a first save that was killed left behind (also once a later save has made the folder).
     let prefix = format!(".{name}.new-");
     sweep_dead_temporaries(parent, |entry| entry.strip_prefix(&prefix)?.parse().ok());
+    if dir.is_dir() {
+        return save_into(dir, params, file, state);
+    }
+    // A new folder is filled under a temporary name and renamed into place: it appears whole or not at all.
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp = parent.join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -45,11 +45,11 @@ const LONG_RUN: &[&str] = &[
     "m",
 ];
 
-fn spawn(env: &Env, args: &[&str]) -> Child {
+pub(crate) fn spawn(env: &Env, args: &[&str]) -> Child {
     env.command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
-fn wait_for(path: &Path, limit: Duration) {
+pub(crate) fn wait_for(path: &Path, limit: Duration) {
     let start = Instant::now();
     while !path.exists() {
         assert!(start.elapsed() < limit, "{} did not appear within {limit:?}", path.display());

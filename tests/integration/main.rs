@@ -2,6 +2,7 @@
 mod beam;
 mod checkpoints;
 mod cli;
+mod conditions;
 mod finetune;
 mod first_hour;
 mod hostile;
