@@ -13,13 +13,6 @@ fn dead_pid() -> u32 {
     child.id()
 }
 
-/// The model's vocabulary, from its model.json.
-fn vocab_of(env: &Env, model: &str) -> String {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(env.path(model).join("model.json")).unwrap()).unwrap();
-    json["vocab"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn every_subcommand_exits_0_when_its_reader_goes_away() {
     let env = Env::new();
@@ -64,7 +57,7 @@ fn a_folder_corpus_follows_links_round_no_loop_and_drops_each_files_byte_order_m
     symlink(env.path("texts"), env.path("texts/more-again")).unwrap();
     let r = env.train(&["--corpus", "texts", "--epochs", "1", "--out", "m"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let vocab = vocab_of(&env, "m");
+    let vocab = crate::finetune::vocab(&env, "m");
     assert!("甲乙丙丁戊".chars().all(|c| vocab.contains(c)), "the linked file and folder were read: {vocab}");
     assert!(!vocab.contains('\u{feff}'), "no byte-order mark in the vocabulary");
     let notes: Vec<&str> = r.stderr.lines().filter(|l| l.contains("byte-order mark")).collect();

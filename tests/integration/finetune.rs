@@ -37,7 +37,8 @@ fn weights(env: &Env, dir: &str) -> HashMap<String, Tensor> {
     loaded.model.named_parameters().into_iter().map(|(n, t)| (n, t.detach().copy())).collect()
 }
 
-fn vocab(env: &Env, dir: &str) -> String {
+/// The vocabulary of the model in `dir`, from its model.json.
+pub(crate) fn vocab(env: &Env, dir: &str) -> String {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.path(dir).join("model.json")).unwrap()).unwrap();
     json["vocab"].as_str().unwrap().to_string()
