@@ -133,14 +133,7 @@ fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
     let mut note = String::new();
     std::io::BufRead::read_line(&mut stderr, &mut note).unwrap();
     assert!(note.starts_with("note: 10000000 characters are printed when all are generated"), "{note}");
-    // Once the process has used a second of CPU time more, generation is under way (loading this tiny model
-    // takes a few hundredths), whatever the machine's speed.
-    let busy = cpu_seconds(child.id());
-    while cpu_seconds(child.id()) < busy + 1.0 {
-        assert!(child.try_wait().unwrap().is_none(), "predict ended before the signal");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    crate::checkpoints::signal(&child, "INT");
+    interrupt_once_busy(&mut child);
     // stdout is read while stderr is (each can fill its pipe).
     let rest = std::thread::spawn(move || {
         let mut rest = String::new();
@@ -159,12 +152,7 @@ fn a_closed_pipe_ends_streaming_and_ctrl_c_prints_what_was_generated() {
     // A beam search stops at its next step too, and prints its best beams so far, most likely first.
     let beam = ["predict", "--model", "m", "--prefix", "ROMEO", "--num-chars", "10000000", "--beam", "4", "--json"];
     let mut child = env.command(&beam).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let busy = cpu_seconds(child.id());
-    while cpu_seconds(child.id()) < busy + 1.0 {
-        assert!(child.try_wait().unwrap().is_none(), "predict ended before the signal");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    crate::checkpoints::signal(&child, "INT");
+    interrupt_once_busy(&mut child);
     let mut stdout = String::new();
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
     let status = wait_within(&mut child, TIMEOUT);
@@ -385,6 +373,17 @@ fn small_surprises_are_gone() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(out.join("model.json").exists());
     assert!(!fresh.path("runs").exists(), "train --out elsewhere wrote runs/ here");
+}
+
+/// Sends SIGINT to `child` once it has used a second of CPU time more than now: generation is then under
+/// way (loading a tiny model takes a few hundredths), whatever the machine's speed.
+fn interrupt_once_busy(child: &mut std::process::Child) {
+    let busy = cpu_seconds(child.id());
+    while cpu_seconds(child.id()) < busy + 1.0 {
+        assert!(child.try_wait().unwrap().is_none(), "predict ended before the signal");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    crate::checkpoints::signal(child, "INT");
 }
 
 /// The CPU time (user and system) the process `pid` has used so far, in seconds, from `/proc/PID/stat`.
