@@ -1,15 +1,17 @@
 //! The char-RNN (Dive into Deep Learning, "RNN from scratch", and its GRU and LSTM chapters): an optional
-//! embedding, L stacked cells and an affine output layer, its parameters held in a `VarStore`.
+//! embedding, L stacked cells and an affine output layer, its parameters views of one flat buffer.
 use crate::error::{Error, Result};
-use crate::model::config::{Cell, Dtype, Init, ModelConfig};
+use crate::model::config::{Backend, Cell, Dtype, Init, ModelConfig};
 use crate::model::dropout::Dropout;
+use crate::model::flat::{Layout, Weights};
 use crate::model::params::{Layer, Params};
 use crate::model::recurrence::{cell_step, project, First};
 use crate::model::state::State;
 use crate::rng::{Rng, Stream};
 use std::collections::HashMap;
 use std::path::Path;
-use tch::{nn, Device, Kind, Tensor};
+use std::sync::OnceLock;
+use tch::{Device, Kind, Tensor};
 
 /// Logits per block in [`Network::summed_cross_entropy`] on the CPU: 4 MiB of floats, which stay in the
 /// cache between the product that writes them and the reduction that reads them (the README's benchmarks
@@ -17,14 +19,20 @@ use tch::{nn, Device, Kind, Tensor};
 const SCORE_BLOCK_FLOATS: usize = 1 << 20;
 
 /// A recurrent network: an optional embedding, L stacked cells (see [`Cell`]) and an affine output layer,
-/// its parameters held in a `VarStore` under the names of [`ModelConfig::param_specs`].
+/// its parameters (named as [`ModelConfig::param_specs`] says) views of one flat buffer laid out for
+/// libtorch's fused kernels, its gradient a buffer of the same layout.
 pub struct Network {
     config: ModelConfig,
-    vs: nn::VarStore,
-    /// The parameters in saved order (what the optimizer and checkpoints walk).
+    device: Device,
+    layout: Layout,
+    /// Every parameter's value, Float `[P]`.
+    values: Tensor,
+    /// The gradient, Float `[P]` in the same layout (made by the first training step).
+    grad: OnceLock<Tensor>,
+    /// The leaves over `values` that the computations read and autograd differentiates.
+    weights: Weights,
+    /// The same leaves in saved order (what checkpoints walk).
     params: Vec<Tensor>,
-    /// The same tensors by role (what the computations read).
-    named: Params<Tensor>,
 }
 
 /// The value charrnn's initialisation gives the parameter `name` of shape `shape` (see [`Init`]), drawn from
@@ -58,19 +66,19 @@ impl Network {
         mut value: impl FnMut(&str, &[i64]) -> Result<Tensor>,
     ) -> Result<Self> {
         config.validate()?;
-        let vs = nn::VarStore::new(device);
-        let root = vs.root();
-        let specs = config.param_specs();
-        let mut vars = Vec::with_capacity(specs.len());
-        for (name, shape) in &specs {
+        let layout = Layout::new(&config);
+        let values = Tensor::f_zeros([layout.len()], (Kind::Float, device))?;
+        let _guard = tch::no_grad_guard();
+        for ((name, shape), view) in config.param_specs().iter().zip(layout.roles(&values).into_vec()) {
             let t = value(name, shape)?;
             if t.size() != *shape {
                 return Err(Error::config("model", format!("{name} has shape {:?}, expected {shape:?}", t.size())));
             }
-            vars.push(root.f_var_copy(name.as_str(), &t.to_kind(Kind::Float).to_device(device))?);
+            view.shallow_clone().f_copy_(&t.to_kind(Kind::Float))?;
         }
-        let named = Params::from_values(&Params::<()>::specs(&config), vars.iter().map(Tensor::shallow_clone));
-        Ok(Network { config, vs, params: vars, named })
+        let weights = Weights::over(&layout, &values);
+        let params = weights.named.map(Tensor::shallow_clone).into_vec();
+        Ok(Network { config, device, layout, values, grad: OnceLock::new(), weights, params })
     }
 
     /// A model initialised as `config.arch.init` says: the textbook's weights N(0, 0.01) and zero biases, or
@@ -139,7 +147,7 @@ impl Network {
 
     /// The device the parameters live on.
     pub fn device(&self) -> Device {
-        self.vs.device()
+        self.device
     }
 
     /// The parameters in [`ModelConfig::param_specs`] order (shallow handles: updating them updates the
@@ -160,18 +168,96 @@ impl Network {
 
     /// The parameters by role (shallow handles).
     pub(crate) fn named(&self) -> &Params<Tensor> {
-        &self.named
+        &self.weights.named
     }
 
     /// Layer `l`'s parameters.
     pub(crate) fn layer(&self, l: usize) -> &Layer<Tensor> {
-        &self.named.layers[l]
+        &self.weights.named.layers[l]
+    }
+
+    /// The tensors libtorch's fused kernels read, in their order and named as PyTorch names them
+    /// (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, then layer 1's, ...), each with where it
+    /// lies in the flat parameter buffer (an offset in elements, from the buffer's start) and its shape.
+    pub fn fused_layout(&self) -> Vec<(String, i64, Vec<i64>)> {
+        let start = self.values.data_ptr() as i64;
+        let names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"];
+        let mut out = Vec::new();
+        for (l, four) in self.weights.fused().iter().enumerate() {
+            for (name, t) in names.iter().zip(four) {
+                let offset = (t.data_ptr() as i64 - start) / Kind::Float.elt_size_in_bytes() as i64;
+                out.push((format!("{name}_l{l}"), offset, t.size()));
+            }
+        }
+        out
+    }
+
+    /// Where each parameter lies in the flat buffers.
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The flat buffer that holds every parameter, Float `[P]` (a shallow handle: updating it updates the
+    /// model).
+    pub(crate) fn values(&self) -> &Tensor {
+        &self.values
+    }
+
+    /// The flat gradient buffer, Float `[P]` in the parameters' layout, zero where no parameter lies: what
+    /// the last [`Network::store_gradients`] put there.
+    pub(crate) fn gradient(&self) -> &Tensor {
+        self.grad.get_or_init(|| self.values.zeros_like())
+    }
+
+    /// The gradient by parameter, in [`ModelConfig::param_specs`] order and shapes (views of
+    /// [`Network::gradient`]).
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.layout.roles(self.gradient()).into_vec()
+    }
+
+    /// The leaves autograd differentiates for this model's backend, in saved order, except that a fused
+    /// GRU's kernels differentiate each layer's whole `b_hh` in the place of `b_hn`.
+    pub(crate) fn autograd_inputs(&self) -> Vec<Tensor> {
+        self.store_order(&self.weights.named, &self.weights.b_hh)
+    }
+
+    /// Puts `grads` (in [`Network::autograd_inputs`]'s order and shapes) into the flat gradient buffer and
+    /// zeroes its unused parts (what a fused GRU's kernel computes for the first two thirds of `b_hh`, which
+    /// is no parameter).
+    pub(crate) fn store_gradients(&self, grads: &[Tensor]) {
+        let _guard = tch::no_grad_guard();
+        let buffer = self.gradient();
+        let targets = self.store_order(&self.layout.roles(buffer), &self.layout.b_hh(buffer));
+        for (target, g) in targets.iter().zip(grads) {
+            let mut target = target.shallow_clone();
+            if g.defined() {
+                target.copy_(g);
+            } else {
+                let _ = target.zero_();
+            }
+        }
+        for mut unused in self.layout.unused(buffer) {
+            let _ = unused.zero_();
+        }
+    }
+
+    /// `named` in saved order, with `b_hh` in the place of each `b_hn` for a fused GRU.
+    fn store_order(&self, named: &Params<Tensor>, b_hh: &[Tensor]) -> Vec<Tensor> {
+        let mut roles = named.map(Tensor::shallow_clone);
+        if self.config.arch.backend == Backend::Fused {
+            for (layer, b) in roles.layers.iter_mut().zip(b_hh) {
+                if layer.b_hn.is_some() {
+                    layer.b_hn = Some(b.shallow_clone());
+                }
+            }
+        }
+        roles.into_vec()
     }
 
     /// The bottom layer's input for the characters `ids` (Int64 `[n]`): their embedding rows `[n, D]`, or the
     /// indices themselves (one-hot input).
     fn first(&self, ids: &Tensor) -> First {
-        match &self.named.embedding {
+        match &self.weights.named.embedding {
             Some(table) => First::Rows(table.index_select(0, ids)),
             None => First::Ids(ids.shallow_clone()),
         }
@@ -240,7 +326,7 @@ impl Network {
         let first = self.first(x);
         let mut input = Tensor::new();
         let (mut hs, mut cs) = (Vec::with_capacity(arch.layers), Vec::new());
-        for (l, layer) in self.named.layers.iter().enumerate() {
+        for (l, layer) in self.weights.named.layers.iter().enumerate() {
             let xw = project(layer, l, &first, &input);
             let cell = state.c.as_ref().map(|c| c.get(l as i64));
             let (h, cell) = cell_step(arch.cell, layer, &xw, &state.h.get(l as i64), cell.as_ref());
@@ -248,7 +334,7 @@ impl Network {
             hs.push(h);
             cs.extend(cell);
         }
-        let y = input.mm(&self.named.w_hq) + &self.named.b_q;
+        let y = input.mm(&self.named().w_hq) + &self.named().b_q;
         (y, State::of_layers(&hs, &cs))
     }
 
@@ -272,7 +358,7 @@ impl Network {
         precision: Dtype,
     ) -> (Tensor, State) {
         let (hs, state) = self.hidden_states(inputs, state, dropout);
-        (precision.mm(&hs, &self.named.w_hq) + &self.named.b_q, state)
+        (precision.mm(&hs, &self.named().w_hq) + &self.named().b_q, state)
     }
 
     /// The recurrence of [`Network::forward`] without the output layer: the top layer's states, Float
@@ -282,7 +368,7 @@ impl Network {
         let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
         let first = self.first(&inputs.transpose(0, 1).reshape([-1]));
         let recurrence = arch.backend.recurrence();
-        let (hs, state) = recurrence.run(&self.config, &self.named, first, (steps, batch), state, dropout);
+        let (hs, state) = recurrence.run(&self.config, &self.weights, first, (steps, batch), state, dropout);
         // Before the output layer (site L; between layers the recurrence drops units).
         (dropout.apply(arch.layers as u64, arch.dropout, &hs), state)
     }
@@ -299,7 +385,7 @@ impl Network {
         let total = Tensor::zeros([], (Kind::Double, hs.device()));
         for start in (0..n).step_by(rows as usize) {
             let k = rows.min(n - start);
-            let y = self.named.b_q.addmm(&hs.narrow(0, start, k), &self.named.w_hq);
+            let y = self.named().b_q.addmm(&hs.narrow(0, start, k), &self.named().w_hq);
             let picked = y.gather(1, &targets.narrow(0, start, k).unsqueeze(1), false).squeeze_dim(1);
             let _ = total.shallow_clone().f_add_(&(y.logsumexp([1], false) - picked).sum(Kind::Double));
         }
@@ -538,7 +624,8 @@ mod tests {
                 let mut ends = Vec::new();
                 for m in [&scratch, &fused] {
                     let (logits, end) = m.forward(&inputs, &state, Dropout::Seeded(1));
-                    cross_entropy(&logits, &step_major(&targets)).backward();
+                    let loss = cross_entropy(&logits, &step_major(&targets));
+                    m.store_gradients(&Tensor::run_backward(&[&loss], &m.autograd_inputs(), false, false));
                     ends.push((logits, end));
                 }
                 let what = format!("{cell:?}, {layers} layers, embed {embed}, dropout {dropout}");
@@ -547,8 +634,12 @@ mod tests {
                 let (forward, backward) = (fp32_reorder_bound(24, 12), fp32_reorder_bound(24, 25));
                 assert_close_to(&format!("{what}: logits"), &ends[0].0, &ends[1].0, forward);
                 assert_close_to(&format!("{what}: final h"), &ends[0].1.h, &ends[1].1.h, forward);
-                for ((name, a), b) in scratch.named_parameters().into_iter().zip(fused.parameters()) {
-                    assert_close_to(&format!("{what}: gradient of {name}"), &a.grad(), &b.grad(), backward);
+                let names = scratch.named_parameters().into_iter().map(|(n, _)| n);
+                for ((name, a), b) in names.zip(scratch.gradients()).zip(fused.gradients()) {
+                    assert_close_to(&format!("{what}: gradient of {name}"), &a, &b, backward);
+                }
+                for unused in fused.layout().unused(fused.gradient()) {
+                    assert_eq!(unused.abs().max().double_value(&[]), 0.0, "{what}: b_hh's unused part");
                 }
             }
         }
@@ -559,7 +650,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.safetensors");
         let m = small(Cell::Rnn);
-        Tensor::write_safetensors(&m.named_parameters(), &path).unwrap();
+        let named: Vec<(String, Tensor)> = m.named_parameters().into_iter().map(|(n, t)| (n, t.contiguous())).collect();
+        Tensor::write_safetensors(&named, &path).unwrap();
         let mut n = Network::new(m.config(), 1, Device::Cpu).unwrap();
         n.load_weights(&path).unwrap();
         assert!(n.parameters()[3].equal(m.parameters()[3]));

@@ -85,6 +85,7 @@ impl<T> Params<T> {
     }
 }
 
+#[cfg(test)]
 impl<T> Params<T> {
     /// `values` (in saved order, as many as `like` has) put in the roles of `like`.
     pub fn from_values<U>(like: &Params<U>, values: impl IntoIterator<Item = T>) -> Params<T> {

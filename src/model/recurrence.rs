@@ -3,8 +3,9 @@
 //! parameters.
 use crate::model::config::{Backend, Cell, ModelConfig};
 use crate::model::dropout::Dropout;
+use crate::model::flat::Weights;
 use crate::model::ops::one_hot;
-use crate::model::params::{Layer, Params};
+use crate::model::params::Layer;
 use crate::model::state::State;
 use tch::Tensor;
 
@@ -17,7 +18,7 @@ pub(crate) enum First {
 
 /// A way to run the layers.
 pub(crate) trait Recurrence {
-    /// Runs `config`'s layers (weights `params`) over `shape = (steps, batch)`: `steps` steps of `batch`
+    /// Runs `config`'s layers (weights `weights`) over `shape = (steps, batch)`: `steps` steps of `batch`
     /// sequences, from `state`
     /// (`[L, batch, H]` tensors): returns the top layer's outputs, Float `[steps * batch, H]` in step-major
     /// order, and the final state. Between layers the units are dropped as `dropout` says (site `l` before
@@ -25,7 +26,7 @@ pub(crate) trait Recurrence {
     fn run(
         &self,
         config: &ModelConfig,
-        params: &Params<Tensor>,
+        weights: &Weights,
         first: First,
         shape: (i64, i64),
         state: &State,
@@ -97,7 +98,7 @@ impl Recurrence for Scratch {
     fn run(
         &self,
         config: &ModelConfig,
-        params: &Params<Tensor>,
+        weights: &Weights,
         first: First,
         (steps, batch): (i64, i64),
         state: &State,
@@ -106,7 +107,7 @@ impl Recurrence for Scratch {
         let arch = &config.arch;
         let (mut hs_end, mut cs_end) = (Vec::with_capacity(arch.layers), Vec::new());
         let mut xs = Tensor::new();
-        for (l, layer) in params.layers.iter().enumerate() {
+        for (l, layer) in weights.named.layers.iter().enumerate() {
             if l > 0 {
                 xs = dropout.apply(l as u64, arch.dropout, &xs);
             }
@@ -127,13 +128,14 @@ impl Recurrence for Scratch {
 }
 
 impl Recurrence for Fused {
-    /// The kernels are fed this model's own parameters in their layout (`weight_ih = W_xh^T`,
-    /// `weight_hh = W_hh^T`, `bias_ih = b_h`, `bias_hh = 0`, or `[0, 0, b_hn]` for a GRU). With dropout
-    /// between layers, each layer is one call and the masks are charrnn's own; else one call runs them all.
+    /// The kernels read the weights where they lie in the flat buffer, which is laid out as they take them
+    /// (`weight_ih = W_xh^T`, `weight_hh = W_hh^T`, `bias_ih = b_h`, `bias_hh = 0`, or `[0, 0, b_hn]` for a
+    /// GRU), so cuDNN copies nothing. With dropout between layers, each layer is one call and the masks are
+    /// charrnn's own; else one call runs them all.
     fn run(
         &self,
         config: &ModelConfig,
-        params: &Params<Tensor>,
+        weights: &Weights,
         first: First,
         (steps, batch): (i64, i64),
         state: &State,
@@ -141,17 +143,7 @@ impl Recurrence for Fused {
     ) -> (Tensor, State) {
         let arch = &config.arch;
         let h = arch.hidden as i64;
-        let flat: Vec<[Tensor; 4]> = params
-            .layers
-            .iter()
-            .map(|layer| {
-                let b_hh = match arch.cell {
-                    Cell::Gru => Tensor::cat(&[&layer.b_h.zeros_like().narrow(0, 0, 2 * h), gru_bias(layer)], 0),
-                    _ => layer.b_h.zeros_like(),
-                };
-                [layer.w_xh.tr().contiguous(), layer.w_hh.tr().contiguous(), layer.b_h.shallow_clone(), b_hh]
-            })
-            .collect();
+        let flat = weights.fused();
         // [steps * batch, I]: embedding rows, or one-hot rows (the textbook's X).
         let xs = match first {
             First::Rows(rows) => rows,

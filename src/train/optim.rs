@@ -1,6 +1,9 @@
-//! Parameter updates: plain SGD (the textbook's) or Adam, whose moments the optimizer owns.
+//! Parameter updates: plain SGD (the textbook's) or Adam, whose moments the optimizer owns. Both work on
+//! the network's flat buffers (parameters, gradient, moments), a few operations per step whatever the
+//! number of parameter tensors.
 use crate::error::Result;
 use crate::model::config::Init;
+use crate::model::flat::Layout;
 use crate::model::network::Network;
 use tch::Tensor;
 
@@ -49,8 +52,8 @@ const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const EPS: f64 = 1e-8;
 
-/// Adam's moments: per parameter (in saved order), the running means of the gradient (`m`) and of its square
-/// (`v`), each shaped like the parameter.
+/// Adam's moments by parameter (in saved order): the running means of the gradient (`m`) and of its square
+/// (`v`), each shaped like the parameter (what checkpoints hold).
 #[derive(Debug)]
 pub struct Moments {
     /// First moments.
@@ -59,16 +62,18 @@ pub struct Moments {
     pub v: Vec<Tensor>,
 }
 
-/// Adam's state: the number of updates made and the moments.
+/// Adam's state: the number of updates made and the moments, flat buffers laid out as the parameters.
 struct AdamState {
     step: u64,
-    moments: Moments,
+    m: Tensor,
+    v: Tensor,
 }
 
 /// An update rule bound to a model's parameters, with its state (Adam's moments), which can be saved and
 /// restored so that a resumed run updates exactly as an uninterrupted one.
 pub struct Optimizer {
     lr: f64,
+    layout: Layout,
     adam: Option<AdamState>,
 }
 
@@ -78,12 +83,11 @@ impl Optimizer {
         let adam = match kind {
             OptimizerKind::Sgd => None,
             OptimizerKind::Adam => {
-                let zeros =
-                    || model.parameters().iter().map(|p| p.f_zeros_like()).collect::<std::result::Result<Vec<_>, _>>();
-                Some(AdamState { step: 0, moments: Moments { m: zeros()?, v: zeros()? } })
+                let values = model.values();
+                Some(AdamState { step: 0, m: values.f_zeros_like()?, v: values.f_zeros_like()? })
             }
         };
-        Ok(Optimizer { lr, adam })
+        Ok(Optimizer { lr, layout: model.layout().clone(), adam })
     }
 
     /// Changes the learning rate from the next step on.
@@ -91,32 +95,30 @@ impl Optimizer {
         self.lr = lr;
     }
 
-    /// Applies one update to `params` (the model's) from their gradients `grads` scaled by `scale` (a scalar
-    /// Float: the clipping factor).
+    /// Applies one update to `values` (the model's flat parameter buffer, `[P]`) from the flat gradient
+    /// `grad` (`[P]`, the same layout) scaled by `scale` (a scalar Float: the clipping factor). Where no
+    /// parameter lies the gradient is zero, and so stay the values and the moments.
     ///
-    /// SGD: `p <- p - lr * scale * g`, one pass over each parameter. Adam follows `torch.optim.Adam`
-    /// (single-tensor form) operation for operation on `g = scale * grad`: `m <- lerp(m, g, 1 - b1)`,
-    /// `v <- b2 v + (1 - b2) g^2`, `p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
-    pub fn step(&mut self, params: &[&Tensor], grads: &[Tensor], scale: &Tensor) {
+    /// SGD: `p <- p - lr * scale * g`, one pass. Adam follows `torch.optim.Adam` (single-tensor form)
+    /// operation for operation on `g = scale * grad`: `m <- lerp(m, g, 1 - b1)`, `v <- b2 v + (1 - b2) g^2`,
+    /// `p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`, each a pass over the buffers.
+    pub fn step(&mut self, values: &Tensor, grad: &Tensor, scale: &Tensor) {
         let _guard = tch::no_grad_guard();
+        let mut p = values.shallow_clone();
         let Some(adam) = &mut self.adam else {
-            let factor = scale * -self.lr;
-            for (p, g) in params.iter().zip(grads) {
-                let _ = p.shallow_clone().addcmul_(g, &factor);
-            }
+            let _ = p.addcmul_(grad, &(scale * -self.lr));
             return;
         };
         adam.step += 1;
         let t = adam.step as i32;
         let step_size = self.lr / (1.0 - BETA1.powi(t));
         let bias_correction2_sqrt = (1.0 - BETA2.powi(t)).sqrt();
-        for (((p, g), m), v) in params.iter().zip(grads).zip(&adam.moments.m).zip(&adam.moments.v) {
-            let g = g * scale;
-            let _ = m.shallow_clone().lerp_(&g, 1.0 - BETA1);
-            let _ = v.shallow_clone().g_mul_scalar_(BETA2).addcmul_(&(&g * (1.0 - BETA2)), &g);
-            let denom = (v.sqrt() / bias_correction2_sqrt) + EPS;
-            let _ = p.shallow_clone().addcdiv_(&(m * -step_size), &denom);
-        }
+        let g = grad * scale;
+        let _ = adam.m.lerp_(&g, 1.0 - BETA1);
+        let _ = adam.v.g_mul_scalar_(BETA2).addcmul_(&(&g * (1.0 - BETA2)), &g);
+        let mut denom = adam.v.sqrt();
+        let _ = denom.g_div_scalar_(bias_correction2_sqrt).g_add_scalar_(EPS);
+        let _ = p.addcdiv_(&(&adam.m * -step_size), &denom);
     }
 
     /// Adam's update count (0 for SGD) and its moments (shallow handles: they change with the next step).
@@ -124,19 +126,25 @@ impl Optimizer {
         match &self.adam {
             None => (0, None),
             Some(adam) => {
-                let handles = |ts: &[Tensor]| ts.iter().map(Tensor::shallow_clone).collect();
-                (adam.step, Some(Moments { m: handles(&adam.moments.m), v: handles(&adam.moments.v) }))
+                let views = |t: &Tensor| self.layout.roles(t).into_vec();
+                (adam.step, Some(Moments { m: views(&adam.m), v: views(&adam.v) }))
             }
         }
     }
 
-    /// Restores what [`Optimizer::state`] returned: `step` and `moments` (taken over, which
-    /// [`TrainState::from_named`] checked against the parameters).
+    /// Restores what [`Optimizer::state`] returned: `step` and `moments` (copied into the flat buffers;
+    /// [`TrainState::from_named`] checked their shapes against the parameters).
     ///
     /// [`TrainState::from_named`]: crate::train::state::TrainState::from_named
     pub fn restore(&mut self, step: u64, moments: Option<Moments>) {
         if let (Some(adam), Some(moments)) = (&mut self.adam, moments) {
-            (adam.moments, adam.step) = (moments, step);
+            let _guard = tch::no_grad_guard();
+            for (flat, named) in [(&adam.m, &moments.m), (&adam.v, &moments.v)] {
+                for (mut view, value) in self.layout.roles(flat).into_vec().into_iter().zip(named) {
+                    view.copy_(value);
+                }
+            }
+            adam.step = step;
         }
     }
 }

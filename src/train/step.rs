@@ -7,7 +7,7 @@ use crate::model::network::Network;
 use crate::model::ops::{cross_entropy, step_major};
 use crate::model::state::State;
 use crate::train::optim::Optimizer;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// The state for the next minibatch: carried values, cut from the previous minibatch's graph so that
 /// backpropagation stops at the minibatch boundary (truncated BPTT).
@@ -15,19 +15,13 @@ pub fn carry_state(state: &State) -> State {
     state.detach()
 }
 
-/// The gradients' global L2 norm `||g||` (over all of them together) and the clipping factor
-/// `min(theta / ||g||, 1)` that scales them to a norm of at most `theta`: scalar Float tensors, left on the
-/// device (no read-back).
-pub fn clip_factor(grads: &[Tensor], theta: f64) -> (Tensor, Tensor) {
+/// The gradient's global L2 norm `||g||` (of the whole flat gradient, every parameter together) and the
+/// clipping factor `min(theta / ||g||, 1)` that scales it to a norm of at most `theta`: scalar Float tensors,
+/// left on the device (no read-back).
+pub fn clip_factor(grad: &Tensor, theta: f64) -> (Tensor, Tensor) {
     let _guard = tch::no_grad_guard();
-    let squares: Vec<Tensor> = grads
-        .iter()
-        .map(|g| {
-            let flat = g.reshape([-1]);
-            flat.dot(&flat)
-        })
-        .collect();
-    let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt();
+    let flat = grad.reshape([-1]);
+    let norm = flat.dot(&flat).sqrt();
     let scale = (theta / &norm).clamp_max(1.0);
     (norm, scale)
 }
@@ -38,8 +32,8 @@ pub struct StepOutput {
     pub loss: Tensor,
     /// The gradient's global L2 norm before clipping (scalar Float).
     pub grad_norm: Tensor,
-    /// The loss's gradients before clipping, in [`crate::ModelConfig::param_specs`] order (under autograd, the
-    /// parameters' `grad()` buffers, which the next step overwrites).
+    /// The loss's gradients before clipping, in [`crate::ModelConfig::param_specs`] order: views of the
+    /// model's flat gradient buffer, which the next step overwrites.
     pub grads: Vec<Tensor>,
     /// The final state, `[layers, batch, H]` tensors, possibly attached to this step's graph (pass it
     /// through [`carry_state`] before using it again).
@@ -70,33 +64,36 @@ pub fn train_step(
     optimizer: &mut Optimizer,
 ) -> StepOutput {
     let StepOptions { clip, precision, dropout } = *options;
-    let params = model.parameters();
-    let (loss, grads, state) = if bptt::supports(&model.config()) {
+    let (loss, state) = if bptt::supports(&model.config()) {
         let pass = bptt::loss_and_grads(model, inputs, targets, state, precision);
-        (pass.loss, pass.grads, pass.state)
+        model.store_gradients(&pass.grads);
+        (pass.loss, pass.state)
     } else {
-        for p in &params {
-            p.shallow_clone().zero_grad();
-        }
         let (logits, h) = model.forward_at(inputs, state, dropout, precision);
         let loss = cross_entropy(&logits, &step_major(targets));
-        loss.backward();
-        (loss.detach(), params.iter().map(|p| p.grad()).collect(), h)
+        model.store_gradients(&Tensor::run_backward(&[&loss], &model.autograd_inputs(), false, false));
+        (loss.detach(), h)
     };
-    let (grad_norm, scale) = clip_factor(&grads, clip);
-    optimizer.step(&params, &grads, &scale);
-    StepOutput { loss, grad_norm, grads, state }
+    let (grad_norm, scale) = clip_factor(model.gradient(), clip);
+    optimizer.step(model.values(), model.gradient(), &scale);
+    StepOutput { loss, grad_norm, grads: model.gradients(), state }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{Arch, Cell, ModelConfig};
+    use crate::model::config::{Arch, Backend, Cell, Init, ModelConfig};
     use crate::train::optim::OptimizerKind;
     use tch::Device;
+    use tch::Kind;
 
     fn norm(grads: &[Tensor]) -> f64 {
         grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt()
+    }
+
+    /// The gradients one after another, `[P]`.
+    fn flat(grads: &[Tensor]) -> Tensor {
+        Tensor::cat(&grads.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(), 0)
     }
 
     /// A model and its loss's gradients.
@@ -114,7 +111,7 @@ mod tests {
         let (_, grads) = model_with_grads();
         let before = norm(&grads);
         assert!(before > 1e-3, "test needs a gradient larger than theta, got {before}");
-        let (reported, scale) = clip_factor(&grads, 1e-3);
+        let (reported, scale) = clip_factor(&flat(&grads), 1e-3);
         assert!((reported.double_value(&[]) - before).abs() < 1e-6 * before);
         let clipped: Vec<Tensor> = grads.iter().map(|g| g * &scale).collect();
         assert!((norm(&clipped) - 1e-3).abs() <= 1e-3 * 1e-5);
@@ -126,7 +123,7 @@ mod tests {
     #[test]
     fn clipping_leaves_small_gradients_alone() {
         let (_, grads) = model_with_grads();
-        let (_, scale) = clip_factor(&grads, 1e6);
+        let (_, scale) = clip_factor(&flat(&grads), 1e6);
         assert_eq!(scale.double_value(&[]), 1.0);
     }
 
@@ -159,9 +156,37 @@ mod tests {
         let params = m.parameters();
         let before: Vec<Tensor> = params.iter().map(|p| p.detach().copy()).collect();
         let mut sgd = Optimizer::new(OptimizerKind::Sgd, &m, 0.5).unwrap();
-        sgd.step(&params, &grads, &Tensor::from(0.25f32));
+        m.store_gradients(&grads);
+        sgd.step(m.values(), m.gradient(), &Tensor::from(0.25f32));
         for ((p, b), g) in params.iter().zip(&before).zip(&grads) {
             assert!(p.detach().allclose(&(b - g * 0.125), 1e-6, 1e-7, false));
         }
+    }
+
+    #[test]
+    fn a_fused_grus_unused_bias_stays_zero_while_it_trains() {
+        // cuDNN's b_hh [3H] holds b_hn in its last third. The kernel also differentiates the first two thirds
+        // (their gradient is b_h's r and z parts'), which are no parameter and must not move.
+        let arch = Arch { cell: Cell::Gru, layers: 2, backend: Backend::Fused, init: Init::Uniform, ..Arch::rnn(4) };
+        let m = Network::new(ModelConfig::new(6, arch), 1, Device::Cpu).unwrap();
+        let x = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]).view([2, 3]);
+        let y = (&x + 1).remainder(6);
+        let (logits, _) = m.forward(&x, &m.begin_state(2), Dropout::Seeded(1));
+        let raw = Tensor::run_backward(&[cross_entropy(&logits, &step_major(&y))], &m.autograd_inputs(), false, false);
+        // Saved order E?, W_xh, W_hh, b_h, b_hn: the kernel's whole b_hh stands in b_hn's place.
+        assert_eq!(raw[3].size(), vec![12]);
+        assert!(raw[3].narrow(0, 0, 8).abs().max().double_value(&[]) > 1e-4, "the zeroing has work to do");
+        let mut adam = Optimizer::new(OptimizerKind::Adam, &m, 0.01).unwrap();
+        let options =
+            StepOptions { clip: 1.0, precision: crate::model::config::Dtype::Fp32, dropout: Dropout::Seeded(1) };
+        let before = m.parameter_copies();
+        for _ in 0..5 {
+            let _ = train_step(&m, &x, &y, &m.begin_state(2), &options, &mut adam);
+        }
+        for unused in m.layout().unused(m.values()) {
+            assert_eq!(unused.abs().max().double_value(&[]), 0.0);
+        }
+        let b_hn = |ps: &[Tensor]| ps[3].copy();
+        assert!(!b_hn(&m.parameter_copies()).equal(&b_hn(&before)), "b_hn itself trains");
     }
 }

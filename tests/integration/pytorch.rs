@@ -134,6 +134,17 @@ fn every_cell_stacked_and_embedded_matches_pytorch_forward_gradients_and_updates
                     let config = ModelConfig::new(v, Arch { backend, ..arch });
                     let values: Vec<Tensor> = reference_model.parameters().iter().map(|p| p.detach().copy()).collect();
                     let model = Network::from_tensors(config, values, Device::Cpu).unwrap();
+                    // The fused kernels' weights lie one after another from the buffer's start, in PyTorch's
+                    // flat-weight order and shapes: what cuDNN takes without a copy.
+                    let mut offset = 0;
+                    let flat = reference["flat"].as_array().unwrap();
+                    assert_eq!(model.fused_layout().len(), flat.len(), "{what}");
+                    for ((name, at, shape), theirs) in model.fused_layout().into_iter().zip(flat) {
+                        assert_eq!(name, theirs[0].as_str().unwrap(), "{what}: flat order");
+                        let their_shape: Vec<i64> = serde_json::from_value(theirs[1].clone()).unwrap();
+                        assert_eq!((at, &shape), (offset, &their_shape), "{what}: {name}");
+                        offset += shape.iter().product::<i64>();
+                    }
                     let (logits, end) = tch::no_grad(|| model.forward(&inputs, &state, Dropout::Off));
                     assert_close(&format!("{what}: logits"), &logits, &from_json(&reference["logits"]));
                     assert_close(&format!("{what}: final h"), &end.h, &from_json(&reference["end_h"]));

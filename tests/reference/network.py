@@ -11,7 +11,7 @@ orders r,z,n and i,f,g,o, which charrnn shares; bias_hh zero but for a GRU's can
 a torch.nn.Linear output layer and F.cross_entropy (mean). Training clips with
 torch.nn.utils.clip_grad_norm_ and steps torch.optim.SGD or torch.optim.Adam (its defaults), on the same
 minibatch each time.
-OUT receives the logits of the first pass ([steps * batch, V], step-major), its final state, its loss and
+OUT receives PyTorch's flat-weight order ("flat": each recurrent tensor's name and shape), the logits of the first pass ([steps * batch, V], step-major), its final state, its loss and
 each parameter's gradient (before clipping) in charrnn's layout, then the parameters after the updates.
 """
 import json
@@ -81,6 +81,8 @@ def main():
     loss.backward()
     clean_grads()
     result = {"loss": loss.item(), "logits": dump(logits)}
+    # PyTorch's flat-weight order (what cuDNN's one buffer holds, one tensor after another) and shapes.
+    result["flat"] = [[name, list(getattr(rnn, name).shape)] for name in rnn._flat_weights_names]
     if cell == "lstm":
         result["end_h"], result["end_c"] = dump(end[0]), dump(end[1])
     else:
