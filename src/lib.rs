@@ -43,6 +43,7 @@ mod error;
 mod eval;
 mod generate;
 mod model;
+mod openmp;
 mod rng;
 pub mod store;
 #[cfg(test)]

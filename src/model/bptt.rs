@@ -7,12 +7,13 @@
 //! are one large product each over all steps, and the softmax's gradient is computed in the logits' buffer.
 //! `gradients_equal_autograds` checks every gradient against autograd's.
 use crate::model::config::{Backend, Cell, Dtype, ModelConfig};
+use crate::model::gates::{self, Steps};
 use crate::model::network::Network;
 use crate::model::ops::step_major;
 use crate::model::params::Layer;
 use crate::model::recurrence::gru_bias;
 use crate::model::state::State;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Whether [`loss_and_grads`] computes this model: any cell written out (the scratch backend), without
 /// dropout. Other models train through autograd.
@@ -62,6 +63,13 @@ enum Saved {
 /// `[layers, batch, H]`), treated as a constant (truncated BPTT: no gradient flows into it). The output
 /// layer's three products are at `precision`.
 pub fn loss_and_grads(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, precision: Dtype) -> Pass {
+    let kernels = inputs.device() == Device::Cpu;
+    pass(model, inputs, targets, state, precision, kernels)
+}
+
+/// [`loss_and_grads`], with the gated cells' elementwise steps in charrnn's CPU kernels ([`gates`]) when
+/// `kernels`, else in libtorch's operations (what a GPU runs).
+fn pass(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, precision: Dtype, kernels: bool) -> Pass {
     let _guard = tch::no_grad_guard();
     let c = model.config();
     let p = model.named();
@@ -84,7 +92,7 @@ pub fn loss_and_grads(model: &Network, inputs: &Tensor, targets: &Tensor, state:
         }
         .view([steps, batch, -1]);
         let c0 = state.c.as_ref().map(|c| c.get(l as i64));
-        tapes.push(forward_layer(model, l, &projected, &state.h.get(l as i64), c0.as_ref()));
+        tapes.push(forward_layer(model, l, &projected, &state.h.get(l as i64), c0.as_ref(), kernels));
     }
     let top = outputs(&tapes[c.arch.layers - 1].hs, steps, n, h);
     let (w_hq, b_q) = (&p.w_hq, &p.b_q);
@@ -126,7 +134,7 @@ pub fn loss_and_grads(model: &Network, inputs: &Tensor, targets: &Tensor, state:
     for l in (0..c.arch.layers).rev() {
         let w_xh = &p.layers[l].w_xh;
         // The gradient of the layer's input projection, [n, kH].
-        let d_pre = backward_layer(model, l, &tapes[l], d_out.shallow_clone(), &mut grads.layers[l]);
+        let d_pre = backward_layer(model, l, &tapes[l], d_out.shallow_clone(), &mut grads.layers[l], kernels);
         let g = &mut grads.layers[l];
         g.b_h = d_pre.sum_dim_intlist(0, false, Kind::Float);
         match (l, &embedded, &p.embedding) {
@@ -154,9 +162,18 @@ pub fn loss_and_grads(model: &Network, inputs: &Tensor, targets: &Tensor, state:
 
 /// Layer `l`'s recurrence from its input projection `projected` `[steps, batch, kH]` and initial state `h0`
 /// (and an LSTM's `c0`), `[batch, H]`.
-fn forward_layer(model: &Network, l: usize, projected: &Tensor, h0: &Tensor, c0: Option<&Tensor>) -> Tape {
+fn forward_layer(
+    model: &Network,
+    l: usize,
+    projected: &Tensor,
+    h0: &Tensor,
+    c0: Option<&Tensor>,
+    kernels: bool,
+) -> Tape {
     let (steps, batch, h) = (projected.size()[0], projected.size()[1], model.config().arch.hidden as i64);
-    let w_hh = &model.layer(l).w_hh;
+    // W_hh row-major for the steps' products: the flat buffer holds its transpose, and MKL multiplies by
+    // the row-major copy about a fifth faster at these shapes (a copy per minibatch pays for itself).
+    let w_hh = &model.layer(l).w_hh.contiguous();
     let hs = Tensor::empty([steps + 1, batch, h], (Kind::Float, projected.device()));
     hs.get(0).copy_(h0);
     match model.config().arch.cell {
@@ -173,6 +190,17 @@ fn forward_layer(model: &Network, l: usize, projected: &Tensor, h0: &Tensor, c0:
             let gates = Tensor::empty([steps, batch, 3 * h], (Kind::Float, projected.device()));
             let hn = Tensor::empty([steps, batch, h], (Kind::Float, projected.device()));
             let hw = Tensor::empty([batch, 3 * h], (Kind::Float, projected.device()));
+            if kernels {
+                let (x, g, hn_s, hs_s, hw_s) =
+                    (steps_of(projected), steps_of(&gates), steps_of(&hn), steps_of(&hs), steps_of(&hw));
+                let b_hn = b_hn.contiguous();
+                let b = steps_of(&b_hn);
+                for t in 0..steps {
+                    let _ = hs.get(t).mm_out(&hw, w_hh);
+                    gates::gru_forward_step(h as usize, t, &x, &hw_s, &b, &hs_s, &g, &hn_s);
+                }
+                return Tape { hs, cell: Saved::Gru { gates, hn } };
+            }
             for t in 0..steps {
                 let (x, g, hn_t) = (projected.get(t), gates.get(t), hn.get(t));
                 let _ = hs.get(t).mm_out(&hw, w_hh);
@@ -192,6 +220,14 @@ fn forward_layer(model: &Network, l: usize, projected: &Tensor, h0: &Tensor, c0:
             let gates = Tensor::empty([steps, batch, 4 * h], (Kind::Float, projected.device()));
             let cs = Tensor::empty([steps + 1, batch, h], (Kind::Float, projected.device()));
             cs.get(0).copy_(c0.expect("an LSTM state has a memory cell"));
+            if kernels {
+                let (g, cs_s, hs_s) = (steps_of(&gates), steps_of(&cs), steps_of(&hs));
+                for t in 0..steps {
+                    let _ = projected.get(t).addmm_out(&gates.get(t), &hs.get(t), w_hh);
+                    gates::lstm_forward_step(h as usize, t, &g, &cs_s, &hs_s);
+                }
+                return Tape { hs, cell: Saved::Lstm { gates, cs } };
+            }
             for t in 0..steps {
                 let g = gates.get(t);
                 // i, f, g, o = σ, σ, tanh, σ of x W_x + b + h W_hh
@@ -214,7 +250,14 @@ fn forward_layer(model: &Network, l: usize, projected: &Tensor, h0: &Tensor, c0:
 /// Layer `l`'s backward pass from the gradient reaching its outputs, `d_out` `[steps, batch, H]` (used as
 /// working space). Puts the gradients of `W_hh` (and a GRU's `b_hn`) into `grads` (the layer's), and returns the gradient of
 /// the layer's input projection `x W_xh + b_h`, `[steps * batch, kH]`.
-fn backward_layer(model: &Network, l: usize, tape: &Tape, d_out: Tensor, grads: &mut Layer<Tensor>) -> Tensor {
+fn backward_layer(
+    model: &Network,
+    l: usize,
+    tape: &Tape,
+    d_out: Tensor,
+    grads: &mut Layer<Tensor>,
+    kernels: bool,
+) -> Tensor {
     let (steps, batch, h) = (d_out.size()[0], d_out.size()[1], model.config().arch.hidden as i64);
     let n = steps * batch;
     let w_hh_t = model.layer(l).w_hh.tr();
@@ -234,6 +277,22 @@ fn backward_layer(model: &Network, l: usize, tape: &Tape, d_out: Tensor, grads: 
             let d_a = d_out.view([n, h]);
             grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_a);
             d_a
+        }
+        Saved::Gru { gates: g_all, hn } if kernels => {
+            let d_x = Tensor::empty([steps, batch, 3 * h], (Kind::Float, d_out.device()));
+            let d_h = Tensor::empty([steps, batch, 3 * h], (Kind::Float, d_out.device()));
+            let (d, g, hn_s, hs_s, dx, dh) =
+                (steps_of(&d_out), steps_of(g_all), steps_of(hn), steps_of(&tape.hs), steps_of(&d_x), steps_of(&d_h));
+            for t in (0..steps).rev() {
+                gates::gru_backward_step(h as usize, t, &d, &g, &hn_s, &hs_s, &dx, &dh);
+                if t > 0 {
+                    let _ = d_out.get(t - 1).addmm_(&d_h.get(t), &w_hh_t);
+                }
+            }
+            let d_h = d_h.view([n, 3 * h]);
+            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_h);
+            grads.b_hn = Some(d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float));
+            d_x.view([n, 3 * h])
         }
         Saved::Gru { gates, hn } => {
             let (r, z, cand) = (gates.narrow(2, 0, h), gates.narrow(2, h, h), gates.narrow(2, 2 * h, h));
@@ -265,6 +324,21 @@ fn backward_layer(model: &Network, l: usize, tape: &Tape, d_out: Tensor, grads: 
             grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_h);
             grads.b_hn = Some(d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float));
             d_x.view([n, 3 * h])
+        }
+        Saved::Lstm { gates, cs } if kernels => {
+            let d_a = Tensor::empty([steps, batch, 4 * h], (Kind::Float, d_out.device()));
+            let d_c = Tensor::zeros([1, batch, h], (Kind::Float, d_out.device()));
+            let (d, g, cs_s, da, dc) =
+                (steps_of(&d_out), steps_of(gates), steps_of(cs), steps_of(&d_a), steps_of(&d_c));
+            for t in (0..steps).rev() {
+                gates::lstm_backward_step(h as usize, t, &d, &g, &cs_s, &da, &dc);
+                if t > 0 {
+                    let _ = d_out.get(t - 1).addmm_(&d_a.get(t), &w_hh_t);
+                }
+            }
+            let d_a = d_a.view([n, 4 * h]);
+            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_a);
+            d_a
         }
         Saved::Lstm { gates, cs } => {
             let (i, f, g, o) =
@@ -309,6 +383,11 @@ fn scatter_rows(like: &Tensor, ids: &Tensor, d_rows: &Tensor) -> Tensor {
     grad
 }
 
+/// `t`'s steps as slices, for the CPU kernels: `t` is a contiguous Float tensor on the CPU there.
+fn steps_of(t: &Tensor) -> Steps {
+    Steps::of(t).expect("the CPU kernels get contiguous Float tensors on the CPU")
+}
+
 /// A layer's outputs h_1..h_steps from its state buffer `[steps + 1, batch, H]`, as rows `[n, H]`.
 fn outputs(hs: &Tensor, steps: i64, n: i64, h: i64) -> Tensor {
     hs.narrow(0, 1, steps).reshape([n, h])
@@ -349,21 +428,24 @@ mod tests {
             let random = || Tensor::randn([layers as i64, 4, 9], (Kind::Float, Device::Cpu)) * 0.5;
             let state = State { h: random(), c: (cell == Cell::Lstm).then(random) };
             let (loss, grads, end) = autograd(&model, &inputs, &targets, &state);
-            let pass = loss_and_grads(&model, &inputs, &targets, &state, Dtype::Fp32);
-            let what = format!("{cell:?}, {layers} layers, embed {embed}");
-            // The longest sum has max(I + H, k·H, batch·steps) = max(22, 36, 28) terms; steps × layers sums lie
-            // on the forward path, twice that (and the output layer) on a gradient's.
-            let terms = 36;
-            let forward = fp32_reorder_bound(terms, 7 * layers);
-            let backward = fp32_reorder_bound(terms, 2 * 7 * layers + 1);
-            assert_close_to(&format!("{what}: loss"), &pass.loss, &Tensor::from(loss), forward);
-            assert_close_to(&format!("{what}: final state"), &pass.state.h, &end.h, forward);
-            if let Some(c) = &end.c {
-                assert_close_to(&format!("{what}: final memory cell"), pass.state.c.as_ref().unwrap(), c, forward);
-            }
-            for ((name, _), (ours, theirs)) in model.named_parameters().iter().zip(pass.grads.iter().zip(&grads)) {
-                assert!(theirs.abs().max().double_value(&[]) > 1e-4, "{what}: {name}'s gradient should not vanish");
-                assert_close_to(&format!("{what}: gradient of {name}"), ours, theirs, backward);
+            // Both ways of computing the gated cells' steps: charrnn's CPU kernels and libtorch's operations.
+            for kernels in [true, false] {
+                let pass = pass(&model, &inputs, &targets, &state, Dtype::Fp32, kernels);
+                let what = format!("{cell:?}, {layers} layers, embed {embed}, kernels {kernels}");
+                // The longest sum has max(I + H, k·H, batch·steps) = max(22, 36, 28) terms; steps × layers sums lie
+                // on the forward path, twice that (and the output layer) on a gradient's.
+                let terms = 36;
+                let forward = fp32_reorder_bound(terms, 7 * layers);
+                let backward = fp32_reorder_bound(terms, 2 * 7 * layers + 1);
+                assert_close_to(&format!("{what}: loss"), &pass.loss, &Tensor::from(loss), forward);
+                assert_close_to(&format!("{what}: final state"), &pass.state.h, &end.h, forward);
+                if let Some(c) = &end.c {
+                    assert_close_to(&format!("{what}: final memory cell"), pass.state.c.as_ref().unwrap(), c, forward);
+                }
+                for ((name, _), (ours, theirs)) in model.named_parameters().iter().zip(pass.grads.iter().zip(&grads)) {
+                    assert!(theirs.abs().max().double_value(&[]) > 1e-4, "{what}: {name}'s gradient should not vanish");
+                    assert_close_to(&format!("{what}: gradient of {name}"), ours, theirs, backward);
+                }
             }
         }
     }

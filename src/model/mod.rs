@@ -5,6 +5,7 @@ pub(crate) mod bptt;
 pub(crate) mod config;
 pub(crate) mod dropout;
 pub(crate) mod flat;
+pub(crate) mod gates;
 pub(crate) mod network;
 pub(crate) mod ops;
 pub(crate) mod params;

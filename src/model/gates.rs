@@ -1,0 +1,389 @@
+//! The gated cells' elementwise arithmetic on the CPU, one pass per time step: a GRU's or an LSTM's gates
+//! and new state (forward), and the gradients of its gate pre-activations (backward), each computed in one
+//! loop over the step's `[batch, kH]` values instead of a dozen libtorch calls that each read and write the
+//! whole step. The matrix products stay libtorch's (MKL's).
+//!
+//! The loops are compiled for AVX-512, for AVX2 with FMA and for plain x86-64, and the widest the CPU has is
+//! chosen at run time; `exp` is a polynomial that vectorises (below). Every slice holds `batch` rows: `[B,
+//! kH]` gate rows in the cell's gate order (GRU r, z, n; LSTM i, f, g, o), `[B, H]` state rows.
+
+use crate::openmp::parallel_rows;
+use std::ops::Range;
+use tch::{Device, Kind, Tensor};
+
+/// A contiguous Float tensor on the CPU, `[steps, ...]`, read and written a step at a time as a slice of
+/// floats.
+pub(crate) struct Steps {
+    ptr: *mut f32,
+    /// Elements per step.
+    len: usize,
+    /// Steps.
+    count: i64,
+    _tensor: Tensor,
+}
+
+// SAFETY: `Steps` only hands out its memory through `at`, `rows` (shared) and the unsafe `at_mut`,
+// `rows_mut`, whose callers keep writes disjoint: threads may share it as they share a `&[f32]`.
+unsafe impl Sync for Steps {}
+
+impl Steps {
+    /// `t`'s steps (its first dimension); `None` unless it is a contiguous Float tensor on the CPU.
+    pub(crate) fn of(t: &Tensor) -> Option<Steps> {
+        let fits = t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.dim() >= 1;
+        let count = t.size()[0];
+        let len = if fits && count > 0 { t.numel() / count as usize } else { return None };
+        Some(Steps { ptr: t.data_ptr() as *mut f32, len, count, _tensor: t.shallow_clone() })
+    }
+
+    /// Step `i`'s elements.
+    pub(crate) fn at(&self, i: i64) -> &[f32] {
+        assert!((0..self.count).contains(&i), "step {i} of {}", self.count);
+        // SAFETY: `_tensor` keeps the memory alive, and step i lies inside it.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(i as usize * self.len), self.len) }
+    }
+
+    /// Every step's elements, one after another.
+    pub(crate) fn whole(&self) -> &[f32] {
+        // SAFETY: as for `at`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len * self.count as usize) }
+    }
+
+    /// Rows `rows` of step `i`, whose rows are `width` elements.
+    fn rows(&self, i: i64, rows: &Range<usize>, width: usize) -> &[f32] {
+        &self.at(i)[rows.start * width..rows.end * width]
+    }
+
+    /// Rows `rows` of step `i`, to write.
+    ///
+    /// # Safety
+    /// As for [`Steps::at_mut`], for these rows.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn rows_mut(&self, i: i64, rows: &Range<usize>, width: usize) -> &mut [f32] {
+        unsafe { &mut self.at_mut(i)[rows.start * width..rows.end * width] }
+    }
+
+    /// The rows of a step, `width` elements each.
+    fn row_count(&self, width: usize) -> usize {
+        self.len / width
+    }
+
+    /// Step `i`'s elements, to write.
+    ///
+    /// # Safety
+    /// No other slice of step `i` of this tensor, or of memory it shares, may be alive while this one is.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn at_mut(&self, i: i64) -> &mut [f32] {
+        assert!((0..self.count).contains(&i), "step {i} of {}", self.count);
+        // SAFETY: as for `at`; the caller keeps the slice unaliased.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i as usize * self.len), self.len) }
+    }
+}
+
+/// `e^x` in float32 for the gates, written so that it vectorises: `x = k ln 2 + r` with k an integer (the
+/// rounding by adding 1.5 · 2²³, which leaves k in the low mantissa bits) and |r| <= ln 2 / 2, `e^r` by its
+/// Taylor series to r⁷ (truncation below 1e-8 relative), and `2^k` built in the exponent bits. Inputs are
+/// clamped to [-87, 88], where `2^k` stays a normal float: below, the gates' `1 / (1 + e^x)` is 1 or 0
+/// within float32's resolution anyway.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const SHIFTER: f32 = 12_582_912.0;
+    // ln 2 in two parts (Cody and Waite): k · LN2_HI is exact for |k| < 2⁹.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + SHIFTER;
+    let k = t - SHIFTER;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = (p * r) * r + r + 1.0;
+    // (k + 127) << 23, from k's low 9 bits in t's mantissa.
+    p * f32::from_bits((t.to_bits() << 23).wrapping_add(127 << 23))
+}
+
+/// The logistic sigmoid `1 / (1 + e^-x)`.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// `tanh x = 1 - 2 / (1 + e^2x)`: good to about 1e-7 absolute, the float32 resolution of values near 1.
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (1.0 + exp(2.0 * x))
+}
+
+/// Defines `pub(crate) fn $name($args)` that runs `$body` compiled for the widest vector unit the CPU has.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512($($arg: $ty),*) { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2($($arg: $ty),*) { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    /// A GRU step forward, `h` units: from the input projection `x = x W_x + b` and `hw = h W_hh` (rows of
+    /// 3h), `b_hn` (h) and the state `h_prev` (rows of h), writes the gates `r, z, n` (rows of 3h),
+    /// `hn = h W_hn + b_hn` (rows of h) and the new state `h_next = n + z (h_prev - n)` (rows of h), where
+    /// `r = σ(x_r + hw_r)`, `z = σ(x_z + hw_z)`, `n = tanh(x_n + r hn)`.
+    fn gru_forward(
+        h: usize,
+        x: &[f32],
+        hw: &[f32],
+        b_hn: &[f32],
+        h_prev: &[f32],
+        gates: &mut [f32],
+        hn: &mut [f32],
+        h_next: &mut [f32],
+    ) {
+        let b_hn = &b_hn[..h];
+        let rows = x.chunks_exact(3 * h).zip(hw.chunks_exact(3 * h)).zip(h_prev.chunks_exact(h));
+        let outs = gates.chunks_exact_mut(3 * h).zip(hn.chunks_exact_mut(h)).zip(h_next.chunks_exact_mut(h));
+        for (((x, hw), hp), ((g, hn), out)) in rows.zip(outs) {
+            let (xr, xz, xn) = (&x[..h], &x[h..2 * h], &x[2 * h..3 * h]);
+            let (hr, hz, hh) = (&hw[..h], &hw[h..2 * h], &hw[2 * h..3 * h]);
+            let (gr, rest) = g.split_at_mut(h);
+            let (gz, gn) = rest.split_at_mut(h);
+            let (gz, gn, hn, out, hp) = (&mut gz[..h], &mut gn[..h], &mut hn[..h], &mut out[..h], &hp[..h]);
+            for j in 0..h {
+                let r = sigmoid(xr[j] + hr[j]);
+                let z = sigmoid(xz[j] + hz[j]);
+                let a = hh[j] + b_hn[j];
+                let n = tanh(xn[j] + r * a);
+                (gr[j], gz[j], gn[j], hn[j]) = (r, z, n, a);
+                out[j] = n + z * (hp[j] - n);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// A GRU step backward, `h` units: from `d` (rows of h), the gradient reaching the step's output, and
+    /// what its forward pass kept (`gates` r, z, n, `hn`, `h_prev`), writes the gradients of the input
+    /// projection `dx = [d a_r, d a_z, d a_n]` and of `h W_hh + [0, 0, b_hn]`, `dh = [d a_r, d a_z, d a_n r]`
+    /// (rows of 3h), and adds `d z` (what reaches `h_prev` directly) to `before` when given. With
+    /// `d a_n = d (1 - z)(1 - n²)`, `d a_z = d (h_prev - n) z (1 - z)`, `d a_r = d a_n hn r (1 - r)`.
+    fn gru_backward(
+        h: usize,
+        d: &[f32],
+        gates: &[f32],
+        hn: &[f32],
+        h_prev: &[f32],
+        dx: &mut [f32],
+        dh: &mut [f32],
+        before: Option<&mut [f32]>,
+    ) {
+        let rows = d.chunks_exact(h).zip(gates.chunks_exact(3 * h)).zip(hn.chunks_exact(h)).zip(h_prev.chunks_exact(h));
+        for (b, (((d, g), hn), hp)) in rows.enumerate() {
+            let (r, z, n) = (&g[..h], &g[h..2 * h], &g[2 * h..3 * h]);
+            let (d, hn, hp) = (&d[..h], &hn[..h], &hp[..h]);
+            let (dxr, rest) = dx[b * 3 * h..(b + 1) * 3 * h].split_at_mut(h);
+            let (dxz, dxn) = rest.split_at_mut(h);
+            let (dhr, rest) = dh[b * 3 * h..(b + 1) * 3 * h].split_at_mut(h);
+            let (dhz, dhn) = rest.split_at_mut(h);
+            let (dxz, dxn, dhz, dhn) = (&mut dxz[..h], &mut dxn[..h], &mut dhz[..h], &mut dhn[..h]);
+            for j in 0..h {
+                let d_an = d[j] * (1.0 - z[j]) * (1.0 - n[j] * n[j]);
+                let d_az = d[j] * (hp[j] - n[j]) * z[j] * (1.0 - z[j]);
+                let d_ar = d_an * hn[j] * r[j] * (1.0 - r[j]);
+                (dxr[j], dxz[j], dxn[j]) = (d_ar, d_az, d_an);
+                (dhr[j], dhz[j], dhn[j]) = (d_ar, d_az, d_an * r[j]);
+            }
+        }
+        if let Some(before) = before {
+            for ((b, d), g) in before.chunks_exact_mut(h).zip(d.chunks_exact(h)).zip(gates.chunks_exact(3 * h)) {
+                let (b, d, z) = (&mut b[..h], &d[..h], &g[h..2 * h]);
+                for j in 0..h {
+                    b[j] += d[j] * z[j];
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// An LSTM step forward, `h` units: `gates` (rows of 4h) holds the pre-activations `x W_x + b + h W_hh`
+    /// and receives the activated gates `i, f, g, o = σ, σ, tanh, σ`; from the memory cell `c_prev` (rows of
+    /// h), writes `c_next = f c_prev + i g` and `h_next = o tanh(c_next)`.
+    fn lstm_forward(h: usize, gates: &mut [f32], c_prev: &[f32], c_next: &mut [f32], h_next: &mut [f32]) {
+        let rows = gates.chunks_exact_mut(4 * h).zip(c_prev.chunks_exact(h));
+        for ((g, cp), (cn, out)) in rows.zip(c_next.chunks_exact_mut(h).zip(h_next.chunks_exact_mut(h))) {
+            // One simple loop per activation, which the compiler vectorises across units.
+            let (ifg, go) = g.split_at_mut(3 * h);
+            for v in &mut ifg[..2 * h] {
+                *v = sigmoid(*v);
+            }
+            for v in &mut ifg[2 * h..] {
+                *v = tanh(*v);
+            }
+            for v in go.iter_mut() {
+                *v = sigmoid(*v);
+            }
+            let (i, f, gg, o) = (&ifg[..h], &ifg[h..2 * h], &ifg[2 * h..3 * h], &go[..h]);
+            let (cp, cn, out) = (&cp[..h], &mut cn[..h], &mut out[..h]);
+            for j in 0..h {
+                let c = f[j] * cp[j] + i[j] * gg[j];
+                cn[j] = c;
+                out[j] = o[j] * tanh(c);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// An LSTM step backward, `h` units: from `d` (rows of h), the gradient reaching the step's output, and
+    /// `dc` (rows of h), the one reaching its memory cell from the step after, and what the forward pass
+    /// kept (the activated `gates` i, f, g, o, the cells `c_prev` and `c`), writes the gradient of the gate
+    /// pre-activations `da` (rows of 4h) and leaves in `dc` what reaches `c_prev`. With
+    /// `dc' = dc + d o (1 - tanh² c)`: `d a_i = dc' g i (1 - i)`, `d a_f = dc' c_prev f (1 - f)`,
+    /// `d a_g = dc' i (1 - g²)`, `d a_o = d tanh(c) o (1 - o)`, and `c_prev` gets `dc' f`.
+    fn lstm_backward(h: usize, d: &[f32], gates: &[f32], c_prev: &[f32], c: &[f32], da: &mut [f32], dc: &mut [f32]) {
+        let rows = d.chunks_exact(h).zip(gates.chunks_exact(4 * h)).zip(c_prev.chunks_exact(h)).zip(c.chunks_exact(h));
+        for ((((d, g), cp), c), (da, dc)) in rows.zip(da.chunks_exact_mut(4 * h).zip(dc.chunks_exact_mut(h))) {
+            let (i, f, gg, o) = (&g[..h], &g[h..2 * h], &g[2 * h..3 * h], &g[3 * h..4 * h]);
+            let (d, cp, c, dc) = (&d[..h], &cp[..h], &c[..h], &mut dc[..h]);
+            let (dai, rest) = da.split_at_mut(h);
+            let (daf, rest) = rest.split_at_mut(h);
+            let (dag, dao) = rest.split_at_mut(h);
+            let (daf, dag, dao) = (&mut daf[..h], &mut dag[..h], &mut dao[..h]);
+            for j in 0..h {
+                let tc = tanh(c[j]);
+                let total = dc[j] + d[j] * o[j] * (1.0 - tc * tc);
+                dao[j] = d[j] * tc * o[j] * (1.0 - o[j]);
+                dai[j] = total * gg[j] * i[j] * (1.0 - i[j]);
+                daf[j] = total * cp[j] * f[j] * (1.0 - f[j]);
+                dag[j] = total * i[j] * (1.0 - gg[j] * gg[j]);
+                dc[j] = total * f[j];
+            }
+        }
+    }
+}
+
+/// A GRU layer's step `t` forward ([`gru_forward`]), the rows split among libtorch's threads: `x`
+/// `[steps, B, 3h]` the input projections, `hw` `[B, 3h]` this step's `h W_hh`, `b_hn` `[h]`, `hs`
+/// `[steps + 1, B, h]` the states (step t read, t + 1 written), `gates` `[steps, B, 3h]` and `hn`
+/// `[steps, B, h]` written at step t.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gru_forward_step(
+    h: usize,
+    t: i64,
+    x: &Steps,
+    hw: &Steps,
+    b_hn: &Steps,
+    hs: &Steps,
+    gates: &Steps,
+    hn: &Steps,
+) {
+    let (w, b_hn) = (3 * h, b_hn.whole());
+    parallel_rows(hn.row_count(h), &|r| {
+        // SAFETY: each thread writes its own rows of step t of gates and hn and of step t + 1 of hs, which
+        // nothing reads meanwhile.
+        let (g, n, next) = unsafe { (gates.rows_mut(t, &r, w), hn.rows_mut(t, &r, h), hs.rows_mut(t + 1, &r, h)) };
+        gru_forward(h, x.rows(t, &r, w), &hw.whole()[r.start * w..r.end * w], b_hn, hs.rows(t, &r, h), g, n, next);
+    });
+}
+
+/// A GRU layer's step `t` backward ([`gru_backward`]), the rows split among libtorch's threads: `d`
+/// `[steps, B, h]` the gradients reaching the outputs (step t read; step t - 1 receives `d z`), `gates`,
+/// `hn` and `hs` as the forward pass left them, `dx` and `dh` `[steps, B, 3h]` written at step t.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gru_backward_step(
+    h: usize,
+    t: i64,
+    d: &Steps,
+    gates: &Steps,
+    hn: &Steps,
+    hs: &Steps,
+    dx: &Steps,
+    dh: &Steps,
+) {
+    let w = 3 * h;
+    parallel_rows(hn.row_count(h), &|r| {
+        // SAFETY: each thread writes its own rows of step t of dx and dh and of step t - 1 of d, while d is
+        // read at step t alone.
+        let (x, y, before) =
+            unsafe { (dx.rows_mut(t, &r, w), dh.rows_mut(t, &r, w), (t > 0).then(|| d.rows_mut(t - 1, &r, h))) };
+        gru_backward(h, d.rows(t, &r, h), gates.rows(t, &r, w), hn.rows(t, &r, h), hs.rows(t, &r, h), x, y, before);
+    });
+}
+
+/// An LSTM layer's step `t` forward ([`lstm_forward`]), the rows split among libtorch's threads: `gates`
+/// `[steps, B, 4h]` (step t: pre-activations in, gates out), `cs` and `hs` `[steps + 1, B, h]` (step t read,
+/// t + 1 written).
+pub(crate) fn lstm_forward_step(h: usize, t: i64, gates: &Steps, cs: &Steps, hs: &Steps) {
+    parallel_rows(cs.row_count(h), &|r| {
+        // SAFETY: each thread writes its own rows of step t of gates and of step t + 1 of cs and hs.
+        let (g, c, out) =
+            unsafe { (gates.rows_mut(t, &r, 4 * h), cs.rows_mut(t + 1, &r, h), hs.rows_mut(t + 1, &r, h)) };
+        lstm_forward(h, g, cs.rows(t, &r, h), c, out);
+    });
+}
+
+/// An LSTM layer's step `t` backward ([`lstm_backward`]), the rows split among libtorch's threads: `d`
+/// `[steps, B, h]` (step t read), `gates` and `cs` as the forward pass left them, `da` `[steps, B, 4h]`
+/// written at step t, `dc` `[1, B, h]` the gradient carried to the memory cell.
+pub(crate) fn lstm_backward_step(h: usize, t: i64, d: &Steps, gates: &Steps, cs: &Steps, da: &Steps, dc: &Steps) {
+    parallel_rows(dc.row_count(h), &|r| {
+        // SAFETY: each thread writes its own rows of step t of da and of dc.
+        let (a, c) = unsafe { (da.rows_mut(t, &r, 4 * h), dc.rows_mut(0, &r, h)) };
+        lstm_backward(h, d.rows(t, &r, h), gates.rows(t, &r, 4 * h), cs.rows(t, &r, h), cs.rows(t + 1, &r, h), a, c);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every float32 from -100 to 100 in steps of about 1e-3, and the small values around 0.
+    fn inputs() -> impl Iterator<Item = f32> {
+        (-100_000..=100_000).map(|i| i as f32 * 1e-3).chain((-300..=300).map(|i| i as f32 * 1e-7))
+    }
+
+    #[test]
+    fn exp_sigmoid_and_tanh_agree_with_double_precision() {
+        // Against f64's own functions: exp to a few float32 ulps relative, the gates to about 1e-7 absolute
+        // (their values lie in [-1, 1], where float32's spacing near 1 is 6e-8).
+        let mut worst = [0f64; 3];
+        for x in inputs() {
+            let xd = f64::from(x);
+            if xd.abs() < 80.0 {
+                worst[0] = worst[0].max((f64::from(exp(x)) - xd.exp()).abs() / xd.exp());
+            }
+            worst[1] = worst[1].max((f64::from(sigmoid(x)) - 1.0 / (1.0 + (-xd).exp())).abs());
+            worst[2] = worst[2].max((f64::from(tanh(x)) - xd.tanh()).abs());
+        }
+        assert!(worst[0] < 4.0 * f64::from(f32::EPSILON), "exp: relative {:e}", worst[0]);
+        assert!(worst[1] < 2.0 * f64::from(f32::EPSILON), "sigmoid: {:e}", worst[1]);
+        assert!(worst[2] < 2.0 * f64::from(f32::EPSILON), "tanh: {:e}", worst[2]);
+        // The extremes saturate instead of overflowing to inf or NaN.
+        assert_eq!((sigmoid(1e4), tanh(-1e4), tanh(1e4)), (1.0, -1.0, 1.0));
+        assert!((0.0..1e-37).contains(&sigmoid(-1e4)));
+    }
+}
