@@ -7,7 +7,7 @@
 //! are one large product each over all steps, and the softmax's gradient is computed in the logits' buffer.
 //! `gradients_equal_autograds` checks every gradient against autograd's.
 use crate::model::config::{Backend, Cell, Dtype, ModelConfig};
-use crate::model::gates::{self, Steps};
+use crate::model::gates;
 use crate::model::network::Network;
 use crate::model::ops::step_major;
 use crate::model::params::Layer;
@@ -76,18 +76,23 @@ fn pass(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, preci
     let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
     let (h, n) = (c.arch.hidden as i64, batch * steps);
     let ids = step_major(inputs);
-    // The embedding rows of the inputs, [n, D], when there is an embedding.
-    let embedded = p.embedding.as_ref().map(|e| e.index_select(0, &ids));
+    // The bottom layer's input. Folded: the positions gather rows of a table of every character's
+    // projection, [V, kH] (`W_xh + b_h` for one-hot input; `E W_xh + b_h` for an embedding of fewer rows
+    // than the minibatch has positions, which then costs V, not n, rows of products, forward and back).
+    // Else the embedding rows of the positions, [n, D], to multiply by W_xh.
+    let fold = p.embedding.as_ref().is_none_or(|e| e.size()[0] < n);
+    let embedded = p.embedding.as_ref().filter(|_| !fold).map(|e| e.index_select(0, &ids));
 
     // Forward, layer by layer: the input projections x W_xh + b_h of all steps at once, [steps, batch, kH],
     // then the recurrence.
     let mut tapes: Vec<Tape> = Vec::with_capacity(c.arch.layers);
     for l in 0..c.arch.layers {
         let (w_xh, b_h) = (&p.layers[l].w_xh, &p.layers[l].b_h);
-        let projected = match (l, &embedded) {
+        let projected = match (l, &embedded, &p.embedding) {
+            (0, Some(rows), _) => b_h.addmm(rows, w_xh),
             // One-hot rows times W_xh are rows of W_xh.
-            (0, None) => w_xh.index_select(0, &ids) + b_h,
-            (0, Some(rows)) => b_h.addmm(rows, w_xh),
+            (0, None, None) => (w_xh + b_h).index_select(0, &ids),
+            (0, None, Some(table)) => b_h.addmm(table, w_xh).index_select(0, &ids),
             _ => b_h.addmm(&outputs(&tapes[l - 1].hs, steps, n, h), w_xh),
         }
         .view([steps, batch, -1]);
@@ -136,14 +141,26 @@ fn pass(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, preci
         // The gradient of the layer's input projection, [n, kH].
         let d_pre = backward_layer(model, l, &tapes[l], d_out.shallow_clone(), &mut grads.layers[l], kernels);
         let g = &mut grads.layers[l];
-        g.b_h = d_pre.sum_dim_intlist(0, false, Kind::Float);
         match (l, &embedded, &p.embedding) {
-            (0, None, _) => g.w_xh = scatter_rows(w_xh, &ids, &d_pre),
             (0, Some(rows), Some(table)) => {
+                g.b_h = d_pre.sum_dim_intlist(0, false, Kind::Float);
                 g.w_xh = rows.tr().mm(&d_pre);
-                grads.embedding = Some(scatter_rows(table, &ids, &d_pre.mm(&w_xh.tr())));
+                grads.embedding = Some(scatter_rows(table.size()[0], &ids, &d_pre.mm(&w_xh.tr())));
+            }
+            (0, None, table) => {
+                // The gradient of the folded table: each character's rows of d_pre summed, [V, kH].
+                let by_char = scatter_rows(c.vocab_size as i64, &ids, &d_pre);
+                g.b_h = by_char.sum_dim_intlist(0, false, Kind::Float);
+                match table {
+                    None => g.w_xh = by_char,
+                    Some(table) => {
+                        g.w_xh = table.tr().mm(&by_char);
+                        grads.embedding = Some(by_char.mm(&w_xh.tr()));
+                    }
+                }
             }
             _ => {
+                g.b_h = d_pre.sum_dim_intlist(0, false, Kind::Float);
                 g.w_xh = outputs(&tapes[l - 1].hs, steps, n, h).tr().mm(&d_pre);
                 d_out = d_pre.mm(&w_xh.tr()).view([steps, batch, h]);
             }
@@ -191,14 +208,7 @@ fn forward_layer(
             let hn = Tensor::empty([steps, batch, h], (Kind::Float, projected.device()));
             let hw = Tensor::empty([batch, 3 * h], (Kind::Float, projected.device()));
             if kernels {
-                let (x, g, hn_s, hs_s, hw_s) =
-                    (steps_of(projected), steps_of(&gates), steps_of(&hn), steps_of(&hs), steps_of(&hw));
-                let b_hn = b_hn.contiguous();
-                let b = steps_of(&b_hn);
-                for t in 0..steps {
-                    let _ = hs.get(t).mm_out(&hw, w_hh);
-                    gates::gru_forward_step(h as usize, t, &x, &hw_s, &b, &hs_s, &g, &hn_s);
-                }
+                gates::gru_forward_layer(h as usize, projected, w_hh, &b_hn.contiguous(), &hs, &gates, &hn, &hw);
                 return Tape { hs, cell: Saved::Gru { gates, hn } };
             }
             for t in 0..steps {
@@ -221,11 +231,7 @@ fn forward_layer(
             let cs = Tensor::empty([steps + 1, batch, h], (Kind::Float, projected.device()));
             cs.get(0).copy_(c0.expect("an LSTM state has a memory cell"));
             if kernels {
-                let (g, cs_s, hs_s) = (steps_of(&gates), steps_of(&cs), steps_of(&hs));
-                for t in 0..steps {
-                    let _ = projected.get(t).addmm_out(&gates.get(t), &hs.get(t), w_hh);
-                    gates::lstm_forward_step(h as usize, t, &g, &cs_s, &hs_s);
-                }
+                gates::lstm_forward_layer(h as usize, projected, w_hh, &gates, &cs, &hs);
                 return Tape { hs, cell: Saved::Lstm { gates, cs } };
             }
             for t in 0..steps {
@@ -281,14 +287,7 @@ fn backward_layer(
         Saved::Gru { gates: g_all, hn } if kernels => {
             let d_x = Tensor::empty([steps, batch, 3 * h], (Kind::Float, d_out.device()));
             let d_h = Tensor::empty([steps, batch, 3 * h], (Kind::Float, d_out.device()));
-            let (d, g, hn_s, hs_s, dx, dh) =
-                (steps_of(&d_out), steps_of(g_all), steps_of(hn), steps_of(&tape.hs), steps_of(&d_x), steps_of(&d_h));
-            for t in (0..steps).rev() {
-                gates::gru_backward_step(h as usize, t, &d, &g, &hn_s, &hs_s, &dx, &dh);
-                if t > 0 {
-                    let _ = d_out.get(t - 1).addmm_(&d_h.get(t), &w_hh_t);
-                }
-            }
+            gates::gru_backward_layer(h as usize, &d_out, g_all, hn, &tape.hs, &w_hh_t, &d_x, &d_h);
             let d_h = d_h.view([n, 3 * h]);
             grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_h);
             grads.b_hn = Some(d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float));
@@ -328,14 +327,7 @@ fn backward_layer(
         Saved::Lstm { gates, cs } if kernels => {
             let d_a = Tensor::empty([steps, batch, 4 * h], (Kind::Float, d_out.device()));
             let d_c = Tensor::zeros([1, batch, h], (Kind::Float, d_out.device()));
-            let (d, g, cs_s, da, dc) =
-                (steps_of(&d_out), steps_of(gates), steps_of(cs), steps_of(&d_a), steps_of(&d_c));
-            for t in (0..steps).rev() {
-                gates::lstm_backward_step(h as usize, t, &d, &g, &cs_s, &da, &dc);
-                if t > 0 {
-                    let _ = d_out.get(t - 1).addmm_(&d_a.get(t), &w_hh_t);
-                }
-            }
+            gates::lstm_backward_layer(h as usize, &d_out, gates, cs, &w_hh_t, &d_a, &d_c);
             let d_a = d_a.view([n, 4 * h]);
             grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_a);
             d_a
@@ -375,17 +367,12 @@ fn backward_layer(
     }
 }
 
-/// The gradient of a table (`like`, `[V, k]`) whose rows `ids` (`[n]`) were gathered, given the rows'
-/// gradient `d_rows` `[n, k]`: a zero table with each row of `d_rows` added at its index.
-fn scatter_rows(like: &Tensor, ids: &Tensor, d_rows: &Tensor) -> Tensor {
-    let mut grad = like.zeros_like();
+/// The gradient of a table of `rows` rows whose rows `ids` (`[n]`) were gathered, given the gathered rows'
+/// gradient `d_rows` `[n, k]`: a zero table `[rows, k]` with each row of `d_rows` added at its index.
+fn scatter_rows(rows: i64, ids: &Tensor, d_rows: &Tensor) -> Tensor {
+    let mut grad = Tensor::zeros([rows, d_rows.size()[1]], (Kind::Float, d_rows.device()));
     let _ = grad.index_add_(0, ids, d_rows);
     grad
-}
-
-/// `t`'s steps as slices, for the CPU kernels: `t` is a contiguous Float tensor on the CPU there.
-fn steps_of(t: &Tensor) -> Steps {
-    Steps::of(t).expect("the CPU kernels get contiguous Float tensors on the CPU")
 }
 
 /// A layer's outputs h_1..h_steps from its state buffer `[steps + 1, batch, H]`, as rows `[n, H]`.
@@ -414,24 +401,26 @@ mod tests {
 
     #[test]
     fn gradients_equal_autograds() {
-        let cases =
-            [Cell::Rnn, Cell::Gru, Cell::Lstm].into_iter().flat_map(|cell| [(cell, 1, 0), (cell, 3, 0), (cell, 2, 5)]);
-        for (cell, layers, embed) in cases {
-            let config = ModelConfig::new(13, Arch { cell, layers, embed, ..Arch::rnn(9) });
+        // 28 positions: an embedding of 13 rows is folded into the first layer's table, one of 40 is not.
+        let cases = [Cell::Rnn, Cell::Gru, Cell::Lstm]
+            .into_iter()
+            .flat_map(|cell| [(cell, 1, 0, 13), (cell, 3, 0, 13), (cell, 2, 5, 13), (cell, 2, 5, 40)]);
+        for (cell, layers, embed, v) in cases {
+            let config = ModelConfig::new(v, Arch { cell, layers, embed, ..Arch::rnn(9) });
             let model = Network::new(config, 2, Device::Cpu).unwrap();
             // Weights well above the textbook's 0.01, so that every path of the gradient matters.
             let values: Vec<Tensor> = model.parameters().iter().map(|p| p.detach() * 60.0 + 0.02).collect();
             model.set_parameters(&values).unwrap();
             tch::manual_seed(3);
-            let inputs = Tensor::randint(13, [4, 7], (Kind::Int64, Device::Cpu));
-            let targets = Tensor::randint(13, [4, 7], (Kind::Int64, Device::Cpu));
+            let inputs = Tensor::randint(v as i64, [4, 7], (Kind::Int64, Device::Cpu));
+            let targets = Tensor::randint(v as i64, [4, 7], (Kind::Int64, Device::Cpu));
             let random = || Tensor::randn([layers as i64, 4, 9], (Kind::Float, Device::Cpu)) * 0.5;
             let state = State { h: random(), c: (cell == Cell::Lstm).then(random) };
             let (loss, grads, end) = autograd(&model, &inputs, &targets, &state);
             // Both ways of computing the gated cells' steps: charrnn's CPU kernels and libtorch's operations.
             for kernels in [true, false] {
                 let pass = pass(&model, &inputs, &targets, &state, Dtype::Fp32, kernels);
-                let what = format!("{cell:?}, {layers} layers, embed {embed}, kernels {kernels}");
+                let what = format!("{cell:?}, {layers} layers, embed {embed}, V {v}, kernels {kernels}");
                 // The longest sum has max(I + H, k·H, batch·steps) = max(22, 36, 28) terms; steps × layers sums lie
                 // on the forward path, twice that (and the output layer) on a gradient's.
                 let terms = 36;

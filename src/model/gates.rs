@@ -62,11 +62,6 @@ impl Steps {
         unsafe { &mut self.at_mut(i)[rows.start * width..rows.end * width] }
     }
 
-    /// The rows of a step, `width` elements each.
-    fn row_count(&self, width: usize) -> usize {
-        self.len / width
-    }
-
     /// Step `i`'s elements, to write.
     ///
     /// # Safety
@@ -286,75 +281,155 @@ multiversion! {
     }
 }
 
-/// A GRU layer's step `t` forward ([`gru_forward`]), the rows split among libtorch's threads: `x`
-/// `[steps, B, 3h]` the input projections, `hw` `[B, 3h]` this step's `h W_hh`, `b_hn` `[h]`, `hs`
-/// `[steps + 1, B, h]` the states (step t read, t + 1 written), `gates` `[steps, B, 3h]` and `hn`
-/// `[steps, B, h]` written at step t.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gru_forward_step(
-    h: usize,
-    t: i64,
-    x: &Steps,
-    hw: &Steps,
-    b_hn: &Steps,
-    hs: &Steps,
-    gates: &Steps,
-    hn: &Steps,
-) {
-    let (w, b_hn) = (3 * h, b_hn.whole());
-    parallel_rows(hn.row_count(h), &|r| {
-        // SAFETY: each thread writes its own rows of step t of gates and hn and of step t + 1 of hs, which
-        // nothing reads meanwhile.
-        let (g, n, next) = unsafe { (gates.rows_mut(t, &r, w), hn.rows_mut(t, &r, h), hs.rows_mut(t + 1, &r, h)) };
-        gru_forward(h, x.rows(t, &r, w), &hw.whole()[r.start * w..r.end * w], b_hn, hs.rows(t, &r, h), g, n, next);
+/// A tensor that the team's threads read at once (libtorch's tensors may be read concurrently).
+struct Shared<'a>(&'a Tensor);
+
+// SAFETY: the threads only read the tensor's metadata and make views of it; each writes disjoint rows.
+unsafe impl Sync for Shared<'_> {}
+
+impl Shared<'_> {
+    /// The tensor (a method, so that a closure captures the `Shared`, not its field).
+    fn get(&self) -> &Tensor {
+        self.0
+    }
+
+    /// Rows `rows` of step `t` (a view).
+    fn rows(&self, t: i64, rows: &Range<usize>) -> Tensor {
+        self.0.get(t).narrow(0, rows.start as i64, rows.len() as i64)
+    }
+}
+
+/// Runs `each(rows)` on every thread of libtorch's team, each with its share of the batch's `batch` rows.
+/// The batch's rows are independent through a layer's recurrence (only the weights, which are read, are
+/// shared), so each thread runs its rows through all the steps on its own: no fork or join per step, and
+/// each step's product (`rows x [h, kh]`) is MKL's on one thread, which at these sizes runs about as fast
+/// per row as two threads on all rows would, without their synchronisation.
+fn by_rows(batch: i64, each: &(dyn Fn(&Range<usize>) + Sync)) {
+    parallel_rows(batch as usize, &|rows| {
+        let _guard = tch::no_grad_guard();
+        each(&rows);
     });
 }
 
-/// A GRU layer's step `t` backward ([`gru_backward`]), the rows split among libtorch's threads: `d`
-/// `[steps, B, h]` the gradients reaching the outputs (step t read; step t - 1 receives `d z`), `gates`,
-/// `hn` and `hs` as the forward pass left them, `dx` and `dh` `[steps, B, 3h]` written at step t.
+/// A GRU layer forward, `h` units, over `x` `[steps, B, 3h]` (the input projections `x W_x + b`) with
+/// `w_hh` `[h, 3h]` (row-major) and `b_hn` `[h]`: fills `hs` `[steps + 1, B, h]` (step 0 given), the gates
+/// `[steps, B, 3h]` and `hn` `[steps, B, h]` ([`gru_forward`]); `hw` `[B, 3h]` is working space.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gru_backward_step(
+pub(crate) fn gru_forward_layer(
     h: usize,
-    t: i64,
-    d: &Steps,
-    gates: &Steps,
-    hn: &Steps,
-    hs: &Steps,
-    dx: &Steps,
-    dh: &Steps,
+    x: &Tensor,
+    w_hh: &Tensor,
+    b_hn: &Tensor,
+    hs: &Tensor,
+    gates: &Tensor,
+    hn: &Tensor,
+    hw: &Tensor,
 ) {
+    let (xs, b, hss, gs, hns, hws) = (steps(x), steps(b_hn), steps(hs), steps(gates), steps(hn), steps(hw));
+    let (hs_t, hw_t, w_hh) = (Shared(hs), Shared(hw), Shared(w_hh));
     let w = 3 * h;
-    parallel_rows(hn.row_count(h), &|r| {
-        // SAFETY: each thread writes its own rows of step t of dx and dh and of step t - 1 of d, while d is
-        // read at step t alone.
-        let (x, y, before) =
-            unsafe { (dx.rows_mut(t, &r, w), dh.rows_mut(t, &r, w), (t > 0).then(|| d.rows_mut(t - 1, &r, h))) };
-        gru_backward(h, d.rows(t, &r, h), gates.rows(t, &r, w), hn.rows(t, &r, h), hs.rows(t, &r, h), x, y, before);
+    let count = x.size()[0];
+    by_rows(x.size()[1], &|r| {
+        let hw_rows = hw_t.get().narrow(0, r.start as i64, r.len() as i64);
+        for t in 0..count {
+            let _ = hs_t.rows(t, r).mm_out(&hw_rows, w_hh.get());
+            // SAFETY: this thread alone writes its rows of step t of gates and hn and of step t + 1 of hs.
+            let (g, n, next) = unsafe { (gs.rows_mut(t, r, w), hns.rows_mut(t, r, h), hss.rows_mut(t + 1, r, h)) };
+            gru_forward(
+                h,
+                xs.rows(t, r, w),
+                &hws.whole()[r.start * w..r.end * w],
+                b.whole(),
+                hss.rows(t, r, h),
+                g,
+                n,
+                next,
+            );
+        }
     });
 }
 
-/// An LSTM layer's step `t` forward ([`lstm_forward`]), the rows split among libtorch's threads: `gates`
-/// `[steps, B, 4h]` (step t: pre-activations in, gates out), `cs` and `hs` `[steps + 1, B, h]` (step t read,
-/// t + 1 written).
-pub(crate) fn lstm_forward_step(h: usize, t: i64, gates: &Steps, cs: &Steps, hs: &Steps) {
-    parallel_rows(cs.row_count(h), &|r| {
-        // SAFETY: each thread writes its own rows of step t of gates and of step t + 1 of cs and hs.
-        let (g, c, out) =
-            unsafe { (gates.rows_mut(t, &r, 4 * h), cs.rows_mut(t + 1, &r, h), hs.rows_mut(t + 1, &r, h)) };
-        lstm_forward(h, g, cs.rows(t, &r, h), c, out);
+/// A GRU layer backward, `h` units, from `d` `[steps, B, h]`, the gradients reaching the outputs (working
+/// space: what reaches each step's state is added in), the forward pass's `gates`, `hn` and `hs`, and
+/// `w_hh_t` `[3h, h]`: fills `dx` and `dh` `[steps, B, 3h]`, the gradients of the input projections and of
+/// `h W_hh + [0, 0, b_hn]` ([`gru_backward`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gru_backward_layer(
+    h: usize,
+    d: &Tensor,
+    gates: &Tensor,
+    hn: &Tensor,
+    hs: &Tensor,
+    w_hh_t: &Tensor,
+    dx: &Tensor,
+    dh: &Tensor,
+) {
+    let (ds, gs, hns, hss, dxs, dhs) = (steps(d), steps(gates), steps(hn), steps(hs), steps(dx), steps(dh));
+    let (d_t, dh_t, w_hh_t) = (Shared(d), Shared(dh), Shared(w_hh_t));
+    let w = 3 * h;
+    let count = d.size()[0];
+    by_rows(d.size()[1], &|r| {
+        for t in (0..count).rev() {
+            // SAFETY: this thread alone writes its rows of step t of dx and dh and of step t - 1 of d; it
+            // reads its rows of step t of d, another step.
+            let (x, y, before) =
+                unsafe { (dxs.rows_mut(t, r, w), dhs.rows_mut(t, r, w), (t > 0).then(|| ds.rows_mut(t - 1, r, h))) };
+            gru_backward(h, ds.rows(t, r, h), gs.rows(t, r, w), hns.rows(t, r, h), hss.rows(t, r, h), x, y, before);
+            if t > 0 {
+                let _ = d_t.rows(t - 1, r).addmm_(&dh_t.rows(t, r), w_hh_t.get());
+            }
+        }
     });
 }
 
-/// An LSTM layer's step `t` backward ([`lstm_backward`]), the rows split among libtorch's threads: `d`
-/// `[steps, B, h]` (step t read), `gates` and `cs` as the forward pass left them, `da` `[steps, B, 4h]`
-/// written at step t, `dc` `[1, B, h]` the gradient carried to the memory cell.
-pub(crate) fn lstm_backward_step(h: usize, t: i64, d: &Steps, gates: &Steps, cs: &Steps, da: &Steps, dc: &Steps) {
-    parallel_rows(dc.row_count(h), &|r| {
-        // SAFETY: each thread writes its own rows of step t of da and of dc.
-        let (a, c) = unsafe { (da.rows_mut(t, &r, 4 * h), dc.rows_mut(0, &r, h)) };
-        lstm_backward(h, d.rows(t, &r, h), gates.rows(t, &r, 4 * h), cs.rows(t, &r, h), cs.rows(t + 1, &r, h), a, c);
+/// An LSTM layer forward, `h` units, over `x` `[steps, B, 4h]` (the input projections) with `w_hh`
+/// `[h, 4h]`: fills `gates` `[steps, B, 4h]` (activated), `cs` and `hs` `[steps + 1, B, h]` (step 0 given)
+/// ([`lstm_forward`]).
+pub(crate) fn lstm_forward_layer(h: usize, x: &Tensor, w_hh: &Tensor, gates: &Tensor, cs: &Tensor, hs: &Tensor) {
+    let (gs, css, hss) = (steps(gates), steps(cs), steps(hs));
+    let (x_t, g_t, hs_t, w_hh) = (Shared(x), Shared(gates), Shared(hs), Shared(w_hh));
+    let count = x.size()[0];
+    by_rows(x.size()[1], &|r| {
+        for t in 0..count {
+            let _ = x_t.rows(t, r).addmm_out(&g_t.rows(t, r), &hs_t.rows(t, r), w_hh.get());
+            // SAFETY: this thread alone writes its rows of step t of gates and of step t + 1 of cs and hs.
+            let (g, c, out) =
+                unsafe { (gs.rows_mut(t, r, 4 * h), css.rows_mut(t + 1, r, h), hss.rows_mut(t + 1, r, h)) };
+            lstm_forward(h, g, css.rows(t, r, h), c, out);
+        }
     });
+}
+
+/// An LSTM layer backward, `h` units, from `d` `[steps, B, h]` (working space, as for the GRU), the forward
+/// pass's `gates` and `cs`, and `w_hh_t` `[4h, h]`: fills `da` `[steps, B, 4h]`, the gradients of the gate
+/// pre-activations ([`lstm_backward`]); `dc` `[1, B, h]`, zero, is working space.
+pub(crate) fn lstm_backward_layer(
+    h: usize,
+    d: &Tensor,
+    gates: &Tensor,
+    cs: &Tensor,
+    w_hh_t: &Tensor,
+    da: &Tensor,
+    dc: &Tensor,
+) {
+    let (ds, gs, css, das, dcs) = (steps(d), steps(gates), steps(cs), steps(da), steps(dc));
+    let (d_t, da_t, w_hh_t) = (Shared(d), Shared(da), Shared(w_hh_t));
+    let count = d.size()[0];
+    by_rows(d.size()[1], &|r| {
+        for t in (0..count).rev() {
+            // SAFETY: this thread alone writes its rows of step t of da and of dc.
+            let (a, c) = unsafe { (das.rows_mut(t, r, 4 * h), dcs.rows_mut(0, r, h)) };
+            lstm_backward(h, ds.rows(t, r, h), gs.rows(t, r, 4 * h), css.rows(t, r, h), css.rows(t + 1, r, h), a, c);
+            if t > 0 {
+                let _ = d_t.rows(t - 1, r).addmm_(&da_t.rows(t, r), w_hh_t.get());
+            }
+        }
+    });
+}
+
+/// `t`'s steps as slices: the kernels get contiguous Float tensors on the CPU.
+fn steps(t: &Tensor) -> Steps {
+    Steps::of(t).expect("the CPU kernels get contiguous Float tensors on the CPU")
 }
 
 #[cfg(test)]
