@@ -8,6 +8,7 @@ best epoch, the held-out cross-entropy split by how often each target character 
 
 Usage: python benches/reference_cells.py --corpus FILE [--limit-chars 50000 (0: all)] [--cell gru] [--layers 2]
        [--embed 64] [--dropout 0] [--epochs 10] [--lr 0.002] [--clip 0.01] [--seed 0] [--threads N]
+       [--device cpu|cuda]
 """
 import math
 import time
@@ -36,14 +37,14 @@ class Net(nn.Module):
         return self.out(self.drop(y)).reshape(-1, self.v)
 
 
-def held_out_losses(net, ids, steps):
+def held_out_losses(net, ids, steps, device):
     """Per-position cross-entropy of ids[1:] given windows of `steps` characters from a zero state."""
     net.eval()
     losses = []
     with torch.no_grad():
         for s in range(0, len(ids) - 1, steps):
-            x = torch.tensor(ids[s:s + steps][: len(ids) - 1 - s]).view(-1, 1)
-            y = torch.tensor(ids[s + 1:s + 1 + len(x)])
+            x = torch.tensor(ids[s:s + steps][: len(ids) - 1 - s], device=device).view(-1, 1)
+            y = torch.tensor(ids[s + 1:s + 1 + len(x)], device=device)
             losses += F.cross_entropy(net(x), y, reduction="none").tolist()
     net.train()
     return losses
@@ -56,18 +57,21 @@ def main():
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--embed", type=int, default=64)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
+    device = torch.device(a.device)
     rng, ids, vocab, _ = prepare(a)
     n_val = round(len(ids) * a.val_frac)
     train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
-    net = Net(len(vocab), a.cell, a.hidden, a.layers, a.embed, a.dropout)
+    net = Net(len(vocab), a.cell, a.hidden, a.layers, a.embed, a.dropout).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
     best = (math.inf, 0, None)
     for epoch in range(1, a.epochs + 1):
         # Timed as charrnn times an epoch: the loss summed on the device and read back once, the clock read
         # with perf_counter after that (clip_grad_norm_ scales on the device, with no host synchronisation).
-        start, loss_sum, n = time.perf_counter(), torch.zeros((), dtype=torch.float64), 0
+        start, loss_sum, n = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device), 0
         for x, y in random_batches(train, a.batch, a.steps, rng):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = F.cross_entropy(net(x.T), y.T.reshape(-1))
             opt.zero_grad()
             loss.backward()
@@ -76,7 +80,7 @@ def main():
             loss_sum, n = loss_sum + loss.detach(), n + 1
         loss_sum = loss_sum.item()
         secs = time.perf_counter() - start
-        losses = held_out_losses(net, val, a.steps)
+        losses = held_out_losses(net, val, a.steps, device)
         val_ppl = math.exp(sum(losses) / len(losses))
         if val_ppl < best[0]:
             best = (val_ppl, epoch, losses)

@@ -87,11 +87,11 @@ pub use train::config::{OnDiverge, TrainConfig, AUTO_CHECKPOINT_SECS, DEFAULT_VA
 pub use train::observer::{
     EpochReport, IterationReport, Progress, RollbackReport, RunInfo, SaveReason, TrainObserver, TrainSummary,
 };
-pub use train::optim::{Moments, Optimizer, OptimizerKind};
+pub use train::optim::{clip_factor, Moments, Optimizer, OptimizerKind};
 pub use train::run::train;
 pub use train::schedule::LrDecay;
 pub use train::state::{BestEpoch, Position, TrainState};
-pub use train::step::{carry_state, clip_factor, train_step, StepOptions, StepOutput};
+pub use train::step::{carry_state, train_step, StepOptions, StepOutput};
 
 display_by_name!(Cell, Init, Backend, OptimizerKind, Dtype, BatchOrder, UnknownChars, OnDiverge);
 

@@ -144,7 +144,7 @@ fn settle(job: &TrainJob, device: Device, data: &Data, source: Option<&LoadedMod
     let mut notes = Vec::new();
     if job.auto_backend {
         let cell = source.map_or(config.arch.cell, |src| src.file.model.arch.cell);
-        config.arch.backend = Backend::fastest(cell, device);
+        config.arch.backend = Backend::fastest(cell, device, config.arch.dropout);
     }
     config.prefixes = config.prefixes.iter().map(|p| data.header.options.read_text(p)).collect();
     notes.extend(newline_note(&data.header));

@@ -25,7 +25,8 @@ pub fn supports(config: &ModelConfig) -> bool {
 pub struct Pass {
     /// Mean cross-entropy (nats) over the minibatch: a scalar Float.
     pub loss: Tensor,
-    /// The loss's gradient for each parameter, in [`ModelConfig::param_specs`] order and shapes.
+    /// The loss's gradient for each parameter, in [`ModelConfig::param_specs`] order and shapes: views of
+    /// the model's flat gradient buffer, where the pass wrote them (the next pass overwrites them).
     pub grads: Vec<Tensor>,
     /// The final state, `[layers, batch, H]`, not attached to any graph.
     pub state: State,
@@ -76,11 +77,12 @@ fn pass(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, preci
     let (batch, steps) = (inputs.size()[0], inputs.size()[1]);
     let (h, n) = (c.arch.hidden as i64, batch * steps);
     let ids = step_major(inputs);
-    // The bottom layer's input. Folded: the positions gather rows of a table of every character's
-    // projection, [V, kH] (`W_xh + b_h` for one-hot input; `E W_xh + b_h` for an embedding of fewer rows
-    // than the minibatch has positions, which then costs V, not n, rows of products, forward and back).
-    // Else the embedding rows of the positions, [n, D], to multiply by W_xh.
-    let fold = p.embedding.as_ref().is_none_or(|e| e.size()[0] < n);
+    // The bottom layer's input. With fewer characters than the minibatch has positions, folded: the
+    // positions gather rows of a table of every character's projection, [V, kH] (`W_xh + b_h` for one-hot
+    // input; `E W_xh + b_h` for an embedding, which then costs V, not n, rows of products, forward and
+    // back). Else one-hot rows gather rows of W_xh, or the embedding rows of the positions, [n, D], are
+    // multiplied by W_xh.
+    let fold = (c.vocab_size as i64) < n;
     let embedded = p.embedding.as_ref().filter(|_| !fold).map(|e| e.index_select(0, &ids));
 
     // Forward, layer by layer: the input projections x W_xh + b_h of all steps at once, [steps, batch, kH],
@@ -91,7 +93,8 @@ fn pass(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, preci
         let projected = match (l, &embedded, &p.embedding) {
             (0, Some(rows), _) => b_h.addmm(rows, w_xh),
             // One-hot rows times W_xh are rows of W_xh.
-            (0, None, None) => (w_xh + b_h).index_select(0, &ids),
+            (0, None, None) if fold => (w_xh + b_h).contiguous().index_select(0, &ids),
+            (0, None, None) => w_xh.index_select(0, &ids) + b_h,
             (0, None, Some(table)) => b_h.addmm(table, w_xh).index_select(0, &ids),
             _ => b_h.addmm(&outputs(&tapes[l - 1].hs, steps, n, h), w_xh),
         }
@@ -129,9 +132,10 @@ fn pass(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, preci
     let _ = d.scatter_add_(1, &ys, &Tensor::full([n, 1], -1.0, (kind, d.device())));
     let inv_n = 1.0 / n as f64;
 
-    let mut grads = p.map(|_| Tensor::new());
-    grads.b_q = d.sum_dim_intlist(0, false, Kind::Float) * inv_n;
-    grads.w_hq = top_k.tr().mm(&d).to_kind(Kind::Float) * inv_n;
+    // The gradients go straight into the model's flat gradient buffer, by role.
+    let grads = model.layout().roles(model.gradient());
+    put(&grads.b_q, &(d.sum_dim_intlist(0, false, Kind::Float) * inv_n));
+    product_into(&grads.w_hq, &top_k.tr(), &d, inv_n);
     // The gradient reaching the top layer's outputs, [steps, batch, H].
     let mut d_out = (d.mm(&w_k.tr()).to_kind(Kind::Float) * inv_n).view([steps, batch, h]);
     drop(d);
@@ -139,29 +143,39 @@ fn pass(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, preci
     for l in (0..c.arch.layers).rev() {
         let w_xh = &p.layers[l].w_xh;
         // The gradient of the layer's input projection, [n, kH].
-        let d_pre = backward_layer(model, l, &tapes[l], d_out.shallow_clone(), &mut grads.layers[l], kernels);
-        let g = &mut grads.layers[l];
+        let g = &grads.layers[l];
+        let d_pre = backward_layer(model, l, &tapes[l], d_out.shallow_clone(), g, kernels);
         match (l, &embedded, &p.embedding) {
-            (0, Some(rows), Some(table)) => {
-                g.b_h = d_pre.sum_dim_intlist(0, false, Kind::Float);
-                g.w_xh = rows.tr().mm(&d_pre);
-                grads.embedding = Some(scatter_rows(table.size()[0], &ids, &d_pre.mm(&w_xh.tr())));
+            (0, Some(rows), Some(_)) => {
+                put(&g.b_h, &d_pre.sum_dim_intlist(0, false, Kind::Float));
+                product_into(&g.w_xh, &rows.tr(), &d_pre, 1.0);
+                scatter_rows_into(grads.embedding.as_ref().expect("an embedding"), &ids, &d_pre.mm(&w_xh.tr()));
+            }
+            (0, None, None) if !fold => {
+                put(&g.b_h, &d_pre.sum_dim_intlist(0, false, Kind::Float));
+                // Scattered by columns into W_xh^T, [kH, V], as the flat buffer holds it (W_xh is its
+                // transposed view): each of its rows gathers from a row of d_pre^T in the cache.
+                let mut w_ih = g.w_xh.tr();
+                let _ = w_ih.zero_();
+                let _ = w_ih.index_add_(1, &ids, &d_pre.tr());
             }
             (0, None, table) => {
                 // The gradient of the folded table: each character's rows of d_pre summed, [V, kH].
-                let by_char = scatter_rows(c.vocab_size as i64, &ids, &d_pre);
-                g.b_h = by_char.sum_dim_intlist(0, false, Kind::Float);
+                let by_char = Tensor::zeros([c.vocab_size as i64, d_pre.size()[1]], (Kind::Float, d_pre.device()));
+                scatter_rows_into(&by_char, &ids, &d_pre);
+                put(&g.b_h, &by_char.sum_dim_intlist(0, false, Kind::Float));
                 match table {
-                    None => g.w_xh = by_char,
+                    None => put(&g.w_xh, &by_char),
                     Some(table) => {
-                        g.w_xh = table.tr().mm(&by_char);
-                        grads.embedding = Some(by_char.mm(&w_xh.tr()));
+                        product_into(&g.w_xh, &table.tr(), &by_char, 1.0);
+                        let embedding = grads.embedding.as_ref().expect("an embedding");
+                        product_into(embedding, &by_char, &w_xh.tr(), 1.0);
                     }
                 }
             }
             _ => {
-                g.b_h = d_pre.sum_dim_intlist(0, false, Kind::Float);
-                g.w_xh = outputs(&tapes[l - 1].hs, steps, n, h).tr().mm(&d_pre);
+                put(&g.b_h, &d_pre.sum_dim_intlist(0, false, Kind::Float));
+                product_into(&g.w_xh, &outputs(&tapes[l - 1].hs, steps, n, h).tr(), &d_pre, 1.0);
                 d_out = d_pre.mm(&w_xh.tr()).view([steps, batch, h]);
             }
         }
@@ -174,6 +188,9 @@ fn pass(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, preci
             _ => None,
         })
         .collect();
+    for mut unused in model.layout().unused(model.gradient()) {
+        let _ = unused.zero_();
+    }
     Pass { loss, grads: grads.into_vec(), state: State::of_layers(&end, &cells) }
 }
 
@@ -261,7 +278,7 @@ fn backward_layer(
     l: usize,
     tape: &Tape,
     d_out: Tensor,
-    grads: &mut Layer<Tensor>,
+    grads: &Layer<Tensor>,
     kernels: bool,
 ) -> Tensor {
     let (steps, batch, h) = (d_out.size()[0], d_out.size()[1], model.config().arch.hidden as i64);
@@ -281,7 +298,7 @@ fn backward_layer(
                 let _ = before.g_mul_(&slope.get(t - 1));
             }
             let d_a = d_out.view([n, h]);
-            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_a);
+            product_into(&grads.w_hh, &h_prev.reshape([n, h]).tr(), &d_a, 1.0);
             d_a
         }
         Saved::Gru { gates: g_all, hn } if kernels => {
@@ -289,8 +306,8 @@ fn backward_layer(
             let d_h = Tensor::empty([steps, batch, 3 * h], (Kind::Float, d_out.device()));
             gates::gru_backward_layer(h as usize, &d_out, g_all, hn, &tape.hs, &w_hh_t, &d_x, &d_h);
             let d_h = d_h.view([n, 3 * h]);
-            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_h);
-            grads.b_hn = Some(d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float));
+            product_into(&grads.w_hh, &h_prev.reshape([n, h]).tr(), &d_h, 1.0);
+            put(gru_bias(grads), &d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float));
             d_x.view([n, 3 * h])
         }
         Saved::Gru { gates, hn } => {
@@ -320,8 +337,8 @@ fn backward_layer(
             }
             d_x.narrow(2, 0, 2 * h).copy_(&d_h.narrow(2, 0, 2 * h));
             let d_h = d_h.view([n, 3 * h]);
-            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_h);
-            grads.b_hn = Some(d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float));
+            product_into(&grads.w_hh, &h_prev.reshape([n, h]).tr(), &d_h, 1.0);
+            put(gru_bias(grads), &d_h.narrow(1, 2 * h, h).sum_dim_intlist(0, false, Kind::Float));
             d_x.view([n, 3 * h])
         }
         Saved::Lstm { gates, cs } if kernels => {
@@ -329,7 +346,7 @@ fn backward_layer(
             let d_c = Tensor::zeros([1, batch, h], (Kind::Float, d_out.device()));
             gates::lstm_backward_layer(h as usize, &d_out, gates, cs, &w_hh_t, &d_a, &d_c);
             let d_a = d_a.view([n, 4 * h]);
-            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_a);
+            product_into(&grads.w_hh, &h_prev.reshape([n, h]).tr(), &d_a, 1.0);
             d_a
         }
         Saved::Lstm { gates, cs } => {
@@ -361,18 +378,38 @@ fn backward_layer(
                 }
             }
             let d_a = d_a.view([n, 4 * h]);
-            grads.w_hh = h_prev.reshape([n, h]).tr().mm(&d_a);
+            product_into(&grads.w_hh, &h_prev.reshape([n, h]).tr(), &d_a, 1.0);
             d_a
         }
     }
 }
 
-/// The gradient of a table of `rows` rows whose rows `ids` (`[n]`) were gathered, given the gathered rows'
-/// gradient `d_rows` `[n, k]`: a zero table `[rows, k]` with each row of `d_rows` added at its index.
-fn scatter_rows(rows: i64, ids: &Tensor, d_rows: &Tensor) -> Tensor {
-    let mut grad = Tensor::zeros([rows, d_rows.size()[1]], (Kind::Float, d_rows.device()));
-    let _ = grad.index_add_(0, ids, d_rows);
-    grad
+/// Copies `value` into `target` (a view of the flat gradient buffer).
+fn put(target: &Tensor, value: &Tensor) {
+    target.shallow_clone().copy_(value);
+}
+
+/// Sets `target` (`[rows, k]`, any strides) to the gradient of a table whose rows `ids` (`[n]`) were
+/// gathered, given the gathered rows' gradient `d_rows` `[n, k]`: zero, with each row of `d_rows` added at
+/// its index.
+fn scatter_rows_into(target: &Tensor, ids: &Tensor, d_rows: &Tensor) {
+    let mut target = target.shallow_clone();
+    let _ = target.zero_();
+    let _ = target.index_add_(0, ids, d_rows);
+}
+
+/// Sets `target` to `scale · a b`, the product computed into it (float32) whatever its strides (a row- or
+/// column-major view of the flat gradient buffer); a product in bfloat16 is computed, then converted in.
+fn product_into(target: &Tensor, a: &Tensor, b: &Tensor, scale: f64) {
+    let mut target = target.shallow_clone();
+    if a.kind() == Kind::Float && b.kind() == Kind::Float {
+        let _ = a.mm_out(&target, b);
+    } else {
+        target.copy_(&a.mm(b));
+    }
+    if scale != 1.0 {
+        let _ = target.g_mul_scalar_(scale);
+    }
 }
 
 /// A layer's outputs h_1..h_steps from its state buffer `[steps + 1, batch, H]`, as rows `[n, H]`.
@@ -401,10 +438,10 @@ mod tests {
 
     #[test]
     fn gradients_equal_autograds() {
-        // 28 positions: an embedding of 13 rows is folded into the first layer's table, one of 40 is not.
-        let cases = [Cell::Rnn, Cell::Gru, Cell::Lstm]
-            .into_iter()
-            .flat_map(|cell| [(cell, 1, 0, 13), (cell, 3, 0, 13), (cell, 2, 5, 13), (cell, 2, 5, 40)]);
+        // 28 positions: a vocabulary of 13 is folded into the first layer's table, one of 40 is not.
+        let cases = [Cell::Rnn, Cell::Gru, Cell::Lstm].into_iter().flat_map(|cell| {
+            [(cell, 1, 0, 13), (cell, 3, 0, 13), (cell, 2, 5, 13), (cell, 1, 0, 40), (cell, 2, 5, 40)]
+        });
         for (cell, layers, embed, v) in cases {
             let config = ModelConfig::new(v, Arch { cell, layers, embed, ..Arch::rnn(9) });
             let model = Network::new(config, 2, Device::Cpu).unwrap();
@@ -446,8 +483,12 @@ mod tests {
         let inputs = Tensor::randint(50, [8, 10], (Kind::Int64, Device::Cpu));
         let targets = Tensor::randint(50, [8, 10], (Kind::Int64, Device::Cpu));
         let state = model.begin_state(8);
-        let exact = loss_and_grads(&model, &inputs, &targets, &state, Dtype::Fp32);
-        let bf16 = loss_and_grads(&model, &inputs, &targets, &state, Dtype::Bf16);
+        let copied = |mut pass: Pass| {
+            pass.grads = pass.grads.iter().map(Tensor::copy).collect();
+            pass
+        };
+        let exact = copied(loss_and_grads(&model, &inputs, &targets, &state, Dtype::Fp32));
+        let bf16 = copied(loss_and_grads(&model, &inputs, &targets, &state, Dtype::Bf16));
         assert!((exact.loss.double_value(&[]) - bf16.loss.double_value(&[])).abs() < 1e-3);
         for (a, b) in exact.grads.iter().zip(&bf16.grads) {
             // bfloat16 keeps 8 significant bits: each product is good to about 1%.

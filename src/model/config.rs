@@ -86,14 +86,15 @@ impl Backend {
         }
     }
 
-    /// The faster backend for `cell` on `device`, as measured (`benches/compare_gated.sh`,
-    /// `benches/results/cpu-gated.txt`): on a CPU libtorch's fused LSTM (oneDNN's kernel) trains an LSTM
-    /// about 2.5 times as fast as the written-out cell, while the written-out GRU and RNN beat libtorch's
-    /// (1.2x for the GRU). On a GPU the written-out cells too, for now: cuDNN's fused kernels copy this
-    /// model's weights into their own layout at every call (and libtorch warns each time).
-    pub fn fastest(cell: Cell, device: Device) -> Backend {
+    /// The faster backend for `cell` with `dropout` on `device`, as measured (`benches/compare_gated.sh`,
+    /// `benches/results/cpu-gated.txt`). On a GPU libtorch's fused kernels (cuDNN's), which read the weights
+    /// in place from the flat parameter buffer. On a CPU the written-out cells, whose backward pass charrnn
+    /// writes out (with its own elementwise kernels) where there is no dropout; with dropout, backpropagation
+    /// goes through autograd, and there libtorch's fused LSTM (oneDNN's) is the faster.
+    pub fn fastest(cell: Cell, device: Device, dropout: f64) -> Backend {
         match (cell, device) {
-            (Cell::Lstm, Device::Cpu) => Backend::Fused,
+            (_, Device::Cuda(_)) => Backend::Fused,
+            (Cell::Lstm, _) if dropout > 0.0 => Backend::Fused,
             _ => Backend::Scratch,
         }
     }
@@ -249,5 +250,22 @@ impl ModelConfig {
             h.checked_mul(2)?.checked_add(1)?.checked_mul(kh)?.checked_add(gru)?.checked_mul(l.checked_sub(1)?)?;
         let output = h.checked_add(1)?.checked_mul(v)?;
         embedding.checked_add(first)?.checked_add(upper)?.checked_add(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_the_fused_kernels_on_a_gpu_and_the_written_out_cells_on_a_cpu() {
+        for cell in [Cell::Rnn, Cell::Gru, Cell::Lstm] {
+            assert_eq!(Backend::fastest(cell, Device::Cuda(0), 0.0), Backend::Fused, "{cell:?}");
+            assert_eq!(Backend::fastest(cell, Device::Cuda(0), 0.3), Backend::Fused, "{cell:?}");
+            assert_eq!(Backend::fastest(cell, Device::Cpu, 0.0), Backend::Scratch, "{cell:?}");
+        }
+        // With dropout the backward pass is autograd's, where oneDNN's LSTM is the faster.
+        assert_eq!(Backend::fastest(Cell::Lstm, Device::Cpu, 0.3), Backend::Fused);
+        assert_eq!(Backend::fastest(Cell::Gru, Device::Cpu, 0.3), Backend::Scratch);
     }
 }

@@ -165,6 +165,14 @@ impl Recurrence for Fused {
             }
             let layer_state =
                 State { h: state.h.narrow(0, l as i64, 1), c: state.c.as_ref().map(|c| c.narrow(0, l as i64, 1)) };
+            // cuDNN reads a call's weights in place only from the start of their storage, where layer 0
+            // lies; an upper layer's four tensors are packed into a buffer of their own (what cuDNN would do
+            // itself, with a warning at every call).
+            let weights = if l > 0 && x.device().is_cuda() {
+                packed(weights)
+            } else {
+                weights.each_ref().map(Tensor::shallow_clone)
+            };
             let (out, end) = fused_call(
                 arch.cell,
                 &x.view([steps, batch, -1]),
@@ -178,6 +186,18 @@ impl Recurrence for Fused {
         }
         (x, State::of_layers(&hs, &cs))
     }
+}
+
+/// A layer's four weight tensors copied one after another into a new buffer, as views of it (autograd
+/// follows the copy back to the originals).
+fn packed(weights: &[Tensor; 4]) -> [Tensor; 4] {
+    let buffer = Tensor::cat(&weights.iter().map(|w| w.reshape([-1])).collect::<Vec<_>>(), 0);
+    let mut offset = 0;
+    weights.each_ref().map(|w| {
+        let view = buffer.narrow(0, offset, w.numel() as i64).view(w.size().as_slice());
+        offset += w.numel() as i64;
+        view
+    })
 }
 
 /// One call of libtorch's kernel for `cell` over `input` (`[steps, batch, I]`) from `state`, with as many
@@ -198,6 +218,31 @@ fn fused_call(cell: Cell, input: &Tensor, state: &State, weights: &[&Tensor], tr
             let c0 = state.c.as_ref().expect("an LSTM state has a memory cell");
             let (out, h_n, c_n) = input.lstm(&[&state.h, c0], weights, true, layers, 0.0, train, false, false);
             (out, State { h: h_n, c: Some(c_n) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn packed_weights_lie_in_one_buffer_in_order_and_pass_their_gradients_back() {
+        let shapes: [&[i64]; 4] = [&[4, 3], &[4, 2], &[4], &[4]];
+        let originals = shapes.map(|s| Tensor::randn(s, (Kind::Float, Device::Cpu)).set_requires_grad(true));
+        let copies = packed(&originals);
+        let start = copies[0].data_ptr() as usize;
+        let mut offset = 0;
+        for (original, copy) in originals.iter().zip(&copies) {
+            assert_eq!(copy.data_ptr() as usize, start + 4 * offset, "one after another");
+            assert!(copy.is_contiguous() && copy.equal(original));
+            offset += original.numel();
+        }
+        // d/dw sum(w²) = 2w reaches each original through the copy.
+        let loss = copies.iter().map(|c| (c * c).sum(Kind::Float)).reduce(|a, b| a + b).unwrap();
+        for (g, original) in Tensor::run_backward(&[loss], &originals, false, false).iter().zip(&originals) {
+            assert!(g.allclose(&(original * 2.0), 1e-6, 1e-6, false));
         }
     }
 }

@@ -47,6 +47,17 @@ impl OptimizerKind {
     }
 }
 
+/// The gradient's global L2 norm `||g||` (of the whole flat gradient, every parameter together) and the
+/// clipping factor `min(theta / ||g||, 1)` that scales it to a norm of at most `theta`: scalar Float tensors,
+/// left on the device (no read-back).
+pub fn clip_factor(grad: &Tensor, theta: f64) -> (Tensor, Tensor) {
+    let _guard = tch::no_grad_guard();
+    let flat = grad.reshape([-1]);
+    let norm = flat.dot(&flat).sqrt();
+    let scale = (theta / &norm).clamp_max(1.0);
+    (norm, scale)
+}
+
 /// Adam's constants (PyTorch's defaults).
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -95,6 +106,15 @@ impl Optimizer {
         self.lr = lr;
     }
 
+    /// Clips `model`'s gradient (what the last pass stored in its flat gradient buffer) to a global L2 norm
+    /// of at most `clip` and applies one update to its parameters. Returns the gradient's norm before
+    /// clipping (a scalar Float, left on the device).
+    pub fn update(&mut self, model: &Network, clip: f64) -> Tensor {
+        let (norm, scale) = clip_factor(model.gradient(), clip);
+        self.step(model.values(), model.gradient(), &scale);
+        norm
+    }
+
     /// Applies one update to `values` (the model's flat parameter buffer, `[P]`) from the flat gradient
     /// `grad` (`[P]`, the same layout) scaled by `scale` (a scalar Float: the clipping factor). Where no
     /// parameter lies the gradient is zero, and so stay the values and the moments.
@@ -102,7 +122,7 @@ impl Optimizer {
     /// SGD: `p <- p - lr * scale * g`, one pass. Adam follows `torch.optim.Adam` (single-tensor form)
     /// operation for operation on `g = scale * grad`: `m <- lerp(m, g, 1 - b1)`, `v <- b2 v + (1 - b2) g^2`,
     /// `p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`, each a pass over the buffers.
-    pub fn step(&mut self, values: &Tensor, grad: &Tensor, scale: &Tensor) {
+    pub(crate) fn step(&mut self, values: &Tensor, grad: &Tensor, scale: &Tensor) {
         let _guard = tch::no_grad_guard();
         let mut p = values.shallow_clone();
         let Some(adam) = &mut self.adam else {

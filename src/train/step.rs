@@ -6,6 +6,8 @@ use crate::model::dropout::Dropout;
 use crate::model::network::Network;
 use crate::model::ops::{cross_entropy, step_major};
 use crate::model::state::State;
+#[cfg(test)]
+use crate::train::optim::clip_factor;
 use crate::train::optim::Optimizer;
 use tch::Tensor;
 
@@ -13,17 +15,6 @@ use tch::Tensor;
 /// backpropagation stops at the minibatch boundary (truncated BPTT).
 pub fn carry_state(state: &State) -> State {
     state.detach()
-}
-
-/// The gradient's global L2 norm `||g||` (of the whole flat gradient, every parameter together) and the
-/// clipping factor `min(theta / ||g||, 1)` that scales it to a norm of at most `theta`: scalar Float tensors,
-/// left on the device (no read-back).
-pub fn clip_factor(grad: &Tensor, theta: f64) -> (Tensor, Tensor) {
-    let _guard = tch::no_grad_guard();
-    let flat = grad.reshape([-1]);
-    let norm = flat.dot(&flat).sqrt();
-    let scale = (theta / &norm).clamp_max(1.0);
-    (norm, scale)
 }
 
 /// What one training step produced.
@@ -65,8 +56,8 @@ pub fn train_step(
 ) -> StepOutput {
     let StepOptions { clip, precision, dropout } = *options;
     let (loss, state) = if bptt::supports(&model.config()) {
+        // It writes the gradient into the model's flat gradient buffer itself.
         let pass = bptt::loss_and_grads(model, inputs, targets, state, precision);
-        model.store_gradients(&pass.grads);
         (pass.loss, pass.state)
     } else {
         let (logits, h) = model.forward_at(inputs, state, dropout, precision);
@@ -74,8 +65,7 @@ pub fn train_step(
         model.store_gradients(&Tensor::run_backward(&[&loss], &model.autograd_inputs(), false, false));
         (loss.detach(), h)
     };
-    let (grad_norm, scale) = clip_factor(model.gradient(), clip);
-    optimizer.step(model.values(), model.gradient(), &scale);
+    let grad_norm = optimizer.update(model, clip);
     StepOutput { loss, grad_norm, grads: model.gradients(), state }
 }
 

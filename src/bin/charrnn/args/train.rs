@@ -83,7 +83,8 @@ pub struct AdjustableArgs {
 /// ([`charrnn::Backend::fastest`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
-    /// The faster for the cell and device: fused for an LSTM on a CPU, scratch otherwise.
+    /// The faster for the cell and device: fused on a GPU; on a CPU scratch, but fused for an LSTM with
+    /// dropout.
     Auto,
     /// The cells written out in tensor operations (the textbook's).
     Scratch,
