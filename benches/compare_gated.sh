@@ -5,8 +5,11 @@
 # (written-out backward pass) against benches/reference_cells.py (nn.Embedding, nn.GRU / nn.LSTM,
 # nn.Linear, torch.optim.Adam, clip_grad_norm_). Both time the epoch's minibatches the same way (loss read
 # back once, perf_counter / charrnn's --verbose rate); wall time and peak RSS are the whole process's.
-# charrnn runs with its default backend (auto: fused kernels for the LSTM, written out for the GRU) and with
-# the other one. Alternates them, ROUNDS rounds, medians.
+# charrnn runs with its default backend (auto: on a CPU the written-out cells, with charrnn's own backward
+# pass and elementwise loops) and with the fused kernels (oneDNN's LSTM; libtorch's GRU). Alternates them,
+# ROUNDS rounds, medians. The share of the CPU's peak: the model's arithmetic per character (forward
+# 2 (D kH + H kH + H V), three times that with the backward pass) times the characters per second, against
+# the float32 matrix-product peak that benches/matmul_peak.py measures on the same machine first.
 # Usage: bash benches/compare_gated.sh   (ROUNDS=3, CORPUS=../shared/data/tinyshakespeare.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +24,7 @@ run() {
     local cmd
     if [[ $kind == charrnn* ]]; then
         local backend=auto
-        [ "$kind" = charrnn-other ] && backend=$([ "$cell" = lstm ] && echo scratch || echo fused)
+        [ "$kind" = charrnn-other ] && backend=fused
         cmd=("$bin" train --corpus "$corpus" --cell "$cell" --hidden 256 --embed 64 --optimizer adam --lr 0.002
              --clip 1 --steps 64 --batch 32 --epochs 1 --val-frac 0.1 --pred-len 0 --threads "$threads"
              --backend "$backend" --out "$tmp/m" --force --verbose)
@@ -55,22 +58,27 @@ print(out.stdout + out.stderr)' "${cmd[@]}" >"$tmp/out"
     fi
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $threads cores; $corpus, one epoch, 10% held out; medians of $rounds"
-echo "| cell | trainer | training chars/s | wall (s) | peak RSS (MB) | held-out perplexity |"
-echo "| --- | --- | ---: | ---: | ---: | ---: |"
+peak=$("$py" benches/matmul_peak.py --threads "$threads" | awk '$1 == "fp32" { print $2 }')
+vocab=$("$py" -c 'import sys; print(len(set(open(sys.argv[1], encoding="utf-8").read())))' "$corpus")
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $threads cores, fp32 peak $peak GFLOP/s (benches/matmul_peak.py); $corpus, one epoch, 10% held out; medians of $rounds"
+echo "| cell | trainer | training chars/s | GFLOP/s (% of peak) | wall (s) | peak RSS (MB) | held-out perplexity |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
 for cell in gru lstm; do
     kinds=(charrnn charrnn-other pytorch)
     for kind in "${kinds[@]}"; do : >"$tmp/$kind.runs"; done
     for _ in $(seq "$rounds"); do
         for kind in "${kinds[@]}"; do run "$kind" "$cell" >>"$tmp/$kind.runs"; done
     done
-    other=$([ "$cell" = lstm ] && echo scratch || echo fused)
+    k=$([ "$cell" = lstm ] && echo 4 || echo 3)
+    flop=$(( 6 * (64 * k * 256 + 256 * k * 256 + 256 * vocab) ))
     for kind in "${kinds[@]}"; do
         label=$kind
-        [ "$kind" = charrnn ] && label="charrnn (default: $([ "$cell" = lstm ] && echo fused || echo scratch))"
-        [ "$kind" = charrnn-other ] && label="charrnn --backend $other"
+        [ "$kind" = charrnn ] && label="charrnn (default: scratch)"
+        [ "$kind" = charrnn-other ] && label="charrnn --backend fused"
         [ "$kind" = pytorch ] && label="torch.nn.${cell^^}"
-        printf '| %s | %s | %.0f | %.2f | %.0f | %s |\n' "$cell" "$label" "$(cut -d' ' -f1 "$tmp/$kind.runs" | median)" \
+        rate=$(cut -d' ' -f1 "$tmp/$kind.runs" | median)
+        printf '| %s | %s | %.0f | %s | %.2f | %.0f | %s |\n' "$cell" "$label" "$rate" \
+            "$(awk -v r="$rate" -v f="$flop" -v p="$peak" 'BEGIN { printf "%.0f (%.0f%%)", r * f / 1e9, 100 * r * f / 1e9 / p }')" \
             "$(cut -d' ' -f2 "$tmp/$kind.runs" | median)" "$(cut -d' ' -f3 "$tmp/$kind.runs" | median)" \
             "$(cut -d' ' -f4 "$tmp/$kind.runs" | median)"
     done

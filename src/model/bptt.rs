@@ -21,13 +21,11 @@ pub fn supports(config: &ModelConfig) -> bool {
     config.arch.backend == Backend::Scratch && config.arch.dropout == 0.0
 }
 
-/// What one pass over a minibatch gives.
+/// What one pass over a minibatch gives besides the gradient, which it writes into the model's flat
+/// gradient buffer ([`Network::gradients`] reads it by parameter).
 pub struct Pass {
     /// Mean cross-entropy (nats) over the minibatch: a scalar Float.
     pub loss: Tensor,
-    /// The loss's gradient for each parameter, in [`ModelConfig::param_specs`] order and shapes: views of
-    /// the model's flat gradient buffer, where the pass wrote them (the next pass overwrites them).
-    pub grads: Vec<Tensor>,
     /// The final state, `[layers, batch, H]`, not attached to any graph.
     pub state: State,
 }
@@ -191,7 +189,7 @@ fn pass(model: &Network, inputs: &Tensor, targets: &Tensor, state: &State, preci
     for mut unused in model.layout().unused(model.gradient()) {
         let _ = unused.zero_();
     }
-    Pass { loss, grads: grads.into_vec(), state: State::of_layers(&end, &cells) }
+    Pass { loss, state: State::of_layers(&end, &cells) }
 }
 
 /// Layer `l`'s recurrence from its input projection `projected` `[steps, batch, kH]` and initial state `h0`
@@ -468,7 +466,9 @@ mod tests {
                 if let Some(c) = &end.c {
                     assert_close_to(&format!("{what}: final memory cell"), pass.state.c.as_ref().unwrap(), c, forward);
                 }
-                for ((name, _), (ours, theirs)) in model.named_parameters().iter().zip(pass.grads.iter().zip(&grads)) {
+                for ((name, _), (ours, theirs)) in
+                    model.named_parameters().iter().zip(model.gradients().iter().zip(&grads))
+                {
                     assert!(theirs.abs().max().double_value(&[]) > 1e-4, "{what}: {name}'s gradient should not vanish");
                     assert_close_to(&format!("{what}: gradient of {name}"), ours, theirs, backward);
                 }
@@ -483,20 +483,19 @@ mod tests {
         let inputs = Tensor::randint(50, [8, 10], (Kind::Int64, Device::Cpu));
         let targets = Tensor::randint(50, [8, 10], (Kind::Int64, Device::Cpu));
         let state = model.begin_state(8);
-        let copied = |mut pass: Pass| {
-            pass.grads = pass.grads.iter().map(Tensor::copy).collect();
-            pass
+        let run = |precision| {
+            let pass = loss_and_grads(&model, &inputs, &targets, &state, precision);
+            (pass.loss, model.gradients().iter().map(Tensor::copy).collect::<Vec<_>>())
         };
-        let exact = copied(loss_and_grads(&model, &inputs, &targets, &state, Dtype::Fp32));
-        let bf16 = copied(loss_and_grads(&model, &inputs, &targets, &state, Dtype::Bf16));
-        assert!((exact.loss.double_value(&[]) - bf16.loss.double_value(&[])).abs() < 1e-3);
-        for (a, b) in exact.grads.iter().zip(&bf16.grads) {
+        let (exact, bf16) = (run(Dtype::Fp32), run(Dtype::Bf16));
+        assert!((exact.0.double_value(&[]) - bf16.0.double_value(&[])).abs() < 1e-3);
+        for (a, b) in exact.1.iter().zip(&bf16.1) {
             // bfloat16 keeps 8 significant bits: each product is good to about 1%.
             let scale = a.abs().max().double_value(&[]);
             let diff = (a - b).abs().max().double_value(&[]);
             assert!(diff <= 0.02 * scale, "difference {diff} against magnitude {scale}");
         }
-        assert!(!exact.grads[3].equal(&bf16.grads[3]), "the output layer's gradient is computed in bfloat16");
+        assert!(!exact.1[3].equal(&bf16.1[3]), "the output layer's gradient is computed in bfloat16");
     }
 
     #[test]
