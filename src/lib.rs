@@ -45,6 +45,7 @@ mod generate;
 mod model;
 mod openmp;
 mod rng;
+mod simd;
 pub mod store;
 #[cfg(test)]
 mod testutil;

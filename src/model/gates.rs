@@ -4,10 +4,11 @@
 //! whole step. The matrix products stay libtorch's (MKL's).
 //!
 //! The loops are compiled for AVX-512, for AVX2 with FMA and for plain x86-64, and the widest the CPU has is
-//! chosen at run time; `exp` is a polynomial that vectorises (below). Every slice holds `batch` rows: `[B,
+//! chosen at run time ([`crate::simd`]); `exp` is a polynomial that vectorises (below). Every slice holds `batch` rows: `[B,
 //! kH]` gate rows in the cell's gate order (GRU r, z, n; LSTM i, f, g, o), `[B, H]` state rows.
 
 use crate::openmp::parallel_rows;
+use crate::simd::multiversion;
 use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
@@ -110,37 +111,6 @@ fn sigmoid(x: f32) -> f32 {
 #[inline(always)]
 fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (1.0 + exp(2.0 * x))
-}
-
-/// Defines `pub(crate) fn $name($args)` that runs `$body` compiled for the widest vector unit the CPU has.
-macro_rules! multiversion {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$doc])*
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx512($($arg: $ty),*) { body($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx2($($arg: $ty),*) { body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features the function is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
 }
 
 multiversion! {
