@@ -21,7 +21,7 @@ cargo build --release --quiet
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # The budget: Adam at its default rate, hidden 256, 35 steps x 32 sequences, 10% held out; the written-out
-# cells for every row (the default, --backend auto, would train the LSTM rows with libtorch's fused kernel).
+# cells for every row (what --backend auto, the default, also picks on a CPU without dropout).
 common=(--corpus "$corpus" "${limit_flag[@]}" --epochs "$epochs" --val-frac 0.1 --optimizer adam --hidden 256
         --steps 35 --batch 32 --pred-period 1 --pred-len 0 --seed 0 --device cpu --backend scratch "${threads[@]}")
 # Characters trained per epoch: random sampling uses floor((n - 1) / 35 / 32) minibatches of 32 x 35.
