@@ -209,8 +209,8 @@ impl Network {
         self.grad.get_or_init(|| self.values.zeros_like())
     }
 
-    /// The gradient by parameter, in [`ModelConfig::param_specs`] order and shapes (views of
-    /// [`Network::gradient`]).
+    /// The gradient by parameter, in [`ModelConfig::param_specs`] order and shapes (views of the flat
+    /// gradient buffer that the last training step filled).
     pub fn gradients(&self) -> Vec<Tensor> {
         self.layout.roles(self.gradient()).into_vec()
     }
