@@ -36,6 +36,7 @@ macro_rules! display_by_name {
     )*};
 }
 
+mod blas;
 mod commands;
 mod data;
 mod device;

@@ -7,6 +7,7 @@
 //! chosen at run time ([`crate::simd`]); `exp` is a polynomial that vectorises (below). Every slice holds `batch` rows: `[B,
 //! kH]` gate rows in the cell's gate order (GRU r, z, n; LSTM i, f, g, o), `[B, H]` state rows.
 
+use crate::blas::gemm;
 use crate::openmp::parallel_rows;
 use crate::simd::multiversion;
 use std::ops::Range;
@@ -251,29 +252,12 @@ multiversion! {
     }
 }
 
-/// A tensor that the team's threads read at once (libtorch's tensors may be read concurrently).
-struct Shared<'a>(&'a Tensor);
-
-// SAFETY: the threads only read the tensor's metadata and make views of it; each writes disjoint rows.
-unsafe impl Sync for Shared<'_> {}
-
-impl Shared<'_> {
-    /// The tensor (a method, so that a closure captures the `Shared`, not its field).
-    fn get(&self) -> &Tensor {
-        self.0
-    }
-
-    /// Rows `rows` of step `t` (a view).
-    fn rows(&self, t: i64, rows: &Range<usize>) -> Tensor {
-        self.0.get(t).narrow(0, rows.start as i64, rows.len() as i64)
-    }
-}
-
 /// Runs `each(rows)` on every thread of libtorch's team, each with its share of the batch's `batch` rows.
 /// The batch's rows are independent through a layer's recurrence (only the weights, which are read, are
 /// shared), so each thread runs its rows through all the steps on its own: no fork or join per step, and
-/// each step's product (`rows x [h, kh]`) is MKL's on one thread, which at these sizes runs about as fast
-/// per row as two threads on all rows would, without their synchronisation.
+/// each step's product (`rows x [h, kh]`) is MKL's on one thread, called directly on the slices
+/// ([`gemm`]), which at these sizes runs about as fast per row as two threads on all rows would, without
+/// their synchronisation.
 fn by_rows(batch: i64, each: &(dyn Fn(&Range<usize>) + Sync)) {
     parallel_rows(batch as usize, &|rows| {
         let _guard = tch::no_grad_guard();
@@ -295,26 +279,18 @@ pub(crate) fn gru_forward_layer(
     hn: &Tensor,
     hw: &Tensor,
 ) {
-    let (xs, b, hss, gs, hns, hws) = (steps(x), steps(b_hn), steps(hs), steps(gates), steps(hn), steps(hw));
-    let (hs_t, hw_t, w_hh) = (Shared(hs), Shared(hw), Shared(w_hh));
+    let (xs, b, hss, gs, hns) = (steps(x), steps(b_hn), steps(hs), steps(gates), steps(hn));
+    let (hws, w_hh) = (steps(&hw.unsqueeze(0)), steps(w_hh));
     let w = 3 * h;
     let count = x.size()[0];
     by_rows(x.size()[1], &|r| {
-        let hw_rows = hw_t.get().narrow(0, r.start as i64, r.len() as i64);
         for t in 0..count {
-            let _ = hs_t.rows(t, r).mm_out(&hw_rows, w_hh.get());
-            // SAFETY: this thread alone writes its rows of step t of gates and hn and of step t + 1 of hs.
+            // SAFETY: this thread alone writes its rows of hw, of step t of gates and hn and of step t + 1 of
+            // hs, and reads its rows of step t of hs.
+            let hw = unsafe { hws.rows_mut(0, r, w) };
+            gemm(r.len(), w, h, hss.rows(t, r, h), w_hh.whole(), 0.0, hw);
             let (g, n, next) = unsafe { (gs.rows_mut(t, r, w), hns.rows_mut(t, r, h), hss.rows_mut(t + 1, r, h)) };
-            gru_forward(
-                h,
-                xs.rows(t, r, w),
-                &hws.whole()[r.start * w..r.end * w],
-                b.whole(),
-                hss.rows(t, r, h),
-                g,
-                n,
-                next,
-            );
+            gru_forward(h, xs.rows(t, r, w), hws.rows(0, r, w), b.whole(), hss.rows(t, r, h), g, n, next);
         }
     });
 }
@@ -335,7 +311,7 @@ pub(crate) fn gru_backward_layer(
     dh: &Tensor,
 ) {
     let (ds, gs, hns, hss, dxs, dhs) = (steps(d), steps(gates), steps(hn), steps(hs), steps(dx), steps(dh));
-    let (d_t, dh_t, w_hh_t) = (Shared(d), Shared(dh), Shared(w_hh_t));
+    let w_hh_t = steps(w_hh_t);
     let w = 3 * h;
     let count = d.size()[0];
     by_rows(d.size()[1], &|r| {
@@ -346,7 +322,8 @@ pub(crate) fn gru_backward_layer(
                 unsafe { (dxs.rows_mut(t, r, w), dhs.rows_mut(t, r, w), (t > 0).then(|| ds.rows_mut(t - 1, r, h))) };
             gru_backward(h, ds.rows(t, r, h), gs.rows(t, r, w), hns.rows(t, r, h), hss.rows(t, r, h), x, y, before);
             if t > 0 {
-                let _ = d_t.rows(t - 1, r).addmm_(&dh_t.rows(t, r), w_hh_t.get());
+                // SAFETY: as above, step t - 1 of d.
+                gemm(r.len(), h, w, dhs.rows(t, r, w), w_hh_t.whole(), 1.0, unsafe { ds.rows_mut(t - 1, r, h) });
             }
         }
     });
@@ -356,15 +333,16 @@ pub(crate) fn gru_backward_layer(
 /// `[h, 4h]`: fills `gates` `[steps, B, 4h]` (activated), `cs` and `hs` `[steps + 1, B, h]` (step 0 given)
 /// ([`lstm_forward`]).
 pub(crate) fn lstm_forward_layer(h: usize, x: &Tensor, w_hh: &Tensor, gates: &Tensor, cs: &Tensor, hs: &Tensor) {
-    let (gs, css, hss) = (steps(gates), steps(cs), steps(hs));
-    let (x_t, g_t, hs_t, w_hh) = (Shared(x), Shared(gates), Shared(hs), Shared(w_hh));
+    let (xs, gs, css, hss, w_hh) = (steps(x), steps(gates), steps(cs), steps(hs), steps(w_hh));
     let count = x.size()[0];
     by_rows(x.size()[1], &|r| {
         for t in 0..count {
-            let _ = x_t.rows(t, r).addmm_out(&g_t.rows(t, r), &hs_t.rows(t, r), w_hh.get());
             // SAFETY: this thread alone writes its rows of step t of gates and of step t + 1 of cs and hs.
             let (g, c, out) =
                 unsafe { (gs.rows_mut(t, r, 4 * h), css.rows_mut(t + 1, r, h), hss.rows_mut(t + 1, r, h)) };
+            // The pre-activations x W_x + b + h W_hh.
+            g.copy_from_slice(xs.rows(t, r, 4 * h));
+            gemm(r.len(), 4 * h, h, hss.rows(t, r, h), w_hh.whole(), 1.0, g);
             lstm_forward(h, g, css.rows(t, r, h), c, out);
         }
     });
@@ -382,8 +360,7 @@ pub(crate) fn lstm_backward_layer(
     da: &Tensor,
     dc: &Tensor,
 ) {
-    let (ds, gs, css, das, dcs) = (steps(d), steps(gates), steps(cs), steps(da), steps(dc));
-    let (d_t, da_t, w_hh_t) = (Shared(d), Shared(da), Shared(w_hh_t));
+    let (ds, gs, css, das, dcs, w_hh_t) = (steps(d), steps(gates), steps(cs), steps(da), steps(dc), steps(w_hh_t));
     let count = d.size()[0];
     by_rows(d.size()[1], &|r| {
         for t in (0..count).rev() {
@@ -391,7 +368,10 @@ pub(crate) fn lstm_backward_layer(
             let (a, c) = unsafe { (das.rows_mut(t, r, 4 * h), dcs.rows_mut(0, r, h)) };
             lstm_backward(h, ds.rows(t, r, h), gs.rows(t, r, 4 * h), css.rows(t, r, h), css.rows(t + 1, r, h), a, c);
             if t > 0 {
-                let _ = d_t.rows(t - 1, r).addmm_(&da_t.rows(t, r), w_hh_t.get());
+                // SAFETY: this thread alone writes its rows of step t - 1 of d.
+                gemm(r.len(), h, 4 * h, das.rows(t, r, 4 * h), w_hh_t.whole(), 1.0, unsafe {
+                    ds.rows_mut(t - 1, r, h)
+                });
             }
         }
     });
