@@ -5,7 +5,9 @@
 //! backward pass is a matrix product and a few in-place multiplies per step and layer (the factors that do
 //! not depend on the incoming gradient are computed for all steps at once beforehand), the weight gradients
 //! are one large product each over all steps, and the softmax's gradient is computed in the logits' buffer.
-//! `gradients_equal_autograds` checks every gradient against autograd's.
+//! On the CPU the gated cells' steps run in charrnn's own loops ([`gates`]); the gradients go straight into
+//! the model's flat gradient buffer. `gradients_equal_autograds` checks every gradient against autograd's,
+//! both ways.
 use crate::model::config::{Backend, Cell, Dtype, ModelConfig};
 use crate::model::gates;
 use crate::model::network::Network;

@@ -1,11 +1,13 @@
-//! The gated cells' elementwise arithmetic on the CPU, one pass per time step: a GRU's or an LSTM's gates
-//! and new state (forward), and the gradients of its gate pre-activations (backward), each computed in one
-//! loop over the step's `[batch, kH]` values instead of a dozen libtorch calls that each read and write the
-//! whole step. The matrix products stay libtorch's (MKL's).
+//! The gated cells' recurrences on the CPU, in charrnn's own loops: each thread of libtorch's OpenMP team
+//! takes its share of the minibatch's rows through all of a layer's steps, and each step is one product on
+//! that thread (MKL's `sgemm_`, called on the slices: [`crate::blas`]) and one pass over the step's gates,
+//! forward (a GRU's or an LSTM's gates and new state) and backward (the gradients of the gate
+//! pre-activations), instead of a dozen libtorch calls that each read and write the whole step.
 //!
-//! The loops are compiled for AVX-512, for AVX2 with FMA and for plain x86-64, and the widest the CPU has is
-//! chosen at run time ([`crate::simd`]); `exp` is a polynomial that vectorises (below). Every slice holds `batch` rows: `[B,
-//! kH]` gate rows in the cell's gate order (GRU r, z, n; LSTM i, f, g, o), `[B, H]` state rows.
+//! The passes are compiled for AVX-512, for AVX2 with FMA and for plain x86-64, and the widest the CPU has
+//! is chosen at run time ([`crate::simd`]); `exp` is a polynomial that vectorises (below). Every slice holds
+//! rows: `[rows, kH]` gate rows in the cell's gate order (GRU r, z, n; LSTM i, f, g, o), `[rows, H]` state
+//! rows.
 
 use crate::blas::gemm;
 use crate::openmp::parallel_rows;
