@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 /// A contiguous Float tensor on the CPU, `[steps, ...]`, read and written a step at a time as a slice of
 /// floats.
-pub(crate) struct Steps {
+struct Steps {
     ptr: *mut f32,
     /// Elements per step.
     len: usize,
@@ -32,7 +32,7 @@ unsafe impl Sync for Steps {}
 
 impl Steps {
     /// `t`'s steps (its first dimension); `None` unless it is a contiguous Float tensor on the CPU.
-    pub(crate) fn of(t: &Tensor) -> Option<Steps> {
+    fn of(t: &Tensor) -> Option<Steps> {
         let fits = t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.dim() >= 1;
         let count = t.size()[0];
         let len = if fits && count > 0 { t.numel() / count as usize } else { return None };
@@ -40,14 +40,14 @@ impl Steps {
     }
 
     /// Step `i`'s elements.
-    pub(crate) fn at(&self, i: i64) -> &[f32] {
+    fn at(&self, i: i64) -> &[f32] {
         assert!((0..self.count).contains(&i), "step {i} of {}", self.count);
         // SAFETY: `_tensor` keeps the memory alive, and step i lies inside it.
         unsafe { std::slice::from_raw_parts(self.ptr.add(i as usize * self.len), self.len) }
     }
 
     /// Every step's elements, one after another.
-    pub(crate) fn whole(&self) -> &[f32] {
+    fn whole(&self) -> &[f32] {
         // SAFETY: as for `at`.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len * self.count as usize) }
     }
@@ -71,7 +71,7 @@ impl Steps {
     /// # Safety
     /// No other slice of step `i` of this tensor, or of memory it shares, may be alive while this one is.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn at_mut(&self, i: i64) -> &mut [f32] {
+    unsafe fn at_mut(&self, i: i64) -> &mut [f32] {
         assert!((0..self.count).contains(&i), "step {i} of {}", self.count);
         // SAFETY: as for `at`; the caller keeps the slice unaliased.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i as usize * self.len), self.len) }

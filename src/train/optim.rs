@@ -7,8 +7,7 @@ use crate::model::flat::Layout;
 use crate::model::network::Network;
 use crate::openmp::parallel_rows;
 use crate::simd::multiversion;
-use tch::Tensor;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// Which update rule training uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
