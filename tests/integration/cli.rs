@@ -945,7 +945,7 @@ fn train_echoes_its_configuration_and_quiet_and_verbose_do_what_they_say() {
 }
 
 /// The prepared corpora in the test's cache: (path, modification time).
-fn cached_corpora(env: &Env) -> Vec<(PathBuf, std::time::SystemTime)> {
+pub(crate) fn cached_corpora(env: &Env) -> Vec<(PathBuf, std::time::SystemTime)> {
     let Ok(dir) = std::fs::read_dir(env.path(".cache")) else { return Vec::new() };
     let mut v: Vec<(PathBuf, std::time::SystemTime)> = dir
         .map(|e| e.unwrap().path())

@@ -2,7 +2,7 @@
 //! marks in a folder corpus, a folder named many ways while a run writes it, durations as people write
 //! them, token files whose bytes changed, and temporaries left by killed processes.
 use crate::checkpoints::{assert_same_parameters, signal, spawn, wait_for};
-use crate::cli::{env_train_args, wait_within, Env, LYRICS, TIMEOUT};
+use crate::cli::{cached_corpora, env_train_args, wait_within, Env, LYRICS, TIMEOUT};
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
@@ -158,12 +158,6 @@ fn durations_are_read_as_people_write_them() {
     }
 }
 
-/// The cached token files under `env`'s cache.
-fn cached_token_files(env: &Env) -> Vec<std::path::PathBuf> {
-    let entries = std::fs::read_dir(env.path(".cache")).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>());
-    entries.unwrap_or_default().into_iter().filter(|p| p.extension().is_some_and(|e| e == "tokens")).collect()
-}
-
 /// Changes the last token of the token file `path` to another character of its vocabulary (the file's
 /// last byte: the tokens come last, one byte each for a vocabulary under 256).
 fn change_last_token(path: &Path) {
@@ -177,7 +171,7 @@ fn change_last_token(path: &Path) {
 fn a_token_file_whose_bytes_changed_is_prepared_again_or_refused() {
     let env = Env::new();
     assert_eq!(env.train(&["--epochs", "2", "--out", "m"]).code, 0);
-    let cached = cached_token_files(&env);
+    let cached = cached_corpora(&env).into_iter().map(|(path, _)| path).collect::<Vec<_>>();
     assert_eq!(cached.len(), 1, "{cached:?}");
     // The cache's header, size and sources are unchanged: only its checksum can tell.
     change_last_token(&cached[0]);
