@@ -1,5 +1,6 @@
 //! Choosing the compute device, and what this build of libtorch can use.
 use crate::error::{Error, Result};
+use crate::world::world;
 use tch::{Cuda, Device};
 
 /// A device as the user asks for it: `auto`, `cpu`, `cuda` or `cuda:N`.
@@ -50,7 +51,8 @@ impl DeviceSpec {
         let cuda = CudaStatus::probe();
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
-            DeviceSpec::Auto if cuda.devices > 0 => Ok(Device::Cuda(0)),
+            // With several processes on a machine, one GPU each, by the rank among them.
+            DeviceSpec::Auto if cuda.devices > 0 => Ok(Device::Cuda(world().local().0 % cuda.devices)),
             DeviceSpec::Auto => Ok(Device::Cpu),
             DeviceSpec::Cuda(n) if n < cuda.devices => Ok(Device::Cuda(n)),
             DeviceSpec::Cuda(_) => {
@@ -230,7 +232,15 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
             tch::set_num_threads(n as i32);
             Ok(())
         }
-        None => Ok(()),
+        None => {
+            // Several processes on one machine share its cores rather than each taking them all.
+            let (_, local) = world().local();
+            if local > 1 {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                tch::set_num_threads((cores / local).max(1) as i32);
+            }
+            Ok(())
+        }
     }
 }
 

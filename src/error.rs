@@ -125,6 +125,16 @@ pub enum Error {
         /// The model folder the checkpoint went to.
         saved: Option<PathBuf>,
     },
+    /// The processes training one model together (under `mpirun` or `srun`) cannot go on: one of them met
+    /// an error, or they were not started alike.
+    #[error("{reason}")]
+    Ranks {
+        /// What went wrong, naming the rank.
+        reason: String,
+        /// Whether every rank returns this error at the same point (so rank 0 alone need say it, and no rank
+        /// need be stopped by force).
+        everywhere: bool,
+    },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

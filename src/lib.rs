@@ -52,6 +52,7 @@ pub mod store;
 mod testutil;
 mod train;
 mod util;
+mod world;
 
 pub use commands::eval::{run_eval, EvalJob, EvalReport};
 pub use commands::info::{info, model_summary, Info, ModelSummary};
@@ -94,6 +95,7 @@ pub use train::run::train;
 pub use train::schedule::LrDecay;
 pub use train::state::{BestEpoch, Position, TrainState};
 pub use train::step::{carry_state, train_step, StepOptions, StepOutput};
+pub use world::{world, World};
 
 display_by_name!(Cell, Init, Backend, OptimizerKind, Dtype, BatchOrder, UnknownChars, OnDiverge);
 

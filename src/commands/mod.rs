@@ -8,4 +8,5 @@ pub(crate) mod predict;
 pub(crate) mod resume;
 #[cfg(feature = "serve")]
 pub(crate) mod serve;
+pub(crate) mod together;
 pub(crate) mod train;

@@ -1,18 +1,21 @@
 //! `charrnn train --resume`: the run's resumable checkpoint read back, the corpus checked to be the same text,
 //! the settings a resumed run may change applied, and the run trained on exactly where it stood.
 use crate::commands::load::load_text;
+use crate::commands::together;
 use crate::commands::train::{fit, Fit, TrainOutcome};
 use crate::data::corpus::CorpusIds;
 use crate::data::text::CorpusOptions;
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
-use crate::store::format::CorpusInfo;
+use crate::store::format::{CorpusInfo, Stretch};
 use crate::store::layout::{LAST_DIR, MODEL_JSON, NO_SUCH_FOLDER};
 use crate::store::load::{load, load_state};
 use crate::store::lock::FolderLock;
 use crate::store::metrics::trim_metrics;
 use crate::train::config::TrainConfig;
 use crate::train::observer::TrainObserver;
+use crate::train::state::TrainState;
+use crate::world::world;
 use std::path::PathBuf;
 
 /// Everything `charrnn train --resume` needs.
@@ -66,13 +69,24 @@ impl ResumeJob {
 
 /// Runs `charrnn train --resume`: reads the run's resumable checkpoint, checks the corpus is the same
 /// text, and continues training exactly where the run stood, saving as [`crate::run_train`] does.
+///
+/// Under `mpirun` or `srun` every rank reads the checkpoint, and all continue from rank 0's (which may have
+/// been written by another number of processes: the state is the whole minibatch's).
 pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
+    let (run, mut state) = together::agree(prepare(job))?;
+    together::check_alike(&format!("{job:?}"), &run.template.corpus.digest())?;
+    together::share_start(&run.model, Some(&mut state))?;
+    fit(run, Some(&state), observer)
+}
+
+/// A resumed run ready to train, and the state it continues from.
+fn prepare(job: &ResumeJob) -> Result<(Fit, TrainState)> {
     set_threads(job.threads)?;
     let device = job.device.resolve()?;
     if !job.dir.is_dir() {
         return Err(Error::bad_model(&job.dir, NO_SUCH_FOLDER));
     }
-    let lock = FolderLock::acquire(&job.dir)?;
+    let lock = world().is_root().then(|| FolderLock::acquire(&job.dir)).transpose()?;
     let last = job.dir.join(LAST_DIR);
     if !last.join(MODEL_JSON).exists() {
         let why = "no resumable checkpoint in it (expected last/model.json, which training writes beside the model); pass the folder given to --out, or train again: models saved before checkpoints existed can be used but not resumed";
@@ -111,8 +125,11 @@ pub fn run_resume(job: &ResumeJob, observer: &mut dyn TrainObserver) -> Result<T
             p.epoch + 1
         ));
     }
-    trim_metrics(&job.dir, p.epoch)?;
+    if world().is_root() {
+        trim_metrics(&job.dir, p.epoch)?;
+    }
+    template.stretches.push(Stretch::here(p.epoch, p.minibatch));
     let saved = Some(p.epoch);
     let (out, model, vocab) = (job.dir.clone(), loaded.model, loaded.vocab);
-    fit(Fit { out, model, vocab, corpus, template, saved, notes, _lock: lock }, Some(&state), observer)
+    Ok((Fit { out, model, vocab, corpus, template, saved, notes, _lock: lock }, state))
 }

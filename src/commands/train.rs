@@ -1,6 +1,7 @@
 //! `charrnn train`: a new run reads as four steps down the layers: load the text in its vocabulary, build
 //! or grow the model, make the checkpointer, train ([`fit`], which a resumed run shares).
 use crate::commands::load::bom_note;
+use crate::commands::together;
 use crate::data::corpus::{load_corpus, CorpusIds};
 use crate::data::prepared::PreparedHeader;
 use crate::data::text::CorpusOptions;
@@ -19,6 +20,7 @@ use crate::train::config::TrainConfig;
 use crate::train::observer::TrainObserver;
 use crate::train::run::train;
 use crate::train::state::TrainState;
+use crate::world::world;
 use std::path::PathBuf;
 use tch::Device;
 
@@ -76,7 +78,19 @@ pub struct TrainOutcome {
 /// first step), trains, and saves checkpoints as it goes: the model to use in `out` (the best epoch by
 /// validation, else the latest) and the resumable state in `out/last`. Nothing is written before the first
 /// checkpoint.
+///
+/// Under `mpirun` or `srun` ([`crate::World`]) every rank prepares the run and trains its share of each
+/// minibatch; rank 0 alone holds and writes the model folder.
 pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<TrainOutcome> {
+    let run = together::agree(prepare(job))?;
+    together::check_alike(&format!("{job:?}"), &run.template.corpus.digest())?;
+    together::share_start(&run.model, None)?;
+    fit(run, None, observer)
+}
+
+/// A new run ready to train: the checks, the model folder claimed (by rank 0 alone), the text, the
+/// settings, the model and what the checkpointer writes of the run.
+fn prepare(job: &TrainJob) -> Result<Fit> {
     job.config.validate()?;
     job.corpus_options.validate()?;
     set_threads(job.threads)?;
@@ -84,7 +98,10 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     let first = job.corpus.first().ok_or_else(|| Error::config("--corpus", "give at least one file or folder"))?;
     let out = job.out.clone().unwrap_or_else(|| default_out(first));
     // The model folder, for this run alone; the model it starts from, with --init-from.
-    let lock = FolderLock::claim_for_new_run(&out, job.force, job.init_from.as_deref())?;
+    let lock = world()
+        .is_root()
+        .then(|| FolderLock::claim_for_new_run(&out, job.force, job.init_from.as_deref()))
+        .transpose()?;
     let source = job.init_from.as_deref().map(|dir| Ok::<_, Error>((dir, load(dir, device)?))).transpose()?;
     // The text in the vocabulary the run trains in, and the settings with their automatic choices made.
     let data = Data::load(job, source.as_ref().map(|(_, src)| src))?;
@@ -99,11 +116,7 @@ pub fn run_train(job: &TrainJob, observer: &mut dyn TrainObserver) -> Result<Tra
     // What the checkpointer writes of the run, then training.
     let corpus = CorpusInfo::record(&job.corpus, data.header.options, data.corpus.tokens().len(), data.header.hash);
     let template = ModelFile::for_run(&data.vocab, model.config(), config, corpus, device_name(device), init_from);
-    fit(
-        Fit { out, model, vocab: data.vocab, corpus: data.corpus, template, saved: None, notes, _lock: lock },
-        None,
-        observer,
-    )
+    Ok(Fit { out, model, vocab: data.vocab, corpus: data.corpus, template, saved: None, notes, _lock: lock })
 }
 
 /// A new run's text in the vocabulary it trains in: the corpus's own, or a source model's extended by the
@@ -225,8 +238,8 @@ pub(crate) struct Fit {
     pub(crate) saved: Option<usize>,
     /// What the user should know before the run starts (a resumed run's changed learning rate).
     pub(crate) notes: Vec<String>,
-    /// The model folder, held for this run.
-    pub(crate) _lock: FolderLock,
+    /// The model folder, held for this run (by rank 0 alone when several processes train together).
+    pub(crate) _lock: Option<FolderLock>,
 }
 
 /// Trains `run` (from `resume`, when it continues a saved run) through its checkpointer, and says where the
@@ -246,9 +259,14 @@ pub(crate) fn fit(mut run: Fit, resume: Option<&TrainState>, observer: &mut dyn 
         ));
     }
     let (train_ids, val_ids) = ids.split_at(ids.len() - n_val);
-    let mut checkpointer = Checkpointer::new(&run.out, &run.template, n_val, run.saved, &run.notes, observer);
-    let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut checkpointer);
-    let (saved, recorded) = (checkpointer.saved(), checkpointer.recorded());
+    let (result, saved, recorded) = if world().is_root() {
+        let mut checkpointer = Checkpointer::new(&run.out, &run.template, n_val, run.saved, &run.notes, observer);
+        let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut checkpointer);
+        (result, checkpointer.saved(), checkpointer.recorded())
+    } else {
+        // The other ranks write nothing: rank 0 checkpoints what they all trained.
+        (train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, observer), run.saved, true)
+    };
     let kept = saved.map(|_| run.out.clone());
     let summary = match result {
         Ok(summary) => summary,

@@ -133,12 +133,25 @@ impl EpochPlan {
     /// Minibatch `i`'s inputs and targets (the inputs shifted by one), Int64 `[batch, steps]` each, copied
     /// out of `corpus` onto `device`.
     pub fn minibatch(&self, i: usize, corpus: Tokens<'_>, device: Device) -> (Tensor, Tensor) {
+        self.minibatch_rows(i, 0..self.batch, corpus, device)
+    }
+
+    /// Rows `rows` of minibatch `i` (one process's share when several train together): Int64
+    /// `[rows.len(), steps]` inputs and targets.
+    pub fn minibatch_rows(
+        &self,
+        i: usize,
+        rows: std::ops::Range<usize>,
+        corpus: Tokens<'_>,
+        device: Device,
+    ) -> (Tensor, Tensor) {
+        let n = rows.len();
         let gather = |shift: usize| {
-            let mut v = Vec::with_capacity(self.batch * self.steps);
-            for r in 0..self.batch {
+            let mut v = Vec::with_capacity(n * self.steps);
+            for r in rows.clone() {
                 corpus.slice(self.start(i, r) + shift, self.steps).extend_into(&mut v);
             }
-            Tensor::from_slice(&v).view([self.batch as i64, self.steps as i64]).to_device(device)
+            Tensor::from_slice(&v).view([n as i64, self.steps as i64]).to_device(device)
         };
         (gather(0), gather(1))
     }
@@ -209,6 +222,24 @@ mod tests {
             assert_eq!(row, (r * 33..r * 33 + 30).collect::<Vec<_>>(), "row {r} runs on across minibatches");
             let next: Vec<i64> = (0..6).flat_map(|i| rows(&y.get(i))[r as usize].clone()).collect();
             assert_eq!(next, (r * 33 + 1..r * 33 + 31).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn shares_of_rows_put_together_are_the_whole_minibatch() {
+        let c = corpus(1000);
+        for order in [BatchOrder::Random, BatchOrder::Consecutive] {
+            let plan = order.plan(c.len(), 6, 7, &mut Rng::new(3)).unwrap();
+            for i in [0, plan.len() - 1] {
+                let (x, y) = plan.minibatch(i, c[..].into(), Device::Cpu);
+                let (parts_x, parts_y): (Vec<Tensor>, Vec<Tensor>) = [0..2, 2..4, 4..6]
+                    .into_iter()
+                    .map(|r| plan.minibatch_rows(i, r, c[..].into(), Device::Cpu))
+                    .unzip();
+                assert!(Tensor::cat(&parts_x, 0).equal(&x) && Tensor::cat(&parts_y, 0).equal(&y), "{order:?} {i}");
+                let (one, _) = plan.minibatch_rows(i, 3..4, c[..].into(), Device::Cpu);
+                assert_eq!(rows(&one), vec![rows(&x)[3].clone()]);
+            }
         }
     }
 

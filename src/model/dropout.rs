@@ -17,6 +17,19 @@ pub enum Dropout {
     Off,
     /// Masks drawn from this seed.
     Seeded(u64),
+    /// One process's rows of the masks `Seeded(seed)` draws for a whole minibatch, when several processes
+    /// share its rows ([`crate::World`]): this one computes `rows` rows from row `first` of `batch`, so
+    /// that together they drop what one process would.
+    Shard {
+        /// The minibatch's seed.
+        seed: u64,
+        /// The first of this process's rows.
+        first: usize,
+        /// How many rows it has.
+        rows: usize,
+        /// Rows in the whole minibatch.
+        batch: usize,
+    },
 }
 
 /// 2³² − 1: the hash works on 32-bit values held in Int64 tensors, so that no product overflows.
@@ -38,16 +51,49 @@ fn hash32(x: &Tensor) -> Tensor {
     x.bitwise_right_shift_tensor_scalar(16).bitwise_xor_tensor(&x)
 }
 
+/// Where a process's rows lie in the whole minibatch's mask: `(first, rows, batch, width)`; element `e` of
+/// a step-major `[steps * rows, width]` mask is element [`Window::whole`] of the whole `[steps * batch,
+/// width]` one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    first: i64,
+    rows: i64,
+    batch: i64,
+    width: i64,
+}
+
+impl Window {
+    /// The index in the whole minibatch's mask of element `e` of this window's.
+    fn whole(&self, e: i64) -> i64 {
+        let (k, j) = (e / self.width, e % self.width);
+        ((k / self.rows) * self.batch + self.first + k % self.rows) * self.width + j
+    }
+}
+
 /// Keys `k1`, `k2` give element `i` the bits `hash32(hash32(i ^ k1) ^ k2)`; it is kept (`scale`) when they
-/// are at least `threshold`, else dropped (0). `n` elements, Float `[n]`, computed on the host.
-fn mask_on_host(k1: u32, k2: u32, threshold: u64, scale: f32, n: i64) -> Tensor {
+/// are at least `threshold`, else dropped (0). `n` elements, Float `[n]`, computed on the host; with a
+/// window, element `e` takes the bits of element `window.whole(e)`.
+fn mask_on_host(k1: u32, k2: u32, threshold: u64, scale: f32, n: i64, window: Option<Window>) -> Tensor {
     let keep = |i: i64| u64::from(hash32_u32(hash32_u32(i as u32 ^ k1) ^ k2)) >= threshold;
-    Tensor::from_slice(&(0..n).map(|i| if keep(i) { scale } else { 0.0 }).collect::<Vec<f32>>())
+    let at = |e: i64| window.map_or(e, |w| w.whole(e));
+    Tensor::from_slice(&(0..n).map(|e| if keep(at(e)) { scale } else { 0.0 }).collect::<Vec<f32>>())
 }
 
 /// [`mask_on_host`]'s mask computed with tensor operations on `device`.
-fn mask_by_tensors(k1: u32, k2: u32, threshold: u64, scale: f32, n: i64, device: Device) -> Tensor {
-    let index = Tensor::arange(n, (Kind::Int64, device));
+fn mask_by_tensors(
+    k1: u32,
+    k2: u32,
+    threshold: u64,
+    scale: f32,
+    n: i64,
+    window: Option<Window>,
+    device: Device,
+) -> Tensor {
+    let mut index = Tensor::arange(n, (Kind::Int64, device));
+    if let Some(w) = window {
+        let (k, j) = (index.floor_divide_scalar(w.width), index.remainder(w.width));
+        index = ((k.floor_divide_scalar(w.rows) * w.batch + w.first + k.remainder(w.rows)) * w.width) + j;
+    }
     let bits = hash32(&hash32(&index.bitwise_xor(k1 as i64)).bitwise_xor(k2 as i64));
     bits.ge(threshold as i64).to_kind(Kind::Float) * f64::from(scale)
 }
@@ -55,14 +101,22 @@ fn mask_by_tensors(k1: u32, k2: u32, threshold: u64, scale: f32, n: i64, device:
 impl Dropout {
     /// Whether units are dropped at probability `p`.
     pub(crate) fn drops(self, p: f64) -> bool {
-        matches!(self, Dropout::Seeded(_)) && p > 0.0
+        self != Dropout::Off && p > 0.0
     }
 
     /// The dropout mask for `site` (which layer boundary of the pass) with drop probability `p`: Float
     /// `shape` on `device`, each element 0 (dropped) or `1 / (1 - p)` (kept and scaled, as in inverted
-    /// dropout). `None` when nothing is dropped (`Off`, or `p` 0).
+    /// dropout). `None` when nothing is dropped (`Off`, or `p` 0). A [`Dropout::Shard`]'s `shape` is
+    /// step-major `[steps * rows, width]`.
     pub(crate) fn mask(self, site: u64, p: f64, shape: &[i64], device: Device) -> Option<Tensor> {
-        let Dropout::Seeded(seed) = self.drops(p).then_some(self)? else { return None };
+        let (seed, window) = match self.drops(p).then_some(self)? {
+            Dropout::Off => return None,
+            Dropout::Seeded(seed) => (seed, None),
+            Dropout::Shard { seed, first, rows, batch } => {
+                let width = *shape.last()?;
+                (seed, Some(Window { first: first as i64, rows: rows as i64, batch: batch as i64, width }))
+            }
+        };
         let mut keys = Rng::new(seed ^ site.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let (k1, k2) = ((keys.next_u64() as i64) & LOW32, (keys.next_u64() as i64) & LOW32);
         let n: i64 = shape.iter().product();
@@ -71,8 +125,8 @@ impl Dropout {
         let scale = 1.0 / (1.0 - p);
         let (k1, k2) = (k1 as u32, k2 as u32);
         let mask = match device {
-            Device::Cpu => mask_on_host(k1, k2, threshold as u64, scale as f32, n),
-            _ => mask_by_tensors(k1, k2, threshold as u64, scale as f32, n, device),
+            Device::Cpu => mask_on_host(k1, k2, threshold as u64, scale as f32, n, window),
+            _ => mask_by_tensors(k1, k2, threshold as u64, scale as f32, n, window, device),
         };
         Some(mask.view(shape))
     }
@@ -110,8 +164,25 @@ mod tests {
     #[test]
     fn the_host_and_the_tensor_forms_give_the_same_mask() {
         for (k1, k2, threshold) in [(0u32, 0u32, 1u64 << 31), (0xDEAD_BEEF, 7, 429_496_730), (u32::MAX, 1, 1 << 32)] {
-            let host = mask_on_host(k1, k2, threshold, 2.0, 10_000);
-            assert!(host.equal(&mask_by_tensors(k1, k2, threshold, 2.0, 10_000, Device::Cpu)), "{k1} {k2}");
+            let host = mask_on_host(k1, k2, threshold, 2.0, 10_000, None);
+            assert!(host.equal(&mask_by_tensors(k1, k2, threshold, 2.0, 10_000, None, Device::Cpu)), "{k1} {k2}");
+            let window = Some(Window { first: 3, rows: 2, batch: 8, width: 5 });
+            let host = mask_on_host(k1, k2, threshold, 2.0, 1_000, window);
+            assert!(host.equal(&mask_by_tensors(k1, k2, threshold, 2.0, 1_000, window, Device::Cpu)), "{k1} {k2}");
+        }
+    }
+
+    #[test]
+    fn a_shards_mask_is_its_rows_of_the_whole_minibatchs() {
+        // Step-major [steps * batch, width] masks: the shard's rows are rows first..first + rows of each step.
+        let (steps, batch, width) = (7, 6, 5);
+        let whole = Dropout::Seeded(9).mask(2, 0.5, &[steps * batch, width], Device::Cpu).unwrap();
+        let whole = whole.view([steps, batch, width]);
+        for (first, rows) in [(0, 3), (3, 3), (2, 1), (0, 6)] {
+            let shard = Dropout::Shard { seed: 9, first, rows, batch: batch as usize };
+            let mask = shard.mask(2, 0.5, &[steps * rows as i64, width], Device::Cpu).unwrap();
+            let expected = whole.narrow(1, first as i64, rows as i64).reshape([steps * rows as i64, width]);
+            assert!(mask.equal(&expected), "rows {first}..{}", first + rows);
         }
     }
 

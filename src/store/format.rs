@@ -32,6 +32,11 @@ pub struct CorpusInfo {
 }
 
 impl CorpusInfo {
+    /// The text's fingerprint and length, as one string (what processes training together compare).
+    pub fn digest(&self) -> String {
+        format!("{} characters, fingerprint {}", self.chars, self.hash.as_deref().unwrap_or("none"))
+    }
+
     /// Where the corpus was read from: every source, in order.
     pub fn paths(&self) -> Vec<PathBuf> {
         if self.sources.is_empty() {
@@ -48,6 +53,25 @@ impl CorpusInfo {
         let path = absolute.first().cloned().unwrap_or_default();
         let sources = if absolute.len() > 1 { absolute } else { Vec::new() };
         CorpusInfo { path, sources, options, chars, hash: Some(hash) }
+    }
+}
+
+/// A stretch of a run's training: where it began and how many processes trained it (one, or the ranks of
+/// an `mpirun` or `srun` job).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stretch {
+    /// Epochs completed when it began.
+    pub epoch: usize,
+    /// Minibatches of the next epoch already trained when it began.
+    pub minibatch: usize,
+    /// Processes that trained it.
+    pub processes: usize,
+}
+
+impl Stretch {
+    /// A stretch this process's world begins at `epoch`, `minibatch`.
+    pub fn here(epoch: usize, minibatch: usize) -> Stretch {
+        Stretch { epoch, minibatch, processes: crate::world::world().size() }
     }
 }
 
@@ -131,6 +155,10 @@ pub struct ModelFile {
     /// Present in a resumable checkpoint (`<model>/last`).
     #[serde(default)]
     pub resume: Option<ResumeInfo>,
+    /// The stretches of training, in order, each with its number of processes (absent in models from
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stretches: Vec<Stretch>,
     /// The trained model this run started from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<Origin>,
@@ -163,6 +191,7 @@ impl ModelFile {
             weights: String::new(),
             weights_bytes: 0,
             resume: None,
+            stretches: vec![Stretch::here(0, 0)],
             init_from,
         }
     }

@@ -11,7 +11,7 @@ pub(crate) mod metrics;
 pub(crate) mod save;
 
 pub use chart::{perplexity_svg, Curve};
-pub use format::{version_for, CorpusInfo, ModelFile, Origin, ResumeInfo, ValidationInfo, FORMAT, VERSION};
+pub use format::{version_for, CorpusInfo, ModelFile, Origin, ResumeInfo, Stretch, ValidationInfo, FORMAT, VERSION};
 pub use layout::{
     default_out, record_last_model, resolve_model_dir, LAST_DIR, LAST_MODEL, METRICS_FILE, MODEL_JSON, PLOT_FILE,
     RUNS_DIR,

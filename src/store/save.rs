@@ -198,6 +198,7 @@ pub(crate) mod tests {
             weights: String::new(),
             weights_bytes: 0,
             resume: None,
+            stretches: Vec::new(),
             init_from: None,
         };
         (model, file)

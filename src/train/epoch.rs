@@ -18,6 +18,7 @@ use crate::train::observer::{EpochReport, IterationReport, Progress, SaveReason,
 use crate::train::optim::Optimizer;
 use crate::train::state::{BestEpoch, Position, TrainState};
 use crate::train::step::{carry_state, train_step, StepOptions};
+use crate::world::world;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -70,7 +71,10 @@ impl Run {
         let state = state.copy();
         run.optimizer.restore(state.position.optimizer_step, state.adam);
         (run.loss_sum, run.grad_norm_sum) = (state.loss_sum, state.grad_norm_sum);
-        (run.best_params, run.carried, run.position) = (state.best, state.carry, state.position);
+        let rows = world().rows(config.batch_size);
+        let own = |t: Tensor| t.narrow(1, rows.start as i64, rows.len() as i64).contiguous();
+        let carried = state.carry.map(|c| State { h: own(c.h), c: c.c.map(own) });
+        (run.best_params, run.carried, run.position) = (state.best, carried, state.position);
         Ok(run)
     }
 
@@ -195,7 +199,9 @@ impl Run {
             let _ = self.loss_sum.zero_();
             let _ = self.grad_norm_sum.zero_();
         }
-        let mut state = self.carried.take().unwrap_or_else(|| model.begin_state(config.batch_size));
+        // With several processes, this one's share of each minibatch's rows (and of the carried state).
+        let rows = world().rows(config.batch_size);
+        let mut state = self.carried.take().unwrap_or_else(|| model.begin_state(rows.len()));
         let mut stop = None;
         // Where the last mid-epoch report stood: the loss sum, the minibatch and the time.
         let mut mark = match config.eval_every {
@@ -206,13 +212,16 @@ impl Run {
             let step = StepOptions {
                 clip: config.clip,
                 precision: config.dtype,
-                dropout: Dropout::Seeded(minibatch_seed(config.seed, epoch, i)),
+                dropout: match minibatch_seed(config.seed, epoch, i) {
+                    seed if rows.len() == config.batch_size => Dropout::Seeded(seed),
+                    seed => Dropout::Shard { seed, first: rows.start, rows: rows.len(), batch: config.batch_size },
+                },
             };
             let input_state = match config.batch_order {
-                BatchOrder::Random => model.begin_state(config.batch_size),
+                BatchOrder::Random => model.begin_state(rows.len()),
                 BatchOrder::Consecutive => carry_state(&state),
             };
-            let (x, y) = plan.minibatch(i, corpus, model.device());
+            let (x, y) = plan.minibatch_rows(i, rows.clone(), corpus, model.device());
             let out = train_step(model, &x, &y, &input_state, &step, &mut self.optimizer);
             state = out.state;
             let _ = self.loss_sum.shallow_clone().f_add_(&out.loss)?;
@@ -229,16 +238,25 @@ impl Run {
             // Minibatches trained in all, earlier epochs included; the limits do not stop the run's very end.
             let done = ((epoch - 1) * batches + i + 1) as u64;
             let at_end = epoch == config.epochs && i + 1 == batches;
-            stop = observer.stop_requested().map(Stop::Signal).or_else(|| {
+            // What the clocks and signals say, the same on every rank (any rank's says so for all).
+            let [signal, time_up, save_due] = world().max([
+                observer.stop_requested().unwrap_or(0).into(),
+                config.time_limit.is_some_and(|t| started.elapsed() >= t).into(),
+                (last_save.elapsed() >= config.auto_checkpoint).into(),
+            ]);
+            stop = Some(signal as i32).filter(|&s| s != 0).map(Stop::Signal).or_else(|| {
                 let iters = config.max_iters.filter(|&n| done >= n).map(Stop::MaxIters);
-                let time = config.time_limit.filter(|&t| started.elapsed() >= t).map(Stop::TimeLimit);
+                let time = config.time_limit.filter(|_| time_up != 0).map(Stop::TimeLimit);
                 iters.or(time).filter(|_| !at_end)
             });
-            // A checkpoint inside the epoch: where it stands, with the carried state of consecutive sampling.
+            // A checkpoint inside the epoch: where it stands, with the carried state of consecutive sampling
+            // (every rank's rows of it).
             let save_here = |run: &mut Run, observer: &mut dyn TrainObserver, why: SaveReason| -> Result<()> {
                 run.check_finite(epoch)?;
                 run.position.elapsed = elapsed_before + start.elapsed().as_secs_f64();
-                let carried = (config.batch_order == BatchOrder::Consecutive).then(|| state.detach());
+                let whole = |t: &Tensor| world().gather_rows(&t.detach(), 1);
+                let carried = (config.batch_order == BatchOrder::Consecutive)
+                    .then(|| State { h: whole(&state.h), c: state.c.as_ref().map(whole) });
                 observer.checkpoint(model, &run.snapshot(carried.as_ref()), why)
             };
             if let Some(why) = stop.filter(|_| i + 1 < batches) {
@@ -253,7 +271,7 @@ impl Run {
                 observer.iteration(&report);
             }
             // A long epoch is checkpointed as it goes (its end has its own checkpoint).
-            if config.checkpoint_every.is_none() && i + 1 < batches && last_save.elapsed() >= config.auto_checkpoint {
+            if config.checkpoint_every.is_none() && i + 1 < batches && save_due != 0 {
                 save_here(self, observer, SaveReason::Periodic)?;
                 *last_save = Instant::now();
             }
@@ -349,7 +367,8 @@ fn report_samples(
     config: &TrainConfig,
     epoch: usize,
 ) -> Result<Option<Vec<String>>> {
-    if !epoch.is_multiple_of(config.pred_period) {
+    // Rank 0 alone reports, when several processes train together.
+    if !epoch.is_multiple_of(config.pred_period) || !world().is_root() {
         return Ok(None);
     }
     // Seeded by the epoch too, so that a resumed run prints the same samples.

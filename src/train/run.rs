@@ -8,6 +8,7 @@ use crate::train::config::{OnDiverge, TrainConfig};
 use crate::train::epoch::Run;
 use crate::train::observer::{RollbackReport, RunInfo, SaveReason, TrainObserver, TrainSummary};
 use crate::train::state::TrainState;
+use crate::world::world;
 use std::time::Instant;
 
 /// Trains `model` on `corpus` (character indices of `vocab`) as the textbook does, from the start or, given
@@ -32,7 +33,8 @@ pub fn train<'a>(
     resume: Option<&TrainState>,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
-    let (corpus, val) = (corpus.into(), val.into());
+    // With several processes, rank 0 alone evaluates the held-out text (and reports).
+    let (corpus, val) = (corpus.into(), if world().is_root() { val.into() } else { Tokens::from(&[] as &[i64]) });
     let started = Instant::now();
     let batches = check_run(model, vocab, corpus, config)?;
     let mut run = match resume {
@@ -116,6 +118,7 @@ pub fn train<'a>(
 /// vocabulary; returns the minibatches per epoch.
 fn check_run(model: &Network, vocab: &Vocabulary, corpus: Tokens<'_>, config: &TrainConfig) -> Result<usize> {
     config.validate()?;
+    world().check_batch(config.batch_size)?;
     let expected = config.model_config(vocab.len());
     if model.config() != expected {
         let reason =
@@ -136,8 +139,11 @@ fn checkpoint_reason(config: &TrainConfig, epoch: usize, stop: bool, last_save: 
         Some(SaveReason::Final)
     } else if stop {
         Some(SaveReason::Interrupted)
-    } else if config.checkpoint_every.map_or(last_save.elapsed() >= config.auto_checkpoint, |n| epoch.is_multiple_of(n))
-    {
+    } else if config.checkpoint_every.map_or_else(
+        // The same on every rank, when several processes train together.
+        || world().max([(last_save.elapsed() >= config.auto_checkpoint).into()]) == [1],
+        |n| epoch.is_multiple_of(n),
+    ) {
         Some(SaveReason::Periodic)
     } else {
         None

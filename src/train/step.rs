@@ -9,7 +9,8 @@ use crate::model::state::State;
 #[cfg(test)]
 use crate::train::optim::clip_factor;
 use crate::train::optim::Optimizer;
-use tch::Tensor;
+use crate::world::world;
+use tch::{Kind, Tensor};
 
 /// The state for the next minibatch: carried values, cut from the previous minibatch's graph so that
 /// backpropagation stops at the minibatch boundary (truncated BPTT).
@@ -65,8 +66,27 @@ pub fn train_step(
         model.store_gradients(&Tensor::run_backward(&[&loss], &model.autograd_inputs(), false, false));
         (loss.detach(), h)
     };
+    let loss = average_over_ranks(model, loss);
     let grad_norm = optimizer.update(model, clip);
     StepOutput { loss, grad_norm, grads: model.gradients(), state }
+}
+
+/// With several processes training together ([`crate::World`]), each having computed the loss and
+/// gradient of an equal share of the minibatch's rows: the mean of the ranks' gradients (summed in place in
+/// the model's flat gradient buffer) and of their losses, which are the whole minibatch's. Every rank gets
+/// the same sums, so every rank's update is the same. `loss`: scalar Float.
+fn average_over_ranks(model: &Network, loss: Tensor) -> Tensor {
+    let world = world();
+    if world.size() == 1 {
+        return loss;
+    }
+    let share = 1.0 / world.size() as f64;
+    let grad = model.gradient();
+    world.sum_tensor(grad);
+    let _ = grad.shallow_clone().g_mul_scalar_(share);
+    let loss = loss.to_kind(Kind::Float).reshape([1]).copy();
+    world.sum_tensor(&loss);
+    loss.reshape([]) * share
 }
 
 #[cfg(test)]

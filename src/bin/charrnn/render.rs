@@ -455,6 +455,18 @@ pub fn model_summary(out: &mut impl Write, m: &ModelSummary) -> std::io::Result<
     let sources: Vec<String> = f.corpus.paths().iter().map(|p| p.display().to_string()).collect();
     writeln!(out, "corpus {} ({} characters, {hash})", sources.join(", "), grouped(f.corpus.chars as u64))?;
     writeln!(out, "trained on {} with charrnn {}", f.device, f.charrnn_version)?;
+    // The processes of each stretch of training, unless it was all one stretch in one process.
+    if f.stretches.len() > 1 || f.stretches.iter().any(|s| s.processes > 1) {
+        let stretch = |s: &charrnn::store::Stretch| {
+            let n = format!("{} process{}", s.processes, if s.processes == 1 { "" } else { "es" });
+            match (s.epoch, s.minibatch) {
+                (0, 0) => format!("{n} from the start"),
+                (e, 0) => format!("{n} from the end of epoch {e}"),
+                (e, m) => format!("{n} from epoch {}, after minibatch {m}", e + 1),
+            }
+        };
+        writeln!(out, "trained by {}", f.stretches.iter().map(stretch).collect::<Vec<_>>().join("; "))?;
+    }
     if let Some(o) = &f.init_from {
         let added = c.vocab_size.saturating_sub(o.vocab_size);
         writeln!(

@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let signal = catch_stop_signals().context("cannot install the Ctrl-C handler")?;
-    let mut reporter = Reporter::new(signal, args.quiet, args.verbose);
+    // With several processes, rank 0 alone reports.
+    let root = charrnn::world().is_root();
+    let mut reporter = Reporter::new(signal, args.quiet || !root, args.verbose && root);
     let task = args.into_task().unwrap_or_else(|msg| args::usage_error("train", ErrorKind::ArgumentConflict, msg));
     let (outcome, what) = match task {
         TrainTask::Resume(job) => {
@@ -32,7 +34,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         Err(e @ charrnn::Error::Interrupted { .. }) => return Err(e.into()),
         // A limit the user set is a normal end: the checkpoint is saved, and the message says how to go on.
         Err(e @ charrnn::Error::LimitReached { .. }) => {
-            say!("{e}");
+            if root {
+                say!("{e}");
+            }
             return Ok(());
         }
         other => other.context(what)?,
@@ -40,7 +44,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(e) = reporter.write_error {
         return Err(e.into());
     }
-    render::train_outcome(&outcome, reporter.quiet);
+    if root {
+        render::train_outcome(&outcome, reporter.quiet);
+    }
     Ok(())
 }
 
