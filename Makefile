@@ -1,7 +1,7 @@
 # Every target does its own set-up (scripts/setup.sh is idempotent), so each works on a fresh checkout.
 CHARRNN := ./target/release/charrnn
 
-.PHONY: setup build demo test browser screenshot serve-load serve-hostile bench speed curves cells finetune shakespeare
+.PHONY: setup mpi-setup build demo test browser screenshot serve-load serve-hostile bench speed curves cells finetune shakespeare
 
 setup:
 	bash scripts/setup.sh
@@ -19,14 +19,21 @@ demo: build
 	$(CHARRNN) predict --model runs/demo --prefix 分开 --num-chars 20
 	$(CHARRNN) eval --model runs/demo
 
-test: setup
+# The mpi feature (training on several processes) where Open MPI is installed: mpi-setup installs it where
+# it can (as root), so CI builds and runs its tests (tests/mpi.rs).
+MPI_FEATURES = $(shell command -v mpicc >/dev/null 2>&1 && echo --features mpi)
+
+mpi-setup:
+	bash scripts/mpi_setup.sh
+
+test: setup mpi-setup
 	cargo fmt --check
-	cargo clippy --release --all-targets -- -D warnings
+	cargo clippy --release --all-targets $(MPI_FEATURES) -- -D warnings
 	# The library alone, without the command line's and the server's dependencies; its documentation.
 	cargo check --release --lib --no-default-features
-	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --lib
-	cargo test --release --all-targets
-	cargo test --release --doc
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --lib $(MPI_FEATURES)
+	cargo test --release --all-targets $(MPI_FEATURES)
+	cargo test --release --doc $(MPI_FEATURES)
 
 # Headless Chromium drives `charrnn serve`'s web page: types a prefix, presses Generate, checks the streamed
 # text against the API's. Installs Chromium, its driver and Selenium first.

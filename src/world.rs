@@ -263,7 +263,7 @@ fn with_host_f32(t: &Tensor, f: impl FnOnce(&mut [f32])) {
         let mut values = vec![0f32; n];
         t.to_device(Device::Cpu).copy_data(&mut values, n);
         f(&mut values);
-        let _ = t.shallow_clone().copy_(&Tensor::from_slice(&values).view(t.size().as_slice()).to_device(t.device()));
+        t.shallow_clone().copy_(&Tensor::from_slice(&values).view(t.size().as_slice()).to_device(t.device()));
     }
 }
 

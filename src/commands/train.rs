@@ -18,7 +18,7 @@ use crate::store::load::{load, origin, LoadedModel};
 use crate::store::lock::FolderLock;
 use crate::train::config::TrainConfig;
 use crate::train::observer::TrainObserver;
-use crate::train::run::train;
+use crate::train::run::{check_run, train};
 use crate::train::state::TrainState;
 use crate::world::world;
 use std::path::PathBuf;
@@ -259,6 +259,8 @@ pub(crate) fn fit(mut run: Fit, resume: Option<&TrainState>, observer: &mut dyn 
         ));
     }
     let (train_ids, val_ids) = ids.split_at(ids.len() - n_val);
+    // What training checks before its first step, agreed on by every rank (alone, training checks it again).
+    together::agree(check_run(&run.model, &run.vocab, train_ids, &config))?;
     let (result, saved, recorded) = if world().is_root() {
         let mut checkpointer = Checkpointer::new(&run.out, &run.template, n_val, run.saved, &run.notes, observer);
         let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut checkpointer);
