@@ -24,10 +24,12 @@ fn env_number(names: &[&str]) -> Option<usize> {
 
 impl Launch {
     /// Read from the variables Open MPI's `mpirun` (`OMPI_COMM_WORLD_*`), PMIx (`PMIX_RANK`), MPICH's
-    /// Hydra (`PMI_RANK`, `PMI_SIZE`, `MPI_LOCALRANKID`) and Slurm's `srun` (`SLURM_PROCID`, `SLURM_NTASKS`,
-    /// `SLURM_LOCALID`, `SLURM_NTASKS_PER_NODE`) set; `None` when none says there are several processes.
+    /// Hydra (`PMI_RANK`, `PMI_SIZE`, `MPI_LOCALRANKID`, `MPI_LOCALNRANKS`) and Slurm's `srun`
+    /// (`SLURM_STEP_NUM_TASKS`, `SLURM_PROCID`, `SLURM_LOCALID`, `SLURM_NTASKS_PER_NODE`) set; `None` when
+    /// none says there are several processes. Slurm's job-wide `SLURM_NTASKS` is not read: a batch script
+    /// that runs charrnn itself, not through `srun`, runs one process.
     fn from_env() -> Option<Launch> {
-        let size = env_number(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"])?;
+        let size = env_number(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"])?;
         let rank = env_number(&["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"]).unwrap_or(0);
         let local_rank = env_number(&["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]).unwrap_or(0);
         let local_size =

@@ -116,7 +116,12 @@ pub fn train<'a>(
 
 /// Checks that `config` is valid, describes `model` over `vocab`, fits `corpus` and has prefixes in the
 /// vocabulary; returns the minibatches per epoch.
-pub(crate) fn check_run(model: &Network, vocab: &Vocabulary, corpus: Tokens<'_>, config: &TrainConfig) -> Result<usize> {
+pub(crate) fn check_run(
+    model: &Network,
+    vocab: &Vocabulary,
+    corpus: Tokens<'_>,
+    config: &TrainConfig,
+) -> Result<usize> {
     config.validate()?;
     world().check_batch(config.batch_size)?;
     let expected = config.model_config(vocab.len());
