@@ -51,6 +51,13 @@ elif ! $full && ! have_libtorch; then
     "${pip[@]}" --no-deps "torch==$TORCH_VERSION" "${CPU_RUNTIME[@]}"
 fi
 
+# The tests' reader of exported ONNX models (tests/reference/onnx_run.py): onnxruntime and onnx's checker.
+ONNX_PACKAGES=(onnx==1.23.2 onnxruntime==1.31.1)
+if ! $build_only && ! .venv/bin/python -c "import onnx, onnxruntime" 2>/dev/null; then
+    echo "setup: installing ${ONNX_PACKAGES[*]} into .venv (the ONNX export's tests)" >&2
+    "${pip[@]}" "${ONNX_PACKAGES[@]}"
+fi
+
 mkdir -p .cargo
 if [ -n "${LIBTORCH:-}" ]; then
     # The user's own libtorch wins: cargo's [env] never overrides a variable that is already set.

@@ -1,6 +1,7 @@
 //! The commands as library calls, one module each: each reads as a few calls down the layers (load the
 //! data and the model, run, save).
 pub(crate) mod eval;
+pub(crate) mod export;
 pub(crate) mod info;
 pub(crate) mod load;
 pub(crate) mod plot;

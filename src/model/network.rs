@@ -193,6 +193,13 @@ impl Network {
     }
 
     /// Where each parameter lies in the flat buffers.
+    /// Per layer, the four tensors libtorch's fused kernels take, in PyTorch's order and shapes: `w_ih`
+    /// `[kH, I]`, `w_hh` `[kH, H]`, `b_ih` `[kH]`, `b_hh` `[kH]` (what an exported model's recurrent operators
+    /// are built from).
+    pub(crate) fn fused_weights(&self) -> Vec<[Tensor; 4]> {
+        self.weights.fused()
+    }
+
     pub(crate) fn layout(&self) -> &Layout {
         &self.layout
     }

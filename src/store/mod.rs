@@ -8,6 +8,8 @@ pub(crate) mod layout;
 pub(crate) mod load;
 pub(crate) mod lock;
 pub(crate) mod metrics;
+pub(crate) mod onnx;
+pub(crate) mod onnx_proto;
 pub(crate) mod save;
 
 pub use chart::{perplexity_svg, Curve};
@@ -18,4 +20,5 @@ pub use layout::{
 };
 pub use load::{load, load_state, origin, read_model_file, LoadedModel};
 pub use metrics::{read_metrics, MetricsLine};
+pub use onnx::export_onnx;
 pub use save::save_parts;

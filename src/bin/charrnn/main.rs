@@ -95,6 +95,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => run::eval(a),
         Command::Info(a) => run::info(a),
         Command::Plot(a) => run::plot(a),
+        Command::Export(a) => run::export(a),
         Command::Prepare(a) => run::prepare(a),
         Command::Completions { shell } => run::completions(shell),
     };

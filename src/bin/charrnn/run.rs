@@ -1,7 +1,7 @@
 //! What each subcommand does: its arguments turned into the library's job, the call, and what is shown.
 #[cfg(feature = "serve")]
 use crate::args::ServeArgs;
-use crate::args::{self, EvalArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, TrainArgs, TrainTask};
+use crate::args::{self, EvalArgs, ExportArgs, InfoArgs, PlotArgs, PredictArgs, PrepareArgs, TrainArgs, TrainTask};
 use crate::render::{self, Reporter};
 use crate::signals::{catch_stop_signals, Stopped};
 use anyhow::Context;
@@ -130,6 +130,12 @@ pub fn prepare(args: PrepareArgs) -> anyhow::Result<()> {
 pub fn plot(args: PlotArgs) -> anyhow::Result<()> {
     charrnn::run_plot(&args.model, &args.out)?;
     say!("wrote {}", args.out.display());
+    Ok(())
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let e = charrnn::run_export_onnx(args.model.as_deref(), &args.onnx)?;
+    say!("wrote {} ({} bytes): {}", e.file.display(), e.bytes, e.description);
     Ok(())
 }
 

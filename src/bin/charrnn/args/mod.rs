@@ -10,7 +10,7 @@ mod train;
 pub use generate::PredictArgs;
 #[cfg(feature = "serve")]
 pub use generate::ServeArgs;
-pub use other::{EvalArgs, InfoArgs, PlotArgs, PrepareArgs};
+pub use other::{EvalArgs, ExportArgs, InfoArgs, PlotArgs, PrepareArgs};
 pub use train::{TrainArgs, TrainTask};
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -24,6 +24,7 @@ Examples:
   charrnn serve --port 8080
   charrnn info
   charrnn plot --model runs/yuanqu
+  charrnn export --onnx yuanqu.onnx
   charrnn completions bash";
 
 /// Character-level RNN trainer and sampler (the textbook char-RNN on libtorch).
@@ -90,6 +91,16 @@ Ctrl-C (or SIGTERM) stops accepting connections and lets running requests finish
         after_help = "Examples:\n  charrnn plot --model runs/yuanqu\n  charrnn plot --model runs/rnn --model runs/gru --out cells.svg"
     )]
     Plot(PlotArgs),
+    /// Write a model as a file that runs without charrnn: ONNX, for onnxruntime and the other ONNX runtimes.
+    #[command(after_help = "Examples:
+  charrnn export --onnx yuanqu.onnx
+  charrnn export --model runs/shakespeare --onnx shakespeare.onnx
+
+The graph takes `chars` (Int64 [batch, steps], indices in the vocabulary's order) and the state `h0` (and
+`c0` for an LSTM, Float [layers, batch, hidden], zeros to start); it gives `logits` (Float [batch, steps,
+vocabulary]) and the state after the last step, `h` (and `c`). The metadata holds the vocabulary
+(charrnn.vocab), the newline setting (charrnn.keep_newlines) and model.json (charrnn.model).")]
+    Export(ExportArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  charrnn completions bash > ~/.local/share/bash-completion/completions/charrnn\n  charrnn completions zsh > ~/.zfunc/_charrnn\n  charrnn completions fish > ~/.config/fish/completions/charrnn.fish"

@@ -1,4 +1,4 @@
-//! The arguments of `prepare`, `info`, `plot` and `eval`.
+//! The arguments of `prepare`, `info`, `plot`, `eval` and `export`.
 use crate::args::choices::UnknownArg;
 use crate::args::common::DeviceArgs;
 use charrnn::{CorpusOptions, EvalJob};
@@ -43,6 +43,17 @@ pub struct PlotArgs {
     /// The SVG file to write.
     #[arg(long, value_name = "FILE", default_value = "perplexity.svg")]
     pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Model folder [default: the last model `train` wrote from this folder].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// The ONNX file to write (opset 17): characters and state in, next-character scores and state out, the
+    /// vocabulary in its metadata.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub onnx: PathBuf,
 }
 
 #[derive(Args)]
