@@ -206,9 +206,10 @@ pub(crate) fn describe(file: &ModelFile) -> String {
         (None, Some(p)) => format!(", training perplexity {p:.3}"),
         _ => String::new(),
     };
+    let epochs = if file.epoch == 1 { "1 epoch".to_string() } else { format!("{} epochs", file.epoch) };
     format!(
-        "charrnn {} {}x{} ({input}), vocabulary {}, {} epochs on {corpus}{score}",
-        a.cell, a.layers, a.hidden, file.model.vocab_size, file.epoch
+        "charrnn {} {}x{} ({input}), vocabulary {}, {epochs} on {corpus}{score}",
+        a.cell, a.layers, a.hidden, file.model.vocab_size
     )
 }
 
