@@ -36,15 +36,17 @@ test: setup mpi-setup
 	cargo test --release --doc $(MPI_FEATURES)
 
 # Headless Chromium drives `charrnn serve`'s web page: types a prefix, presses Generate, checks the streamed
-# text against the API's. Installs Chromium, its driver and Selenium first.
+# text against the API's; then the page `charrnn export --html` writes, opened offline, against `predict`. Installs Chromium, its driver and Selenium first.
 browser: build
 	bash scripts/browser_setup.sh
 	.venv/bin/python tests/browser/page_test.py $(CHARRNN)
+	.venv/bin/python tests/browser/export_page_test.py $(CHARRNN)
 
-# The browser test, saving its screenshot as the README's examples/serve.png.
+# The browser tests, saving their screenshots as the README's examples/serve.png and examples/export.png.
 screenshot: build
 	bash scripts/browser_setup.sh
 	.venv/bin/python tests/browser/page_test.py $(CHARRNN) examples/serve.png
+	.venv/bin/python tests/browser/export_page_test.py $(CHARRNN) examples/export.png
 
 # Requests per second, characters per second and latency of `charrnn serve` at 1, 8 and 64 clients,
 # batching against one request at a time (benches/results/cpu-serve-load.txt).

@@ -55,7 +55,7 @@ mod util;
 mod world;
 
 pub use commands::eval::{run_eval, EvalJob, EvalReport};
-pub use commands::export::{run_export_onnx, Exported};
+pub use commands::export::{run_export, ExportJob, ExportOutcome, Exported};
 pub use commands::info::{info, model_summary, Info, ModelSummary};
 pub use commands::load::load_model;
 pub use commands::plot::run_plot;

@@ -196,6 +196,24 @@ impl ModelFile {
         }
     }
 
+    /// One line about the model: its network, vocabulary and training.
+    pub fn describe(&self) -> String {
+        let file = self;
+        let a = &file.model.arch;
+        let input = if a.embed > 0 { format!("embedding {}", a.embed) } else { "one-hot".into() };
+        let corpus = file.corpus.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let score = match (&file.validation, file.perplexity) {
+            (Some(v), _) => format!(", validation perplexity {:.3}", v.perplexity),
+            (None, Some(p)) => format!(", training perplexity {p:.3}"),
+            _ => String::new(),
+        };
+        let epochs = if file.epoch == 1 { "1 epoch".to_string() } else { format!("{} epochs", file.epoch) };
+        format!(
+            "charrnn {} {}x{} ({input}), vocabulary {}, {epochs} on {corpus}{score}",
+            a.cell, a.layers, a.hidden, file.model.vocab_size
+        )
+    }
+
     /// Minibatches per epoch of the run that wrote it (from its corpus length, held-out fraction, batch,
     /// steps and sampling).
     pub fn minibatches_per_epoch(&self) -> usize {

@@ -4,6 +4,7 @@
 pub(crate) mod chart;
 pub(crate) mod checkpointer;
 pub(crate) mod format;
+pub(crate) mod html;
 pub(crate) mod layout;
 pub(crate) mod load;
 pub(crate) mod lock;
@@ -14,6 +15,7 @@ pub(crate) mod save;
 
 pub use chart::{perplexity_svg, Curve};
 pub use format::{version_for, CorpusInfo, ModelFile, Origin, ResumeInfo, Stretch, ValidationInfo, FORMAT, VERSION};
+pub use html::export_html;
 pub use layout::{
     default_out, record_last_model, resolve_model_dir, LAST_DIR, LAST_MODEL, METRICS_FILE, MODEL_JSON, PLOT_FILE,
     RUNS_DIR,

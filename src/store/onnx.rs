@@ -189,28 +189,11 @@ fn build(model: &Network, file: &ModelFile) -> Result<Model> {
         ir_version: IR_VERSION,
         producer_name: "charrnn".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: describe(file),
+        doc_string: file.describe(),
         graph: Some(graph),
         opset_import: vec![OperatorSet { domain: String::new(), version: OPSET }],
         metadata_props: metadata.into_iter().map(|(key, value)| StringPair { key: key.into(), value }).collect(),
     })
-}
-
-/// One line about the model: its network, vocabulary and training.
-pub(crate) fn describe(file: &ModelFile) -> String {
-    let a = &file.model.arch;
-    let input = if a.embed > 0 { format!("embedding {}", a.embed) } else { "one-hot".into() };
-    let corpus = file.corpus.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let score = match (&file.validation, file.perplexity) {
-        (Some(v), _) => format!(", validation perplexity {:.3}", v.perplexity),
-        (None, Some(p)) => format!(", training perplexity {p:.3}"),
-        _ => String::new(),
-    };
-    let epochs = if file.epoch == 1 { "1 epoch".to_string() } else { format!("{} epochs", file.epoch) };
-    format!(
-        "charrnn {} {}x{} ({input}), vocabulary {}, {epochs} on {corpus}{score}",
-        a.cell, a.layers, a.hidden, file.model.vocab_size
-    )
 }
 
 /// Writes `model` (described by `file`) to `out` as an ONNX model (see the module's documentation), whole or

@@ -69,7 +69,10 @@ fn export_refuses_what_it_cannot_write() {
     let env = Env::new();
     assert_eq!(env.train(&["--out", "runs/m", "--epochs", "1"]).code, 0);
     env.fails(&["export", "--model", "runs/m", "--onnx", "m.txt"], "does not end in .onnx");
+    env.fails(&["export", "--model", "runs/m", "--html", "m.txt"], "does not end in .html");
+    let r = env.run(&["export", "--model", "runs/m"]);
+    assert!(r.code == 2 && r.stderr.contains("--onnx"), "{}", r.stderr);
     env.fails(&["export", "--model", "runs/none", "--onnx", "m.onnx"], "runs/none");
     env.fails(&["export", "--model", "runs/m", "--onnx", "no/such/folder/m.onnx"], "no/such/folder");
-    assert!(!env.path("m.onnx").exists());
+    assert!(!env.path("m.onnx").exists() && !env.path("m.txt").exists());
 }

@@ -134,8 +134,10 @@ pub fn plot(args: PlotArgs) -> anyhow::Result<()> {
 }
 
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let e = charrnn::run_export_onnx(args.model.as_deref(), &args.onnx)?;
-    say!("wrote {} ({} bytes): {}", e.file.display(), e.bytes, e.description);
+    let outcome = charrnn::run_export(&args.job())?;
+    for f in &outcome.files {
+        say!("wrote {} ({} bytes): {}", f.file.display(), f.bytes, outcome.description);
+    }
     Ok(())
 }
 

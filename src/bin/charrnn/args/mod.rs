@@ -24,7 +24,7 @@ Examples:
   charrnn serve --port 8080
   charrnn info
   charrnn plot --model runs/yuanqu
-  charrnn export --onnx yuanqu.onnx
+  charrnn export --onnx yuanqu.onnx --html yuanqu.html
   charrnn completions bash";
 
 /// Character-level RNN trainer and sampler (the textbook char-RNN on libtorch).
@@ -91,10 +91,11 @@ Ctrl-C (or SIGTERM) stops accepting connections and lets running requests finish
         after_help = "Examples:\n  charrnn plot --model runs/yuanqu\n  charrnn plot --model runs/rnn --model runs/gru --out cells.svg"
     )]
     Plot(PlotArgs),
-    /// Write a model as a file that runs without charrnn: ONNX, for onnxruntime and the other ONNX runtimes.
+    /// Write a model as files that run without charrnn: ONNX, for onnxruntime and the other ONNX runtimes,
+    /// and one HTML page that generates text in a browser, offline.
     #[command(after_help = "Examples:
   charrnn export --onnx yuanqu.onnx
-  charrnn export --model runs/shakespeare --onnx shakespeare.onnx
+  charrnn export --model runs/shakespeare --onnx shakespeare.onnx --html shakespeare.html
 
 The graph takes `chars` (Int64 [batch, steps], indices in the vocabulary's order) and the state `h0` (and
 `c0` for an LSTM, Float [layers, batch, hidden], zeros to start); it gives `logits` (Float [batch, steps,

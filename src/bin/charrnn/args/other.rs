@@ -1,7 +1,7 @@
 //! The arguments of `prepare`, `info`, `plot`, `eval` and `export`.
 use crate::args::choices::UnknownArg;
 use crate::args::common::DeviceArgs;
-use charrnn::{CorpusOptions, EvalJob};
+use charrnn::{CorpusOptions, EvalJob, ExportJob};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -52,8 +52,18 @@ pub struct ExportArgs {
     pub model: Option<PathBuf>,
     /// The ONNX file to write (opset 17): characters and state in, next-character scores and state out, the
     /// vocabulary in its metadata.
-    #[arg(long, value_name = "FILE", required = true)]
-    pub onnx: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "html")]
+    pub onnx: Option<PathBuf>,
+    /// The HTML page to write: the model and a generator in one file that works offline in a browser.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+impl ExportArgs {
+    /// The library's job.
+    pub fn job(&self) -> ExportJob {
+        ExportJob { model: self.model.clone(), onnx: self.onnx.clone(), html: self.html.clone() }
+    }
 }
 
 #[derive(Args)]
