@@ -43,6 +43,7 @@ pub fn perplexity_svg(curves: &[Curve]) -> Result<String> {
     };
     let last_epoch = points().map(|p| p.0).max().unwrap_or(1).max(2);
     let first_epoch = points().map(|p| p.0).min().unwrap_or(1).min(last_epoch - 1);
+    let ticks = log_ticks(lo * 0.9, hi * 1.1);
     let mut svg = String::new();
     {
         let area = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
@@ -53,13 +54,13 @@ pub fn perplexity_svg(curves: &[Curve]) -> Result<String> {
             .margin(16)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(first_epoch..last_epoch, (lo * 0.9..hi * 1.1).log_scale())
+            .build_cartesian_2d(first_epoch..last_epoch, (lo * 0.9..hi * 1.1).log_scale().with_key_points(ticks))
             .map_err(|e| draw_error(&e))?;
         chart
             .configure_mesh()
             .x_desc("epoch")
             .y_desc("perplexity (log scale)")
-            .y_label_formatter(&|v| if *v >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") })
+            .y_label_formatter(&|v| tick_label(*v))
             .draw()
             .map_err(|e| draw_error(&e))?;
         for (i, curve) in curves.iter().enumerate() {
@@ -92,8 +93,77 @@ pub fn perplexity_svg(curves: &[Curve]) -> Result<String> {
     Ok(svg)
 }
 
+/// Where a log axis from `lo` to `hi` (both positive) is labelled: at least 3 round values inside it. The
+/// coarsest of 1, 2 and 5 times a power of ten, then every digit times one, that gives 3, else (a narrow
+/// range) evenly spaced values 1, 2 or 5 times a power of ten apart.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let (first, last) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let inside = |mantissas: &[f64]| -> Vec<f64> {
+        (first..=last)
+            .flat_map(|p| mantissas.iter().map(move |m| m * 10f64.powi(p)))
+            .filter(|v| (lo..=hi).contains(v))
+            .collect()
+    };
+    for mantissas in [&[1.0][..], &[1.0, 2.0, 5.0], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]] {
+        let ticks = inside(mantissas);
+        if ticks.len() >= 3 {
+            return ticks;
+        }
+    }
+    // About 5 steps across the range, the step rounded down to 1, 2 or 5 times a power of ten.
+    let raw = (hi - lo) / 5.0;
+    let power = 10f64.powi(raw.log10().floor() as i32);
+    let step = [5.0, 2.0, 1.0].iter().map(|m| m * power).find(|s| *s <= raw * (1.0 + 1e-9)).unwrap_or(power);
+    let start = (lo / step).ceil() as i64;
+    (start..).map(|i| i as f64 * step).take_while(|v| *v <= hi).collect()
+}
+
+/// A tick's label: the value with no more digits than it has (4 significant at most).
+fn tick_label(v: f64) -> String {
+    let decimals = (3 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 /// Writes [`perplexity_svg`] of `curves` to `path`, atomically.
 pub fn write_perplexity_svg(curves: &[Curve], path: &Path) -> Result<()> {
     let svg = perplexity_svg(curves)?;
     write_bytes_atomic(path, svg.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers written as the y axis's labels (the text elements left of the plot that parse as numbers).
+    fn y_labels(svg: &str) -> Vec<f64> {
+        let doc = roxmltree::Document::parse(svg).unwrap();
+        let text = doc.descendants().filter(|n| n.has_tag_name("text"));
+        let left = text.filter(|n| n.attribute("x").and_then(|x| x.parse::<f64>().ok()).is_some_and(|x| x < 80.0));
+        left.filter_map(|n| n.text()?.trim().parse().ok()).collect()
+    }
+
+    #[test]
+    fn the_y_axis_is_labelled_on_any_range() {
+        // Perplexities from 4 to 7 (no power of ten inside), from 3.95 to 4.05, and from 2 to 900.
+        for (lo, hi) in [(4.0, 7.0), (3.95, 4.05), (2.0, 900.0)] {
+            let points = (1..=10).map(|e| (e, lo + (hi - lo) * (10 - e) as f64 / 9.0, None)).collect();
+            let svg = perplexity_svg(&[Curve { label: "run".into(), points }]).unwrap();
+            let labels = y_labels(&svg);
+            let inside = labels.iter().filter(|v| (lo * 0.9..=hi * 1.1).contains(*v)).count();
+            assert!(inside >= 3, "{lo}..{hi}: labels {labels:?}");
+        }
+        // Worked by hand: 4 to 7 has no power of ten and no 2 or 5 times one but 5; its digits are 4, 5, 6, 7.
+        assert_eq!(log_ticks(4.0, 7.0), vec![4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(log_ticks(2.0, 900.0), vec![2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]);
+        assert_eq!(
+            log_ticks(3.95, 4.05).iter().map(|v| tick_label(*v)).collect::<Vec<_>>(),
+            ["3.96", "3.98", "4", "4.02", "4.04"]
+        );
+        assert_eq!((tick_label(250.0), tick_label(0.125)), ("250".to_string(), "0.125".to_string()));
+    }
 }
