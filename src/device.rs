@@ -17,8 +17,10 @@ pub enum DeviceSpec {
 
 impl std::str::FromStr for DeviceSpec {
     type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
+    fn from_str(given: &str) -> std::result::Result<Self, String> {
+        // In any case: `CPU`, `Cuda:1`.
+        let s = given.to_ascii_lowercase();
+        match s.as_str() {
             "auto" => Ok(DeviceSpec::Auto),
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
@@ -26,7 +28,7 @@ impl std::str::FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?} (expected auto, cpu, cuda or cuda:N)")),
+                .ok_or_else(|| format!("unknown device {given:?} (expected auto, cpu, cuda or cuda:N)")),
         }
     }
 }

@@ -1132,3 +1132,19 @@ fn eval_every_prints_iteration_lines_and_keeps_the_best() {
     env.fails(&[&env_train_args()[..], &["--eval-every", "0", "--out", "x"]].concat(), "--eval-every");
     env.fails(&[&env_train_args()[..], &["--val-chars", "1", "--out", "x"]].concat(), "--val-chars");
 }
+
+#[test]
+fn choices_are_taken_in_any_case() {
+    // Issue 26: `--cell GRU` was refused.
+    let env = Env::new();
+    let args =
+        ["--cell", "GRU", "--optimizer", "Adam", "--sampling", "Consecutive", "--device", "CPU", "--epochs", "1"];
+    let r = env.train(&[&args[..], &["--out", "runs/m"]].concat());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("runs/m/model.json")).unwrap()).unwrap();
+    assert_eq!((&json["model"]["cell"], &json["train"]["optimizer"]), (&"gru".into(), &"adam".into()));
+    assert_eq!(json["train"]["sampling"], "consecutive");
+    let r = env.run(&["predict", "--model", "runs/m", "--prefix", "分开", "--unknown", "SKIP", "--device", "Cpu"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -117,7 +117,7 @@ vocabulary]) and the state after the last step, `h` (and `c`). The metadata hold
 /// to conflict with `--resume`, and those of [`ARCH`] with `--init-from`, flag by flag (a conflict with a
 /// whole group would list all its flags in the error instead of the one given).
 pub fn command() -> clap::Command {
-    Cli::command().mut_subcommand("train", |mut train| {
+    ignore_case_of_choices(Cli::command()).mut_subcommand("train", |mut train| {
         let members = |train: &clap::Command, group: &str| -> Vec<clap::Id> {
             let group = train.get_groups().find(|g| g.get_id() == group).expect("train's groups exist");
             group.get_args().cloned().collect()
@@ -131,6 +131,23 @@ pub fn command() -> clap::Command {
         }
         train
     })
+}
+
+/// `cmd` with every choice of every subcommand taken in any case (`--cell GRU` is `--cell gru`).
+fn ignore_case_of_choices(mut cmd: clap::Command) -> clap::Command {
+    let choices: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.get_action().takes_values() && !a.get_possible_values().is_empty())
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in choices {
+        cmd = cmd.mut_arg(id, |a| a.ignore_case(true));
+    }
+    let subcommands: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    for name in subcommands {
+        cmd = cmd.mut_subcommand(name, ignore_case_of_choices);
+    }
+    cmd
 }
 
 /// Exits with a usage error of the subcommand `name` (its usage line, status 2), as clap's own.
