@@ -69,7 +69,7 @@ impl DeviceSpec {
 }
 
 /// What libtorch can see of CUDA on this machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CudaStatus {
     /// libtorch's CUDA backend (libtorch_cuda.so) is loaded into this process (charrnn loads it when an
     /// NVIDIA driver is present: see [`load_cuda_backend`]).

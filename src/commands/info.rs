@@ -8,7 +8,7 @@ use crate::train::state::Position;
 use std::path::{Path, PathBuf};
 
 /// What `charrnn info` reports.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Info {
     /// charrnn's version.
     pub charrnn: &'static str,
@@ -29,7 +29,7 @@ pub struct Info {
 }
 
 /// What `charrnn info --model` reports about a model folder.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelSummary {
     /// The folder.
     pub dir: PathBuf,
@@ -39,6 +39,7 @@ pub struct ModelSummary {
     pub parameters: u64,
     /// The folder to give `--resume` and where its run stands, when the folder (or the model folder it is
     /// the `last/` checkpoint of) holds a resumable checkpoint.
+    #[serde(serialize_with = "resumable_json")]
     pub resumable: Option<(PathBuf, Position)>,
 }
 
@@ -69,4 +70,10 @@ pub fn info() -> Info {
         cpu_bf16: native_bf16(tch::Device::Cpu),
         cuda_capability: tch::Cuda::is_available().then(|| cuda_capability_major(0)).flatten(),
     }
+}
+
+/// [`ModelSummary::resumable`] in JSON: `{"dir": …, "position": …}`, or null.
+fn resumable_json<S: serde::Serializer>(r: &Option<(PathBuf, Position)>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    r.as_ref().map(|(dir, position)| serde_json::json!({ "dir": dir, "position": position })).serialize(s)
 }

@@ -1148,3 +1148,27 @@ fn choices_are_taken_in_any_case() {
     let r = env.run(&["predict", "--model", "runs/m", "--prefix", "分开", "--unknown", "SKIP", "--device", "Cpu"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+#[test]
+fn info_speaks_json_too() {
+    let env = Env::new();
+    assert_eq!(env.train(&["--out", "runs/m", "--epochs", "2"]).code, 0);
+    let r = env.run(&["info", "--model", "runs/m", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    // The textbook RNN of 32 units over one-hot input, worked out by hand: W_xh [V, H], W_hh [H, H], b_h [H],
+    // W_hq [H, V], b_q [V].
+    let (vocab, h) = (v["file"]["vocab"].as_str().unwrap().chars().count() as u64, 32);
+    assert_eq!(v["parameters"], vocab * h + h * h + h + h * vocab + vocab);
+    assert_eq!(
+        (&v["dir"], &v["file"]["epoch"], &v["file"]["model"]["cell"]),
+        (&"runs/m".into(), &2.into(), &"rnn".into())
+    );
+    let last = env.run(&["info", "--model", "runs/m/last", "--json"]);
+    let last: serde_json::Value = serde_json::from_str(last.stdout.trim()).unwrap();
+    assert_eq!((&last["resumable"]["dir"], &last["resumable"]["position"]["epoch"]), (&"runs/m".into(), &2.into()));
+    assert_eq!(v["resumable"], last["resumable"], "the run's folder and its last/ say the same");
+    let system: serde_json::Value = serde_json::from_str(env.run(&["info", "--json"]).stdout.trim()).unwrap();
+    assert_eq!(system["charrnn"], env!("CARGO_PKG_VERSION"));
+    assert!(system["cpu_threads"].as_i64().unwrap() >= 1 && system["cuda"]["devices"].is_u64(), "{system}");
+}

@@ -113,11 +113,13 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
 
 pub fn info(args: InfoArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    match args.model {
-        Some(dir) => render::model_summary(&mut out, &charrnn::model_summary(Some(&dir))?)?,
-        None => render::system_info(&mut out, &charrnn::info())?,
-    }
-    Ok(())
+    let json = match (args.model, args.json) {
+        (Some(dir), false) => return Ok(render::model_summary(&mut out, &charrnn::model_summary(Some(&dir))?)?),
+        (None, false) => return Ok(render::system_info(&mut out, &charrnn::info())?),
+        (Some(dir), true) => serde_json::to_string(&charrnn::model_summary(Some(&dir))?)?,
+        (None, true) => serde_json::to_string(&charrnn::info())?,
+    };
+    Ok(writeln!(out, "{json}")?)
 }
 
 pub fn prepare(args: PrepareArgs) -> anyhow::Result<()> {

@@ -33,6 +33,10 @@ pub struct InfoArgs {
     /// Summarise this model folder instead (cell, sizes, parameters, vocabulary, epochs, perplexities, corpus).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// Print one JSON object instead of text (with --model: the folder, everything model.json says, the
+    /// parameter count and where a resumable run stands).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
