@@ -48,6 +48,10 @@ pub struct ResumeJob {
     pub prefixes: Vec<String>,
     /// A new report period; `None` keeps the run's.
     pub pred_period: Option<usize>,
+    /// Evaluate every N minibatches inside an epoch from here on; `None` keeps the run's.
+    pub eval_every: Option<usize>,
+    /// A new cap on the held-out characters each evaluation scores; `None` keeps the run's.
+    pub val_chars: Option<usize>,
 }
 
 impl ResumeJob {
@@ -63,6 +67,8 @@ impl ResumeJob {
             t.prefixes = self.prefixes.iter().map(|p| options.read_text(p)).collect();
         }
         t.pred_period = self.pred_period.unwrap_or(t.pred_period);
+        t.eval_every = self.eval_every.or(t.eval_every);
+        t.val_chars = self.val_chars.or(t.val_chars);
         t
     }
 }

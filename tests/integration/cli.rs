@@ -1172,3 +1172,23 @@ fn info_speaks_json_too() {
     assert_eq!(system["charrnn"], env!("CARGO_PKG_VERSION"));
     assert!(system["cpu_threads"].as_i64().unwrap() >= 1 && system["cuda"]["devices"].is_u64(), "{system}");
 }
+
+#[test]
+fn a_limit_that_ends_before_the_first_report_is_noted_and_resume_takes_eval_every() {
+    // Issue 26: a --time-limit inside epoch 1 stopped with no report, no held-out score and no word of it.
+    let env = Env::new();
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/yuanqu.txt");
+    let corpus = corpus.to_str().unwrap();
+    // The textbook model on the whole bundled corpus: epochs of hundreds of minibatches, far longer than 7 s.
+    let r = env.run(&["train", "--corpus", corpus, "--time-limit", "7s", "--out", "runs/m"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("note: at this speed --time-limit ends the run in epoch 1 after about"), "{}", r.stderr);
+    assert!(r.stderr.contains("stopped by --time-limit 7s at epoch 1"), "{}", r.stderr);
+    // Resumed with --eval-every (refused on --resume before): reports inside the epoch.
+    let r = env.run(&["train", "--resume", "runs/m", "--eval-every", "5", "--val-chars", "2000", "--max-iters", "200"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.lines().any(|l| l.starts_with("iter ") && l.contains("val perplexity")), "{}", r.stdout);
+    let last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("runs/m/last/model.json")).unwrap()).unwrap();
+    assert_eq!((&last["train"]["eval_every"], &last["train"]["val_chars"]), (&5.into(), &2000.into()));
+}

@@ -32,7 +32,7 @@ pub struct Reporter {
     last_plain: Instant,
     /// For the long-run note: epochs between reports, and whether the run has a limit or in-epoch
     /// reports already (then no note); `None` once the note is settled.
-    long_run: Option<(usize, bool)>,
+    long_run: Option<(usize, Limits)>,
     /// When this process trained its first minibatch, and the run's position then.
     first_minibatch: Option<(Instant, u64)>,
 }
@@ -68,7 +68,7 @@ impl Reporter {
     /// Once, after 5 seconds of training: a note when the run will take hours and its first report is far
     /// away (the textbook's 250 epochs with a report every 50 suit 10,000 characters, not a novel).
     fn note_long_run(&mut self, p: &Progress<'_>, position: u64) {
-        let Some((pred_period, bounded)) = self.long_run else { return };
+        let Some((pred_period, limits)) = self.long_run else { return };
         let (start, from) = *self.first_minibatch.get_or_insert((Instant::now(), position));
         let secs = start.elapsed().as_secs_f64();
         if secs < 5.0 || position <= from {
@@ -76,6 +76,13 @@ impl Reporter {
         }
         self.long_run = None;
         let per_minibatch = secs / (position - from) as f64;
+        if let Some(text) = limits.note_before_report(p, position, per_minibatch, secs) {
+            return match &self.bar {
+                Some(bar) => bar.suspend(|| say!("{text}")),
+                None => say!("{text}"),
+            };
+        }
+        let bounded = limits.time_limit.is_some() || limits.max_iters.is_some() || limits.eval_every.is_some();
         let total = (p.epochs * p.minibatches) as u64;
         let report_epoch = (p.epoch.div_ceil(pred_period) * pred_period).min(p.epochs);
         let to_report = (report_epoch * p.minibatches) as u64 - position.min((report_epoch * p.minibatches) as u64);
@@ -149,6 +156,42 @@ impl Reporter {
     }
 }
 
+/// What bounds a run, for the note that it ends before its first report.
+#[derive(Clone, Copy)]
+struct Limits {
+    time_limit: Option<Duration>,
+    max_iters: Option<u64>,
+    eval_every: Option<usize>,
+}
+
+impl Limits {
+    /// A note when, at `per_minibatch` seconds a minibatch (`secs` since the first this process trained, at
+    /// minibatch `position` of the run), `--time-limit` or `--max-iters` ends the run before its next report:
+    /// the epoch's end (its perplexity, held-out score, chart point and samples), or the next `--eval-every`
+    /// point.
+    fn note_before_report(&self, p: &Progress<'_>, position: u64, per_minibatch: f64, secs: f64) -> Option<String> {
+        let by_time = self.time_limit.map(|t| position + ((t.as_secs_f64() - secs).max(0.0) / per_minibatch) as u64);
+        let (end, flag) = match (by_time, self.max_iters) {
+            (Some(t), Some(n)) if n < t => (n, "--max-iters"),
+            (Some(t), _) => (t, "--time-limit"),
+            (None, Some(n)) => (n, "--max-iters"),
+            (None, None) => return None,
+        };
+        let per_epoch = p.minibatches as u64;
+        let epoch_end = position.div_ceil(per_epoch).max(1) * per_epoch;
+        let next = self.eval_every.map_or(epoch_end, |n| epoch_end.min(position.div_ceil(n as u64).max(1) * n as u64));
+        if end >= next || end >= (p.epochs as u64) * per_epoch {
+            return None;
+        }
+        let (e, m) = (end / per_epoch + 1, end % per_epoch);
+        Some(format!(
+            "note: at this speed {flag} ends the run in epoch {e} after about {m} of its {per_epoch} minibatches, before its next report \
+             (the epoch's perplexity, held-out score, chart and samples come at its end); --eval-every N reports every N minibatches, \
+             or give the run more time; `charrnn train --resume` can continue it"
+        ))
+    }
+}
+
 /// A duration in seconds as "2h 48m" or "35m".
 fn hours_minutes(secs: f64) -> String {
     let minutes = (secs / 60.0).round() as u64;
@@ -206,8 +249,8 @@ impl TrainObserver for Reporter {
     fn begin(&mut self, info: &RunInfo) {
         self.chars_per_batch = info.config.batch_size * info.config.steps;
         let c = &info.config;
-        let bounded = c.time_limit.is_some() || c.max_iters.is_some() || c.eval_every.is_some();
-        self.long_run = (!self.quiet).then_some((c.pred_period.max(1), bounded));
+        let limits = Limits { time_limit: c.time_limit, max_iters: c.max_iters, eval_every: c.eval_every };
+        self.long_run = (!self.quiet).then_some((c.pred_period.max(1), limits));
         if !self.quiet {
             let notes: String = info.notes.iter().map(|n| format!("\nnote: {n}")).collect();
             let text = format!("{}{notes}", describe_run(info));

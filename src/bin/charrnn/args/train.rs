@@ -23,8 +23,8 @@ pub struct TrainArgs {
     pub corpus: Vec<PathBuf>,
     /// Continue the run saved in this model folder exactly where it stopped, with its settings; only
     /// --epochs (the new total), --checkpoint-every, --max-iters, --time-limit, --lr, --lr-decay,
-    /// --lr-decay-every, --prefix, --pred-period, --corpus, --device, --threads, --quiet and --verbose may
-    /// be given with it.
+    /// --lr-decay-every, --prefix, --pred-period, --eval-every, --val-chars, --corpus, --device, --threads,
+    /// --quiet and --verbose may be given with it.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     #[arg(long, value_name = "N", help = epochs_help())]
@@ -77,6 +77,14 @@ pub struct AdjustableArgs {
     pub prefixes: Vec<String>,
     #[arg(long, value_name = "N", help = format!("Epochs between reports [default: {}]", textbook().pred_period))]
     pub pred_period: Option<usize>,
+    /// Also every N minibatches inside an epoch: score the held-out text, print a report line (iter,
+    /// epoch fraction, perplexity since the last one, val perplexity, time) and keep the best model.
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
+    /// Score at most N held-out characters per evaluation, in pieces spread over the held-out part (keeps
+    /// validation cheap on a big corpus) [default: all of it].
+    #[arg(long, value_name = "N")]
+    pub val_chars: Option<usize>,
 }
 
 /// `--backend`: how the recurrence is computed, or `auto` to choose by cell and device
@@ -159,14 +167,6 @@ pub struct NewRunArgs {
     pub keep_newlines: bool,
     #[arg(long, value_name = "F", allow_negative_numbers = true, help = val_frac_help())]
     pub val_frac: Option<f64>,
-    /// Also every N minibatches inside an epoch: score the held-out text, print a report line (iter,
-    /// epoch fraction, perplexity since the last one, val perplexity, time) and keep the best model.
-    #[arg(long, value_name = "N")]
-    pub eval_every: Option<usize>,
-    /// Score at most N held-out characters per evaluation, in pieces spread over the held-out part (keeps
-    /// validation cheap on a big corpus) [default: all of it].
-    #[arg(long, value_name = "N")]
-    pub val_chars: Option<usize>,
     /// When the loss or gradient norm stops being finite: stop (keeping the last checkpoint), or rollback
     /// (go back to the last good epoch with a lower learning rate and carry on).
     #[arg(long, value_enum, default_value_t = textbook().on_diverge.into())]
@@ -267,6 +267,8 @@ impl TrainArgs {
                 lr_decay_every: a.lr_decay_every,
                 prefixes: a.prefixes,
                 pred_period: a.pred_period,
+                eval_every: a.eval_every,
+                val_chars: a.val_chars,
                 dir,
                 epochs,
                 checkpoint_every,
@@ -321,8 +323,8 @@ impl TrainArgs {
                 checkpoint_every: self.checkpoint_every,
                 max_iters: self.max_iters,
                 time_limit: self.time_limit,
-                eval_every: n.eval_every,
-                val_chars: n.val_chars,
+                eval_every: self.adjust.eval_every,
+                val_chars: self.adjust.val_chars,
                 on_diverge: n.on_diverge.into(),
                 rollback_lr_factor: n.rollback_lr_factor,
                 max_rollbacks: n.max_rollbacks,
