@@ -1179,13 +1179,19 @@ fn a_limit_that_ends_before_the_first_report_is_noted_and_resume_takes_eval_ever
     let env = Env::new();
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/yuanqu.txt");
     let corpus = corpus.to_str().unwrap();
-    // The textbook model on the whole bundled corpus: epochs of hundreds of minibatches, far longer than 7 s.
-    let r = env.run(&["train", "--corpus", corpus, "--time-limit", "7s", "--out", "runs/m"]);
+    // The textbook model, twice as wide, on the whole bundled corpus: an epoch of 276 minibatches takes about
+    // 40 s on a 2-core machine, far longer than 7 s (a note comes after 5 s of training).
+    let r = env.run(&["train", "--corpus", corpus, "--hidden", "512", "--time-limit", "7s", "--out", "runs/m"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("note: at this speed --time-limit ends the run in epoch 1 after about"), "{}", r.stderr);
     assert!(r.stderr.contains("stopped by --time-limit 7s at epoch 1"), "{}", r.stderr);
     // Resumed with --eval-every (refused on --resume before): reports inside the epoch.
-    let r = env.run(&["train", "--resume", "runs/m", "--eval-every", "5", "--val-chars", "2000", "--max-iters", "200"]);
+    let stopped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("runs/m/last/model.json")).unwrap()).unwrap();
+    let at = stopped["resume"]["position"]["batch"].as_u64().unwrap();
+    let limit = (at + 12).to_string();
+    let r =
+        env.run(&["train", "--resume", "runs/m", "--eval-every", "5", "--val-chars", "2000", "--max-iters", &limit]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.lines().any(|l| l.starts_with("iter ") && l.contains("val perplexity")), "{}", r.stdout);
     let last: serde_json::Value =
