@@ -1198,3 +1198,34 @@ fn a_limit_that_ends_before_the_first_report_is_noted_and_resume_takes_eval_ever
         serde_json::from_slice(&std::fs::read(env.path("runs/m/last/model.json")).unwrap()).unwrap();
     assert_eq!((&last["train"]["eval_every"], &last["train"]["val_chars"]), (&5.into(), &2000.into()));
 }
+
+#[test]
+fn eval_scores_the_held_out_part_as_validation_did() {
+    // Issue 26: scoring only the held-out part took cutting the file by hand, and eval did not say that it
+    // scores the training part too.
+    let env = Env::new();
+    assert_eq!(env.train(&["--val-frac", "0.2", "--out", "runs/m"]).code, 0);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("runs/m/model.json")).unwrap()).unwrap();
+    let validation = &json["validation"];
+    let r = env.run(&["eval", "--model", "runs/m", "--held-out", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!((&v["chars"], &v["held_out"]), (&validation["chars"], &true.into()));
+    let (ours, kept) = (v["perplexity"].as_f64().unwrap(), validation["perplexity"].as_f64().unwrap());
+    assert!((ours - kept).abs() <= 1e-9 * kept, "eval --held-out {ours}, the run's validation {kept}");
+    // The whole corpus scores otherwise, and says so.
+    let whole = env.run(&["eval", "--model", "runs/m", "--json"]);
+    let w: serde_json::Value = serde_json::from_str(whole.stdout.trim()).unwrap();
+    assert_ne!(w["perplexity"], v["perplexity"]);
+    assert!(
+        whole.stderr.contains("the whole training corpus") && whole.stderr.contains("--held-out"),
+        "{}",
+        whole.stderr
+    );
+    // Nothing held out, nothing to score; and the flag takes the run's own split only.
+    assert_eq!(env.train(&["--val-frac", "0", "--out", "runs/all", "--epochs", "1"]).code, 0);
+    env.fails(&["eval", "--model", "runs/all", "--held-out"], "trained without held-out text");
+    let r = env.run(&["eval", "--model", "runs/m", "--held-out", "--corpus", "lyrics.txt"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}

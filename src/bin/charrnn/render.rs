@@ -465,7 +465,8 @@ pub fn eval_report(out: &mut impl Write, r: &EvalReport, json: bool) -> std::io:
     if json {
         return writeln!(out, "{}", serde_json::to_string(r).expect("the report serialises"));
     }
-    writeln!(out, "corpus {} ({} characters, read in windows of {})", r.corpus.display(), r.chars, r.context)?;
+    let part = if r.held_out { ", its held-out part" } else { "" };
+    writeln!(out, "corpus {}{part} ({} characters, read in windows of {})", r.corpus.display(), r.chars, r.context)?;
     writeln!(out, "perplexity {:.6}", r.perplexity)?;
     writeln!(out, "cross-entropy {:.6} nats/char", r.evaluation.cross_entropy)?;
     writeln!(out, "bits per character {:.6}", r.bits_per_char)

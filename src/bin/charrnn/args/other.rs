@@ -89,6 +89,10 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Score only the held-out part of the training corpus (the text the model did not train on, split as
+    /// the run split it): the run's validation perplexity of this model.
+    #[arg(long, conflicts_with_all = ["corpus", "limit_chars"])]
+    pub held_out: bool,
     /// Characters the model does not know: error (name them) or skip (leave them out, the text around them
     /// joined, and say how many).
     #[arg(long, value_enum, default_value_t = UnknownArg::from(charrnn::UnknownChars::default()))]
@@ -108,6 +112,7 @@ impl EvalArgs {
             threads: self.device.threads,
             stream: self.stream,
             unknown: self.unknown.into(),
+            held_out: self.held_out,
         }
     }
 }
