@@ -137,5 +137,5 @@ fn prepare(job: &ResumeJob) -> Result<(Fit, TrainState)> {
     template.stretches.push(Stretch::here(p.epoch, p.minibatch));
     let saved = Some(p.epoch);
     let (out, model, vocab) = (job.dir.clone(), loaded.model, loaded.vocab);
-    Ok((Fit { out, model, vocab, corpus, template, saved, notes, _lock: lock }, state))
+    Ok((Fit { out, model, vocab, corpus, template, saved, notes, _lock: lock, record: true }, state))
 }

@@ -41,6 +41,9 @@ pub struct TrainJob {
     /// Replace what `out` holds (at the first checkpoint; until then the old model stays); without it a
     /// folder that holds anything is refused.
     pub force: bool,
+    /// Leave `runs/last-model` alone: the run does not become the model that `predict`, `eval` and `serve`
+    /// take without `--model` (a folder outside `runs/` never does).
+    pub no_record: bool,
     /// Start from this trained model folder instead of fresh weights: its architecture (cell, sizes,
     /// initialisation; `config.arch`'s dropout and backend are this run's), its weights and its
     /// vocabulary, followed by the corpus's new characters ([`Vocabulary::extended`]), whose rows start as
@@ -116,7 +119,8 @@ fn prepare(job: &TrainJob) -> Result<Fit> {
     // What the checkpointer writes of the run, then training.
     let corpus = CorpusInfo::record(&job.corpus, data.header.options, data.corpus.tokens().len(), data.header.hash);
     let template = ModelFile::for_run(&data.vocab, model.config(), config, corpus, device_name(device), init_from);
-    Ok(Fit { out, model, vocab: data.vocab, corpus: data.corpus, template, saved: None, notes, _lock: lock })
+    let record = !job.no_record;
+    Ok(Fit { out, model, vocab: data.vocab, corpus: data.corpus, template, saved: None, notes, _lock: lock, record })
 }
 
 /// A new run's text in the vocabulary it trains in: the corpus's own, or a source model's extended by the
@@ -240,6 +244,8 @@ pub(crate) struct Fit {
     pub(crate) notes: Vec<String>,
     /// The model folder, held for this run (by rank 0 alone when several processes train together).
     pub(crate) _lock: Option<FolderLock>,
+    /// Whether the folder becomes `runs/last-model` (when it lies in `runs/`).
+    pub(crate) record: bool,
 }
 
 /// Trains `run` (from `resume`, when it continues a saved run) through its checkpointer, and says where the
@@ -262,7 +268,8 @@ pub(crate) fn fit(mut run: Fit, resume: Option<&TrainState>, observer: &mut dyn 
     // What training checks before its first step, agreed on by every rank (alone, training checks it again).
     together::agree(check_run(&run.model, &run.vocab, train_ids, &config))?;
     let (result, saved, recorded) = if world().is_root() {
-        let mut checkpointer = Checkpointer::new(&run.out, &run.template, n_val, run.saved, &run.notes, observer);
+        let mut checkpointer =
+            Checkpointer::new(&run.out, &run.template, n_val, run.saved, &run.notes, observer).recording(run.record);
         let result = train(&run.model, &run.vocab, train_ids, val_ids, &config, resume, &mut checkpointer);
         (result, checkpointer.saved(), checkpointer.recorded())
     } else {

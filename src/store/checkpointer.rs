@@ -29,6 +29,8 @@ pub(crate) struct Checkpointer<'a> {
     best_saved: Option<usize>,
     /// Whether `out` is recorded as the last model.
     recorded: bool,
+    /// Whether to record it (see [`Checkpointer::recording`]).
+    record: bool,
     /// Lines for `metrics.jsonl` of epochs not yet checkpointed.
     pending_metrics: Vec<String>,
     /// Notes for [`RunInfo::notes`].
@@ -56,9 +58,15 @@ impl<'a> Checkpointer<'a> {
             saved,
             best_saved: None,
             recorded: false,
+            record: true,
             pending_metrics: Vec::new(),
             notes,
         }
+    }
+
+    /// With `false`, leaves `runs/last-model` alone (`train --no-record`): a throwaway run.
+    pub(crate) fn recording(self, record: bool) -> Self {
+        Checkpointer { record, ..self }
     }
 
     /// Epochs of the last complete checkpoint, if there is one.
@@ -168,7 +176,7 @@ impl TrainObserver for Checkpointer<'_> {
         save_parts(&self.out.join(LAST_DIR), &params, file, Some(state))?;
         self.saved = Some(p.epoch);
         if !self.recorded {
-            self.recorded = record_last_model(self.out).is_ok();
+            self.recorded = !self.record || record_last_model(self.out).is_ok();
         }
         Ok(())
     }

@@ -41,12 +41,12 @@ pub fn resolve_model_dir(given: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// Records `dir` as the last model trained from this working directory, in `runs/last-model`, when `dir` is
-/// inside the working directory; a model folder elsewhere (`--out /elsewhere/m`) leaves the working
-/// directory untouched, and is named with `--model`.
+/// inside its `runs/` folder (where `train` puts models by default); a model folder elsewhere (`--out
+/// scratch`, `--out /elsewhere/m`) leaves the record alone, and is named with `--model`.
 pub fn record_last_model(dir: &Path) -> Result<()> {
     let abs = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
     let here = std::env::current_dir().and_then(std::fs::canonicalize).map_err(|e| Error::io(".", e))?;
-    if !abs.starts_with(&here) {
+    if !abs.starts_with(here.join(RUNS_DIR)) {
         return Ok(());
     }
     let runs = Path::new(RUNS_DIR);

@@ -58,7 +58,33 @@ pub fn read_model_file(dir: &Path) -> Result<ModelFile> {
 }
 
 /// Loads the model in folder `dir` onto `device`, checking that every file is whole and consistent.
+///
+/// A training run may save a new checkpoint into the folder meanwhile: it writes the new weights file, then
+/// `model.json`, then removes the old weights. A read that finds its weights gone or changed, while
+/// `model.json` now names other weights, reads the folder again (a few times at most).
 pub fn load(dir: &Path, device: Device) -> Result<LoadedModel> {
+    let mut tries = 0;
+    loop {
+        let result = load_once(dir, device);
+        let named = |r: &Result<LoadedModel>| match r {
+            Ok(_) => None,
+            Err(_) => read_model_file(dir).ok().map(|f| f.weights),
+        };
+        match (&result, named(&result)) {
+            (Err(Error::BadModel { path, .. }), Some(now))
+                if tries < 3
+                    && path.file_name().is_some_and(|n| n.to_string_lossy() != now)
+                    && path != &dir.join(MODEL_JSON) =>
+            {
+                tries += 1;
+            }
+            _ => return result,
+        }
+    }
+}
+
+/// One reading of [`load`].
+fn load_once(dir: &Path, device: Device) -> Result<LoadedModel> {
     let file = read_model_file(dir)?;
     let json = dir.join(MODEL_JSON);
     let vocab = Vocabulary::from_chars(file.vocab.chars().collect()).map_err(|r| Error::bad_model(&json, r))?;

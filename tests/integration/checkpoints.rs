@@ -575,3 +575,20 @@ fn rollback_goes_back_to_the_last_good_state_and_is_bounded() {
     );
     assert_eq!(env.run(&["train", "--resume", "w", "--on-diverge", "stop"]).code, 2, "a run keeps its own policy");
 }
+
+#[test]
+fn a_model_read_while_its_run_saves_checkpoints_loads() {
+    // A run saving a checkpoint every epoch (many a second here) writes new weights, then model.json, then
+    // removes the old weights: a reader between the two reads used to find its weights gone (9 of 150
+    // predicts failed so on a 2-core machine).
+    let env = Env::new();
+    let args = ["train", "--corpus", "lyrics.txt", "--hidden", "32", "--steps", "5", "--batch", "2"];
+    let child = spawn(&env, &[&args[..], &["--epochs", "100000", "--checkpoint-every", "1", "--out", "m"]].concat());
+    wait_for(&env.path("m/model.json"), Duration::from_secs(30));
+    for i in 0..60 {
+        let p = env.run(&["predict", "--model", "m", "--prefix", "分开", "--num-chars", "3"]);
+        assert_eq!(p.code, 0, "read {i}: {}", p.stderr);
+    }
+    signal(&child, "KILL");
+    finish(child);
+}

@@ -1229,3 +1229,22 @@ fn eval_scores_the_held_out_part_as_validation_did() {
     let r = env.run(&["eval", "--model", "runs/m", "--held-out", "--corpus", "lyrics.txt"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
+
+#[test]
+fn throwaway_runs_leave_the_last_model_alone() {
+    // Issue 26: runs/last-model followed every run, so a bare `predict` picked up a 1-epoch test model.
+    let env = Env::new();
+    let last = || std::fs::read_to_string(env.path("runs/last-model")).unwrap().trim_end().to_string();
+    assert_eq!(env.train(&["--out", "runs/kept", "--epochs", "2"]).code, 0);
+    assert!(last().ends_with("runs/kept"), "{}", last());
+    // A folder outside runs/ (inside the working folder), and one inside it with --no-record.
+    assert_eq!(env.train(&["--out", "scratch/try", "--epochs", "1"]).code, 0);
+    assert_eq!(env.train(&["--out", "runs/try", "--epochs", "1", "--no-record"]).code, 0);
+    assert!(last().ends_with("runs/kept"), "{}", last());
+    let bare = env.run(&["info", "--json"]);
+    assert_eq!(bare.code, 0);
+    let e: serde_json::Value = serde_json::from_str(env.run(&["eval", "--json"]).stdout.trim()).unwrap();
+    let kept: serde_json::Value =
+        serde_json::from_str(env.run(&["eval", "--model", "runs/kept", "--json"]).stdout.trim()).unwrap();
+    assert_eq!(e["perplexity"], kept["perplexity"], "a bare eval scores the kept model");
+}

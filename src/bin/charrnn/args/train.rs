@@ -123,6 +123,10 @@ pub struct NewRunArgs {
     /// only files that charrnn wrote are removed.
     #[arg(long)]
     pub force: bool,
+    /// A throwaway run: leave runs/last-model (the model predict, eval and serve take without --model) as it
+    /// is. A run whose --out lies outside runs/ never moves it.
+    #[arg(long)]
+    pub no_record: bool,
     /// Start from this trained model folder: its architecture, weights and vocabulary, followed by the
     /// corpus's new characters (in ascending order, initialised as a fresh model's); a fresh optimizer, and
     /// this run's other settings. --out may be the same folder.
@@ -287,6 +291,7 @@ impl TrainArgs {
             corpus_options: CorpusOptions { keep_newlines: n.keep_newlines, limit_chars: n.limit_chars },
             out: n.out,
             force: n.force,
+            no_record: n.no_record,
             init_from: n.init_from,
             device,
             threads,
