@@ -402,7 +402,11 @@ fn bad_requests_get_a_4xx_naming_the_field_and_the_server_keeps_serving() {
         let json = answer.json();
         assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}: {json}");
         assert_eq!(json["field"].as_str(), field, "{body}: {json}");
+        // In the user's words, not serde's ("invalid type: string, expected usize").
+        assert!(!json["error"].as_str().unwrap().contains("expected"), "{body}: {json}");
     }
+    let wrong = post(a, r#"{"prefix": "分开", "num_chars": "ten"}"#).json();
+    assert_eq!(wrong["error"], r#"num_chars must be a whole number, 0 or more, not "ten""#);
     // A body over the limit (64 KiB): 413, in JSON too.
     let big = format!(r#"{{"prefix": "{}"}}"#, "分".repeat(30_000));
     let answer = post(a, &big);

@@ -79,6 +79,16 @@ pub(super) fn answer(samples: &[Generated], batch: usize, interrupted: bool) -> 
 }
 
 /// An optional field of `map` as a `T`; a value of the wrong type is an error naming the field.
+/// What field `name` of a request holds, in words.
+fn expected(name: &str) -> &'static str {
+    match name {
+        "prefix" | "stop" => "a string",
+        "temperature" | "top_p" => "a number",
+        "probs" | "stream" => "true or false",
+        _ => "a whole number, 0 or more",
+    }
+}
+
 fn field<T: serde::de::DeserializeOwned>(
     map: &Map<String, Value>,
     name: &str,
@@ -86,7 +96,7 @@ fn field<T: serde::de::DeserializeOwned>(
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => {
-            serde_json::from_value(v.clone()).map(Some).map_err(|e| ApiError::field(name, format!("{name}: {e}")))
+            serde_json::from_value(v.clone()).map(Some).map_err(|_| ApiError::field(name, format!("{name} must be {}, not {v}", expected(name))))
         }
     }
 }

@@ -70,7 +70,8 @@ Ctrl-C (or SIGTERM) stops accepting connections and lets running requests finish
     #[cfg(feature = "serve")]
     Serve(ServeArgs),
     /// Prepare a corpus: read text files once and write their characters as a token file, which train and
-    /// eval memory-map (they prepare and cache one themselves on first use; this makes one explicitly).
+    /// eval read piece by piece as they need it (they prepare and cache one themselves on first use; this
+    /// makes one explicitly).
     #[command(after_help = "Examples:
   charrnn prepare data/yuanqu.txt --out yuanqu.tokens
   charrnn prepare part1.txt part2.txt --keep-newlines --out book.tokens
