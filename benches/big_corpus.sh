@@ -44,7 +44,7 @@ echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; charrnn: $("
 echo "| corpus | size | first run (prepares): wall, peak RSS | second run (cached): wall, peak RSS | prepare alone: wall, peak RSS |"
 echo "|---|---:|---:|---:|---:|"
 for mb in $sizes; do
-    make_corpus ../shared/data/tinyshakespeare.txt "$mb" "$work/english.txt"
+    make_corpus data/tinyshakespeare.txt "$mb" "$work/english.txt"
     row "tiny Shakespeare repeated" "$work/english.txt"
     rm -f "$work/english.txt"
 done

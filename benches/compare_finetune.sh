@@ -8,7 +8,7 @@
 # character new). Usage: bash benches/compare_finetune.sh [SHAKESPEARE_TXT]   (EPOCHS=N, default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shakespeare=${1:-../shared/data/tinyshakespeare.txt}
+shakespeare=${1:-data/tinyshakespeare.txt}
 epochs=${EPOCHS:-10}
 # shellcheck source=benches/common.sh
 source benches/common.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16: gated cells on a realistic setup against PyTorch's own modules, same settings, same run: GRU and
 # LSTM, 1 layer of 256 over an embedding of 64, Adam lr 0.002, clipping at 1, T 64, B 32, random sampling,
-# one epoch of tiny Shakespeare (../shared/data/tinyshakespeare.txt) with the last 10% held out; charrnn
+# one epoch of tiny Shakespeare (data/tinyshakespeare.txt) with the last 10% held out; charrnn
 # (written-out backward pass) against benches/reference_cells.py (nn.Embedding, nn.GRU / nn.LSTM,
 # nn.Linear, torch.optim.Adam, clip_grad_norm_). Both time the epoch's minibatches the same way (loss read
 # back once, perf_counter / charrnn's --verbose rate); wall time and peak RSS are the whole process's.
@@ -10,10 +10,10 @@
 # ROUNDS rounds, medians. The share of the CPU's peak: the model's arithmetic per character (forward
 # 2 (D kH + H kH + H V), three times that with the backward pass) times the characters per second, against
 # the float32 matrix-product peak that benches/matmul_peak.py measures on the same machine first.
-# Usage: bash benches/compare_gated.sh   (ROUNDS=3, CORPUS=../shared/data/tinyshakespeare.txt)
+# Usage: bash benches/compare_gated.sh   (ROUNDS=3, CORPUS=data/tinyshakespeare.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-corpus=${CORPUS:-../shared/data/tinyshakespeare.txt}
+corpus=${CORPUS:-data/tinyshakespeare.txt}
 rounds=${ROUNDS:-3}
 threads=$(nproc)
 # shellcheck source=benches/common.sh

@@ -2,7 +2,7 @@
 # A training run timed with this build and with an earlier one (OLD, e.g. a release binary built from a
 # previous commit), alternating, ROUNDS rounds; prints each run's wall time and the medians. By default the
 # textbook workload (first 10,000 characters of the bundled corpus, defaults, 20 epochs); ARGS replaces its
-# flags (the corpus included), e.g. ARGS="--corpus ../shared/data/tinyshakespeare.txt --limit-chars 100000
+# flags (the corpus included), e.g. ARGS="--corpus data/tinyshakespeare.txt --limit-chars 100000
 # --cell gru --layers 2 --dropout 0.2 --epochs 1".
 # Usage: OLD=path/to/old/charrnn [NEW=target/release/charrnn] [ROUNDS=3] [ARGS="..."] bash benches/compare_release.sh
 set -euo pipefail

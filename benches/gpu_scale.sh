@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${CHARRNN:?set CHARRNN to the binary}
 py=${PY:-python3}
-corpus=${CORPUS:-../shared/data/tinyshakespeare.txt}
+corpus=${CORPUS:-data/tinyshakespeare.txt}
 device=${DEVICE:-cuda}
 hidden=${HIDDEN:-1024}
 layers=${LAYERS:-2}

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${CHARRNN:-./target/release/charrnn}
-corpus=${CORPUS:-../shared/data/tinyshakespeare.txt}
+corpus=${CORPUS:-data/tinyshakespeare.txt}
 device=${DEVICE:-cuda}
 limit=${LIMIT:-170s}
 py=${PY:-python3}

@@ -12,7 +12,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/charrnn-initfrom.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export CHARRNN_CACHE="$work/cache"
 : > "$work/big.txt"
-while [ "$(stat -c %s "$work/big.txt")" -lt $((size * 1000000)) ]; do cat ../shared/data/tinyshakespeare.txt >> "$work/big.txt"; done
+while [ "$(stat -c %s "$work/big.txt")" -lt $((size * 1000000)) ]; do cat data/tinyshakespeare.txt >> "$work/big.txt"; done
 "$bin" train --corpus data/yuanqu.txt --limit-chars 10000 --epochs 1 --hidden 64 --device cpu -q --out "$work/src"
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; charrnn: $bin"
 for run in first again; do

@@ -8,10 +8,10 @@
 #    (`mpirun -np $(nproc)`, each with 1 thread and its share of the batch's rows), alternated, ROUNDS
 #    rounds: characters per second as charrnn's --verbose report gives it (the epoch's minibatches only),
 #    medians. Both runs train the same model (tests/mpi.rs checks it).
-# Usage: bash benches/mpi_scaling.sh   (ROUNDS=3, CORPUS=../shared/data/tinyshakespeare.txt)
+# Usage: bash benches/mpi_scaling.sh   (ROUNDS=3, CORPUS=data/tinyshakespeare.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-corpus=${CORPUS:-../shared/data/tinyshakespeare.txt}
+corpus=${CORPUS:-data/tinyshakespeare.txt}
 rounds=${ROUNDS:-3}
 ranks=$(nproc)
 bash scripts/setup.sh --build-only >/dev/null

@@ -5,7 +5,7 @@
 # Usage: bash benches/own_text.sh [CORPUS]   (EPOCHS=N, default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-corpus=${1:-../shared/data/tinyshakespeare.txt}
+corpus=${1:-data/tinyshakespeare.txt}
 epochs=${EPOCHS:-5}
 # shellcheck source=benches/common.sh
 source benches/common.sh

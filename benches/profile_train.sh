@@ -5,7 +5,7 @@
 # and reduction kernels, libgomp (OpenMP's fork, join and waiting), libtorch's dispatch and bookkeeping,
 # memory (malloc, page faults), the kernel otherwise, and the rest. Run it with the kernels of an AVX2-only
 # CPU as MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 bash benches/profile_train.sh.
-# ARGS="--cell gru --embed 64 --optimizer adam --clip 1 --steps 64" CORPUS=../shared/data/tinyshakespeare.txt
+# ARGS="--cell gru --embed 64 --optimizer adam --clip 1 --steps 64" CORPUS=data/tinyshakespeare.txt
 # LIMIT=200000 profiles another workload (ARGS are added to train's flags; LIMIT 0: the whole corpus).
 # Needs perf (Debian's linux-perf) and a built charrnn (make build).
 set -euo pipefail
