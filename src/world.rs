@@ -87,7 +87,7 @@ impl World {
         Err(Error::config(
             "mpirun",
             format!(
-                "this charrnn was started as one of {} processes, but it was built without MPI; build it with `cargo build --release --features mpi` (see the README, \"More than one machine\")",
+                "this charrnn was started as one of {} processes, but it was built without MPI; build it with `cargo build --release --features mpi` (see docs/more-than-one-machine.md)",
                 launch.size
             ),
         ))

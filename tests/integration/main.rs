@@ -3,6 +3,7 @@ mod beam;
 mod checkpoints;
 mod cli;
 mod conditions;
+mod docs;
 mod export;
 mod finetune;
 mod first_hour;

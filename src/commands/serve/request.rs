@@ -95,9 +95,9 @@ fn field<T: serde::de::DeserializeOwned>(
 ) -> std::result::Result<Option<T>, ApiError> {
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            serde_json::from_value(v.clone()).map(Some).map_err(|_| ApiError::field(name, format!("{name} must be {}, not {v}", expected(name))))
-        }
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|_| ApiError::field(name, format!("{name} must be {}, not {v}", expected(name)))),
     }
 }
 
