@@ -1248,3 +1248,36 @@ fn throwaway_runs_leave_the_last_model_alone() {
         serde_json::from_str(env.run(&["eval", "--model", "runs/kept", "--json"]).stdout.trim()).unwrap();
     assert_eq!(e["perplexity"], kept["perplexity"], "a bare eval scores the kept model");
 }
+
+#[test]
+fn prepare_takes_folders_as_train_does() {
+    // Issue 26: `prepare` refused a folder that `train --corpus` accepts.
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("songs/more")).unwrap();
+    env.write("songs/b.txt", LYRICS.as_bytes());
+    env.write("songs/more/c.txt", "不知不觉 我跟了这节奏\n".repeat(20).as_bytes());
+    env.write("songs/.hidden.txt", b"not read");
+    let r = env.run(&["prepare", "songs", "--out", "songs.tokens"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let args = |corpus: &str, out: &str| {
+        let mut a = env_train_args();
+        let at = a.iter().position(|x| *x == "lyrics.txt").unwrap();
+        a[at] = corpus;
+        a.extend(["--epochs", "1", "--out", out]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    for (corpus, out) in [("songs", "runs/folder"), ("songs.tokens", "runs/tokens")] {
+        let a = args(corpus, out);
+        let r = env.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(r.code, 0, "{corpus}: {}", r.stderr);
+    }
+    let corpus = |out: &str| {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(env.path(out).join("model.json")).unwrap()).unwrap();
+        (json["corpus"]["chars"].clone(), json["corpus"]["hash"].clone())
+    };
+    // The same text: the two files in sorted order, the hidden one left out.
+    let expected = LYRICS.chars().count() + "不知不觉 我跟了这节奏\n".chars().count() * 20;
+    assert_eq!(corpus("runs/tokens"), corpus("runs/folder"));
+    assert_eq!(corpus("runs/folder").0, expected);
+}

@@ -124,7 +124,9 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
 
 pub fn prepare(args: PrepareArgs) -> anyhow::Result<()> {
     args.options().validate()?;
-    let header = charrnn::prepare(&args.corpus, &args.options(), &args.out)?;
+    // Folders as train reads them: every file below, in sorted order, hidden ones skipped.
+    let files = charrnn::expand_sources(&args.corpus)?;
+    let header = charrnn::prepare(&files, &args.options(), &args.out)?;
     render::prepared(&args.out, &header);
     Ok(())
 }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct PrepareArgs {
-    /// UTF-8 text files, read in order as one text.
+    /// UTF-8 text files and folders (every file below a folder, in sorted order, hidden ones skipped, as
+    /// train reads them), read in order as one text.
     #[arg(required = true, value_name = "CORPUS")]
     pub corpus: Vec<PathBuf>,
     /// The token file to write.
