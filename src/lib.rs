@@ -65,9 +65,9 @@ pub use commands::resume::{run_resume, ResumeJob};
 pub use commands::serve::{serve, ServeJob};
 pub use commands::train::{run_train, TrainJob, TrainOutcome};
 pub use data::batches::{BatchOrder, EpochPlan};
-pub use data::corpus::{cache_dir, load_corpus, CorpusIds, Skipped};
+pub use data::corpus::{cache_dir, load_corpus, load_selected, CorpusIds, Skipped};
 pub use data::prepared::{is_token_file, prepare, Prepared, PreparedHeader, Source, TOKENS_VERSION};
-pub use data::text::{expand_sources, text_hash, CorpusOptions};
+pub use data::text::{expand_sources, select_sources, text_hash, CorpusOptions, Selection};
 pub use data::tokens::{FileTokens, Tokens};
 pub use data::vocab::Vocabulary;
 pub use device::{

@@ -90,7 +90,9 @@ pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result
         options.limit_chars = job.limit_chars;
     }
     let recorded = job.corpus.is_empty().then_some(("the training corpus", "pass --corpus FILE"));
-    let prepared = load_text(&paths, &options, recorded)?;
+    // The training corpus as the run read it; a text given here, all its folders' text files.
+    let select = if job.corpus.is_empty() { trained.select.clone() } else { Default::default() };
+    let prepared = load_text(&paths, &options, &select, recorded)?;
     let notes: Vec<String> = bom_note(&prepared.header).into_iter().collect();
     let (corpus, skipped) = match job.unknown {
         UnknownChars::Skip => CorpusIds::in_vocab_skipping(prepared, &loaded.vocab)?,

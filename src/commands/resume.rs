@@ -104,7 +104,7 @@ fn prepare(job: &ResumeJob) -> Result<(Fit, TrainState)> {
     // The same text, in the run's vocabulary.
     let recorded = job.corpus.is_empty().then_some(("the run's corpus", "if it moved, pass --corpus FILE"));
     let paths = if job.corpus.is_empty() { template.corpus.paths() } else { job.corpus.clone() };
-    let prepared = load_text(&paths, &template.corpus.options, recorded)?;
+    let prepared = load_text(&paths, &template.corpus.options, &template.corpus.select, recorded)?;
     let hash = prepared.header.hash.clone();
     if template.corpus.hash.as_deref().is_some_and(|h| h != hash)
         || prepared.header.len as usize != template.corpus.chars
@@ -117,7 +117,9 @@ fn prepare(job: &ResumeJob) -> Result<(Fit, TrainState)> {
     }
     let corpus = CorpusIds::in_vocab(prepared, &loaded.vocab)?;
     // The run's settings with this job's changes, and a note when they change the learning rate.
-    template.corpus = CorpusInfo::record(&paths, template.corpus.options, template.corpus.chars, hash);
+    let select = template.corpus.select.clone();
+    template.corpus =
+        CorpusInfo::record(&paths, template.corpus.options, template.corpus.chars, hash).selecting(select);
     template.device = device_name(device);
     let before = template.train;
     template.train = job.apply(&before, &template.corpus.options);

@@ -1,10 +1,10 @@
 //! `charrnn train`: a new run reads as four steps down the layers: load the text in its vocabulary, build
 //! or grow the model, make the checkpointer, train ([`fit`], which a resumed run shares).
-use crate::commands::load::bom_note;
+use crate::commands::load::{bom_note, not_text_note};
 use crate::commands::together;
-use crate::data::corpus::{load_corpus, CorpusIds};
+use crate::data::corpus::{load_selected, CorpusIds};
 use crate::data::prepared::PreparedHeader;
-use crate::data::text::CorpusOptions;
+use crate::data::text::{CorpusOptions, Selection};
 use crate::data::tokens::Tokens;
 use crate::data::vocab::Vocabulary;
 use crate::device::{device_name, native_bf16, set_threads, DeviceSpec};
@@ -32,6 +32,8 @@ pub struct TrainJob {
     pub corpus: Vec<PathBuf>,
     /// How to read it.
     pub corpus_options: CorpusOptions,
+    /// Which files of its folders to read (all text files when empty).
+    pub select: Selection,
     /// Model folder; `None` means `runs/<corpus file stem>`.
     pub out: Option<PathBuf>,
     /// Where to compute.
@@ -117,7 +119,8 @@ fn prepare(job: &TrainJob) -> Result<Fit> {
         }
     };
     // What the checkpointer writes of the run, then training.
-    let corpus = CorpusInfo::record(&job.corpus, data.header.options, data.corpus.tokens().len(), data.header.hash);
+    let corpus = CorpusInfo::record(&job.corpus, data.header.options, data.corpus.tokens().len(), data.header.hash)
+        .selecting(job.select.clone());
     let template = ModelFile::for_run(&data.vocab, model.config(), config, corpus, device_name(device), init_from);
     let record = !job.no_record;
     Ok(Fit { out, model, vocab: data.vocab, corpus: data.corpus, template, saved: None, notes, _lock: lock, record })
@@ -134,6 +137,8 @@ struct Data {
     header: PreparedHeader,
     /// How many of the vocabulary's characters the source model already had (with `--init-from`).
     known: Option<usize>,
+    /// The files of its folders left out because they are not text.
+    not_text: Vec<PathBuf>,
 }
 
 impl Data {
@@ -141,14 +146,14 @@ impl Data {
     fn load(job: &TrainJob, source: Option<&LoadedModel>) -> Result<Data> {
         let mut options = job.corpus_options;
         options.keep_newlines |= source.is_some_and(|src| src.file.corpus.options.keep_newlines);
-        let prepared = load_corpus(&job.corpus, &options)?;
+        let (prepared, not_text) = load_selected(&job.corpus, &options, &job.select)?;
         let header = prepared.header.clone();
         let (vocab, known) = match source {
             None => (prepared.vocab.clone(), None),
             Some(src) => (src.vocab.extended(prepared.vocab.chars().iter().copied()), Some(src.vocab.len())),
         };
         let corpus = CorpusIds::in_vocab(prepared, &vocab)?;
-        Ok(Data { vocab, corpus, header, known })
+        Ok(Data { vocab, corpus, header, known, not_text })
     }
 }
 
@@ -166,6 +171,7 @@ fn settle(job: &TrainJob, device: Device, data: &Data, source: Option<&LoadedMod
     config.prefixes = config.prefixes.iter().map(|p| data.header.options.read_text(p)).collect();
     notes.extend(newline_note(&data.header));
     notes.extend(bom_note(&data.header));
+    notes.extend(not_text_note(&data.not_text));
     if job.auto_dtype {
         let native = native_bf16(device) == Some(true);
         config.dtype = if native { Dtype::Bf16 } else { Dtype::Fp32 };

@@ -1,6 +1,6 @@
 //! A corpus loaded for a model: prepared once (and cached) from its files, then read in a given vocabulary.
 use crate::data::prepared::{is_token_file, prepare, write_remapped, Prepared, PreparedHeader, Source};
-use crate::data::text::{expand_sources, text_hash, CorpusOptions};
+use crate::data::text::{select_sources, text_hash, CorpusOptions, Selection};
 use crate::data::tokens::Tokens;
 use crate::data::vocab::Vocabulary;
 use crate::error::{Error, Result};
@@ -109,12 +109,22 @@ fn private_token_file_owner(name: &str) -> Option<u32> {
     rest.contains(".tokens").then(|| pid.parse().ok())?
 }
 
-/// The prepared form of the text in `paths` (files and folders, see [`expand_sources`]) read with
+/// The prepared form of the text in `paths` (files and folders, see [`crate::expand_sources`]) read with
 /// `options`, or of a token file given alone (whose own reading options then apply; `options` must leave
 /// them alone). A text is prepared once into [`cache_dir`] and reused while its sources are unchanged (the
 /// same files, each of the same size and modification time, read with the same options); when the cache
 /// cannot be written, it is prepared into a temporary file, removed once open.
 pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepared> {
+    Ok(load_selected(paths, options, &Selection::default())?.0)
+}
+
+/// [`load_corpus`] with a folder's files chosen by `selection` (see [`select_sources`]); also the files
+/// left out because they are not text.
+pub fn load_selected(
+    paths: &[PathBuf],
+    options: &CorpusOptions,
+    selection: &Selection,
+) -> Result<(Prepared, Vec<PathBuf>)> {
     if let [path] = paths {
         if is_token_file(path) {
             let prepared = Prepared::open(path)?;
@@ -122,13 +132,13 @@ pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepare
                 let reason = "a prepared corpus keeps the newline and length settings it was prepared with; drop --keep-newlines and --limit-chars, or give the text file";
                 return Err(Error::config("--corpus", reason));
             }
-            return Ok(prepared);
+            return Ok((prepared, Vec::new()));
         }
     }
     if paths.is_empty() {
         return Err(Error::config("--corpus", "give at least one file or folder"));
     }
-    let files = expand_sources(paths)?;
+    let (files, not_text) = select_sources(paths, selection)?;
     if let Some(token_file) = files.iter().find(|f| is_token_file(f)) {
         let reason = format!("{} is a prepared corpus, which can only be given alone", token_file.display());
         return Err(Error::config("--corpus", reason));
@@ -148,12 +158,12 @@ pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepare
     let usable = |h: PreparedHeader| h.sources == sources && h.options == *options && h.checksum.is_some();
     if Prepared::header_of(&cached).is_ok_and(usable) {
         if let Ok(prepared) = Prepared::open(&cached) {
-            return Ok(prepared);
+            return Ok((prepared, not_text));
         }
     }
     if std::fs::create_dir_all(&dir).is_ok() {
         match prepare(&files, options, &cached) {
-            Ok(header) if header.sources == sources => return Prepared::open(&cached),
+            Ok(header) if header.sources == sources => return Ok((Prepared::open(&cached)?, not_text)),
             Ok(_) => {}
             // The cache could not be written: prepare privately below.
             Err(Error::Io { path: failed, .. }) if !files.contains(&failed) => {}
@@ -164,5 +174,5 @@ pub fn load_corpus(paths: &[PathBuf], options: &CorpusOptions) -> Result<Prepare
     let tmp = std::env::temp_dir().join(format!("{PRIVATE}{}-{}.tokens", std::process::id(), &key[8..]));
     let result = prepare(&files, options, &tmp).and_then(|_| Prepared::open(&tmp));
     let _ = std::fs::remove_file(&tmp);
-    result
+    Ok((result?, not_text))
 }

@@ -148,63 +148,140 @@ pub(crate) fn for_each_char(
     Ok(done(count, &reader, boms))
 }
 
+/// Which of a folder's files a corpus reads: those whose path below the folder (or name) matches one of
+/// `include` (all when it is empty) and none of `exclude`; globs as a shell's (`*.rs`, `docs/**`, `*.{md,txt}`),
+/// where `*` also crosses `/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Selection {
+    /// Read only the files that match one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Leave out the files that match one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl Selection {
+    /// Whether no pattern is given.
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// The patterns compiled, or an error naming the one that is not a glob.
+    fn compile(&self) -> Result<(Option<globset::GlobSet>, globset::GlobSet)> {
+        let set = |flag: &'static str, patterns: &[String]| -> Result<globset::GlobSet> {
+            let mut set = globset::GlobSetBuilder::new();
+            for p in patterns {
+                let glob =
+                    globset::Glob::new(p).map_err(|e| Error::config(flag, format!("{p:?} is not a glob: {e}")))?;
+                set.add(glob);
+            }
+            set.build().map_err(|e| Error::config(flag, e.to_string()))
+        };
+        let include = (!self.include.is_empty()).then(|| set("--include", &self.include)).transpose()?;
+        Ok((include, set("--exclude", &self.exclude)?))
+    }
+}
+
+/// Whether the file at `path` looks like text: its first 8 KiB hold no NUL byte and are UTF-8 (a character
+/// cut at their end aside).
+fn looks_like_text(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(8192);
+    std::fs::File::open(path).and_then(|f| f.take(8192).read_to_end(&mut head)).map_err(|e| Error::io(path, e))?;
+    if head.contains(&0) {
+        return Ok(false);
+    }
+    Ok(match std::str::from_utf8(&head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none() && head.len() == 8192,
+    })
+}
+
 /// The text files that `paths` name, in order: a file is itself; a folder is every regular file below it,
 /// in sorted path order, skipping hidden files and folders (names starting with a dot). Symbolic links are
 /// followed, to files and to folders, but never into a folder that contains the link (a loop, read once);
 /// a link to nothing is an error naming it. A folder without any file is an error.
 pub fn expand_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    /// `dir`'s files into `out`; `within` holds the canonical paths of the folders being read, `dir`'s
-    /// own and those above it.
-    fn walk(dir: &Path, within: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
-        let canonical = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-        if within.contains(&canonical) {
-            return Ok(());
-        }
-        within.push(canonical);
-        let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| Error::io(dir, e))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let path = entry.path();
-            // What the entry is, a link followed to what it names.
-            let kind = std::fs::metadata(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    let reason =
-                        format!("{} is a symbolic link to nothing; remove it or point it at a file", path.display());
-                    Error::config("--corpus", reason)
-                }
-                _ => Error::io(&path, e),
-            })?;
-            if kind.is_dir() {
-                walk(&path, within, out)?;
-            } else if kind.is_file() {
-                out.push(path);
-            }
-        }
-        within.pop();
-        Ok(())
-    }
+    Ok(select_sources(paths, &Selection::default())?.0)
+}
+
+/// [`expand_sources`] with a folder's files chosen by `selection`, and those that are not text (a NUL byte
+/// or invalid UTF-8 at their start: images, archives, binaries) left out: the files, and those left out as
+/// not text. A file named itself is always read.
+pub fn select_sources(paths: &[PathBuf], selection: &Selection) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let (include, exclude) = selection.compile()?;
+    let mut not_text = Vec::new();
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let before = files.len();
-            walk(path, &mut Vec::new(), &mut files)?;
-            if files.len() == before {
+            let mut found = Vec::new();
+            walk(path, &mut Vec::new(), &mut found)?;
+            if found.is_empty() {
                 return Err(Error::config(
                     "--corpus",
                     format!("{} holds no files (hidden ones are skipped)", path.display()),
                 ));
             }
+            let before = files.len();
+            for file in found {
+                let below = file.strip_prefix(path).unwrap_or(&file);
+                if include.as_ref().is_some_and(|set| !set.is_match(below)) || exclude.is_match(below) {
+                    continue;
+                }
+                if looks_like_text(&file)? {
+                    files.push(file);
+                } else {
+                    not_text.push(file);
+                }
+            }
+            if files.len() == before {
+                let what =
+                    if selection.is_empty() { "text files" } else { "text files that --include and --exclude select" };
+                return Err(Error::config("--corpus", format!("{} holds no {what}", path.display())));
+            }
         } else {
             files.push(path.clone());
         }
     }
-    Ok(files)
+    Ok((files, not_text))
+}
+
+/// `dir`'s files into `out`, in sorted order; `within` holds the canonical paths of the folders being
+/// read, `dir`'s own and those above it.
+fn walk(dir: &Path, within: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    let canonical = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if within.contains(&canonical) {
+        return Ok(());
+    }
+    within.push(canonical);
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| Error::io(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // What the entry is, a link followed to what it names.
+        let kind = std::fs::metadata(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                let reason =
+                    format!("{} is a symbolic link to nothing; remove it or point it at a file", path.display());
+                Error::config("--corpus", reason)
+            }
+            _ => Error::io(&path, e),
+        })?;
+        if kind.is_dir() {
+            walk(&path, within, out)?;
+        } else if kind.is_file() {
+            out.push(path);
+        }
+    }
+    within.pop();
+    Ok(())
 }
 
 /// A fingerprint of `text` (64-bit FNV-1a of its UTF-8 bytes, as `fnv1a64:` and 16 hex digits), recorded
@@ -217,6 +294,48 @@ pub fn text_hash(text: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_folders_files_are_chosen_by_glob_and_what_is_not_text_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        };
+        put("a.rs", b"fn a() {}");
+        put("b.txt", "分开".as_bytes());
+        put("src/c.rs", b"fn c() {}");
+        put("target/d.rs", b"fn d() {}");
+        // A PNG's signature holds a NUL-free but non-UTF-8 byte (0x89); a binary with NULs.
+        put("logo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR");
+        put("tool.bin", b"ELF\x00\x01\x02");
+        // UTF-8 cut at the 8 KiB mark is still text.
+        put("long.txt", &[&b"x".repeat(8191)[..], "分".as_bytes()].concat());
+        let names = |select: &Selection| {
+            let (files, not_text) = select_sources(&[dir.path().to_path_buf()], select).unwrap();
+            let rel = |v: Vec<PathBuf>| -> Vec<String> {
+                v.iter().map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string()).collect()
+            };
+            (rel(files), rel(not_text))
+        };
+        let all = names(&Selection::default());
+        assert_eq!(all.0, ["a.rs", "b.txt", "long.txt", "src/c.rs", "target/d.rs"]);
+        assert_eq!(all.1, ["logo.png", "tool.bin"]);
+        let rust = Selection { include: vec!["*.rs".into()], exclude: vec!["target/**".into()] };
+        assert_eq!(names(&rust).0, ["a.rs", "src/c.rs"]);
+        let text = Selection { include: vec!["*.{txt,md}".into()], exclude: vec![] };
+        assert_eq!(names(&text), (vec!["b.txt".to_string(), "long.txt".into()], vec![]));
+        // A file named itself is read whatever it holds; nothing selected, or a bad glob, is an error.
+        let png = dir.path().join("logo.png");
+        assert_eq!(select_sources(std::slice::from_ref(&png), &rust).unwrap().0, [png]);
+        let none = Selection { include: vec!["*.py".into()], exclude: vec![] };
+        let err = select_sources(&[dir.path().to_path_buf()], &none).unwrap_err().to_string();
+        assert!(err.contains("holds no text files that --include and --exclude select"), "{err}");
+        let bad = Selection { include: vec!["a[".into()], exclude: vec![] };
+        let err = select_sources(&[dir.path().to_path_buf()], &bad).unwrap_err().to_string();
+        assert!(err.contains("--include") && err.contains("\"a[\" is not a glob"), "{err}");
+    }
 
     /// Every character [`for_each_char`] passes for `files` (written to a temporary folder), and its counts.
     fn read_all(files: &[&[u8]], options: CorpusOptions, chunk: usize) -> Result<(String, u64, u64)> {

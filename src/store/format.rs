@@ -1,6 +1,6 @@
 //! What `model.json` holds: the format, the vocabulary, the network and its training settings, the corpus,
 //! progress, validation, the files of the weights and of the training state, and where a run started.
-use crate::data::text::CorpusOptions;
+use crate::data::text::{CorpusOptions, Selection};
 use crate::data::vocab::Vocabulary;
 use crate::model::config::ModelConfig;
 use crate::train::config::TrainConfig;
@@ -29,9 +29,17 @@ pub struct CorpusInfo {
     /// Fingerprint of the text read ([`crate::text_hash`]); absent in models from before it was recorded.
     #[serde(default)]
     pub hash: Option<String>,
+    /// Which files of its folders were read (`--include`, `--exclude`); absent when all were.
+    #[serde(default, skip_serializing_if = "Selection::is_empty")]
+    pub select: Selection,
 }
 
 impl CorpusInfo {
+    /// This record with its folders' files chosen by `select`.
+    pub fn selecting(self, select: Selection) -> CorpusInfo {
+        CorpusInfo { select, ..self }
+    }
+
     /// The text's fingerprint and length, as one string (what processes training together compare).
     pub fn digest(&self) -> String {
         format!("{} characters, fingerprint {}", self.chars, self.hash.as_deref().unwrap_or("none"))
@@ -52,7 +60,7 @@ impl CorpusInfo {
             paths.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
         let path = absolute.first().cloned().unwrap_or_default();
         let sources = if absolute.len() > 1 { absolute } else { Vec::new() };
-        CorpusInfo { path, sources, options, chars, hash: Some(hash) }
+        CorpusInfo { path, sources, options, chars, hash: Some(hash), select: Selection::default() }
     }
 }
 

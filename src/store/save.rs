@@ -190,6 +190,7 @@ pub(crate) mod tests {
                 options: CorpusOptions::default(),
                 chars: 4,
                 hash: None,
+                select: Default::default(),
             },
             epoch,
             perplexity: Some(3.5),

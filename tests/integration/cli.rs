@@ -1281,3 +1281,51 @@ fn prepare_takes_folders_as_train_does() {
     assert_eq!(corpus("runs/tokens"), corpus("runs/folder"));
     assert_eq!(corpus("runs/folder").0, expected);
 }
+
+#[test]
+fn folder_corpora_take_include_and_exclude_and_leave_out_what_is_not_text() {
+    // Issue 26: one logo.png in a folder corpus stopped training, and files could not be chosen by name.
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("code/src")).unwrap();
+    let (a, c) = ("fn main() { println!(\"分开\"); }\n".repeat(40), "fn helper() -> u32 { 7 }\n".repeat(40));
+    env.write("code/a.rs", a.as_bytes());
+    env.write("code/src/c.rs", c.as_bytes());
+    env.write("code/notes.txt", LYRICS.as_bytes());
+    env.write("code/logo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10");
+    let train = |extra: &[&str], out: &str| {
+        let mut args = vec!["train", "--corpus", "code", "--hidden", "16", "--steps", "5", "--batch", "2"];
+        args.extend_from_slice(&["--epochs", "1", "--val-frac", "0.2", "--out", out]);
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+    let chars = |out: &str| {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(env.path(out).join("model.json")).unwrap()).unwrap();
+        json["corpus"]["chars"].as_u64().unwrap() as usize
+    };
+    // Everything that is text, and a note naming the image left out.
+    let r = train(&[], "runs/all");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("note: left out 1 file that is not text") && r.stderr.contains("logo.png"),
+        "{}",
+        r.stderr
+    );
+    let count = |s: &str| s.chars().count();
+    assert_eq!(chars("runs/all"), count(&a) + count(LYRICS) + count(&c));
+    // Rust files only, one folder left out; the choice is kept, so that resume and eval read the same text.
+    let r = train(&["--include", "*.rs", "--exclude", "src/**"], "runs/rust");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(chars("runs/rust"), count(&a));
+    let r = env.run(&["train", "--resume", "runs/rust", "--epochs", "2"]);
+    assert_eq!(r.code, 0, "resume reads the same files: {}", r.stderr);
+    assert_eq!(env.run(&["eval", "--model", "runs/rust", "--held-out"]).code, 0);
+    env.fails(
+        &["train", "--corpus", "code", "--include", "*.py", "--out", "runs/none"],
+        "--include and --exclude select",
+    );
+    // prepare chooses alike.
+    let r = env.run(&["prepare", "code", "--include", "*.rs", "--out", "rust.tokens"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(format!("{}{}", r.stdout, r.stderr).contains(" characters from 2 files"), "{}{}", r.stdout, r.stderr);
+}

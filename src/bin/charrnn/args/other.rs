@@ -20,6 +20,12 @@ pub struct PrepareArgs {
     /// Use only the first N characters.
     #[arg(long, value_name = "N")]
     pub limit_chars: Option<usize>,
+    /// Read only the files of a folder that match GLOB (as train's --include); repeat for several.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out the files of a folder that match GLOB (as train's --exclude); repeat for several.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
 }
 
 impl PrepareArgs {

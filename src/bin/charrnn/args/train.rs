@@ -2,7 +2,7 @@
 use crate::args::choices::{CellArg, InitArg, OnDivergeArg, OptimizerArg, SamplingArg};
 use crate::args::common::{parse_duration, DeviceArgs, ARCH, NEW_RUN};
 use crate::args::generate::DrawArgs;
-use charrnn::{Arch, Backend, CorpusOptions, Dtype, OptimizerKind, ResumeJob, TrainConfig, TrainJob};
+use charrnn::{Arch, Backend, CorpusOptions, Dtype, OptimizerKind, ResumeJob, Selection, TrainConfig, TrainJob};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -169,6 +169,13 @@ pub struct NewRunArgs {
     /// Keep newlines (by default each newline and carriage return becomes a space).
     #[arg(long)]
     pub keep_newlines: bool,
+    /// Read only the files of a folder corpus that match GLOB (their path below the folder, or name:
+    /// '*.rs', 'src/**', '*.{md,txt}'); repeat for several.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out the files of a folder corpus that match GLOB (as --include); repeat for several.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
     #[arg(long, value_name = "F", allow_negative_numbers = true, help = val_frac_help())]
     pub val_frac: Option<f64>,
     /// When the loss or gradient norm stops being finite: stop (keeping the last checkpoint), or rollback
@@ -289,6 +296,7 @@ impl TrainArgs {
         Ok(TrainTask::New(Box::new(TrainJob {
             corpus,
             corpus_options: CorpusOptions { keep_newlines: n.keep_newlines, limit_chars: n.limit_chars },
+            select: Selection { include: n.include, exclude: n.exclude },
             out: n.out,
             force: n.force,
             no_record: n.no_record,
