@@ -1,5 +1,5 @@
 //! `charrnn export --onnx`, read back by onnxruntime (`tests/reference/onnx_run.py`, in the project's
-//! `.venv`): for every cell, one layer over one-hot input and two over an embedding, the exported model
+//! `.venv`): for every cell, one and two layers, over one-hot input and over an embedding, the exported model
 //! scores a text as `charrnn eval` does, continues a prefix greedily as `charrnn predict` does, carries its
 //! state across calls, and its metadata decodes the vocabulary.
 use crate::cli::{Env, LYRICS};
@@ -23,12 +23,12 @@ fn onnx_run(env: &Env, model: &str, input: &Value) -> Value {
 fn an_exported_model_computes_what_charrnn_does_in_onnxruntime() {
     let env = Env::new();
     for cell in ["rnn", "gru", "lstm"] {
-        for (layers, embed) in [("1", "0"), ("2", "8")] {
+        for (layers, embed) in [("1", "0"), ("1", "8"), ("2", "0"), ("2", "8")] {
             let what = format!("{cell} {layers} layers, embed {embed}");
-            let dir = format!("runs/{cell}{layers}");
+            let dir = format!("runs/{cell}{layers}e{embed}");
             let r = env.train(&["--cell", cell, "--layers", layers, "--embed", embed, "--out", &dir, "--epochs", "8"]);
             assert_eq!(r.code, 0, "{what}: {}", r.stderr);
-            let file = format!("{cell}{layers}.onnx");
+            let file = format!("{cell}{layers}e{embed}.onnx");
             let r = env.run(&["export", "--model", &dir, "--onnx", &file]);
             assert_eq!(r.code, 0, "{what}: {}", r.stderr);
             assert!(
