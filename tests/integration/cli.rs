@@ -1213,7 +1213,9 @@ fn eval_scores_the_held_out_part_as_validation_did() {
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!((&v["chars"], &v["held_out"]), (&validation["chars"], &true.into()));
     let (ours, kept) = (v["perplexity"].as_f64().unwrap(), validation["perplexity"].as_f64().unwrap());
-    assert!((ours - kept).abs() <= 1e-9 * kept, "eval --held-out {ours}, the run's validation {kept}");
+    // The same windows of the same text through the same model, in two processes: equal to float32's rounding
+    // (they can differ in the 7th digit under load; see throwaway_runs_leave_the_last_model_alone).
+    assert!((ours - kept).abs() <= 1e-6 * kept, "eval --held-out {ours}, the run's validation {kept}");
     // The whole corpus scores otherwise, and says so.
     let whole = env.run(&["eval", "--model", "runs/m", "--json"]);
     let w: serde_json::Value = serde_json::from_str(whole.stdout.trim()).unwrap();
@@ -1246,7 +1248,13 @@ fn throwaway_runs_leave_the_last_model_alone() {
     let e: serde_json::Value = serde_json::from_str(env.run(&["eval", "--json"]).stdout.trim()).unwrap();
     let kept: serde_json::Value =
         serde_json::from_str(env.run(&["eval", "--model", "runs/kept", "--json"]).stdout.trim()).unwrap();
-    assert_eq!(e["perplexity"], kept["perplexity"], "a bare eval scores the kept model");
+    // Two processes scoring one model agree to float32's rounding (in loaded `make test` runs they differed
+    // in the 7th digit twice; cause not found): another model's score differs far more.
+    let (bare, kept) = (e["perplexity"].as_f64().unwrap(), kept["perplexity"].as_f64().unwrap());
+    assert!((bare - kept).abs() <= 1e-6 * kept, "a bare eval scores the kept model: {bare} vs {kept}");
+    let other: serde_json::Value =
+        serde_json::from_str(env.run(&["eval", "--model", "runs/try", "--json"]).stdout.trim()).unwrap();
+    assert!((other["perplexity"].as_f64().unwrap() - kept).abs() > 1e-3 * kept, "{other}");
 }
 
 #[test]
