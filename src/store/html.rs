@@ -9,8 +9,11 @@ use base64::Engine;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// The page, with `TITLE` and `MODEL_JSON` to fill in.
+/// The page, with `/*PAGE_STYLE*/`, `TITLE` and `MODEL_JSON` to fill in.
 const PAGE: &str = include_str!("export_page.html");
+
+/// The style sheet rules that `charrnn serve`'s page and the exported page share, for their `/*PAGE_STYLE*/`.
+pub(crate) const PAGE_STYLE: &str = include_str!("page_style.css");
 
 /// Text made safe inside HTML elements.
 fn html_text(s: &str) -> String {
@@ -62,7 +65,9 @@ fn model_json(model: &Network, file: &ModelFile) -> Result<String> {
 /// Writes `model` (described by `file`) to `out` as one HTML page that generates text offline (see the
 /// module's documentation), whole or not at all; returns its size in bytes.
 pub fn export_html(model: &Network, file: &ModelFile, out: &Path) -> Result<u64> {
-    let (head, rest) = PAGE.split_once("TITLE").expect("the page has a title");
+    let (top, head) = PAGE.split_once("/*PAGE_STYLE*/").expect("the page has a style sheet");
+    let head = [top, PAGE_STYLE, head].concat();
+    let (head, rest) = head.split_once("TITLE").expect("the page has a title");
     let (middle, tail) = rest.split_once("MODEL_JSON").expect("the page has the model's place");
     let page = [head, &html_text(&file.describe()), middle, &model_json(model, file)?, tail].concat();
     write_bytes_atomic(out, page.as_bytes())?;

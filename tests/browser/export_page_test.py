@@ -12,9 +12,7 @@ import subprocess
 import sys
 import tempfile
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
+from browser import chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -31,11 +29,7 @@ models = {
     "lstm": ["--cell", "lstm", "--layers", "2", "--embed", "32", "--hidden", "64", "--optimizer", "adam",
              "--lr", "0.01", "--clip", "1", "--epochs", "15"],
 }
-options = Options()
-for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,700"]:
-    options.add_argument(flag)
-options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-driver = webdriver.Chrome(options=options, service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")))
+driver = chromium(1000, 700)
 try:
     # No network at all: the page has everything it needs.
     driver.set_network_conditions(offline=True, latency=0, throughput=0)

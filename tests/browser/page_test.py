@@ -14,9 +14,7 @@ import sys
 import tempfile
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
+from browser import chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -33,11 +31,7 @@ server = subprocess.Popen([binary, "serve", "--model", model, "--port", "0"], st
 try:
     line = server.stderr.readline()
     address = re.search(r"http://\S+", line).group(0)
-    options = Options()
-    for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,760"]:
-        options.add_argument(flag)
-    options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-    driver = webdriver.Chrome(options=options, service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")))
+    driver = chromium(1000, 760)
     try:
         driver.get(address + "/")
         wait = WebDriverWait(driver, 30)

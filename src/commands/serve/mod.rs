@@ -11,6 +11,7 @@ use crate::commands::load::load_model;
 use crate::device::{device_name, set_threads, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::generate::options::{DEFAULT_NUM_CHARS, MAX_BEAM};
+use crate::store::html::PAGE_STYLE;
 use crate::store::layout::resolve_model_dir;
 use crate::store::load::LoadedModel;
 use axum::body::Bytes;
@@ -240,8 +241,12 @@ fn describe(dir: &Path, loaded: &LoadedModel, job: &ServeJob) -> Value {
     })
 }
 
+/// The page, with the style sheet it shares with the exported page.
+static PAGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| include_str!("page.html").replacen("/*PAGE_STYLE*/", PAGE_STYLE, 1));
+
 async fn page() -> Html<&'static str> {
-    Html(include_str!("page.html"))
+    Html(PAGE.as_str())
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
