@@ -60,6 +60,7 @@ pub use commands::info::{info, model_summary, Info, ModelSummary};
 pub use commands::load::load_model;
 pub use commands::plot::run_plot;
 pub use commands::predict::{run_predict, PredictJob, PredictOutcome, UnknownChars};
+pub use commands::prepare::run_prepare;
 pub use commands::resume::{run_resume, ResumeJob};
 #[cfg(feature = "serve")]
 pub use commands::serve::{serve, ServeJob};

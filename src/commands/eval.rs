@@ -93,7 +93,7 @@ pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result
     // The training corpus as the run read it; a text given here, all its folders' text files.
     let select = if job.corpus.is_empty() { trained.select.clone() } else { Default::default() };
     let prepared = load_text(&paths, &options, &select, recorded)?;
-    let notes: Vec<String> = bom_note(&prepared.header).into_iter().collect();
+    let mut notes: Vec<String> = bom_note(&prepared.header).into_iter().collect();
     let (corpus, skipped) = match job.unknown {
         UnknownChars::Skip => CorpusIds::in_vocab_skipping(prepared, &loaded.vocab)?,
         UnknownChars::Error => match CorpusIds::in_vocab(prepared, &loaded.vocab) {
@@ -106,7 +106,6 @@ pub fn run_eval(job: &EvalJob, progress: &mut dyn FnMut(usize, usize)) -> Result
             ids => (ids?, Skipped::default()),
         },
     };
-    let mut notes = notes;
     let all = corpus.tokens();
     // The held-out part is the text's end, read in windows of the context validation used (that of the
     // training part), so that the score is the run's validation perplexity of this model.

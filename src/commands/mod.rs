@@ -6,6 +6,7 @@ pub(crate) mod info;
 pub(crate) mod load;
 pub(crate) mod plot;
 pub(crate) mod predict;
+pub(crate) mod prepare;
 pub(crate) mod resume;
 #[cfg(feature = "serve")]
 pub(crate) mod serve;

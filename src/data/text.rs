@@ -199,9 +199,10 @@ fn looks_like_text(path: &Path) -> Result<bool> {
 }
 
 /// The text files that `paths` name, in order: a file is itself; a folder is every regular file below it,
-/// in sorted path order, skipping hidden files and folders (names starting with a dot). Symbolic links are
-/// followed, to files and to folders, but never into a folder that contains the link (a loop, read once);
-/// a link to nothing is an error naming it. A folder without any file is an error.
+/// in sorted path order, skipping hidden files and folders (names starting with a dot) and the files that
+/// are not text ([`select_sources`] with no pattern). Symbolic links are followed, to files and to folders,
+/// but never into a folder that contains the link (a loop, read once); a link to nothing is an error naming
+/// it. A folder without any text file is an error.
 pub fn expand_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(select_sources(paths, &Selection::default())?.0)
 }

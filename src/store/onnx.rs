@@ -119,10 +119,9 @@ fn build(model: &Network, file: &ModelFile) -> Result<Model> {
     };
     let (mut ends_h, mut ends_c) = (Vec::new(), Vec::new());
     for (l, [w_ih, w_hh, b_ih, b_hh]) in model.fused_weights().iter().enumerate() {
-        let rows = h;
-        let w = g.weight(&format!("w_{l}"), &onnx_gates(arch.cell, w_ih, rows).unsqueeze(0));
-        let r = g.weight(&format!("r_{l}"), &onnx_gates(arch.cell, w_hh, rows).unsqueeze(0));
-        let bias = Tensor::cat(&[onnx_gates(arch.cell, b_ih, rows), onnx_gates(arch.cell, b_hh, rows)], 0);
+        let w = g.weight(&format!("w_{l}"), &onnx_gates(arch.cell, w_ih, h).unsqueeze(0));
+        let r = g.weight(&format!("r_{l}"), &onnx_gates(arch.cell, w_hh, h).unsqueeze(0));
+        let bias = Tensor::cat(&[onnx_gates(arch.cell, b_ih, h), onnx_gates(arch.cell, b_hh, h)], 0);
         let b = g.weight(&format!("b_{l}"), &bias.unsqueeze(0));
         // This layer's initial state: rows l..l + 1 of h0 (and c0).
         let (from, to) = (g.ints(&format!("layer{l}"), &[l as i64]), g.ints(&format!("layer{l}_end"), &[l as i64 + 1]));

@@ -123,14 +123,11 @@ pub fn info(args: InfoArgs) -> anyhow::Result<()> {
 }
 
 pub fn prepare(args: PrepareArgs) -> anyhow::Result<()> {
-    args.options().validate()?;
-    // Folders as train reads them: every text file below, in sorted order, hidden ones skipped.
     let select = charrnn::Selection { include: args.include.clone(), exclude: args.exclude.clone() };
-    let (files, not_text) = charrnn::select_sources(&args.corpus, &select)?;
-    if let Some(first) = not_text.first() {
-        say!("note: left out {} file(s) that are not text, {} first", not_text.len(), first.display());
+    let (header, notes) = charrnn::run_prepare(&args.corpus, &args.options(), &select, &args.out)?;
+    for note in notes {
+        say!("note: {note}");
     }
-    let header = charrnn::prepare(&files, &args.options(), &args.out)?;
     render::prepared(&args.out, &header);
     Ok(())
 }
